@@ -1,0 +1,61 @@
+"""Build the C core of mappedpages as a cffi extension (out-of-line API mode).
+
+The cdef is read from the one public header, csrc/mappedpages.h, between its
+CDEF-BEGIN and CDEF-END markers, so the declarations Python sees are exactly
+the ones the C files are compiled against.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+HEADER = CSRC / "mappedpages.h"
+
+
+def read_cdef() -> str:
+    """Return the cffi-parsable part of the public header."""
+    text = HEADER.read_text(encoding="utf-8")
+    match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
+    if match is None:
+        raise RuntimeError(f"{HEADER} has no CDEF-BEGIN/CDEF-END section")
+    return match.group(1)
+
+
+def compile_args() -> list[str]:
+    """Strict warnings for the core; sanitizers when MAPPEDPAGES_SANITIZE is set."""
+    args = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+    if os.environ.get("MAPPEDPAGES_SANITIZE"):
+        args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    return args
+
+
+def link_args() -> list[str]:
+    if os.environ.get("MAPPEDPAGES_SANITIZE"):
+        return ["-fsanitize=address,undefined"]
+    return []
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(read_cdef())
+ffibuilder.set_source(
+    "mappedpages._core",
+    '#include "mappedpages.h"',
+    sources=sorted(str(p.relative_to(HERE)) for p in CSRC.glob("*.c")),
+    include_dirs=[str(CSRC.relative_to(HERE))],
+    extra_compile_args=compile_args(),
+    extra_link_args=link_args(),
+    py_limited_api=True,
+)
+
+if __name__ == "__main__":
+    # Build in place, for development: python build_ffi.py
+    os.chdir(HERE)
+    ffibuilder.compile(tmpdir=str(HERE), verbose=True)
+    sys.exit(0)

@@ -1,0 +1,168 @@
+/*
+ * mappedpages.h - the one public header of the mappedpages C core.
+ *
+ * Owns: the C API that the Python layer calls through cffi. build_ffi.py feeds
+ * everything between the CDEF-BEGIN and CDEF-END markers to ffi.cdef(), so that
+ * part holds only declarations cffi can parse (no macros, no includes).
+ *
+ * Rules every function here keeps:
+ *   - returns an error code: 0 = ok, a positive MP_E* code for a library error,
+ *     or a negative errno for a failure of the operating system;
+ *   - writes results only through out-parameters, and only on success;
+ *   - never aborts, never asserts on input, keeps no global mutable state;
+ *   - on any error, changes nothing on disk or in memory, except where a failed
+ *     flush leaves the pager poisoned (later calls give MP_EUNAVAILABLE).
+ * Calls on one handle must be serialized by the caller (the Python layer holds
+ * a lock per pager); different handles are independent.
+ */
+#ifndef MAPPEDPAGES_H
+#define MAPPEDPAGES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CDEF-BEGIN */
+
+enum mp_error {
+    MP_OK = 0,
+    MP_EINVALID_PAGE_SIZE = 1,
+    MP_ECORRUPT_SUPERBLOCK = 2,
+    MP_ECORRUPT_METADATA = 3,
+    MP_ECORRUPT_DIRECTORY_INDEX = 4,
+    MP_ECORRUPT_PROTECTED_DIRECTORY = 5,
+    MP_EOUT_OF_BOUNDS = 6,
+    MP_ERESERVED_PAGE = 7,
+    MP_EDOUBLE_FREE = 8,
+    MP_EUNAVAILABLE = 9,
+    MP_EFILE_FULL = 10,
+    MP_EDIRECTORY_FULL = 11,
+    MP_ELOCKED = 12,
+    MP_EWRITER_OPEN = 13,
+    MP_EINVALID_ARGUMENT = 14,
+    MP_ENO_MEMORY = 15,
+    MP_EREAD_ONLY = 16,
+    MP_ENO_WRITER = 17
+};
+
+/* What open found and repaired; the Python layer turns it into warnings. */
+enum mp_recovery {
+    MP_REC_META_A_DAMAGED = 1,      /* metadata copy A failed validation */
+    MP_REC_META_B_DAMAGED = 2,      /* metadata copy B failed validation */
+    MP_REC_SELECTOR_INVALID = 4,    /* page 0's selector byte was not 0 or 1 */
+    MP_REC_SELECTOR_STALE = 8,      /* page 0 named the older copy */
+    MP_REC_META_CHECKSUM = 16,      /* page 0's meta_checksum was not the expected value */
+    MP_REC_DIR_FALLBACK = 32,       /* a directory block was read from its inactive copy */
+    MP_REC_DIR_ENTRY_DROPPED = 64,  /* a directory entry failed its checks and was dropped */
+    MP_REC_DIR_BLOCK_DROPPED = 128, /* an unfinished trailing directory block was dropped */
+    MP_REC_PAGE0_REWRITTEN = 256    /* a writer rewrote page 0 to name the chosen state */
+};
+
+/* Why a metadata copy was judged damaged (mp_open_report.meta_problem[]). */
+enum mp_meta_problem {
+    MP_META_OK = 0,
+    MP_META_BAD_CRC = 1,
+    MP_META_BAD_TOTAL = 2,          /* page count impossible, or past the file's end */
+    MP_META_BAD_RESERVED = 3,       /* pages 0-2 not marked allocated */
+    MP_META_BITS_PAST_END = 4,      /* a bit set at or past total_pages */
+    MP_META_BAD_FREE_COUNT = 5      /* free_count disagrees with the bitmap */
+};
+
+typedef struct mp_pager mp_pager;
+typedef struct mp_subpage mp_subpage;
+
+typedef struct {
+    uint32_t page_size;       /* create: the page size; open: 0 = the file's */
+    int read_only;            /* open only: map read-only, no lock, no writes */
+    double lock_timeout;      /* seconds to wait for the writer lock; 0 = fail at once */
+} mp_options;
+
+typedef struct {
+    uint32_t flags;           /* mp_recovery bits */
+    uint32_t chosen_copy;     /* 0 = A (page 1), 1 = B (page 2) */
+    uint64_t generation[2];   /* generation of copy A and B (as stored) */
+    uint32_t meta_problem[2]; /* mp_meta_problem of copy A and B */
+    uint32_t selector;        /* page 0's selector byte as found */
+    uint32_t dir_fallbacks;   /* directory blocks read from their inactive copy */
+    uint32_t dropped_entries; /* directory entries dropped */
+    uint32_t dropped_blocks;  /* trailing directory blocks dropped */
+} mp_open_report;
+
+typedef struct {
+    uint32_t page_size;
+    uint32_t read_only;
+    uint64_t page_count;
+    uint64_t free_count;
+    uint64_t generation;
+    uint64_t max_pages;       /* the most pages this file can hold in its layout */
+    uint64_t protected_count;
+    uint64_t dir_blocks;
+    uint64_t system_pages;    /* directory pages plus protected backing pages */
+} mp_stats;
+
+typedef struct {
+    uint32_t sub_size;
+    uint32_t slots_per_page;  /* page_size / sub_size */
+    uint64_t live_count;      /* sub-pages in use */
+    uint64_t big_pages;       /* pages checked out from the pager */
+    uint64_t partial_pages;   /* of those, pages with a free sub-slot */
+} mp_sub_stats;
+
+/* Kinds of page for mp_pager_list_pages. */
+enum mp_page_kind {
+    MP_KIND_ALLOCATED = 1,    /* allocated regular pages (not system pages) */
+    MP_KIND_SYSTEM = 2        /* directory pages and protected backing pages */
+};
+
+int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out);
+int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
+                  mp_open_report *report);
+int mp_pager_close(mp_pager *p);
+int mp_pager_refresh(mp_pager *p, mp_open_report *report);
+int mp_pager_stats(const mp_pager *p, mp_stats *out);
+int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes);
+int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id);
+int mp_pager_free(mp_pager *p, uint64_t id);
+int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids);
+int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n);
+int mp_pager_check_page(const mp_pager *p, uint64_t id);
+int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start,
+                        uint64_t *out_ids, uint64_t capacity, uint64_t *out_n);
+int mp_pager_sync(mp_pager *p);
+
+int mp_protected_alloc(mp_pager *p, uint64_t *out_pid);
+int mp_protected_free(mp_pager *p, uint64_t pid);
+int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n);
+int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page);
+int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page);
+int mp_protected_commit(mp_pager *p, uint64_t pid);
+int mp_protected_discard(mp_pager *p, uint64_t pid);
+int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok);
+int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids,
+                      uint64_t capacity, uint64_t *out_n);
+
+int mp_subpage_new(mp_pager *p, uint32_t sub_size, mp_subpage **out);
+int mp_subpage_destroy(mp_subpage *s);
+int mp_subpage_alloc(mp_subpage *s, uint64_t *out_id);
+int mp_subpage_free(mp_subpage *s, uint64_t id);
+int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids);
+int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n);
+int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n);
+int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset);
+int mp_subpage_live_count(const mp_subpage *s, uint64_t *out);
+int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out);
+/* Every big page held and its in-use mask, in no order; capacity must be at
+ * least mp_sub_stats.big_pages. */
+int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_masks,
+                    uint64_t capacity, uint64_t *out_n);
+
+/* CDEF-END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAPPEDPAGES_H */

@@ -1,0 +1,200 @@
+/*
+ * mp_internal.h - structures shared by the C files of the core; not public.
+ *
+ * Owns: the in-memory state of an open pager and the prototypes that connect
+ * format.c (bytes on disk), bitmap.c (the free map in memory), os.c (system
+ * calls and the mapping), pager.c, protected.c and subpage.c.
+ *
+ * Invariants of an open writable pager, kept between calls:
+ *   - bits[] equals the bitmap of the committed metadata copy `active`,
+ *     total_pages and free_count equal that copy's fields, and the copy's
+ *     generation is `generation`;
+ *   - page 0 on disk names `active` and holds the directory index of `dirs`;
+ *   - every page below total_pages is mapped at base + id * page_size, and the
+ *     mapping never moves: growth maps more of the file into the reserved range;
+ *   - system[] has a bit for each directory page and protected backing page;
+ *     each such page is also set in bits[].
+ */
+#ifndef MP_INTERNAL_H
+#define MP_INTERNAL_H
+
+#if defined(__APPLE__)
+#define _DARWIN_C_SOURCE 1
+#else
+#define _GNU_SOURCE 1
+#endif
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "mappedpages.h"
+
+/* ---- format.c: the v0.2 byte layout, the only file that knows offsets ---- */
+
+#define MP_MIN_LOG2 10u
+#define MP_MAX_LOG2 30u
+#define MP_RESERVED_PAGES 3u
+#define MP_INITIAL_PAGES 4u
+#define MP_SB_SIZE 20u
+#define MP_META_HEADER 24u
+#define MP_DIR_INDEX_OFFSET 20u
+#define MP_DIR_REF_SIZE 17u
+#define MP_DIR_ENTRY_SIZE 30u
+#define MP_DIR_PAGE_HEADER 8u
+#define MP_CRC_RESIDUE 0x2144DF1Cu
+
+typedef struct {
+    uint8_t version_minor;
+    uint32_t page_size_log2;
+    uint8_t selector;        /* as stored: may be out of range */
+    uint32_t meta_checksum;
+} mp_superblock;
+
+typedef struct {
+    uint64_t page_a;
+    uint64_t page_b;
+    uint8_t active;          /* 0 = page_a, 1 = page_b */
+} mp_dir_ref;
+
+typedef struct {
+    uint8_t in_use;
+    uint64_t page_a;
+    uint64_t page_b;
+    uint8_t active_slot;     /* 0 = page_a holds the readable copy */
+    uint64_t generation;
+    uint32_t crc;
+} mp_dir_entry;
+
+uint32_t mp_crc32(const uint8_t *data, size_t len);
+uint64_t mp_load_u64(const uint8_t *p);
+uint32_t mp_load_u32(const uint8_t *p);
+void mp_store_u64(uint8_t *p, uint64_t v);
+void mp_store_u32(uint8_t *p, uint32_t v);
+
+/* The most pages a v0.2 file of this page size can describe. */
+uint64_t fmt_max_pages(uint32_t page_size);
+uint32_t fmt_max_dir_blocks(uint32_t page_size);
+uint32_t fmt_entries_per_dir_page(uint32_t page_size);
+
+int fmt_superblock_read(const uint8_t *page0, size_t len, mp_superblock *out);
+void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t selector);
+
+/* Validates one metadata copy; fills total/generation/free and a problem code. */
+typedef struct {
+    uint64_t total_pages;
+    uint64_t generation;
+    uint64_t free_count;
+    uint32_t problem;        /* mp_meta_problem */
+} mp_meta_header;
+void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages,
+                    mp_meta_header *out);
+void fmt_meta_load_bits(const uint8_t *page, uint64_t total_pages, uint64_t *bits);
+void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
+                    uint64_t generation, uint64_t free_count, const uint64_t *bits);
+
+int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count,
+                       mp_dir_ref *refs);
+void fmt_dir_index_write(uint8_t *page0, uint32_t page_size, uint32_t count,
+                         const mp_dir_ref *refs);
+int fmt_dir_page_read(const uint8_t *page, uint32_t page_size, mp_dir_entry *entries);
+void fmt_dir_page_write(uint8_t *page, uint32_t page_size, const mp_dir_entry *entries);
+
+/* ---- bitmap.c: the free map in memory (bit set = allocated) ---- */
+
+static inline int bitmap_get(const uint64_t *bits, uint64_t i)
+{
+    return (int)((bits[i >> 6] >> (i & 63)) & 1u);
+}
+static inline void bitmap_set(uint64_t *bits, uint64_t i)
+{
+    bits[i >> 6] |= (uint64_t)1 << (i & 63);
+}
+static inline void bitmap_clear(uint64_t *bits, uint64_t i)
+{
+    bits[i >> 6] &= ~((uint64_t)1 << (i & 63));
+}
+static inline uint64_t bitmap_words(uint64_t nbits)
+{
+    return (nbits + 63) >> 6;
+}
+/* Lowest clear bit in [start, limit), or limit when none. */
+uint64_t bitmap_find_free(const uint64_t *bits, uint64_t start, uint64_t limit);
+/* Lowest set bit in [start, limit) of bits & ~mask (mask may be NULL). */
+uint64_t bitmap_find_set(const uint64_t *bits, const uint64_t *mask, uint64_t start,
+                         uint64_t limit);
+uint64_t bitmap_count_set(const uint64_t *bits, uint64_t limit);
+
+/* ---- os.c: every system call that touches the file or the mapping ---- */
+
+typedef struct {
+    uint8_t *base;
+    uint64_t reserved;       /* bytes of address space reserved at base */
+    uint64_t mapped;         /* bytes of the file mapped at base */
+    int writable;
+} mp_map;
+
+int os_open_file(const char *path, int create, int read_only, int *out_fd);
+int os_close_file(int fd);
+int os_file_size(int fd, uint64_t *out);
+int os_lock(int fd, double timeout);
+int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m);
+int os_map_extend(mp_map *m, int fd, uint64_t new_len);
+void os_map_release(mp_map *m);
+int os_flush_range(const mp_map *m, int fd, uint64_t offset, uint64_t len);
+int os_sync_file(int fd);
+int os_sync_dir_of(const char *path);
+int os_grow_file(int fd, uint64_t old_len, uint64_t new_len);
+int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got);
+int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset);
+int os_unlink(const char *path);
+
+/* ---- pager.c ---- */
+
+typedef struct {
+    mp_dir_entry *entries;   /* entries_per_page entries */
+    uint8_t *writer_open;    /* one flag per slot */
+    int dirty;               /* in-memory entries differ from the active copy */
+} mp_dir_block;
+
+struct mp_pager {
+    int fd;
+    int read_only;
+    int poisoned;
+    uint32_t page_size;
+    uint32_t log2;
+    mp_map map;
+    uint64_t max_pages;      /* cap of the layout and of the reservation */
+    uint64_t total_pages;
+    uint64_t free_count;
+    uint64_t generation;
+    uint32_t active;         /* committed metadata copy: 0 = A, 1 = B */
+    uint64_t hint;           /* no free page below this id */
+    uint64_t *bits;          /* bitmap_words(max_pages) words */
+    uint64_t *system;        /* same size: directory and backing pages */
+    uint32_t dir_count;
+    uint32_t dir_capacity;   /* max_dir_blocks */
+    uint32_t epp;            /* entries per directory page */
+    mp_dir_block *dirs;      /* dir_capacity blocks, dir_count in use */
+    mp_dir_ref *refs;        /* page 0's block references, dir_count in use */
+    uint64_t protected_count;
+    uint64_t system_count;
+    uint8_t *scratch;        /* page_size bytes */
+};
+
+uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id);
+int pager_ensure_free(mp_pager *p, uint64_t n);
+int pager_take_lowest(mp_pager *p, uint64_t *out_id);
+int pager_meta_commit(mp_pager *p);
+int pager_write_page0(mp_pager *p);
+int pager_flush_page(mp_pager *p, uint64_t id);
+int pager_usable(const mp_pager *p, int writing);
+void pager_release_bit(mp_pager *p, uint64_t id);
+
+/* ---- protected.c ---- */
+
+int dir_load(mp_pager *p, mp_open_report *report);
+void dir_release(mp_pager *p);
+int dir_commit_dirty(mp_pager *p);
+
+#endif /* MP_INTERNAL_H */

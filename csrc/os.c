@@ -1,0 +1,296 @@
+/*
+ * os.c - every system call the core makes on the file or on its mapping.
+ *
+ * Owns: opening and locking the file, reserving address space and mapping the
+ * file into it, growing the file, and the durability barriers. Keeping them in
+ * one file keeps the platform differences (Linux, macOS) side by side, one
+ * comment per difference, and gives fault injection a single place to hook.
+ *
+ * Invariants: the reserved range never moves and never shrinks while the
+ * pager lives; [base, base + mapped) is always a MAP_SHARED mapping of the
+ * file; the rest of the range is PROT_NONE, so a stray access faults instead of
+ * touching another object. Growth replaces part of the PROT_NONE range with
+ * MAP_FIXED, which swaps the pages atomically: addresses handed out earlier
+ * stay valid.
+ */
+#include "mp_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t os_page_size(void)
+{
+    long v = sysconf(_SC_PAGESIZE);
+    return v > 0 ? (uint64_t)v : 4096u;
+}
+
+int os_open_file(const char *path, int create, int read_only, int *out_fd)
+{
+    int flags = O_CLOEXEC | O_NONBLOCK;
+    if (create)
+        flags |= O_RDWR | O_CREAT | O_EXCL;
+    else
+        flags |= read_only ? O_RDONLY : O_RDWR;
+    int fd;
+    do {
+        fd = open(path, flags, 0666);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return -errno;
+    /* O_NONBLOCK only kept open() from hanging on a FIFO; clear it. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return -EISDIR;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return MP_ECORRUPT_SUPERBLOCK;
+    }
+    *out_fd = fd;
+    return MP_OK;
+}
+
+int os_close_file(int fd)
+{
+    return close(fd) == 0 ? MP_OK : -errno;
+}
+
+int os_unlink(const char *path)
+{
+    return unlink(path) == 0 ? MP_OK : -errno;
+}
+
+int os_file_size(int fd, uint64_t *out)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    *out = st.st_size < 0 ? 0 : (uint64_t)st.st_size;
+    return MP_OK;
+}
+
+/* flock locks belong to the open file description, so a second open of the
+ * same file conflicts even inside one process, and the lock goes away with the
+ * process however it dies. */
+int os_lock(int fd, double timeout)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return MP_OK;
+        if (errno == EINTR)
+            continue;
+        if (errno != EWOULDBLOCK)
+            return -errno;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double waited = (double)(now.tv_sec - start.tv_sec) +
+                        (double)(now.tv_nsec - start.tv_nsec) / 1e9;
+        if (!(timeout > waited))
+            return MP_ELOCKED;
+        struct timespec nap = {0, 5 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+}
+
+int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m)
+{
+    uint64_t ps = os_page_size();
+    if (need > want)
+        want = need;
+    want = (want + ps - 1) & ~(ps - 1);
+    /* Address space only: PROT_NONE and MAP_NORESERVE cost no memory and no
+     * commit charge. Halve the request if the address space is short. */
+    for (;;) {
+        void *b = mmap(NULL, (size_t)want, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (b != MAP_FAILED) {
+            m->base = b;
+            m->reserved = want;
+            m->mapped = 0;
+            m->writable = writable;
+            return MP_OK;
+        }
+        if (want / 2 < need || want <= ps)
+            return -ENOMEM;
+        want = (want / 2 + ps - 1) & ~(ps - 1);
+    }
+}
+
+int os_map_extend(mp_map *m, int fd, uint64_t new_len)
+{
+    if (new_len <= m->mapped)
+        return MP_OK;
+    if (new_len > m->reserved)
+        return MP_EFILE_FULL;
+    uint64_t ps = os_page_size();
+    uint64_t start = m->mapped & ~(ps - 1);
+    int prot = PROT_READ | (m->writable ? PROT_WRITE : 0);
+    void *want = m->base + start;
+    void *got = mmap(want, (size_t)(new_len - start), prot, MAP_SHARED | MAP_FIXED, fd,
+                     (off_t)start);
+    if (got == MAP_FAILED)
+        return -errno;
+    m->mapped = new_len;
+    return MP_OK;
+}
+
+void os_map_release(mp_map *m)
+{
+    if (m->base)
+        munmap(m->base, (size_t)m->reserved);
+    m->base = NULL;
+    m->reserved = m->mapped = 0;
+}
+
+/* Durability of the mapped range [offset, offset + len). msync needs an
+ * address aligned to the OS page, so the range is rounded out to OS pages
+ * (with 1 KiB pager pages a flush also writes back its neighbours, which is
+ * harmless: they hold either committed state or user data). */
+int os_flush_range(const mp_map *m, int fd, uint64_t offset, uint64_t len)
+{
+    uint64_t ps = os_page_size();
+    uint64_t start = offset & ~(ps - 1);
+    uint64_t end = (offset + len + ps - 1) & ~(ps - 1);
+    if (end > m->mapped)
+        end = (m->mapped + ps - 1) & ~(ps - 1);
+    if (end <= start)
+        return MP_OK;
+    if (msync(m->base + start, (size_t)(end - start), MS_SYNC) != 0)
+        return -errno;
+#if defined(__APPLE__)
+    /* macOS: msync hands the pages to the drive but the drive may keep them
+     * in its cache; only F_FULLFSYNC asks it to write them to the medium. */
+    return os_sync_file(fd);
+#else
+    (void)fd;
+    return MP_OK;
+#endif
+}
+
+int os_sync_file(int fd)
+{
+#if defined(__APPLE__)
+    if (fcntl(fd, F_FULLFSYNC) == 0)
+        return MP_OK;
+    /* Some file systems (network, FUSE) refuse F_FULLFSYNC: fsync is the best left. */
+    return fsync(fd) == 0 ? MP_OK : -errno;
+#else
+    /* fdatasync also writes the metadata needed to read the data back, which
+     * includes the file's size: that is all growth needs to be durable. */
+    return fdatasync(fd) == 0 ? MP_OK : -errno;
+#endif
+}
+
+int os_sync_dir_of(const char *path)
+{
+    char dir[PATH_MAX];
+    size_t n = strlen(path);
+    if (n >= sizeof dir)
+        return -ENAMETOOLONG;
+    memcpy(dir, path, n + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? MP_OK : -errno;
+    close(fd);
+    /* Some file systems do not support fsync on a directory; that is no error. */
+    if (rc == -EINVAL || rc == -ENOTSUP)
+        rc = MP_OK;
+    return rc;
+}
+
+/* Give the file real blocks for [old_len, new_len). A sparse hole in a shared
+ * mapping is only backed when first written, and if the disk is full then the
+ * write kills the process with SIGBUS; preallocating turns that into ENOSPC
+ * here, where it can be reported. On failure the size goes back to old_len
+ * (a failed posix_fallocate may leave some blocks allocated). */
+int os_grow_file(int fd, uint64_t old_len, uint64_t new_len)
+{
+    int err;
+#if defined(__APPLE__)
+    /* macOS has no posix_fallocate: F_PREALLOCATE reserves the blocks (first
+     * contiguously, then anywhere), and ftruncate moves the end of file. */
+    fstore_t fs = {F_ALLOCATECONTIG | F_ALLOCATEALL, F_PEOFPOSMODE, 0,
+                   (off_t)(new_len - old_len), 0};
+    err = 0;
+    if (fcntl(fd, F_PREALLOCATE, &fs) == -1) {
+        fs.fst_flags = F_ALLOCATEALL;
+        if (fcntl(fd, F_PREALLOCATE, &fs) == -1 && errno != ENOTSUP)
+            err = errno;
+    }
+    if (err == 0 && ftruncate(fd, (off_t)new_len) != 0)
+        err = errno;
+#else
+    err = posix_fallocate(fd, (off_t)old_len, (off_t)(new_len - old_len));
+    if (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS) {
+        /* The file system cannot preallocate: grow sparsely. */
+        err = ftruncate(fd, (off_t)new_len) == 0 ? 0 : errno;
+    }
+#endif
+    if (err != 0) {
+        int rc;
+        do {
+            rc = ftruncate(fd, (off_t)old_len);
+        } while (rc != 0 && errno == EINTR);
+        return -err;
+    }
+    return MP_OK;
+}
+
+int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = pread(fd, buf + done, len - done, (off_t)(offset + done));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            break;
+        done += (size_t)r;
+    }
+    *got = done;
+    return MP_OK;
+}
+
+int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = pwrite(fd, buf + done, len - done, (off_t)(offset + done));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        done += (size_t)r;
+    }
+    return MP_OK;
+}

@@ -1,0 +1,687 @@
+/*
+ * pager.c - the page allocator: open, create, grow, alloc, free, commit.
+ *
+ * Owns: the lifetime of an mp_pager, the metadata commit protocol and growth.
+ *
+ * Crash safety rests on three rules, each kept next to the code it governs:
+ *   1. The committed metadata copy is never written in place. A commit writes
+ *      the whole new state into the other copy, with generation + 1, and only
+ *      then touches page 0 (pager_meta_commit).
+ *   2. Open trusts generations, not page 0: among the copies that pass their
+ *      CRC and consistency checks it takes the newest, so a crash between the
+ *      two flushes of a commit, or a damaged selector, loses nothing that was
+ *      acknowledged (load_state).
+ *   3. The file is grown, preallocated and its size made durable before any
+ *      committed metadata counts the new pages (grow_to).
+ * A flush that fails leaves the on-disk state unknown, and retrying msync or
+ * fsync after a failure is not safe (the kernel may have dropped the dirty
+ * pages), so the pager is poisoned: every later call but close fails.
+ */
+#include "mp_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Address space reserved per pager: the whole layout when it fits, else 16 TiB.
+ * Reserving costs no memory, and it is what lets the mapping stay put. */
+static const uint64_t RESERVE_LIMIT = (uint64_t)1 << 44;
+
+uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id)
+{
+    return p->map.base + id * (uint64_t)p->page_size;
+}
+
+int pager_usable(const mp_pager *p, int writing)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    if (p->poisoned)
+        return MP_EUNAVAILABLE;
+    if (writing && p->read_only)
+        return MP_EREAD_ONLY;
+    return MP_OK;
+}
+
+int pager_flush_page(mp_pager *p, uint64_t id)
+{
+    int rc = os_flush_range(&p->map, p->fd, id * (uint64_t)p->page_size, p->page_size);
+    if (rc != MP_OK)
+        p->poisoned = 1;
+    return rc;
+}
+
+static int valid_page_size(uint32_t page_size)
+{
+    return page_size >= (1u << MP_MIN_LOG2) && page_size <= (1u << MP_MAX_LOG2) &&
+           (page_size & (page_size - 1)) == 0;
+}
+
+static uint32_t log2_of(uint32_t v)
+{
+    uint32_t l = 0;
+    while ((1u << l) < v)
+        l++;
+    return l;
+}
+
+static void pager_destroy(mp_pager *p)
+{
+    if (!p)
+        return;
+    dir_release(p);
+    os_map_release(&p->map);
+    free(p->bits);
+    free(p->system);
+    free(p->scratch);
+    free(p->dirs);
+    free(p->refs);
+    if (p->fd >= 0)
+        (void)os_close_file(p->fd);
+    free(p);
+}
+
+static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes, mp_pager **out)
+{
+    mp_pager *p = calloc(1, sizeof *p);
+    if (!p)
+        return MP_ENO_MEMORY;
+    p->fd = fd;
+    p->read_only = read_only;
+    p->log2 = log2;
+    p->page_size = 1u << log2;
+    uint64_t layout_pages = fmt_max_pages(p->page_size);
+    uint64_t want = layout_pages * p->page_size;
+    if (want > RESERVE_LIMIT || want / p->page_size != layout_pages)
+        want = RESERVE_LIMIT;
+    int rc = os_map_reserve(want, need_bytes, !read_only, &p->map);
+    if (rc != MP_OK) {
+        p->fd = -1;
+        pager_destroy(p);
+        return rc;
+    }
+    p->max_pages = p->map.reserved / p->page_size;
+    if (p->max_pages > layout_pages)
+        p->max_pages = layout_pages;
+    uint64_t words = bitmap_words(p->max_pages) + 1;
+    p->bits = calloc(words, sizeof(uint64_t));
+    p->system = calloc(words, sizeof(uint64_t));
+    p->scratch = malloc(p->page_size);
+    p->dir_capacity = fmt_max_dir_blocks(p->page_size);
+    p->epp = fmt_entries_per_dir_page(p->page_size);
+    p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
+    p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
+    if (!p->bits || !p->system || !p->scratch || !p->dirs || !p->refs) {
+        p->fd = -1;
+        pager_destroy(p);
+        return MP_ENO_MEMORY;
+    }
+    *out = p;
+    return MP_OK;
+}
+
+/* Page 0 is rewritten whole, as the crate does: the superblock naming the
+ * active copy, then the directory index. It has no second copy in this layout,
+ * so this in-place write is the one step a torn write can damage. */
+int pager_write_page0(mp_pager *p)
+{
+    uint8_t *page0 = pager_page_ptr(p, 0);
+    fmt_superblock_write(page0, p->log2, (uint8_t)p->active);
+    fmt_dir_index_write(page0, p->page_size, p->dir_count, p->refs);
+    return pager_flush_page(p, 0);
+}
+
+int pager_meta_commit(mp_pager *p)
+{
+    uint32_t target = p->active ^ 1u;
+    uint8_t *page = pager_page_ptr(p, 1 + target);
+    fmt_meta_write(page, p->page_size, p->total_pages, p->generation + 1, p->free_count,
+                   p->bits);
+    /* Flush 1: the new copy must be durable before page 0 names it. The Rust
+     * crate follows page 0's selector, and a selector naming a copy that is
+     * still in the page cache could name a torn page after a power loss. Once
+     * this flush returns, open here already finds the new state (newest valid
+     * generation wins), so the commit is durable at this point. */
+    int rc = pager_flush_page(p, 1 + target);
+    if (rc != MP_OK)
+        return rc;
+    p->active = target;
+    p->generation++;
+    /* Flush 2: page 0 names the new copy, so that a reader that follows the
+     * selector (the crate) also sees this commit after a crash. */
+    return pager_write_page0(p);
+}
+
+/* Make the file hold new_total pages: preallocate, make the size durable, map.
+ * Nothing refers to the new pages until a later metadata commit counts them,
+ * so a crash anywhere in here leaves only a longer file, which open accepts. */
+static int grow_to(mp_pager *p, uint64_t new_total)
+{
+    uint64_t ps = p->page_size;
+    uint64_t old_size;
+    int rc = os_file_size(p->fd, &old_size);
+    if (rc != MP_OK)
+        return rc;
+    uint64_t new_len = new_total * ps;
+    rc = os_grow_file(p->fd, p->total_pages * ps, new_len);
+    if (rc != MP_OK)
+        return rc;
+    /* The new size must be durable before a commit refers to the new pages,
+     * or a crash could leave metadata counting pages past the end of file. */
+    rc = os_sync_file(p->fd);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    rc = os_map_extend(&p->map, p->fd, new_len);
+    if (rc != MP_OK) {
+        (void)os_grow_file(p->fd, old_size, old_size);
+        return rc;
+    }
+    p->free_count += new_total - p->total_pages;
+    p->total_pages = new_total;
+    return MP_OK;
+}
+
+/* Grow, by doubling as the crate does, until n pages are free; the last step
+ * stops at the layout's cap. Fails with nothing changed when n cannot fit. */
+int pager_ensure_free(mp_pager *p, uint64_t n)
+{
+    if (p->free_count >= n)
+        return MP_OK;
+    uint64_t t = p->total_pages;
+    while (p->free_count + (t - p->total_pages) < n && t < p->max_pages)
+        t = t * 2 > p->max_pages ? p->max_pages : t * 2;
+    if (p->free_count + (t - p->total_pages) < n)
+        return MP_EFILE_FULL;
+    return grow_to(p, t);
+}
+
+int pager_take_lowest(mp_pager *p, uint64_t *out_id)
+{
+    int rc = pager_ensure_free(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    uint64_t id = bitmap_find_free(p->bits, p->hint, p->total_pages);
+    if (id >= p->total_pages) {
+        /* The hint is only a lower bound; fall back to a full search. */
+        id = bitmap_find_free(p->bits, MP_RESERVED_PAGES, p->total_pages);
+        if (id >= p->total_pages)
+            return MP_ECORRUPT_METADATA;
+    }
+    bitmap_set(p->bits, id);
+    p->free_count--;
+    p->hint = id + 1;
+    *out_id = id;
+    return MP_OK;
+}
+
+void pager_release_bit(mp_pager *p, uint64_t id)
+{
+    bitmap_clear(p->bits, id);
+    p->free_count++;
+    if (id < p->hint)
+        p->hint = id;
+}
+
+/* -------------------------------------------------------------- open */
+
+/* Reads page 0, both metadata copies and the directory from the mapping into
+ * p, choosing the metadata copy by generation (rule 2 above). */
+static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *page0_stale)
+{
+    const uint8_t *page0 = pager_page_ptr(p, 0);
+    mp_superblock sb;
+    int rc = fmt_superblock_read(page0, MP_SB_SIZE, &sb);
+    if (rc != MP_OK)
+        return rc;
+    if (sb.page_size_log2 != p->log2)
+        return MP_ECORRUPT_SUPERBLOCK;
+    uint64_t file_pages = file_len / p->page_size;
+    mp_meta_header h[2];
+    for (int c = 0; c < 2; c++) {
+        fmt_meta_check(pager_page_ptr(p, 1 + (uint64_t)c), p->page_size, file_pages, &h[c]);
+        if (h[c].problem == MP_OK && h[c].total_pages > p->max_pages)
+            h[c].problem = MP_META_BAD_TOTAL;
+        rep->generation[c] = h[c].generation;
+        rep->meta_problem[c] = h[c].problem;
+    }
+    int ok0 = h[0].problem == MP_META_OK, ok1 = h[1].problem == MP_META_OK;
+    if (!ok0 && !ok1)
+        return MP_ECORRUPT_METADATA;
+    rep->selector = sb.selector;
+    int sel_ok = sb.selector <= 1;
+    uint32_t chosen;
+    if (ok0 && ok1) {
+        if (h[0].generation != h[1].generation)
+            chosen = h[1].generation > h[0].generation;
+        else
+            chosen = sel_ok ? sb.selector : 0;
+    } else {
+        chosen = ok1 ? 1u : 0u;
+    }
+    rep->chosen_copy = chosen;
+    rep->flags = 0;
+    if (!ok0)
+        rep->flags |= MP_REC_META_A_DAMAGED;
+    if (!ok1)
+        rep->flags |= MP_REC_META_B_DAMAGED;
+    if (!sel_ok)
+        rep->flags |= MP_REC_SELECTOR_INVALID;
+    else if (sb.selector != chosen)
+        rep->flags |= MP_REC_SELECTOR_STALE;
+    if (sb.meta_checksum != MP_CRC_RESIDUE)
+        rep->flags |= MP_REC_META_CHECKSUM;
+    *page0_stale = (rep->flags & (MP_REC_SELECTOR_INVALID | MP_REC_SELECTOR_STALE |
+                                  MP_REC_META_CHECKSUM)) != 0;
+
+    p->active = chosen;
+    p->total_pages = h[chosen].total_pages;
+    p->generation = h[chosen].generation;
+    p->free_count = h[chosen].free_count;
+    memset(p->bits, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
+    memset(p->system, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
+    fmt_meta_load_bits(pager_page_ptr(p, 1 + chosen), p->total_pages, p->bits);
+    p->hint = MP_RESERVED_PAGES;
+    return dir_load(p, rep);
+}
+
+static int open_checked(const char *path, const mp_options *opts, uint32_t *want_size)
+{
+    if (!path || !opts)
+        return MP_EINVALID_ARGUMENT;
+    *want_size = opts->page_size;
+    if (*want_size != 0 && !valid_page_size(*want_size))
+        return MP_EINVALID_PAGE_SIZE;
+    return MP_OK;
+}
+
+/* A reader may look while a writer is rewriting page 0 or a directory page;
+ * what it then sees can fail a CRC for a moment. Readers retry briefly. */
+static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
+                             int *page0_stale)
+{
+    int rc = load_state(p, file_len, rep, page0_stale);
+    for (int attempt = 0; rc > 0 && rc != MP_ENO_MEMORY && p->read_only && attempt < 5;
+         attempt++) {
+        struct timespec nap = {0, 2 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+        dir_release(p);
+        memset(rep, 0, sizeof *rep);
+        rc = load_state(p, file_len, rep, page0_stale);
+    }
+    return rc;
+}
+
+int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
+                  mp_open_report *report)
+{
+    uint32_t want_size;
+    int rc = open_checked(path, opts, &want_size);
+    if (rc != MP_OK)
+        return rc;
+    if (!out || !report)
+        return MP_EINVALID_ARGUMENT;
+    memset(report, 0, sizeof *report);
+    int fd;
+    rc = os_open_file(path, 0, opts->read_only, &fd);
+    if (rc != MP_OK)
+        return rc;
+    /* Readers take no lock, so a reader never blocks the writer. */
+    if (!opts->read_only && (rc = os_lock(fd, opts->lock_timeout)) != MP_OK) {
+        (void)os_close_file(fd);
+        return rc;
+    }
+    uint64_t size;
+    uint8_t head[MP_SB_SIZE];
+    size_t got = 0;
+    mp_superblock sb;
+    if ((rc = os_file_size(fd, &size)) != MP_OK ||
+        (rc = os_pread_all(fd, head, sizeof head, 0, &got)) != MP_OK) {
+        (void)os_close_file(fd);
+        return rc;
+    }
+    if ((rc = fmt_superblock_read(head, got, &sb)) != MP_OK) {
+        (void)os_close_file(fd);
+        return rc;
+    }
+    uint32_t ps = 1u << sb.page_size_log2;
+    if (want_size != 0 && want_size != ps) {
+        (void)os_close_file(fd);
+        return MP_EINVALID_PAGE_SIZE;
+    }
+    /* Every file has at least the superblock, both copies and one data page;
+     * a shorter one is truncated (the crate opens it and faults later). */
+    if (size < (uint64_t)MP_INITIAL_PAGES * ps) {
+        (void)os_close_file(fd);
+        return MP_ECORRUPT_SUPERBLOCK;
+    }
+    mp_pager *p;
+    if ((rc = pager_new(fd, sb.page_size_log2, opts->read_only, (uint64_t)MP_INITIAL_PAGES * ps,
+                        &p)) != MP_OK) {
+        (void)os_close_file(fd);
+        return rc;
+    }
+    uint64_t map_len = size < p->map.reserved ? size : p->map.reserved;
+    int page0_stale = 0;
+    if ((rc = os_map_extend(&p->map, fd, map_len)) != MP_OK ||
+        (rc = load_with_retries(p, map_len, report, &page0_stale)) != MP_OK) {
+        pager_destroy(p);
+        return rc;
+    }
+    if (!p->read_only) {
+        /* A writer brings page 0 in line with what was chosen, so that the
+         * crate, which follows page 0, reads the same state. */
+        if (page0_stale || (report->flags & (MP_REC_DIR_ENTRY_DROPPED | MP_REC_DIR_BLOCK_DROPPED |
+                                             MP_REC_DIR_FALLBACK))) {
+            rc = dir_commit_dirty(p);
+            if (rc != MP_OK) {
+                pager_destroy(p);
+                return rc;
+            }
+            report->flags |= MP_REC_PAGE0_REWRITTEN;
+        }
+    }
+    *out = p;
+    return MP_OK;
+}
+
+int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
+{
+    if (!path || !opts || !out)
+        return MP_EINVALID_ARGUMENT;
+    uint32_t ps = opts->page_size;
+    if (!valid_page_size(ps))
+        return MP_EINVALID_PAGE_SIZE;
+    int fd;
+    int rc = os_open_file(path, 1, 0, &fd);
+    if (rc != MP_OK)
+        return rc;
+    mp_pager *p = NULL;
+    uint64_t len = (uint64_t)MP_INITIAL_PAGES * ps;
+    if ((rc = os_lock(fd, opts->lock_timeout)) != MP_OK ||
+        (rc = pager_new(fd, log2_of(ps), 0, len, &p)) != MP_OK) {
+        (void)os_close_file(fd);
+        (void)os_unlink(path);
+        return rc;
+    }
+    /* The crate's fresh file: 4 pages, page 3 free, both copies identical at
+     * generation 0, the selector on A, an empty sealed directory index. */
+    p->total_pages = MP_INITIAL_PAGES;
+    p->free_count = 1;
+    p->generation = 0;
+    p->active = 0;
+    p->hint = MP_RESERVED_PAGES;
+    for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
+        bitmap_set(p->bits, i);
+    uint8_t *buf = p->scratch;
+    if ((rc = os_grow_file(fd, 0, len)) != MP_OK)
+        goto fail;
+    memset(buf, 0, ps);
+    fmt_superblock_write(buf, p->log2, 0);
+    fmt_dir_index_write(buf, ps, 0, NULL);
+    if ((rc = os_write_all(fd, buf, ps, 0)) != MP_OK)
+        goto fail;
+    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
+    if ((rc = os_write_all(fd, buf, ps, ps)) != MP_OK ||
+        (rc = os_write_all(fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
+        goto fail;
+    /* The file's bytes, then its name in the directory, must be durable
+     * before create returns: otherwise a crash could leave no file, or a file
+     * of zeros, behind a successful create. */
+    if ((rc = os_sync_file(fd)) != MP_OK || (rc = os_sync_dir_of(path)) != MP_OK ||
+        (rc = os_map_extend(&p->map, fd, len)) != MP_OK)
+        goto fail;
+    *out = p;
+    return MP_OK;
+fail:
+    pager_destroy(p);
+    (void)os_unlink(path);
+    return rc;
+}
+
+int mp_pager_close(mp_pager *p)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    pager_destroy(p);
+    return MP_OK;
+}
+
+int mp_pager_refresh(mp_pager *p, mp_open_report *report)
+{
+    if (!p || !report)
+        return MP_EINVALID_ARGUMENT;
+    if (!p->read_only)
+        return MP_EINVALID_ARGUMENT;
+    memset(report, 0, sizeof *report);
+    uint64_t size;
+    int rc = os_file_size(p->fd, &size);
+    if (rc != MP_OK)
+        return rc;
+    uint64_t map_len = size < p->map.reserved ? size : p->map.reserved;
+    /* The mapping only grows: a view handed out earlier stays valid even if
+     * the file shrank behind our back (its pages then read as zero or fault,
+     * which no reader can prevent for a file it does not own). */
+    if (map_len > p->map.mapped && (rc = os_map_extend(&p->map, p->fd, map_len)) != MP_OK)
+        return rc;
+    if (map_len < p->map.mapped)
+        map_len = p->map.mapped;
+    /* Load into fresh buffers; keep the old state if the file does not validate. */
+    mp_pager saved = *p;
+    uint64_t words = bitmap_words(p->max_pages) + 1;
+    p->bits = calloc(words, sizeof(uint64_t));
+    p->system = calloc(words, sizeof(uint64_t));
+    p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
+    p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
+    p->dir_count = 0;
+    if (!p->bits || !p->system || !p->dirs || !p->refs) {
+        rc = MP_ENO_MEMORY;
+    } else {
+        int stale = 0;
+        rc = load_with_retries(p, map_len, report, &stale);
+    }
+    if (rc != MP_OK) {
+        dir_release(p);
+        free(p->bits);
+        free(p->system);
+        free(p->dirs);
+        free(p->refs);
+        mp_map map = p->map;
+        *p = saved;
+        p->map = map;
+        return rc;
+    }
+    mp_pager old = saved;
+    dir_release(&old);
+    free(old.bits);
+    free(old.system);
+    free(old.dirs);
+    free(old.refs);
+    return MP_OK;
+}
+
+int mp_pager_stats(const mp_pager *p, mp_stats *out)
+{
+    if (!p || !out)
+        return MP_EINVALID_ARGUMENT;
+    out->page_size = p->page_size;
+    out->read_only = (uint32_t)p->read_only;
+    out->page_count = p->total_pages;
+    out->free_count = p->free_count;
+    out->generation = p->generation;
+    out->max_pages = p->max_pages;
+    out->protected_count = p->protected_count;
+    out->dir_blocks = p->dir_count;
+    out->system_pages = p->system_count;
+    return MP_OK;
+}
+
+int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes)
+{
+    if (!p || !base || !reserved_bytes)
+        return MP_EINVALID_ARGUMENT;
+    *base = p->map.base;
+    *reserved_bytes = p->map.reserved;
+    return MP_OK;
+}
+
+/* ------------------------------------------------------------ alloc/free */
+
+static void zero_pages(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        memset(pager_page_ptr(p, ids[i]), 0, p->page_size);
+}
+
+int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_id)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t id;
+    if ((rc = pager_take_lowest(p, &id)) != MP_OK)
+        return rc;
+    if (zero)
+        zero_pages(p, &id, 1);
+    if ((rc = pager_meta_commit(p)) != MP_OK)
+        return rc;
+    *out_id = id;
+    return MP_OK;
+}
+
+int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (n == 0)
+        return MP_OK;
+    if (!out_ids)
+        return MP_EINVALID_ARGUMENT;
+    if (n > p->max_pages)
+        return MP_EFILE_FULL;
+    /* All the growth happens first, so nothing below can fail before the
+     * commit: either every page is taken in one commit or none is. */
+    if ((rc = pager_ensure_free(p, n)) != MP_OK)
+        return rc;
+    uint64_t at = p->hint;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t id = bitmap_find_free(p->bits, at, p->total_pages);
+        bitmap_set(p->bits, id);
+        out_ids[i] = id;
+        at = id + 1;
+    }
+    p->free_count -= n;
+    p->hint = at;
+    if (zero)
+        zero_pages(p, out_ids, n);
+    return pager_meta_commit(p);
+}
+
+/* Why a page may not be freed (or viewed), in the order the checks apply. */
+static int check_freeable(const mp_pager *p, uint64_t id)
+{
+    if (id < MP_RESERVED_PAGES)
+        return MP_ERESERVED_PAGE;
+    if (id >= p->total_pages)
+        return MP_EOUT_OF_BOUNDS;
+    if (bitmap_get(p->system, id))
+        return MP_ERESERVED_PAGE;
+    if (!bitmap_get(p->bits, id))
+        return MP_EDOUBLE_FREE;
+    return MP_OK;
+}
+
+int mp_pager_free(mp_pager *p, uint64_t id)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if ((rc = check_freeable(p, id)) != MP_OK)
+        return rc;
+    pager_release_bit(p, id);
+    return pager_meta_commit(p);
+}
+
+int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (n == 0)
+        return MP_OK;
+    if (!ids)
+        return MP_EINVALID_ARGUMENT;
+    /* Clearing each bit as it is checked makes a repeated id fail as a double
+     * free; on any failure the bits cleared so far are set again. */
+    for (uint64_t i = 0; i < n; i++) {
+        rc = check_freeable(p, ids[i]);
+        if (rc != MP_OK) {
+            for (uint64_t j = 0; j < i; j++)
+                bitmap_set(p->bits, ids[j]);
+            return rc;
+        }
+        bitmap_clear(p->bits, ids[i]);
+    }
+    for (uint64_t i = 0; i < n; i++)
+        if (ids[i] < p->hint)
+            p->hint = ids[i];
+    p->free_count += n;
+    return pager_meta_commit(p);
+}
+
+int mp_pager_check_page(const mp_pager *p, uint64_t id)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (id < MP_RESERVED_PAGES)
+        return MP_ERESERVED_PAGE;
+    if (id >= p->total_pages)
+        return MP_EOUT_OF_BOUNDS;
+    if (bitmap_get(p->system, id))
+        return MP_ERESERVED_PAGE;
+    return MP_OK;
+}
+
+int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
+                        uint64_t capacity, uint64_t *out_n)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_ids || !out_n || (kind != MP_KIND_ALLOCATED && kind != MP_KIND_SYSTEM))
+        return MP_EINVALID_ARGUMENT;
+    uint64_t n = 0;
+    uint64_t at = start < MP_RESERVED_PAGES ? MP_RESERVED_PAGES : start;
+    while (n < capacity) {
+        uint64_t id = kind == MP_KIND_ALLOCATED
+                          ? bitmap_find_set(p->bits, p->system, at, p->total_pages)
+                          : bitmap_find_set(p->system, NULL, at, p->total_pages);
+        if (id >= p->total_pages)
+            break;
+        out_ids[n++] = id;
+        at = id + 1;
+    }
+    *out_n = n;
+    return MP_OK;
+}
+
+int mp_pager_sync(mp_pager *p)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    /* msync writes back the data pages; the fsync after it covers what msync
+     * does not promise everywhere (file metadata, the drive's cache on macOS). */
+    rc = os_flush_range(&p->map, p->fd, 0, p->total_pages * (uint64_t)p->page_size);
+    if (rc == MP_OK)
+        rc = os_sync_file(p->fd);
+    if (rc != MP_OK)
+        p->poisoned = 1;
+    return rc;
+}

@@ -1,0 +1,505 @@
+/*
+ * protected.c - protected pages: copy-on-write pairs with atomic commit, kept
+ * in the crate's directory (block references in page 0, each block an A/B pair
+ * of directory pages of 30-byte entries).
+ *
+ * Owns: loading and validating the directory, and every change to it.
+ *
+ * Invariants, and the crash reasoning behind them:
+ *   - A directory page is never written while page 0 names it: a commit writes
+ *     the block's other copy, flushes it, then flips the block's byte in page 0
+ *     and flushes page 0 (dir_commit_dirty). A crash before the page-0 flush
+ *     leaves the old copy named and intact.
+ *   - An entry counts only if both its backing pages are allocated in the
+ *     committed bitmap. alloc_protected commits the directory first and the
+ *     bitmap second; free_protected commits the bitmap first and the directory
+ *     second. A crash between the two commits therefore always leaves an entry
+ *     whose pages are not both allocated, which open drops: no page is ever
+ *     claimed by an entry and by the allocator at once, and nothing leaks.
+ *   - Directory pages carry no generation, so a fallback to a block's other
+ *     copy may be arbitrarily old: each of its entries must also match the CRC
+ *     it recorded for its active page, or it is dropped as stale (fixture e12).
+ *   - A staged copy is flushed before the directory names it, so a committed
+ *     protected page is always whole.
+ */
+#include "mp_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void dir_release(mp_pager *p)
+{
+    if (!p->dirs)
+        return;
+    for (uint32_t i = 0; i < p->dir_capacity; i++) {
+        free(p->dirs[i].entries);
+        free(p->dirs[i].writer_open);
+        p->dirs[i].entries = NULL;
+        p->dirs[i].writer_open = NULL;
+        p->dirs[i].dirty = 0;
+    }
+    p->dir_count = 0;
+    p->protected_count = 0;
+}
+
+static int block_init(mp_pager *p, uint32_t b)
+{
+    mp_dir_block *d = &p->dirs[b];
+    d->entries = calloc(p->epp, sizeof(mp_dir_entry));
+    d->writer_open = calloc(p->epp, 1);
+    d->dirty = 0;
+    if (!d->entries || !d->writer_open) {
+        free(d->entries);
+        free(d->writer_open);
+        d->entries = NULL;
+        d->writer_open = NULL;
+        return MP_ENO_MEMORY;
+    }
+    return MP_OK;
+}
+
+static uint64_t ref_page(const mp_dir_ref *r, int which)
+{
+    return which ? r->page_b : r->page_a;
+}
+
+static int page_usable_for(const mp_pager *p, uint64_t id)
+{
+    return id >= MP_RESERVED_PAGES && id < p->total_pages;
+}
+
+/* Checks an in-use entry against the file. Returns 0 when it may stand,
+ * 1 when it is the trace of an interrupted alloc/free (or stale), and
+ * 2 when it can only be damage. */
+static int entry_verdict(const mp_pager *p, const mp_dir_entry *e, int from_fallback)
+{
+    if (!page_usable_for(p, e->page_a) || !page_usable_for(p, e->page_b) ||
+        e->page_a == e->page_b || bitmap_get(p->system, e->page_a) ||
+        bitmap_get(p->system, e->page_b))
+        return from_fallback ? 1 : 2;
+    if (!bitmap_get(p->bits, e->page_a) || !bitmap_get(p->bits, e->page_b))
+        return 1;
+    if (from_fallback) {
+        uint64_t active = e->active_slot ? e->page_b : e->page_a;
+        if (mp_crc32(pager_page_ptr(p, active), p->page_size) != e->crc)
+            return 1;
+    }
+    return 0;
+}
+
+int dir_load(mp_pager *p, mp_open_report *rep)
+{
+    uint32_t count = 0;
+    int rc = fmt_dir_index_read(pager_page_ptr(p, 0), p->page_size, &count, p->refs);
+    if (rc != MP_OK)
+        return rc;
+    /* A trailing block whose pages are not allocated is an append that did
+     * not reach its bitmap commit: the block was never acknowledged. */
+    while (count > 0) {
+        const mp_dir_ref *r = &p->refs[count - 1];
+        if (!page_usable_for(p, r->page_a) || !page_usable_for(p, r->page_b) ||
+            bitmap_get(p->bits, r->page_a) || bitmap_get(p->bits, r->page_b))
+            break;
+        count--;
+        rep->dropped_blocks++;
+        rep->flags |= MP_REC_DIR_BLOCK_DROPPED;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        const mp_dir_ref *r = &p->refs[i];
+        for (int w = 0; w < 2; w++) {
+            uint64_t id = ref_page(r, w);
+            if (!page_usable_for(p, id) || !bitmap_get(p->bits, id) || bitmap_get(p->system, id))
+                return MP_ECORRUPT_DIRECTORY_INDEX;
+            bitmap_set(p->system, id);
+        }
+        if (r->page_a == r->page_b)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+    }
+    p->dir_count = count;
+    for (uint32_t i = 0; i < count; i++) {
+        if ((rc = block_init(p, i)) != MP_OK)
+            return rc;
+        mp_dir_ref *r = &p->refs[i];
+        rc = fmt_dir_page_read(pager_page_ptr(p, ref_page(r, r->active)), p->page_size,
+                               p->dirs[i].entries);
+        if (rc != MP_OK) {
+            rc = fmt_dir_page_read(pager_page_ptr(p, ref_page(r, !r->active)), p->page_size,
+                                   p->dirs[i].entries);
+            if (rc != MP_OK)
+                return MP_ECORRUPT_PROTECTED_DIRECTORY;
+            r->active ^= 1u;
+            /* dirty doubles as "read from the fallback copy" until the
+             * entries below are checked. */
+            p->dirs[i].dirty = 1;
+            rep->dir_fallbacks++;
+            rep->flags |= MP_REC_DIR_FALLBACK;
+        }
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        int from_fallback = p->dirs[i].dirty;
+        for (uint32_t s = 0; s < p->epp; s++) {
+            mp_dir_entry *e = &p->dirs[i].entries[s];
+            if (!e->in_use)
+                continue;
+            int v = entry_verdict(p, e, from_fallback);
+            if (v == 2)
+                return MP_ECORRUPT_PROTECTED_DIRECTORY;
+            if (v == 1) {
+                e->in_use = 0;
+                p->dirs[i].dirty = 1;
+                rep->dropped_entries++;
+                rep->flags |= MP_REC_DIR_ENTRY_DROPPED;
+                continue;
+            }
+            bitmap_set(p->system, e->page_a);
+            bitmap_set(p->system, e->page_b);
+            p->protected_count++;
+        }
+    }
+    p->system_count = bitmap_count_set(p->system, p->total_pages);
+    return MP_OK;
+}
+
+/* Writes each changed block into its inactive copy and flushes it, then flips
+ * all of them in one page-0 write. Until that page-0 flush, a crash leaves
+ * every block on its old copy; after it, every block on its new one. */
+int dir_commit_dirty(mp_pager *p)
+{
+    int any = 0;
+    for (uint32_t i = 0; i < p->dir_count; i++) {
+        if (!p->dirs[i].dirty)
+            continue;
+        mp_dir_ref *r = &p->refs[i];
+        uint64_t target = ref_page(r, !r->active);
+        fmt_dir_page_write(pager_page_ptr(p, target), p->page_size, p->dirs[i].entries);
+        /* The new copy must be durable before page 0 names it. */
+        int rc = pager_flush_page(p, target);
+        if (rc != MP_OK)
+            return rc;
+        any = 1;
+    }
+    for (uint32_t i = 0; i < p->dir_count; i++) {
+        if (p->dirs[i].dirty) {
+            p->refs[i].active ^= 1u;
+            p->dirs[i].dirty = 0;
+        }
+    }
+    (void)any;
+    return pager_write_page0(p);
+}
+
+/* ------------------------------------------------------------ lookups */
+
+static int locate(const mp_pager *p, uint64_t pid, mp_dir_entry **e, uint8_t **writer,
+                  uint32_t *block)
+{
+    uint64_t b = pid / p->epp;
+    if (b >= p->dir_count)
+        return MP_EOUT_OF_BOUNDS;
+    uint64_t s = pid % p->epp;
+    *e = &p->dirs[b].entries[s];
+    if (writer)
+        *writer = &p->dirs[b].writer_open[s];
+    if (block)
+        *block = (uint32_t)b;
+    return MP_OK;
+}
+
+static int locate_live(const mp_pager *p, uint64_t pid, mp_dir_entry **e, uint8_t **writer,
+                       uint32_t *block)
+{
+    int rc = locate(p, pid, e, writer, block);
+    if (rc == MP_OK && !(*e)->in_use)
+        rc = MP_EOUT_OF_BOUNDS;
+    return rc;
+}
+
+static uint64_t active_page(const mp_dir_entry *e)
+{
+    return e->active_slot ? e->page_b : e->page_a;
+}
+
+static uint64_t inactive_page(const mp_dir_entry *e)
+{
+    return e->active_slot ? e->page_a : e->page_b;
+}
+
+int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_page)
+        return MP_EINVALID_ARGUMENT;
+    mp_dir_entry *e;
+    if ((rc = locate_live(p, pid, &e, NULL, NULL)) != MP_OK)
+        return rc;
+    *out_page = active_page(e);
+    return MP_OK;
+}
+
+int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_ok)
+        return MP_EINVALID_ARGUMENT;
+    mp_dir_entry *e;
+    if ((rc = locate_live(p, pid, &e, NULL, NULL)) != MP_OK)
+        return rc;
+    *out_ok = mp_crc32(pager_page_ptr(p, active_page(e)), p->page_size) == e->crc;
+    return MP_OK;
+}
+
+int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids,
+                      uint64_t capacity, uint64_t *out_n)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_pids || !out_n)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t n = 0;
+    uint64_t end = (uint64_t)p->dir_count * p->epp;
+    for (uint64_t pid = start; pid < end && n < capacity; pid++) {
+        if (p->dirs[pid / p->epp].entries[pid % p->epp].in_use)
+            out_pids[n++] = pid;
+    }
+    *out_n = n;
+    return MP_OK;
+}
+
+/* ------------------------------------------------------------ alloc/free */
+
+static int flush_zeroed(mp_pager *p, uint64_t id, uint32_t *crc)
+{
+    memset(pager_page_ptr(p, id), 0, p->page_size);
+    *crc = mp_crc32(pager_page_ptr(p, id), p->page_size);
+    return pager_flush_page(p, id);
+}
+
+static int take_pages(mp_pager *p, uint64_t n, uint64_t *ids)
+{
+    int rc = pager_ensure_free(p, n);
+    if (rc != MP_OK)
+        return rc;
+    for (uint64_t i = 0; i < n; i++) {
+        if ((rc = pager_take_lowest(p, &ids[i])) != MP_OK) {
+            for (uint64_t j = 0; j < i; j++)
+                pager_release_bit(p, ids[j]);
+            return rc;
+        }
+    }
+    return MP_OK;
+}
+
+static void claim_system(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        bitmap_set(p->system, ids[i]);
+    p->system_count += n;
+}
+
+static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
+{
+    if (p->dir_count >= p->dir_capacity)
+        return MP_EDIRECTORY_FULL;
+    uint32_t b = p->dir_count;
+    int rc = block_init(p, b);
+    if (rc != MP_OK)
+        return rc;
+    /* The crate's order: dir_a, dir_b, data_a, data_b, lowest free first. */
+    uint64_t ids[4];
+    if ((rc = take_pages(p, 4, ids)) != MP_OK) {
+        free(p->dirs[b].entries);
+        free(p->dirs[b].writer_open);
+        p->dirs[b].entries = NULL;
+        p->dirs[b].writer_open = NULL;
+        return rc;
+    }
+    mp_dir_entry *e = &p->dirs[b].entries[0];
+    e->in_use = 1;
+    e->page_a = ids[2];
+    e->page_b = ids[3];
+    if ((rc = flush_zeroed(p, ids[2], &e->crc)) != MP_OK)
+        return rc;
+    /* Both copies of a new block are written whole (the crate leaves one
+     * stale), so a later fallback never meets an uninitialised page. */
+    for (int w = 0; w < 2; w++) {
+        fmt_dir_page_write(pager_page_ptr(p, ids[w]), p->page_size, p->dirs[b].entries);
+        if ((rc = pager_flush_page(p, ids[w])) != MP_OK)
+            return rc;
+    }
+    p->refs[b].page_a = ids[0];
+    p->refs[b].page_b = ids[1];
+    p->refs[b].active = 0;
+    p->dir_count++;
+    claim_system(p, ids, 4);
+    p->protected_count++;
+    /* Directory first (page 0 appends the block), bitmap second: a crash in
+     * between leaves a trailing block on unallocated pages, dropped on open. */
+    if ((rc = pager_write_page0(p)) != MP_OK)
+        return rc;
+    if ((rc = pager_meta_commit(p)) != MP_OK)
+        return rc;
+    *out_pid = (uint64_t)b * p->epp;
+    return MP_OK;
+}
+
+int mp_protected_alloc(mp_pager *p, uint64_t *out_pid)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_pid)
+        return MP_EINVALID_ARGUMENT;
+    for (uint32_t b = 0; b < p->dir_count; b++) {
+        for (uint32_t s = 0; s < p->epp; s++) {
+            mp_dir_entry *e = &p->dirs[b].entries[s];
+            if (e->in_use)
+                continue;
+            uint64_t ids[2];
+            if ((rc = take_pages(p, 2, ids)) != MP_OK)
+                return rc;
+            mp_dir_entry fresh = {1, ids[0], ids[1], 0, 0, 0};
+            if ((rc = flush_zeroed(p, ids[0], &fresh.crc)) != MP_OK)
+                return rc;
+            *e = fresh;
+            p->dirs[b].writer_open[s] = 0;
+            p->dirs[b].dirty = 1;
+            claim_system(p, ids, 2);
+            p->protected_count++;
+            /* Directory first, bitmap second (see the top of this file). */
+            if ((rc = dir_commit_dirty(p)) != MP_OK || (rc = pager_meta_commit(p)) != MP_OK)
+                return rc;
+            *out_pid = (uint64_t)b * p->epp + s;
+            return MP_OK;
+        }
+    }
+    return alloc_in_new_block(p, out_pid);
+}
+
+static void release_entry(mp_pager *p, uint32_t b, mp_dir_entry *e)
+{
+    pager_release_bit(p, e->page_a);
+    pager_release_bit(p, e->page_b);
+    bitmap_clear(p->system, e->page_a);
+    bitmap_clear(p->system, e->page_b);
+    p->system_count -= 2;
+    p->protected_count--;
+    e->in_use = 0;
+    p->dirs[b].dirty = 1;
+}
+
+int mp_protected_free(mp_pager *p, uint64_t pid)
+{
+    return mp_protected_free_bulk(p, &pid, 1);
+}
+
+int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (n == 0)
+        return MP_OK;
+    if (!pids)
+        return MP_EINVALID_ARGUMENT;
+    /* Validate everything first; in_use is cleared as each id passes so a
+     * repeated id fails as a double free, and restored on failure. */
+    uint64_t i;
+    for (i = 0; i < n; i++) {
+        mp_dir_entry *e;
+        uint8_t *w;
+        rc = locate(p, pids[i], &e, &w, NULL);
+        if (rc == MP_OK && !e->in_use)
+            rc = MP_EDOUBLE_FREE;
+        if (rc == MP_OK && *w)
+            rc = MP_EWRITER_OPEN;
+        if (rc != MP_OK)
+            break;
+        e->in_use = 0;
+    }
+    for (uint64_t j = 0; j < i; j++) {
+        mp_dir_entry *e = NULL;
+        if (locate(p, pids[j], &e, NULL, NULL) == MP_OK)
+            e->in_use = 1;
+    }
+    if (rc != MP_OK)
+        return rc;
+    for (i = 0; i < n; i++) {
+        mp_dir_entry *e = NULL;
+        uint32_t b = 0;
+        if (locate(p, pids[i], &e, NULL, &b) == MP_OK)
+            release_entry(p, b, e);
+    }
+    /* Bitmap first, directory second: a crash in between leaves entries whose
+     * pages are free, which open drops; the reverse order would leak them. */
+    if ((rc = pager_meta_commit(p)) != MP_OK)
+        return rc;
+    return dir_commit_dirty(p);
+}
+
+/* ------------------------------------------------------------ writers */
+
+int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_staged_page)
+        return MP_EINVALID_ARGUMENT;
+    mp_dir_entry *e;
+    uint8_t *w;
+    if ((rc = locate_live(p, pid, &e, &w, NULL)) != MP_OK)
+        return rc;
+    if (*w)
+        return MP_EWRITER_OPEN;
+    /* The staged copy starts as the active content, so a small change keeps
+     * the rest of the page (the crate hands out the stale inactive copy). */
+    memcpy(pager_page_ptr(p, inactive_page(e)), pager_page_ptr(p, active_page(e)),
+           p->page_size);
+    *w = 1;
+    *out_staged_page = inactive_page(e);
+    return MP_OK;
+}
+
+int mp_protected_commit(mp_pager *p, uint64_t pid)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    mp_dir_entry *e;
+    uint8_t *w;
+    uint32_t b;
+    if ((rc = locate_live(p, pid, &e, &w, &b)) != MP_OK)
+        return rc;
+    if (!*w)
+        return MP_ENO_WRITER;
+    uint64_t staged = inactive_page(e);
+    /* The staged page must be durable before the directory names it. */
+    if ((rc = pager_flush_page(p, staged)) != MP_OK)
+        return rc;
+    e->crc = mp_crc32(pager_page_ptr(p, staged), p->page_size);
+    e->active_slot ^= 1u;
+    e->generation++;
+    *w = 0;
+    p->dirs[b].dirty = 1;
+    return dir_commit_dirty(p);
+}
+
+int mp_protected_discard(mp_pager *p, uint64_t pid)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    mp_dir_entry *e;
+    uint8_t *w;
+    int rc = locate_live(p, pid, &e, &w, NULL);
+    if (rc != MP_OK)
+        return rc;
+    if (!*w)
+        return MP_ENO_WRITER;
+    *w = 0;
+    return MP_OK;
+}

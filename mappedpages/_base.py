@@ -1,0 +1,308 @@
+"""What every open pager shares: the handle, the mapping, views, reads, close.
+
+A pager's pages are handed out as slices of one memoryview over the whole
+address range the C core reserved for the file. That range never moves (growth
+maps more of the file into it), so a view stays valid as the file grows. The
+views are the buffer of a cffi object whose lifetime we watch through a weak
+reference: ``close()`` unmaps only when no view, slice of a view, or object
+built on one (a NumPy array, say) is left, and raises ``BufferError``
+otherwise, as ``mmap.close()`` does. If the pager object is dropped while views
+live, the C handle is released when the last view goes.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator
+from typing import Any, Callable
+
+from mappedpages._core import ffi, lib
+from mappedpages._errors import RecoveryWarning, Unavailable, raise_for
+
+_U64_LIMIT = 1 << 64
+_CHUNK = 4096
+
+_META_PROBLEMS = {
+    lib.MP_META_BAD_CRC: "its CRC does not match",
+    lib.MP_META_BAD_TOTAL: "its page count is impossible or past the end of the file",
+    lib.MP_META_BAD_RESERVED: "pages 0-2 are not marked allocated",
+    lib.MP_META_BITS_PAST_END: "it marks pages past its page count",
+    lib.MP_META_BAD_FREE_COUNT: "its free count disagrees with its bitmap",
+}
+
+# Pagers alive in this process, so a fork child can mark them unusable.
+_LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pager in list(_LIVE):
+        pager._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def as_id(value: object, what: str = "page id") -> int:
+    """Return ``value`` as an int id, or raise TypeError for a non-integer."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return operator.index(value)  # type: ignore[call-overload, no-any-return]
+
+
+def fspath_bytes(path: object) -> tuple[str, bytes]:
+    """Return a path as (text for messages, bytes for C)."""
+    p = os.fspath(path)  # type: ignore[call-overload]
+    text = p.decode(errors="replace") if isinstance(p, bytes) else str(p)
+    raw = os.fsencode(p)
+    if b"\0" in raw:
+        raise ValueError("path contains a NUL byte")
+    return text, raw
+
+
+def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
+    """Emit one RecoveryWarning per thing open discarded or repaired."""
+    flags = report.flags
+    names = ("A (page 1)", "B (page 2)")
+    for copy, flag in ((0, lib.MP_REC_META_A_DAMAGED), (1, lib.MP_REC_META_B_DAMAGED)):
+        if flags & flag:
+            problem = _META_PROBLEMS.get(report.meta_problem[copy], "it is invalid")
+            chosen = report.chosen_copy
+            warnings.warn(
+                f"{path}: metadata copy {names[copy]} was discarded because {problem}; "
+                f"using copy {names[chosen]} at generation {report.generation[chosen]}",
+                RecoveryWarning,
+                stacklevel=stacklevel,
+            )
+    if flags & lib.MP_REC_SELECTOR_INVALID:
+        warnings.warn(
+            f"{path}: page 0's metadata selector is {report.selector}, not 0 or 1; "
+            f"chose copy {names[report.chosen_copy]} by generation",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+    if flags & lib.MP_REC_DIR_FALLBACK:
+        warnings.warn(
+            f"{path}: {report.dir_fallbacks} protected-page directory page(s) were damaged; "
+            "read their other copy, whose entries were checked against the file",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+    if flags & lib.MP_REC_DIR_ENTRY_DROPPED:
+        warnings.warn(
+            f"{path}: {report.dropped_entries} protected-page directory entr(y/ies) did not "
+            "match the file (an interrupted alloc/free, or a stale copy) and were dropped",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+    if flags & lib.MP_REC_DIR_BLOCK_DROPPED:
+        warnings.warn(
+            f"{path}: {report.dropped_blocks} unfinished protected-page directory block(s) "
+            "were dropped",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+
+
+class _PagerBase:
+    """Shared machinery of :class:`Pager` and :class:`ReadOnlyPager`."""
+
+    _forked: bool
+
+    def __init__(self, handle: Any, path: str) -> None:
+        self._lock = threading.RLock()
+        self._forked = False
+        self._path = path
+        self._handle = handle
+        stats = ffi.new("mp_stats *")
+        raise_for_rc(lib.mp_pager_stats(handle, stats))
+        self._page_size = int(stats.page_size)
+        base = ffi.new("uint8_t **")
+        reserved = ffi.new("uint64_t *")
+        raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
+        raw = handle
+        # The buffer keeps `owner` alive, and `owner` closes the C pager when
+        # collected: so the mapping outlives every view, whatever the order.
+        self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_close(raw))
+        self._reserved = int(reserved[0])
+        self._out = ffi.new("uint64_t *")
+        self._bind_views()
+        self._refresh_stats()
+        _LIVE.add(self)
+
+    # ----------------------------------------------------------- internals
+
+    def _bind_views(self, buf: Any = None) -> None:
+        # One buffer object for the pager's whole life: every view ever handed
+        # out holds it, so its weak reference dying means no view is left.
+        self._buf = ffi.buffer(self._owner, self._reserved) if buf is None else buf
+        self._buf_ref = weakref.ref(self._buf)
+        self._mv: memoryview | None = memoryview(self._buf)
+        self._ro: memoryview | None = self._mv.toreadonly()
+
+    def _refresh_stats(self) -> None:
+        stats = ffi.new("mp_stats *")
+        lib.mp_pager_stats(self._handle, stats)
+        self._page_count = int(stats.page_count)
+        self._free_count = int(stats.free_count)
+
+    def _usable(self) -> Any:
+        """Return the C handle, or raise if the pager cannot be used."""
+        if self._mv is None:
+            raise ValueError("I/O operation on closed pager")
+        if self._forked:
+            raise Unavailable(
+                "this pager was opened by the parent process before fork(); "
+                "open the file again in the child"
+            )
+        return self._handle
+
+    def _check(self, rc: int, context: str = "") -> None:
+        if rc != 0:
+            raise_for(rc, context, self._path)
+
+    def _raise_page_error(self, page_id: int) -> None:
+        self._usable()
+        if page_id < 0 or page_id >= _U64_LIMIT:
+            rc = lib.MP_EOUT_OF_BOUNDS
+        else:
+            rc = lib.mp_pager_check_page(self._handle, page_id)
+        self._check(rc, f"page {page_id} (page_count {self._page_count})")
+
+    def _view(self, page_id: int, readonly: bool) -> memoryview:
+        mv = self._ro if readonly else self._mv
+        assert mv is not None
+        off = page_id * self._page_size
+        return mv[off : off + self._page_size]
+
+    def _list(self, fetch: Callable[[Any, int, Any, int, Any], int]) -> Iterator[int]:
+        buf = ffi.new("uint64_t[]", _CHUNK)
+        count = ffi.new("uint64_t *")
+        start = 0
+        while True:
+            with self._lock:
+                self._check(fetch(self._usable(), start, buf, _CHUNK, count))
+                n = int(count[0])
+                ids = [int(x) for x in ffi.unpack(buf, n)]
+            yield from ids
+            if n < _CHUNK:
+                return
+            start = ids[-1] + 1
+
+    # ----------------------------------------------------------- public API
+
+    @property
+    def path(self) -> str:
+        """The file's path, as given to ``create``/``open``."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has succeeded."""
+        return self._mv is None
+
+    @property
+    def page_size(self) -> int:
+        """Bytes per page: a power of two, at least 1024."""
+        return self._page_size
+
+    @property
+    def page_count(self) -> int:
+        """Pages in the file, the three reserved ones included."""
+        with self._lock:
+            self._usable()
+            return self._page_count
+
+    @property
+    def free_page_count(self) -> int:
+        """Pages that are neither allocated nor reserved."""
+        with self._lock:
+            self._usable()
+            return self._free_count
+
+    def allocated_pages(self) -> Iterator[int]:
+        """Iterate over allocated regular page ids, ascending.
+
+        Reserved pages, directory pages and the pages behind protected pages
+        are not listed.
+        """
+        with self._lock:
+            self._usable()
+        return self._list(
+            lambda h, start, buf, cap, n: lib.mp_pager_list_pages(
+                h, lib.MP_KIND_ALLOCATED, start, buf, cap, n
+            )
+        )
+
+    def allocated_protected_pages(self) -> Iterator[int]:
+        """Iterate over the ids of protected pages in use, ascending."""
+        with self._lock:
+            self._usable()
+        return self._list(lib.mp_protected_list)
+
+    def protected_page(self, pid: int) -> memoryview:
+        """Return a read-only view of the committed content of a protected page."""
+        pid = as_id(pid, "protected page id")
+        with self._lock:
+            handle = self._usable()
+            if pid < 0 or pid >= _U64_LIMIT:
+                self._check(lib.MP_EOUT_OF_BOUNDS, f"protected page {pid}")
+            self._check(lib.mp_protected_page(handle, pid, self._out), f"protected page {pid}")
+            return self._view(int(self._out[0]), readonly=True)
+
+    def verify_protected(self, pid: int) -> bool:
+        """Check a protected page's content against the CRC its directory entry records."""
+        pid = as_id(pid, "protected page id")
+        with self._lock:
+            handle = self._usable()
+            if pid < 0 or pid >= _U64_LIMIT:
+                self._check(lib.MP_EOUT_OF_BOUNDS, f"protected page {pid}")
+            ok = ffi.new("int *")
+            self._check(lib.mp_protected_verify(handle, pid, ok), f"protected page {pid}")
+            return bool(ok[0])
+
+    def close(self) -> None:
+        """Unmap the file and release it; idempotent.
+
+        Raises ``BufferError``, and leaves the pager open, while views of its
+        pages are alive (as ``mmap.close()`` does). Closing does not flush data
+        written through views: call ``sync()`` first for that.
+        """
+        with self._lock:
+            if self._mv is None:
+                return
+            assert self._ro is not None
+            self._mv.release()
+            self._ro.release()
+            self._mv = self._ro = None
+            buf_ref = self._buf_ref
+            del self._buf
+            survivor = buf_ref()
+            if survivor is not None:
+                self._bind_views(survivor)
+                del survivor
+                raise BufferError("cannot close a pager while views of its pages exist")
+            _LIVE.discard(self)
+            ffi.release(self._owner)
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self._page_count} pages of {self._page_size}"
+        return f"<{type(self).__name__} {self._path!r} {state}>"
+
+
+def raise_for_rc(rc: int, context: str = "", path: str | None = None) -> None:
+    """Raise for a non-zero code; do nothing for 0."""
+    if rc != 0:
+        raise_for(rc, context, path)

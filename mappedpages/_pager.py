@@ -1,0 +1,302 @@
+"""Pager: the writable, crash-consistent page allocator over one file.
+
+Every call takes the pager's re-entrant lock, so a Pager may be shared by
+threads; cffi releases the GIL while the C core works (flushes, growth, bulk
+calls), so other threads run meanwhile. Each state change is one durable
+commit of the double-buffered metadata before the call returns. Data written
+through page views is durable only after :meth:`Pager.sync` (or, for protected
+pages, a writer's commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterable
+from typing import Any, Callable, TypeVar
+
+from mappedpages._base import (
+    _U64_LIMIT,
+    _PagerBase,
+    as_id,
+    fspath_bytes,
+    raise_for_rc,
+    warn_recovery,
+)
+from mappedpages._core import ffi, lib
+from mappedpages._errors import FileFull, InvalidPageSize, OutOfBounds, WriterOpen
+from mappedpages._protected import ProtectedWriter
+
+_T = TypeVar("_T")
+
+
+def _check_page_size(page_size: object, allow_none: bool) -> int:
+    if page_size is None and allow_none:
+        return 0
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise TypeError(f"page_size must be an int, not {type(page_size).__name__}")
+    if page_size < 1024 or page_size > (1 << 30) or page_size & (page_size - 1):
+        raise InvalidPageSize(
+            f"page_size must be a power of two from 1024 to 2**30, not {page_size}"
+        )
+    return page_size
+
+
+def _options(page_size: int, lock_timeout: float, read_only: bool) -> Any:
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
+        raise TypeError("lock_timeout must be a number of seconds")
+    if lock_timeout < 0:
+        raise ValueError("lock_timeout must not be negative")
+    opts = ffi.new("mp_options *")
+    opts.page_size = page_size
+    opts.read_only = 1 if read_only else 0
+    opts.lock_timeout = float(lock_timeout)
+    return opts
+
+
+def _ids_array(ids: Iterable[object], what: str) -> tuple[list[int], Any]:
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{what}s must be an iterable of ints")
+    values = [as_id(i, what) for i in ids]
+    for v in values:
+        if v < 0 or v >= _U64_LIMIT:
+            raise OutOfBounds(f"{what} {v} is out of bounds")
+    return values, ffi.new("uint64_t[]", values)
+
+
+class Pager(_PagerBase):
+    """A file of fixed-size pages, allocated and freed with durable commits.
+
+    Use :meth:`create` or :meth:`open`; a Pager is a context manager.
+    """
+
+    # ------------------------------------------------------------- opening
+
+    @classmethod
+    def create(cls, path: Any, page_size: int = 4096, *, lock_timeout: float = 0.0) -> Pager:
+        """Create a new pager file; ``FileExistsError`` if ``path`` exists.
+
+        ``page_size`` must be a power of two of at least 1024 (else
+        :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
+        durable (data, size and directory entry) when this returns. The writer
+        lock is taken as for :meth:`open`.
+        """
+        size = _check_page_size(page_size, allow_none=False)
+        text, raw = fspath_bytes(path)
+        out = ffi.new("mp_pager **")
+        raise_for_rc(lib.mp_pager_create(raw, _options(size, lock_timeout, False), out), text, text)
+        return cls(out[0], text)
+
+    @classmethod
+    def open(
+        cls, path: Any, page_size: int | None = None, *, lock_timeout: float = 0.0
+    ) -> Pager:
+        """Open an existing pager file for reading and writing.
+
+        When ``page_size`` is given and differs from the file's, raises
+        :class:`InvalidPageSize`. A missing file raises ``FileNotFoundError``.
+        Damage that open can recover from is repaired and reported with a
+        :class:`RecoveryWarning`; anything else raises a ``CorruptFileError``.
+        The file is locked for this pager's life: another writer, in this
+        process or another, gets :class:`Locked` at once, or after waiting up
+        to ``lock_timeout`` seconds.
+        """
+        size = _check_page_size(page_size, allow_none=True)
+        text, raw = fspath_bytes(path)
+        out = ffi.new("mp_pager **")
+        report = ffi.new("mp_open_report *")
+        opts = _options(size, lock_timeout, False)
+        raise_for_rc(lib.mp_pager_open(raw, opts, out, report), text, text)
+        pager = cls(out[0], text)
+        warn_recovery(report, text, stacklevel=3)
+        return pager
+
+    def __init__(self, handle: Any, path: str) -> None:
+        super().__init__(handle, path)
+        self._writers: dict[int, ProtectedWriter] = {}
+
+    # ------------------------------------------------------------- pages
+
+    def page(self, page_id: int) -> memoryview:
+        """Return a writable, zero-copy view of one page (``page_size`` bytes, format 'B').
+
+        Pages 0-2, directory pages and the pages behind protected pages raise
+        :class:`ReservedPage`; an id past the end raises :class:`OutOfBounds`.
+        A free page may be viewed: a view is memory, not ownership.
+        """
+        if type(page_id) is not int:
+            page_id = as_id(page_id)
+        with self._lock:
+            handle = self._usable()
+            if 0 <= page_id < _U64_LIMIT and lib.mp_pager_check_page(handle, page_id) == 0:
+                return self._view(page_id, readonly=False)
+            self._raise_page_error(page_id)
+            raise AssertionError("unreachable")
+
+    def alloc(self, zero: bool = False) -> int:
+        """Allocate the lowest free page, growing the file if none is free.
+
+        The page keeps whatever bytes it held (a reused page is not cleared)
+        unless ``zero`` is true. One durable commit.
+        """
+        with self._lock:
+            handle = self._usable()
+            self._check(lib.mp_pager_alloc(handle, 1 if zero else 0, self._out), "alloc")
+            self._refresh_stats()
+            return int(self._out[0])
+
+    def free(self, page_id: int) -> None:
+        """Free one page. One durable commit."""
+        page_id = as_id(page_id)
+        with self._lock:
+            handle = self._usable()
+            if page_id < 0 or page_id >= _U64_LIMIT:
+                raise OutOfBounds(f"page {page_id} is out of bounds")
+            self._check(lib.mp_pager_free(handle, page_id), f"free page {page_id}")
+            self._refresh_stats()
+
+    def alloc_bulk(self, n: int, zero: bool = False) -> list[int]:
+        """Allocate ``n`` pages in one durable commit, all or nothing."""
+        n = as_id(n, "n")
+        if n < 0:
+            raise ValueError("n must not be negative")
+        with self._lock:
+            handle = self._usable()
+            if n == 0:
+                return []
+            if n >= _U64_LIMIT:
+                raise FileFull(f"alloc_bulk({n}): more pages than any file can hold")
+            out = ffi.new("uint64_t[]", n)
+            self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, out), "alloc_bulk")
+            self._refresh_stats()
+            return [int(x) for x in ffi.unpack(out, n)]
+
+    def free_bulk(self, ids: Iterable[int]) -> None:
+        """Free many pages in one durable commit.
+
+        Every id is checked first (a repeated id is a :class:`DoubleFree`);
+        if any is bad, nothing is freed.
+        """
+        values, arr = _ids_array(ids, "page id")
+        with self._lock:
+            handle = self._usable()
+            if not values:
+                return
+            self._check(lib.mp_pager_free_bulk(handle, arr, len(values)), "free_bulk")
+            self._refresh_stats()
+
+    def sync(self) -> None:
+        """Flush every page's data to disk (msync of the mapping, then fsync)."""
+        with self._lock:
+            self._check(lib.mp_pager_sync(self._usable()), "sync")
+
+    def lock(self) -> Any:
+        """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls."""
+        return self._lock
+
+    # ------------------------------------------------------------- protected
+
+    def alloc_protected(self) -> int:
+        """Allocate a protected page (zero-filled) and return its id."""
+        with self._lock:
+            handle = self._usable()
+            self._check(lib.mp_protected_alloc(handle, self._out), "alloc_protected")
+            self._refresh_stats()
+            return int(self._out[0])
+
+    def alloc_protected_bulk(self, n: int) -> list[int]:
+        """Allocate ``n`` protected pages; on failure, frees those it allocated."""
+        n = as_id(n, "n")
+        if n < 0:
+            raise ValueError("n must not be negative")
+        with self._lock:
+            self._usable()
+            got: list[int] = []
+            try:
+                for _ in range(n):
+                    got.append(self.alloc_protected())
+            except BaseException:
+                if got:
+                    self.free_protected_bulk(got)
+                raise
+            return got
+
+    def free_protected(self, pid: int) -> None:
+        """Free a protected page and the two pages behind it."""
+        self.free_protected_bulk([pid])
+
+    def free_protected_bulk(self, pids: Iterable[int]) -> None:
+        """Free many protected pages; checks every id first and changes nothing on error."""
+        values, arr = _ids_array(pids, "protected page id")
+        with self._lock:
+            handle = self._usable()
+            for pid in values:
+                if pid in self._writers:
+                    raise WriterOpen(f"protected page {pid} has an open writer")
+            if not values:
+                return
+            self._check(lib.mp_protected_free_bulk(handle, arr, len(values)), "free_protected")
+            self._refresh_stats()
+
+    def write_protected(self, pid: int) -> ProtectedWriter:
+        """Open a writer on a protected page.
+
+        ``writer.page`` is a writable copy of the committed content;
+        ``writer.commit()`` makes it the committed content atomically, and
+        ``writer.discard()`` drops it. Used as a context manager, the writer
+        commits on a clean exit and discards when the block raises.
+        """
+        pid = as_id(pid, "protected page id")
+        with self._lock:
+            handle = self._usable()
+            if pid < 0 or pid >= _U64_LIMIT:
+                raise OutOfBounds(f"protected page {pid} is out of bounds")
+            self._check(lib.mp_protected_begin(handle, pid, self._out), f"protected page {pid}")
+            writer = ProtectedWriter(self, pid, self._view(int(self._out[0]), readonly=False))
+            self._writers[pid] = writer
+            return writer
+
+    def _writer_finish(self, writer: ProtectedWriter, commit: bool) -> None:
+        with self._lock:
+            handle = self._usable()
+            self._writers.pop(writer.pid, None)
+            fn = lib.mp_protected_commit if commit else lib.mp_protected_discard
+            self._check(fn(handle, writer.pid), f"protected page {writer.pid}")
+
+    # ------------------------------------------------------------- asyncio
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args))
+
+    async def alloc_async(self, zero: bool = False) -> int:
+        """Awaitable :meth:`alloc`; runs off the event loop."""
+        return await self._run(self.alloc, zero)
+
+    async def free_async(self, page_id: int) -> None:
+        """Awaitable :meth:`free`; runs off the event loop."""
+        await self._run(self.free, page_id)
+
+    async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[int]:
+        """Awaitable :meth:`alloc_bulk`; runs off the event loop."""
+        return await self._run(self.alloc_bulk, n, zero)
+
+    async def free_bulk_async(self, ids: Iterable[int]) -> None:
+        """Awaitable :meth:`free_bulk`; runs off the event loop."""
+        await self._run(self.free_bulk, list(ids))
+
+    async def alloc_protected_async(self) -> int:
+        """Awaitable :meth:`alloc_protected`; runs off the event loop."""
+        return await self._run(self.alloc_protected)
+
+    async def free_protected_async(self, pid: int) -> None:
+        """Awaitable :meth:`free_protected`; runs off the event loop."""
+        await self._run(self.free_protected, pid)
+
+    async def alloc_protected_bulk_async(self, n: int) -> list[int]:
+        """Awaitable :meth:`alloc_protected_bulk`; runs off the event loop."""
+        return await self._run(self.alloc_protected_bulk, n)
+
+    async def free_protected_bulk_async(self, pids: Iterable[int]) -> None:
+        """Awaitable :meth:`free_protected_bulk`; runs off the event loop."""
+        await self._run(self.free_protected_bulk, list(pids))

@@ -1,0 +1,56 @@
+"""ReadOnlyPager: a reader's view of a pager file, opened O_RDONLY and unlocked.
+
+A reader takes no lock, so any number of readers in any processes run beside
+each other and beside one writer. It keeps the state it opened with until
+:meth:`ReadOnlyPager.refresh` moves it to the writer's latest commit. Its views
+are read-only (writing through one raises ``TypeError``), and it has no method
+that writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mappedpages._base import _U64_LIMIT, _PagerBase, as_id, fspath_bytes, raise_for_rc, warn_recovery
+from mappedpages._core import ffi, lib
+from mappedpages._pager import _check_page_size, _options
+
+
+class ReadOnlyPager(_PagerBase):
+    """A read-only pager over a file that a writer may be changing."""
+
+    @classmethod
+    def open(cls, path: Any, page_size: int | None = None) -> ReadOnlyPager:
+        """Open a pager file read-only; errors as for :meth:`Pager.open`."""
+        size = _check_page_size(page_size, allow_none=True)
+        text, raw = fspath_bytes(path)
+        out = ffi.new("mp_pager **")
+        report = ffi.new("mp_open_report *")
+        raise_for_rc(lib.mp_pager_open(raw, _options(size, 0.0, True), out, report), text, text)
+        pager = cls(out[0], text)
+        warn_recovery(report, text, stacklevel=3)
+        return pager
+
+    def page(self, page_id: int) -> memoryview:
+        """Return a read-only view of one page; errors as for :meth:`Pager.page`."""
+        if type(page_id) is not int:
+            page_id = as_id(page_id)
+        with self._lock:
+            handle = self._usable()
+            if 0 <= page_id < _U64_LIMIT and lib.mp_pager_check_page(handle, page_id) == 0:
+                return self._view(page_id, readonly=True)
+            self._raise_page_error(page_id)
+            raise AssertionError("unreachable")
+
+    def refresh(self) -> None:
+        """Move to the writer's latest commit, validating it like open.
+
+        Growth is picked up; views taken earlier stay valid. On a validation
+        error the reader keeps its previous state and the error is raised.
+        """
+        with self._lock:
+            handle = self._usable()
+            report = ffi.new("mp_open_report *")
+            self._check(lib.mp_pager_refresh(handle, report), "refresh")
+            self._refresh_stats()
+            warn_recovery(report, self._path, stacklevel=3)
