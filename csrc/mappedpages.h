@@ -141,6 +141,10 @@ int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page);
 int mp_protected_commit(mp_pager *p, uint64_t pid);
 int mp_protected_discard(mp_pager *p, uint64_t pid);
 int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok);
+int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
+                         uint64_t *out_page_b);
+int mp_pager_dir_block_pages(const mp_pager *p, uint64_t block, uint64_t *out_page_a,
+                             uint64_t *out_page_b);
 int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids,
                       uint64_t capacity, uint64_t *out_n);
 

@@ -252,6 +252,37 @@ int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
     return MP_OK;
 }
 
+int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
+                         uint64_t *out_page_b)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_page_a || !out_page_b)
+        return MP_EINVALID_ARGUMENT;
+    mp_dir_entry *e;
+    if ((rc = locate_live(p, pid, &e, NULL, NULL)) != MP_OK)
+        return rc;
+    *out_page_a = e->page_a;
+    *out_page_b = e->page_b;
+    return MP_OK;
+}
+
+int mp_pager_dir_block_pages(const mp_pager *p, uint64_t block, uint64_t *out_page_a,
+                             uint64_t *out_page_b)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_page_a || !out_page_b)
+        return MP_EINVALID_ARGUMENT;
+    if (block >= p->dir_count)
+        return MP_EOUT_OF_BOUNDS;
+    *out_page_a = p->refs[block].page_a;
+    *out_page_b = p->refs[block].page_b;
+    return MP_OK;
+}
+
 int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids,
                       uint64_t capacity, uint64_t *out_n)
 {

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 from mappedpages._core import ffi, lib
-from mappedpages._errors import RecoveryWarning, Unavailable, raise_for
+from mappedpages._errors import OutOfBounds, RecoveryWarning, ReservedPage, Unavailable, raise_for
 
 _U64_LIMIT = 1 << 64
 _CHUNK = 4096
@@ -134,6 +134,7 @@ class _PagerBase:
         self._out = ffi.new("uint64_t *")
         self._bind_views()
         self._refresh_stats()
+        self._load_system()
         _LIVE.add(self)
 
     # ----------------------------------------------------------- internals
@@ -151,6 +152,39 @@ class _PagerBase:
         lib.mp_pager_stats(self._handle, stats)
         self._page_count = int(stats.page_count)
         self._free_count = int(stats.free_count)
+        self._dir_blocks = int(stats.dir_blocks)
+
+    def _load_system(self) -> None:
+        # Directory and backing pages, kept in Python so that page() can
+        # refuse them without a C call; updated by every protected operation.
+        self._system: set[int] = set(
+            self._list(
+                lambda h, start, buf, cap, n: lib.mp_pager_list_pages(
+                    h, lib.MP_KIND_SYSTEM, start, buf, cap, n
+                ),
+                check=False,
+            )
+        )
+
+    def _page_view(self, page_id: object, mv: memoryview | None) -> memoryview:
+        # The fast path reads only values that are safe without the lock:
+        # page_count never shrinks while the pager is open, and a view of a
+        # closed pager's memoryview raises ValueError instead of touching memory.
+        if (
+            type(page_id) is int
+            and 3 <= page_id < self._page_count
+            and page_id not in self._system
+            and mv is not None
+            and not self._forked
+        ):
+            off = page_id * self._page_size
+            return mv[off : off + self._page_size]
+        pid = as_id(page_id)
+        with self._lock:
+            self._usable()
+            self._raise_page_error(pid)
+            # Valid after all (the state changed under us): take the slow path.
+            return self._view(pid, readonly=mv is self._ro)
 
     def _usable(self) -> Any:
         """Return the C handle, or raise if the pager cannot be used."""
@@ -173,7 +207,12 @@ class _PagerBase:
             rc = lib.MP_EOUT_OF_BOUNDS
         else:
             rc = lib.mp_pager_check_page(self._handle, page_id)
-        self._check(rc, f"page {page_id} (page_count {self._page_count})")
+        if rc == lib.MP_EOUT_OF_BOUNDS:
+            raise OutOfBounds(f"page {page_id} is out of bounds (page_count {self._page_count})")
+        if rc == lib.MP_ERESERVED_PAGE:
+            raise ReservedPage(f"page {page_id} belongs to the pager (reserved, directory "
+                               "or protected backing page)")
+        self._check(rc, f"page {page_id}")
 
     def _view(self, page_id: int, readonly: bool) -> memoryview:
         mv = self._ro if readonly else self._mv
@@ -181,15 +220,18 @@ class _PagerBase:
         off = page_id * self._page_size
         return mv[off : off + self._page_size]
 
-    def _list(self, fetch: Callable[[Any, int, Any, int, Any], int]) -> Iterator[int]:
+    def _list(
+        self, fetch: Callable[[Any, int, Any, int, Any], int], check: bool = True
+    ) -> Iterator[int]:
         buf = ffi.new("uint64_t[]", _CHUNK)
         count = ffi.new("uint64_t *")
         start = 0
         while True:
             with self._lock:
-                self._check(fetch(self._usable(), start, buf, _CHUNK, count))
+                handle = self._usable() if check else self._handle
+                self._check(fetch(handle, start, buf, _CHUNK, count))
                 n = int(count[0])
-                ids = [int(x) for x in ffi.unpack(buf, n)]
+                ids: list[int] = ffi.unpack(buf, n)
             yield from ids
             if n < _CHUNK:
                 return

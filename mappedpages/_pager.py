@@ -57,10 +57,12 @@ def _options(page_size: int, lock_timeout: float, read_only: bool) -> Any:
 def _ids_array(ids: Iterable[object], what: str) -> tuple[list[int], Any]:
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{what}s must be an iterable of ints")
-    values = [as_id(i, what) for i in ids]
-    for v in values:
-        if v < 0 or v >= _U64_LIMIT:
-            raise OutOfBounds(f"{what} {v} is out of bounds")
+    values = ids if type(ids) is list else list(ids)
+    if not all(type(v) is int for v in values):
+        values = [as_id(i, what) for i in values]
+    if values and (min(values) < 0 or max(values) >= _U64_LIMIT):
+        bad = next(v for v in values if v < 0 or v >= _U64_LIMIT)
+        raise OutOfBounds(f"{what} {bad} is out of bounds")
     return values, ffi.new("uint64_t[]", values)
 
 
@@ -124,14 +126,7 @@ class Pager(_PagerBase):
         :class:`ReservedPage`; an id past the end raises :class:`OutOfBounds`.
         A free page may be viewed: a view is memory, not ownership.
         """
-        if type(page_id) is not int:
-            page_id = as_id(page_id)
-        with self._lock:
-            handle = self._usable()
-            if 0 <= page_id < _U64_LIMIT and lib.mp_pager_check_page(handle, page_id) == 0:
-                return self._view(page_id, readonly=False)
-            self._raise_page_error(page_id)
-            raise AssertionError("unreachable")
+        return self._page_view(page_id, self._mv)
 
     def alloc(self, zero: bool = False) -> int:
         """Allocate the lowest free page, growing the file if none is free.
@@ -169,7 +164,8 @@ class Pager(_PagerBase):
             out = ffi.new("uint64_t[]", n)
             self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, out), "alloc_bulk")
             self._refresh_stats()
-            return [int(x) for x in ffi.unpack(out, n)]
+            ids: list[int] = ffi.unpack(out, n)
+            return ids
 
     def free_bulk(self, ids: Iterable[int]) -> None:
         """Free many pages in one durable commit.
@@ -201,8 +197,20 @@ class Pager(_PagerBase):
         with self._lock:
             handle = self._usable()
             self._check(lib.mp_protected_alloc(handle, self._out), "alloc_protected")
+            pid = int(self._out[0])
+            blocks = self._dir_blocks
             self._refresh_stats()
-            return int(self._out[0])
+            self._system.update(self._backing(pid))
+            for block in range(blocks, self._dir_blocks):
+                pair = ffi.new("uint64_t[2]")
+                lib.mp_pager_dir_block_pages(handle, block, pair, pair + 1)
+                self._system.update((int(pair[0]), int(pair[1])))
+            return pid
+
+    def _backing(self, pid: int) -> tuple[int, int]:
+        pair = ffi.new("uint64_t[2]")
+        self._check(lib.mp_protected_backing(self._handle, pid, pair, pair + 1))
+        return int(pair[0]), int(pair[1])
 
     def alloc_protected_bulk(self, n: int) -> list[int]:
         """Allocate ``n`` protected pages; on failure, frees those it allocated."""
@@ -235,8 +243,14 @@ class Pager(_PagerBase):
                     raise WriterOpen(f"protected page {pid} has an open writer")
             if not values:
                 return
+            pages: list[int] = []
+            for pid in values:
+                pair = ffi.new("uint64_t[2]")
+                if lib.mp_protected_backing(handle, pid, pair, pair + 1) == 0:
+                    pages += (int(pair[0]), int(pair[1]))
             self._check(lib.mp_protected_free_bulk(handle, arr, len(values)), "free_protected")
             self._refresh_stats()
+            self._system.difference_update(pages)
 
     def write_protected(self, pid: int) -> ProtectedWriter:
         """Open a writer on a protected page.

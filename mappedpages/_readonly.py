@@ -33,14 +33,7 @@ class ReadOnlyPager(_PagerBase):
 
     def page(self, page_id: int) -> memoryview:
         """Return a read-only view of one page; errors as for :meth:`Pager.page`."""
-        if type(page_id) is not int:
-            page_id = as_id(page_id)
-        with self._lock:
-            handle = self._usable()
-            if 0 <= page_id < _U64_LIMIT and lib.mp_pager_check_page(handle, page_id) == 0:
-                return self._view(page_id, readonly=True)
-            self._raise_page_error(page_id)
-            raise AssertionError("unreachable")
+        return self._page_view(page_id, self._ro)
 
     def refresh(self) -> None:
         """Move to the writer's latest commit, validating it like open.
@@ -53,4 +46,5 @@ class ReadOnlyPager(_PagerBase):
             report = ffi.new("mp_open_report *")
             self._check(lib.mp_pager_refresh(handle, report), "refresh")
             self._refresh_stats()
+            self._load_system()
             warn_recovery(report, self._path, stacklevel=3)
