@@ -37,6 +37,7 @@ def compile_args() -> list[str]:
 
 
 def link_args() -> list[str]:
+    """Link the sanitizer runtimes when the core is built with them."""
     if os.environ.get("MAPPEDPAGES_SANITIZE"):
         return ["-fsanitize=address,undefined"]
     return []

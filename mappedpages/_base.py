@@ -51,9 +51,9 @@ def as_id(value: object, what: str = "page id") -> int:
     """Return ``value`` as an int id, or raise TypeError for a non-integer."""
     if type(value) is int:
         return value
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+    if not hasattr(type(value), "__index__"):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return operator.index(value)  # type: ignore[call-overload, no-any-return]
+    return operator.index(value)  # type: ignore[arg-type]
 
 
 def fspath_bytes(path: object) -> tuple[str, bytes]:

@@ -114,7 +114,8 @@ def error_for(code: int, context: str = "", path: str | None = None) -> Exceptio
     """Return the exception for a non-zero C error code."""
     if code < 0:
         err = -code
-        return OSError(err, f"{os.strerror(err)}{': ' + context if context else ''}", path)
+        detail = f" ({context})" if context and context != path else ""
+        return OSError(err, os.strerror(err) + detail, path)
     cls, meaning = ERRORS.get(code, (MappedPageError, f"unknown error code {code}"))
     message = f"{context}: {meaning}" if context else meaning
     if cls is Locked:

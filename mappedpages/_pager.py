@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from array import array
 from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
@@ -54,16 +55,21 @@ def _options(page_size: int, lock_timeout: float, read_only: bool) -> Any:
     return opts
 
 
-def _ids_array(ids: Iterable[object], what: str) -> tuple[list[int], Any]:
+def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
+    """Return the ids and a uint64 C array over them, or raise TypeError/OutOfBounds."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{what}s must be an iterable of ints")
-    values = ids if type(ids) is list else list(ids)
-    if not all(type(v) is int for v in values):
-        values = [as_id(i, what) for i in values]
-    if values and (min(values) < 0 or max(values) >= _U64_LIMIT):
-        bad = next(v for v in values if v < 0 or v >= _U64_LIMIT)
-        raise OutOfBounds(f"{what} {bad} is out of bounds")
-    return values, ffi.new("uint64_t[]", values)
+    values = ids if isinstance(ids, (list, tuple)) else list(ids)
+    try:
+        # array('Q') checks every item is an integer in [0, 2**64) at C speed.
+        packed = array("Q", values)
+    except (TypeError, OverflowError):
+        checked = [as_id(i, what) for i in values]
+        bad = next((v for v in checked if v < 0 or v >= _U64_LIMIT), None)
+        if bad is not None:
+            raise OutOfBounds(f"{what} {bad} is out of bounds") from None
+        raise
+    return packed, ffi.from_buffer("uint64_t[]", packed)
 
 
 class Pager(_PagerBase):

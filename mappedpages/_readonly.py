@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mappedpages._base import _U64_LIMIT, _PagerBase, as_id, fspath_bytes, raise_for_rc, warn_recovery
+from mappedpages._base import (
+    _PagerBase,
+    fspath_bytes,
+    raise_for_rc,
+    warn_recovery,
+)
 from mappedpages._core import ffi, lib
 from mappedpages._pager import _check_page_size, _options
 
