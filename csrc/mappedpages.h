@@ -74,10 +74,39 @@ enum mp_meta_problem {
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
 
+/* Kinds of system call routed through mp_io_hooks. */
+enum mp_io_kind {
+    MP_IO_MSYNC = 0,
+    MP_IO_FSYNC = 1,          /* fdatasync, or F_FULLFSYNC on macOS */
+    MP_IO_FTRUNCATE = 2,
+    MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS */
+    MP_IO_MMAP = 4,
+    MP_IO_MUNMAP = 5,
+    MP_IO_KINDS = 6
+};
+
+/* Test-only fault injection and barrier observation; owned by the caller, who
+ * passes it in mp_options and keeps it alive as long as the pager. Normal use
+ * passes NULL. The Nth call (1-based) of a kind fails with fail_errno, once or
+ * (fail_persistent) from then on; on_barrier is told of every successful
+ * msync/fsync with its byte range (fsync: offset 0, length UINT64_MAX);
+ * skip_msync_at turns the Nth msync into a silent no-op, to prove that a
+ * harness notices a missing barrier. */
+typedef struct mp_io_hooks {
+    uint64_t calls[6];
+    uint64_t fail_at[6];
+    int fail_errno[6];
+    int fail_persistent[6];
+    uint64_t skip_msync_at;
+    int (*on_barrier)(void *ctx, int kind, uint64_t offset, uint64_t length);
+    void *ctx;
+} mp_io_hooks;
+
 typedef struct {
     uint32_t page_size;       /* create: the page size; open: 0 = the file's */
     int read_only;            /* open only: map read-only, no lock, no writes */
     double lock_timeout;      /* seconds to wait for the writer lock; 0 = fail at once */
+    mp_io_hooks *io_hooks;    /* NULL, except in tests */
 } mp_options;
 
 typedef struct {

@@ -127,11 +127,14 @@ uint64_t bitmap_count_set(const uint64_t *bits, uint64_t limit);
 
 /* ---- os.c: every system call that touches the file or the mapping ---- */
 
+/* The file's mapping and the I/O context every system call on it goes through. */
 typedef struct {
     uint8_t *base;
     uint64_t reserved;       /* bytes of address space reserved at base */
     uint64_t mapped;         /* bytes of the file mapped at base */
     int writable;
+    int fd;
+    mp_io_hooks *io;         /* test hooks, or NULL */
 } mp_map;
 
 int os_open_file(const char *path, int create, int read_only, int *out_fd);
@@ -139,12 +142,13 @@ int os_close_file(int fd);
 int os_file_size(int fd, uint64_t *out);
 int os_lock(int fd, double timeout);
 int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m);
-int os_map_extend(mp_map *m, int fd, uint64_t new_len);
+int os_map_extend(mp_map *m, uint64_t new_len);
 void os_map_release(mp_map *m);
-int os_flush_range(const mp_map *m, int fd, uint64_t offset, uint64_t len);
-int os_sync_file(int fd);
+int os_flush_range(const mp_map *m, uint64_t offset, uint64_t len);
+int os_sync_file(const mp_map *m);
 int os_sync_dir_of(const char *path);
-int os_grow_file(int fd, uint64_t old_len, uint64_t new_len);
+int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len);
+int os_shrink_file(const mp_map *m, uint64_t len);
 int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got);
 int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset);
 int os_unlink(const char *path);

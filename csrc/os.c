@@ -25,6 +25,24 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Every hooked call asks here first: 0 to go ahead, or the errno to fail with. */
+static int io_gate(mp_io_hooks *h, int kind)
+{
+    if (!h)
+        return 0;
+    uint64_t n = ++h->calls[kind];
+    uint64_t at = h->fail_at[kind];
+    if (at && (n == at || (h->fail_persistent[kind] && n > at)))
+        return h->fail_errno[kind] ? h->fail_errno[kind] : EIO;
+    return 0;
+}
+
+static void io_barrier(mp_io_hooks *h, int kind, uint64_t offset, uint64_t len)
+{
+    if (h && h->on_barrier)
+        (void)h->on_barrier(h->ctx, kind, offset, len);
+}
+
 static uint64_t os_page_size(void)
 {
     long v = sysconf(_SC_PAGESIZE);
@@ -118,6 +136,9 @@ int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m)
     want = (want + ps - 1) & ~(ps - 1);
     /* Address space only: PROT_NONE and MAP_NORESERVE cost no memory and no
      * commit charge. Halve the request if the address space is short. */
+    int injected = io_gate(m->io, MP_IO_MMAP);
+    if (injected)
+        return -injected;
     for (;;) {
         void *b = mmap(NULL, (size_t)want, PROT_NONE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -134,17 +155,20 @@ int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m)
     }
 }
 
-int os_map_extend(mp_map *m, int fd, uint64_t new_len)
+int os_map_extend(mp_map *m, uint64_t new_len)
 {
     if (new_len <= m->mapped)
         return MP_OK;
     if (new_len > m->reserved)
         return MP_EFILE_FULL;
+    int injected = io_gate(m->io, MP_IO_MMAP);
+    if (injected)
+        return -injected;
     uint64_t ps = os_page_size();
     uint64_t start = m->mapped & ~(ps - 1);
     int prot = PROT_READ | (m->writable ? PROT_WRITE : 0);
     void *want = m->base + start;
-    void *got = mmap(want, (size_t)(new_len - start), prot, MAP_SHARED | MAP_FIXED, fd,
+    void *got = mmap(want, (size_t)(new_len - start), prot, MAP_SHARED | MAP_FIXED, m->fd,
                      (off_t)start);
     if (got == MAP_FAILED)
         return -errno;
@@ -154,6 +178,9 @@ int os_map_extend(mp_map *m, int fd, uint64_t new_len)
 
 void os_map_release(mp_map *m)
 {
+    /* An injected munmap failure is counted but cannot be honoured: leaving
+     * the range mapped would leak it, and nothing can be reported from here. */
+    (void)io_gate(m->io, MP_IO_MUNMAP);
     if (m->base)
         munmap(m->base, (size_t)m->reserved);
     m->base = NULL;
@@ -164,7 +191,7 @@ void os_map_release(mp_map *m)
  * address aligned to the OS page, so the range is rounded out to OS pages
  * (with 1 KiB pager pages a flush also writes back its neighbours, which is
  * harmless: they hold either committed state or user data). */
-int os_flush_range(const mp_map *m, int fd, uint64_t offset, uint64_t len)
+int os_flush_range(const mp_map *m, uint64_t offset, uint64_t len)
 {
     uint64_t ps = os_page_size();
     uint64_t start = offset & ~(ps - 1);
@@ -173,19 +200,24 @@ int os_flush_range(const mp_map *m, int fd, uint64_t offset, uint64_t len)
         end = (m->mapped + ps - 1) & ~(ps - 1);
     if (end <= start)
         return MP_OK;
+    int injected = io_gate(m->io, MP_IO_MSYNC);
+    if (injected)
+        return -injected;
+    if (m->io && m->io->skip_msync_at && m->io->calls[MP_IO_MSYNC] == m->io->skip_msync_at)
+        return MP_OK;
     if (msync(m->base + start, (size_t)(end - start), MS_SYNC) != 0)
         return -errno;
+    io_barrier(m->io, MP_IO_MSYNC, start, end - start);
 #if defined(__APPLE__)
     /* macOS: msync hands the pages to the drive but the drive may keep them
      * in its cache; only F_FULLFSYNC asks it to write them to the medium. */
-    return os_sync_file(fd);
+    return os_sync_file(m);
 #else
-    (void)fd;
     return MP_OK;
 #endif
 }
 
-int os_sync_file(int fd)
+static int sync_fd(int fd)
 {
 #if defined(__APPLE__)
     if (fcntl(fd, F_FULLFSYNC) == 0)
@@ -197,6 +229,17 @@ int os_sync_file(int fd)
      * includes the file's size: that is all growth needs to be durable. */
     return fdatasync(fd) == 0 ? MP_OK : -errno;
 #endif
+}
+
+int os_sync_file(const mp_map *m)
+{
+    int injected = io_gate(m->io, MP_IO_FSYNC);
+    if (injected)
+        return -injected;
+    int rc = sync_fd(m->fd);
+    if (rc == MP_OK)
+        io_barrier(m->io, MP_IO_FSYNC, 0, UINT64_MAX);
+    return rc;
 }
 
 int os_sync_dir_of(const char *path)
@@ -229,37 +272,54 @@ int os_sync_dir_of(const char *path)
  * write kills the process with SIGBUS; preallocating turns that into ENOSPC
  * here, where it can be reported. On failure the size goes back to old_len
  * (a failed posix_fallocate may leave some blocks allocated). */
-int os_grow_file(int fd, uint64_t old_len, uint64_t new_len)
+static int truncate_to(const mp_map *m, uint64_t len)
 {
-    int err;
+    int injected = io_gate(m->io, MP_IO_FTRUNCATE);
+    if (injected)
+        return injected;
+    int rc;
+    do {
+        rc = ftruncate(m->fd, (off_t)len);
+    } while (rc != 0 && errno == EINTR);
+    return rc == 0 ? 0 : errno;
+}
+
+int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len)
+{
+    int fd = m->fd;
+    int err = io_gate(m->io, MP_IO_FALLOCATE);
+    if (err != 0)
+        goto failed;
 #if defined(__APPLE__)
     /* macOS has no posix_fallocate: F_PREALLOCATE reserves the blocks (first
      * contiguously, then anywhere), and ftruncate moves the end of file. */
     fstore_t fs = {F_ALLOCATECONTIG | F_ALLOCATEALL, F_PEOFPOSMODE, 0,
                    (off_t)(new_len - old_len), 0};
-    err = 0;
     if (fcntl(fd, F_PREALLOCATE, &fs) == -1) {
         fs.fst_flags = F_ALLOCATEALL;
         if (fcntl(fd, F_PREALLOCATE, &fs) == -1 && errno != ENOTSUP)
             err = errno;
     }
-    if (err == 0 && ftruncate(fd, (off_t)new_len) != 0)
-        err = errno;
+    if (err == 0)
+        err = truncate_to(m, new_len);
 #else
     err = posix_fallocate(fd, (off_t)old_len, (off_t)(new_len - old_len));
     if (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS) {
         /* The file system cannot preallocate: grow sparsely. */
-        err = ftruncate(fd, (off_t)new_len) == 0 ? 0 : errno;
+        err = truncate_to(m, new_len);
     }
 #endif
-    if (err != 0) {
-        int rc;
-        do {
-            rc = ftruncate(fd, (off_t)old_len);
-        } while (rc != 0 && errno == EINTR);
-        return -err;
-    }
-    return MP_OK;
+    if (err == 0)
+        return MP_OK;
+failed:
+    (void)truncate_to(m, old_len);
+    return -err;
+}
+
+int os_shrink_file(const mp_map *m, uint64_t len)
+{
+    int err = truncate_to(m, len);
+    return err ? -err : MP_OK;
 }
 
 int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got)

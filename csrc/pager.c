@@ -41,12 +41,17 @@ int pager_usable(const mp_pager *p, int writing)
         return MP_EUNAVAILABLE;
     if (writing && p->read_only)
         return MP_EREAD_ONLY;
+    /* A commit must raise the generation; at its maximum it would wrap to 0
+     * and the next open would prefer the older copy. Refuse before changing
+     * anything (a hostile or absurdly old file; 2^64 commits otherwise). */
+    if (writing && p->generation == UINT64_MAX)
+        return MP_EFILE_FULL;
     return MP_OK;
 }
 
 int pager_flush_page(mp_pager *p, uint64_t id)
 {
-    int rc = os_flush_range(&p->map, p->fd, id * (uint64_t)p->page_size, p->page_size);
+    int rc = os_flush_range(&p->map, id * (uint64_t)p->page_size, p->page_size);
     if (rc != MP_OK)
         p->poisoned = 1;
     return rc;
@@ -82,12 +87,15 @@ static void pager_destroy(mp_pager *p)
     free(p);
 }
 
-static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes, mp_pager **out)
+static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
+                     mp_io_hooks *io, mp_pager **out)
 {
     mp_pager *p = calloc(1, sizeof *p);
     if (!p)
         return MP_ENO_MEMORY;
     p->fd = fd;
+    p->map.fd = fd;
+    p->map.io = io;
     p->read_only = read_only;
     p->log2 = log2;
     p->page_size = 1u << log2;
@@ -164,19 +172,19 @@ static int grow_to(mp_pager *p, uint64_t new_total)
     if (rc != MP_OK)
         return rc;
     uint64_t new_len = new_total * ps;
-    rc = os_grow_file(p->fd, p->total_pages * ps, new_len);
+    rc = os_grow_file(&p->map, p->total_pages * ps, new_len);
     if (rc != MP_OK)
         return rc;
     /* The new size must be durable before a commit refers to the new pages,
      * or a crash could leave metadata counting pages past the end of file. */
-    rc = os_sync_file(p->fd);
+    rc = os_sync_file(&p->map);
     if (rc != MP_OK) {
         p->poisoned = 1;
         return rc;
     }
-    rc = os_map_extend(&p->map, p->fd, new_len);
+    rc = os_map_extend(&p->map, new_len);
     if (rc != MP_OK) {
-        (void)os_grow_file(p->fd, old_size, old_size);
+        (void)os_shrink_file(&p->map, old_size);
         return rc;
     }
     p->free_count += new_total - p->total_pages;
@@ -359,13 +367,13 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     }
     mp_pager *p;
     if ((rc = pager_new(fd, sb.page_size_log2, opts->read_only, (uint64_t)MP_INITIAL_PAGES * ps,
-                        &p)) != MP_OK) {
+                        opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
     uint64_t map_len = size < p->map.reserved ? size : p->map.reserved;
     int page0_stale = 0;
-    if ((rc = os_map_extend(&p->map, fd, map_len)) != MP_OK ||
+    if ((rc = os_map_extend(&p->map, map_len)) != MP_OK ||
         (rc = load_with_retries(p, map_len, report, &page0_stale)) != MP_OK) {
         pager_destroy(p);
         return rc;
@@ -401,7 +409,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     mp_pager *p = NULL;
     uint64_t len = (uint64_t)MP_INITIAL_PAGES * ps;
     if ((rc = os_lock(fd, opts->lock_timeout)) != MP_OK ||
-        (rc = pager_new(fd, log2_of(ps), 0, len, &p)) != MP_OK) {
+        (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
         (void)os_unlink(path);
         return rc;
@@ -416,7 +424,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
         bitmap_set(p->bits, i);
     uint8_t *buf = p->scratch;
-    if ((rc = os_grow_file(fd, 0, len)) != MP_OK)
+    if ((rc = os_grow_file(&p->map, 0, len)) != MP_OK)
         goto fail;
     memset(buf, 0, ps);
     fmt_superblock_write(buf, p->log2, 0);
@@ -430,8 +438,8 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     /* The file's bytes, then its name in the directory, must be durable
      * before create returns: otherwise a crash could leave no file, or a file
      * of zeros, behind a successful create. */
-    if ((rc = os_sync_file(fd)) != MP_OK || (rc = os_sync_dir_of(path)) != MP_OK ||
-        (rc = os_map_extend(&p->map, fd, len)) != MP_OK)
+    if ((rc = os_sync_file(&p->map)) != MP_OK || (rc = os_sync_dir_of(path)) != MP_OK ||
+        (rc = os_map_extend(&p->map, len)) != MP_OK)
         goto fail;
     *out = p;
     return MP_OK;
@@ -464,7 +472,7 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
     /* The mapping only grows: a view handed out earlier stays valid even if
      * the file shrank behind our back (its pages then read as zero or fault,
      * which no reader can prevent for a file it does not own). */
-    if (map_len > p->map.mapped && (rc = os_map_extend(&p->map, p->fd, map_len)) != MP_OK)
+    if (map_len > p->map.mapped && (rc = os_map_extend(&p->map, map_len)) != MP_OK)
         return rc;
     if (map_len < p->map.mapped)
         map_len = p->map.mapped;
@@ -678,9 +686,9 @@ int mp_pager_sync(mp_pager *p)
         return rc;
     /* msync writes back the data pages; the fsync after it covers what msync
      * does not promise everywhere (file metadata, the drive's cache on macOS). */
-    rc = os_flush_range(&p->map, p->fd, 0, p->total_pages * (uint64_t)p->page_size);
+    rc = os_flush_range(&p->map, 0, p->total_pages * (uint64_t)p->page_size);
     if (rc == MP_OK)
-        rc = os_sync_file(p->fd);
+        rc = os_sync_file(&p->map);
     if (rc != MP_OK)
         p->poisoned = 1;
     return rc;

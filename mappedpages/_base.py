@@ -153,6 +153,7 @@ class _PagerBase:
         self._page_count = int(stats.page_count)
         self._free_count = int(stats.free_count)
         self._dir_blocks = int(stats.dir_blocks)
+        self._max_pages = int(stats.max_pages)
 
     def _load_system(self) -> None:
         # Directory and backing pages, kept in Python so that page() can

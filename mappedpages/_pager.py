@@ -165,8 +165,13 @@ class Pager(_PagerBase):
             handle = self._usable()
             if n == 0:
                 return []
-            if n >= _U64_LIMIT:
-                raise FileFull(f"alloc_bulk({n}): more pages than any file can hold")
+            room = self._free_count + (self._max_pages - self._page_count)
+            if n > room:
+                # Checked before the id buffer is allocated, so a huge n costs nothing.
+                raise FileFull(
+                    f"alloc_bulk({n}): the file can hold only {room} more pages "
+                    f"in the v0.2 layout ({self._max_pages} in all)"
+                )
             out = ffi.new("uint64_t[]", n)
             self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, out), "alloc_bulk")
             self._refresh_stats()
