@@ -253,6 +253,7 @@ class _PagerBase:
     @property
     def page_size(self) -> int:
         """Bytes per page: a power of two, at least 1024."""
+        self._usable()
         return self._page_size
 
     @property
