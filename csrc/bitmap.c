@@ -58,3 +58,23 @@ uint64_t bitmap_count_set(const uint64_t *bits, uint64_t limit)
         n += (uint64_t)__builtin_popcountll(bits[full] & (((uint64_t)1 << (limit & 63)) - 1));
     return n;
 }
+
+uint64_t bitmap_find_free_masked(const uint64_t *bits, const uint64_t *mask, uint64_t start,
+                                 uint64_t limit)
+{
+    if (start >= limit)
+        return limit;
+    uint64_t w = start >> 6;
+    uint64_t last = (limit - 1) >> 6;
+    uint64_t word = ~(bits[w] | mask[w]) & (~(uint64_t)0 << (start & 63));
+    for (;;) {
+        if (word) {
+            uint64_t i = (w << 6) + (uint64_t)__builtin_ctzll(word);
+            return i < limit ? i : limit;
+        }
+        if (w == last)
+            return limit;
+        w++;
+        word = ~(bits[w] | mask[w]);
+    }
+}

@@ -71,6 +71,13 @@ enum mp_meta_problem {
     MP_META_BAD_FREE_COUNT = 5      /* free_count disagrees with the bitmap */
 };
 
+/* When a commit is durable (mp_options.durability). */
+enum mp_durability {
+    MP_DURABILITY_COMPAT = 0,       /* two flushes: durable, and page 0 current for the crate */
+    MP_DURABILITY_FAST = 1,         /* one flush: durable; page 0 brought up to date lazily */
+    MP_DURABILITY_NONE = 2          /* no flush: durable at sync/close; still crash-consistent */
+};
+
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
 
@@ -107,6 +114,7 @@ typedef struct {
     int read_only;            /* open only: map read-only, no lock, no writes */
     double lock_timeout;      /* seconds to wait for the writer lock; 0 = fail at once */
     mp_io_hooks *io_hooks;    /* NULL, except in tests */
+    int durability;           /* mp_durability */
 } mp_options;
 
 typedef struct {
@@ -161,6 +169,12 @@ int mp_pager_check_page(const mp_pager *p, uint64_t id);
 int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start,
                         uint64_t *out_ids, uint64_t capacity, uint64_t *out_n);
 int mp_pager_sync(mp_pager *p);
+int mp_pager_finish(mp_pager *p);
+int mp_pager_forget(mp_pager *p);
+int mp_pager_set_durability(mp_pager *p, int durability);
+int mp_txn_begin(mp_pager *p);
+int mp_txn_commit(mp_pager *p);
+int mp_txn_abort(mp_pager *p);
 
 int mp_protected_alloc(mp_pager *p, uint64_t *out_pid);
 int mp_protected_free(mp_pager *p, uint64_t pid);

@@ -44,6 +44,7 @@
 #define MP_DIR_PAGE_HEADER 8u
 #define MP_CRC_RESIDUE 0x2144DF1Cu
 
+
 typedef struct {
     uint8_t version_minor;
     uint32_t page_size_log2;
@@ -120,6 +121,9 @@ static inline uint64_t bitmap_words(uint64_t nbits)
 }
 /* Lowest clear bit in [start, limit), or limit when none. */
 uint64_t bitmap_find_free(const uint64_t *bits, uint64_t start, uint64_t limit);
+/* Lowest bit in [start, limit) clear in both bits and mask, or limit. */
+uint64_t bitmap_find_free_masked(const uint64_t *bits, const uint64_t *mask, uint64_t start,
+                                 uint64_t limit);
 /* Lowest set bit in [start, limit) of bits & ~mask (mask may be NULL). */
 uint64_t bitmap_find_set(const uint64_t *bits, const uint64_t *mask, uint64_t start,
                          uint64_t limit);
@@ -144,6 +148,7 @@ int os_lock(int fd, double timeout);
 int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m);
 int os_map_extend(mp_map *m, uint64_t new_len);
 void os_map_release(mp_map *m);
+int os_map_detach(mp_map *m);
 int os_flush_range(const mp_map *m, uint64_t offset, uint64_t len);
 int os_sync_file(const mp_map *m);
 int os_sync_dir_of(const char *path);
@@ -155,11 +160,21 @@ int os_unlink(const char *path);
 
 /* ---- pager.c ---- */
 
+/* writer_open values: no writer, a writer open, written in this transaction. */
+#define MP_WRITER_NONE 0u
+#define MP_WRITER_OPEN 1u
+#define MP_WRITER_DONE_IN_TXN 2u
+
 typedef struct {
     mp_dir_entry *entries;   /* entries_per_page entries */
-    uint8_t *writer_open;    /* one flag per slot */
+    uint8_t *writer_open;    /* one MP_WRITER_* value per slot */
     int dirty;               /* in-memory entries differ from the active copy */
 } mp_dir_block;
+
+/* The order of the two commits of a change to both the bitmap (metadata
+ * copies) and the directory (page 0): see protected.c. */
+#define MP_ORDER_DIR_FIRST 0
+#define MP_ORDER_META_FIRST 1
 
 struct mp_pager {
     int fd;
@@ -176,6 +191,15 @@ struct mp_pager {
     uint64_t hint;           /* no free page below this id */
     uint64_t *bits;          /* bitmap_words(max_pages) words */
     uint64_t *system;        /* same size: directory and backing pages */
+    uint64_t *pending;       /* same size: freed by a commit that is not durable yet */
+    uint64_t pending_count;
+    int durability;          /* mp_durability */
+    int page0_stale;         /* page 0 does not describe the newest commit yet */
+    int meta_unwritten;      /* the in-memory state is newer than both copies */
+    int changed;             /* state changed since the last commit */
+    int index_changed;       /* the directory index (count or a flip) changed */
+    int no_io;               /* inherited across fork: never write again */
+    uint32_t txn_depth;
     uint32_t dir_count;
     uint32_t dir_capacity;   /* max_dir_blocks */
     uint32_t epp;            /* entries per directory page */
@@ -189,16 +213,24 @@ struct mp_pager {
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id);
 int pager_ensure_free(mp_pager *p, uint64_t n);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);
-int pager_meta_commit(mp_pager *p);
-int pager_write_page0(mp_pager *p);
 int pager_flush_page(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
 void pager_release_bit(mp_pager *p, uint64_t id);
+int pager_load_committed(mp_pager *p, mp_open_report *rep);
+
+/* ---- commit.c ---- */
+
+int pager_commit(mp_pager *p, int order);
+int pager_write_page0(mp_pager *p, int flush);
+int pager_bring_page0_up_to_date(mp_pager *p);
 
 /* ---- protected.c ---- */
 
-int dir_load(mp_pager *p, mp_open_report *report);
+/* Loads the directory named by p->refs[0..count) from the committed copies. */
+int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);
 void dir_release(mp_pager *p);
-int dir_commit_dirty(mp_pager *p);
+int dir_write_dirty(mp_pager *p);
+void dir_flip_dirty(mp_pager *p);
+int dir_any_dirty(const mp_pager *p);
 
 #endif /* MP_INTERNAL_H */

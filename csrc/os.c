@@ -166,14 +166,33 @@ int os_map_extend(mp_map *m, uint64_t new_len)
         return -injected;
     uint64_t ps = os_page_size();
     uint64_t start = m->mapped & ~(ps - 1);
-    int prot = PROT_READ | (m->writable ? PROT_WRITE : 0);
+    /* A reader maps the file private and writable: the views it hands out
+     * are read-only, but Python code can reach the exporting buffer behind a
+     * view (view.obj), and a write through it must not fault. With a private
+     * mapping such a write lands in a private copy, never in the file. */
+    int flags = (m->writable ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED;
     void *want = m->base + start;
-    void *got = mmap(want, (size_t)(new_len - start), prot, MAP_SHARED | MAP_FIXED, m->fd,
+    void *got = mmap(want, (size_t)(new_len - start), PROT_READ | PROT_WRITE, flags, m->fd,
                      (off_t)start);
     if (got == MAP_FAILED)
         return -errno;
     m->mapped = new_len;
     return MP_OK;
+}
+
+/* Replaces the file mapping with anonymous zero memory at the same addresses.
+ * A mapping holds a reference to the open file description, and with it the
+ * writer lock; a fork child uses this to let go of both while any views it
+ * inherited stay valid memory (they read zeros from then on). */
+int os_map_detach(mp_map *m)
+{
+    if (!m->base || m->mapped == 0)
+        return MP_OK;
+    uint64_t ps = os_page_size();
+    uint64_t len = (m->mapped + ps - 1) & ~(ps - 1);
+    void *got = mmap(m->base, (size_t)len, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    return got == MAP_FAILED ? -errno : MP_OK;
 }
 
 void os_map_release(mp_map *m)

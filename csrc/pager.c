@@ -1,12 +1,13 @@
 /*
  * pager.c - the page allocator: open, create, grow, alloc, free, commit.
  *
- * Owns: the lifetime of an mp_pager, the metadata commit protocol and growth.
+ * Owns: the lifetime of an mp_pager, choosing the committed state on open,
+ * growth, and the allocation calls. How commits reach the disk is commit.c's.
  *
  * Crash safety rests on three rules, each kept next to the code it governs:
  *   1. The committed metadata copy is never written in place. A commit writes
  *      the whole new state into the other copy, with generation + 1, and only
- *      then touches page 0 (pager_meta_commit).
+ *      then touches page 0 (commit.c).
  *   2. Open trusts generations, not page 0: among the copies that pass their
  *      CRC and consistency checks it takes the newest, so a crash between the
  *      two flushes of a commit, or a damaged selector, loses nothing that was
@@ -79,6 +80,7 @@ static void pager_destroy(mp_pager *p)
     os_map_release(&p->map);
     free(p->bits);
     free(p->system);
+    free(p->pending);
     free(p->scratch);
     free(p->dirs);
     free(p->refs);
@@ -115,50 +117,19 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     uint64_t words = bitmap_words(p->max_pages) + 1;
     p->bits = calloc(words, sizeof(uint64_t));
     p->system = calloc(words, sizeof(uint64_t));
+    p->pending = calloc(words, sizeof(uint64_t));
     p->scratch = malloc(p->page_size);
     p->dir_capacity = fmt_max_dir_blocks(p->page_size);
     p->epp = fmt_entries_per_dir_page(p->page_size);
     p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
     p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
-    if (!p->bits || !p->system || !p->scratch || !p->dirs || !p->refs) {
+    if (!p->bits || !p->system || !p->pending || !p->scratch || !p->dirs || !p->refs) {
         p->fd = -1;
         pager_destroy(p);
         return MP_ENO_MEMORY;
     }
     *out = p;
     return MP_OK;
-}
-
-/* Page 0 is rewritten whole, as the crate does: the superblock naming the
- * active copy, then the directory index. It has no second copy in this layout,
- * so this in-place write is the one step a torn write can damage. */
-int pager_write_page0(mp_pager *p)
-{
-    uint8_t *page0 = pager_page_ptr(p, 0);
-    fmt_superblock_write(page0, p->log2, (uint8_t)p->active);
-    fmt_dir_index_write(page0, p->page_size, p->dir_count, p->refs);
-    return pager_flush_page(p, 0);
-}
-
-int pager_meta_commit(mp_pager *p)
-{
-    uint32_t target = p->active ^ 1u;
-    uint8_t *page = pager_page_ptr(p, 1 + target);
-    fmt_meta_write(page, p->page_size, p->total_pages, p->generation + 1, p->free_count,
-                   p->bits);
-    /* Flush 1: the new copy must be durable before page 0 names it. The Rust
-     * crate follows page 0's selector, and a selector naming a copy that is
-     * still in the page cache could name a torn page after a power loss. Once
-     * this flush returns, open here already finds the new state (newest valid
-     * generation wins), so the commit is durable at this point. */
-    int rc = pager_flush_page(p, 1 + target);
-    if (rc != MP_OK)
-        return rc;
-    p->active = target;
-    p->generation++;
-    /* Flush 2: page 0 names the new copy, so that a reader that follows the
-     * selector (the crate) also sees this commit after a crash. */
-    return pager_write_page0(p);
 }
 
 /* Make the file hold new_total pages: preallocate, make the size durable, map.
@@ -196,14 +167,24 @@ static int grow_to(mp_pager *p, uint64_t new_total)
  * stops at the layout's cap. Fails with nothing changed when n cannot fit. */
 int pager_ensure_free(mp_pager *p, uint64_t n)
 {
-    if (p->free_count >= n)
+    /* Pages freed by a commit that is not durable yet are not reusable. */
+    uint64_t usable = p->free_count - p->pending_count;
+    if (usable >= n)
         return MP_OK;
     uint64_t t = p->total_pages;
-    while (p->free_count + (t - p->total_pages) < n && t < p->max_pages)
+    while (usable + (t - p->total_pages) < n && t < p->max_pages)
         t = t * 2 > p->max_pages ? p->max_pages : t * 2;
-    if (p->free_count + (t - p->total_pages) < n)
+    if (usable + (t - p->total_pages) < n)
         return MP_EFILE_FULL;
     return grow_to(p, t);
+}
+
+/* Lowest page at or above start that is free and not pending. */
+static uint64_t find_allocatable(const mp_pager *p, uint64_t start)
+{
+    if (p->pending_count == 0)
+        return bitmap_find_free(p->bits, start, p->total_pages);
+    return bitmap_find_free_masked(p->bits, p->pending, start, p->total_pages);
 }
 
 int pager_take_lowest(mp_pager *p, uint64_t *out_id)
@@ -211,16 +192,17 @@ int pager_take_lowest(mp_pager *p, uint64_t *out_id)
     int rc = pager_ensure_free(p, 1);
     if (rc != MP_OK)
         return rc;
-    uint64_t id = bitmap_find_free(p->bits, p->hint, p->total_pages);
+    uint64_t id = find_allocatable(p, p->hint);
     if (id >= p->total_pages) {
         /* The hint is only a lower bound; fall back to a full search. */
-        id = bitmap_find_free(p->bits, MP_RESERVED_PAGES, p->total_pages);
+        id = find_allocatable(p, MP_RESERVED_PAGES);
         if (id >= p->total_pages)
             return MP_ECORRUPT_METADATA;
     }
     bitmap_set(p->bits, id);
     p->free_count--;
     p->hint = id + 1;
+    p->changed = 1;
     *out_id = id;
     return MP_OK;
 }
@@ -229,6 +211,15 @@ void pager_release_bit(mp_pager *p, uint64_t id)
 {
     bitmap_clear(p->bits, id);
     p->free_count++;
+    p->changed = 1;
+    if (p->txn_depth > 0 || p->durability == MP_DURABILITY_NONE) {
+        /* Until the free is durable the page belongs to the durable state; a
+         * new owner's writes must not reach it before then. */
+        if (!bitmap_get(p->pending, id)) {
+            bitmap_set(p->pending, id);
+            p->pending_count++;
+        }
+    }
     if (id < p->hint)
         p->hint = id;
 }
@@ -237,9 +228,28 @@ void pager_release_bit(mp_pager *p, uint64_t id)
 
 /* Reads page 0, both metadata copies and the directory from the mapping into
  * p, choosing the metadata copy by generation (rule 2 above). */
+static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
+                      mp_open_report *rep, int *page0_stale);
+
+/* Works on a private copy of pages 0-2: a reader shares the file with a
+ * writer that may rewrite them while they are being read, and each page must
+ * be checked and used as one consistent version. */
 static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *page0_stale)
 {
-    const uint8_t *page0 = pager_page_ptr(p, 0);
+    uint64_t bytes = (uint64_t)p->page_size * MP_RESERVED_PAGES;
+    uint8_t *snap = malloc(bytes);
+    if (!snap)
+        return MP_ENO_MEMORY;
+    memcpy(snap, pager_page_ptr(p, 0), bytes);
+    int rc = load_pages(p, snap, file_len, rep, page0_stale);
+    free(snap);
+    return rc;
+}
+
+static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
+                      mp_open_report *rep, int *page0_stale)
+{
+    const uint8_t *page0 = snap;
     mp_superblock sb;
     int rc = fmt_superblock_read(page0, MP_SB_SIZE, &sb);
     if (rc != MP_OK)
@@ -249,7 +259,7 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
     uint64_t file_pages = file_len / p->page_size;
     mp_meta_header h[2];
     for (int c = 0; c < 2; c++) {
-        fmt_meta_check(pager_page_ptr(p, 1 + (uint64_t)c), p->page_size, file_pages, &h[c]);
+        fmt_meta_check(snap + (1 + (uint64_t)c) * p->page_size, p->page_size, file_pages, &h[c]);
         if (h[c].problem == MP_OK && h[c].total_pages > p->max_pages)
             h[c].problem = MP_META_BAD_TOTAL;
         rep->generation[c] = h[c].generation;
@@ -288,11 +298,58 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
     p->total_pages = h[chosen].total_pages;
     p->generation = h[chosen].generation;
     p->free_count = h[chosen].free_count;
-    memset(p->bits, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
-    memset(p->system, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
-    fmt_meta_load_bits(pager_page_ptr(p, 1 + chosen), p->total_pages, p->bits);
+    size_t words = bitmap_words(p->max_pages) * sizeof(uint64_t);
+    memset(p->bits, 0, words);
+    memset(p->system, 0, words);
+    memset(p->pending, 0, words);
+    p->pending_count = 0;
+    p->changed = p->index_changed = p->meta_unwritten = 0;
+    fmt_meta_load_bits(snap + (1 + (uint64_t)chosen) * p->page_size, p->total_pages, p->bits);
     p->hint = MP_RESERVED_PAGES;
-    return dir_load(p, rep);
+
+    uint32_t count = 0;
+    if ((rc = fmt_dir_index_read(page0, p->page_size, &count, p->refs)) != MP_OK)
+        return rc;
+    p->page0_stale = *page0_stale;
+    return dir_load(p, rep, count);
+}
+
+/* Reloads the committed state over the in-memory one (a transaction's
+ * rollback). Open writers stay open: their staged copies are untouched. */
+int pager_load_committed(mp_pager *p, mp_open_report *rep)
+{
+    mp_open_report local;
+    memset(&local, 0, sizeof local);
+    if (!rep)
+        rep = &local;
+    uint64_t open_writers = 0;
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        for (uint32_t s = 0; s < p->epp; s++)
+            open_writers += p->dirs[b].writer_open[s] == MP_WRITER_OPEN;
+    uint64_t *pids = malloc(sizeof(uint64_t) * (open_writers + 1));
+    if (!pids)
+        return MP_ENO_MEMORY;
+    uint64_t n = 0;
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        for (uint32_t s = 0; s < p->epp; s++)
+            if (p->dirs[b].writer_open[s] == MP_WRITER_OPEN)
+                pids[n++] = (uint64_t)b * p->epp + s;
+    int stale = p->page0_stale;
+    dir_release(p);
+    int rc = load_state(p, p->map.mapped, rep, &stale);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        free(pids);
+        return rc;
+    }
+    p->page0_stale |= stale;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t b = pids[i] / p->epp, s = pids[i] % p->epp;
+        if (b < p->dir_count && p->dirs[b].entries[s].in_use)
+            p->dirs[b].writer_open[s] = MP_WRITER_OPEN;
+    }
+    free(pids);
+    return MP_OK;
 }
 
 static int open_checked(const char *path, const mp_options *opts, uint32_t *want_size)
@@ -329,7 +386,8 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     int rc = open_checked(path, opts, &want_size);
     if (rc != MP_OK)
         return rc;
-    if (!out || !report)
+    if (!out || !report || opts->durability < MP_DURABILITY_COMPAT ||
+        opts->durability > MP_DURABILITY_NONE)
         return MP_EINVALID_ARGUMENT;
     memset(report, 0, sizeof *report);
     int fd;
@@ -378,18 +436,20 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         pager_destroy(p);
         return rc;
     }
-    if (!p->read_only) {
-        /* A writer brings page 0 in line with what was chosen, so that the
-         * crate, which follows page 0, reads the same state. */
-        if (page0_stale || (report->flags & (MP_REC_DIR_ENTRY_DROPPED | MP_REC_DIR_BLOCK_DROPPED |
-                                             MP_REC_DIR_FALLBACK))) {
-            rc = dir_commit_dirty(p);
-            if (rc != MP_OK) {
-                pager_destroy(p);
-                return rc;
-            }
-            report->flags |= MP_REC_PAGE0_REWRITTEN;
+    p->durability = opts->durability;
+    if (!p->read_only && (p->changed || p->page0_stale)) {
+        /* A writer commits the repairs open made to the directory, and brings
+         * page 0 in line with the chosen state, so that the crate, which
+         * follows page 0, reads the same state. */
+        if (p->changed)
+            rc = pager_commit(p, MP_ORDER_DIR_FIRST);
+        if (rc == MP_OK && p->page0_stale)
+            rc = pager_write_page0(p, 1);
+        if (rc != MP_OK) {
+            pager_destroy(p);
+            return rc;
         }
+        report->flags |= MP_REC_PAGE0_REWRITTEN;
     }
     *out = p;
     return MP_OK;
@@ -397,7 +457,8 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
 
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
 {
-    if (!path || !opts || !out)
+    if (!path || !opts || !out || opts->durability < MP_DURABILITY_COMPAT ||
+        opts->durability > MP_DURABILITY_NONE)
         return MP_EINVALID_ARGUMENT;
     uint32_t ps = opts->page_size;
     if (!valid_page_size(ps))
@@ -421,6 +482,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     p->generation = 0;
     p->active = 0;
     p->hint = MP_RESERVED_PAGES;
+    p->durability = opts->durability;
     for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
         bitmap_set(p->bits, i);
     uint8_t *buf = p->scratch;
@@ -453,6 +515,9 @@ int mp_pager_close(mp_pager *p)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
+    /* What a lazy durability mode deferred is written now; a caller who wants
+     * to see an error from that calls mp_pager_finish first. */
+    (void)mp_pager_finish(p);
     pager_destroy(p);
     return MP_OK;
 }
@@ -555,7 +620,7 @@ int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
         return rc;
     if (zero)
         zero_pages(p, &id, 1);
-    if ((rc = pager_meta_commit(p)) != MP_OK)
+    if ((rc = pager_commit(p, MP_ORDER_DIR_FIRST)) != MP_OK)
         return rc;
     *out_id = id;
     return MP_OK;
@@ -578,16 +643,17 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
         return rc;
     uint64_t at = p->hint;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t id = bitmap_find_free(p->bits, at, p->total_pages);
+        uint64_t id = find_allocatable(p, at);
         bitmap_set(p->bits, id);
         out_ids[i] = id;
         at = id + 1;
     }
     p->free_count -= n;
     p->hint = at;
+    p->changed = 1;
     if (zero)
         zero_pages(p, out_ids, n);
-    return pager_meta_commit(p);
+    return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 
 /* Why a page may not be freed (or viewed), in the order the checks apply. */
@@ -612,7 +678,7 @@ int mp_pager_free(mp_pager *p, uint64_t id)
     if ((rc = check_freeable(p, id)) != MP_OK)
         return rc;
     pager_release_bit(p, id);
-    return pager_meta_commit(p);
+    return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
 int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
@@ -635,11 +701,12 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
         }
         bitmap_clear(p->bits, ids[i]);
     }
-    for (uint64_t i = 0; i < n; i++)
-        if (ids[i] < p->hint)
-            p->hint = ids[i];
-    p->free_count += n;
-    return pager_meta_commit(p);
+    /* Validated: set the bits again and release them the one way there is. */
+    for (uint64_t i = 0; i < n; i++) {
+        bitmap_set(p->bits, ids[i]);
+        pager_release_bit(p, ids[i]);
+    }
+    return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
 int mp_pager_check_page(const mp_pager *p, uint64_t id)
@@ -677,19 +744,4 @@ int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start, uint64_t *o
     }
     *out_n = n;
     return MP_OK;
-}
-
-int mp_pager_sync(mp_pager *p)
-{
-    int rc = pager_usable(p, 1);
-    if (rc != MP_OK)
-        return rc;
-    /* msync writes back the data pages; the fsync after it covers what msync
-     * does not promise everywhere (file metadata, the drive's cache on macOS). */
-    rc = os_flush_range(&p->map, 0, p->total_pages * (uint64_t)p->page_size);
-    if (rc == MP_OK)
-        rc = os_sync_file(&p->map);
-    if (rc != MP_OK)
-        p->poisoned = 1;
-    return rc;
 }

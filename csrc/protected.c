@@ -6,16 +6,18 @@
  * Owns: loading and validating the directory, and every change to it.
  *
  * Invariants, and the crash reasoning behind them:
- *   - A directory page is never written while page 0 names it: a commit writes
- *     the block's other copy, flushes it, then flips the block's byte in page 0
- *     and flushes page 0 (dir_commit_dirty). A crash before the page-0 flush
- *     leaves the old copy named and intact.
- *   - An entry counts only if both its backing pages are allocated in the
- *     committed bitmap. alloc_protected commits the directory first and the
- *     bitmap second; free_protected commits the bitmap first and the directory
- *     second. A crash between the two commits therefore always leaves an entry
- *     whose pages are not both allocated, which open drops: no page is ever
- *     claimed by an entry and by the allocator at once, and nothing leaks.
+ *   - A directory page is never written while the committed state names it: a
+ *     change writes the block's other copy and flushes it (dir_write_dirty),
+ *     and only the next commit flips the block to it (commit.c). A crash before
+ *     that commit leaves the old copy named and intact.
+ *   - While the metadata copies carry the directory record, a protected alloc,
+ *     free or write is one commit with the bitmap change: nothing in between.
+ *   - Without the record (near the layout's cap) the directory and the bitmap
+ *     are committed separately: alloc_protected commits the directory first,
+ *     free_protected the bitmap first. Either way a crash between the two
+ *     leaves an entry whose pages are not both allocated, and an entry counts
+ *     only if both its backing pages are allocated, so open drops it: no page
+ *     is ever claimed by an entry and by the allocator at once, nothing leaks.
  *   - Directory pages carry no generation, so a fallback to a block's other
  *     copy may be arbitrarily old: each of its entries must also match the CRC
  *     it recorded for its active page, or it is dropped as stale (fixture e12).
@@ -87,12 +89,17 @@ static int entry_verdict(const mp_pager *p, const mp_dir_entry *e, int from_fall
     return 0;
 }
 
-int dir_load(mp_pager *p, mp_open_report *rep)
+/* Parses a directory page from a private copy (a reader may be racing a
+ * writer that rewrites the page). */
+static int dir_page_read(mp_pager *p, uint64_t id, mp_dir_entry *entries)
 {
-    uint32_t count = 0;
-    int rc = fmt_dir_index_read(pager_page_ptr(p, 0), p->page_size, &count, p->refs);
-    if (rc != MP_OK)
-        return rc;
+    memcpy(p->scratch, pager_page_ptr(p, id), p->page_size);
+    return fmt_dir_page_read(p->scratch, p->page_size, entries);
+}
+
+int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
+{
+    int rc;
     /* A trailing block whose pages are not allocated is an append that did
      * not reach its bitmap commit: the block was never acknowledged. */
     while (count > 0) {
@@ -103,6 +110,8 @@ int dir_load(mp_pager *p, mp_open_report *rep)
         count--;
         rep->dropped_blocks++;
         rep->flags |= MP_REC_DIR_BLOCK_DROPPED;
+        p->index_changed = 1;
+        p->changed = 1;
     }
     for (uint32_t i = 0; i < count; i++) {
         const mp_dir_ref *r = &p->refs[i];
@@ -120,17 +129,17 @@ int dir_load(mp_pager *p, mp_open_report *rep)
         if ((rc = block_init(p, i)) != MP_OK)
             return rc;
         mp_dir_ref *r = &p->refs[i];
-        rc = fmt_dir_page_read(pager_page_ptr(p, ref_page(r, r->active)), p->page_size,
-                               p->dirs[i].entries);
+        rc = dir_page_read(p, ref_page(r, r->active), p->dirs[i].entries);
         if (rc != MP_OK) {
-            rc = fmt_dir_page_read(pager_page_ptr(p, ref_page(r, !r->active)), p->page_size,
-                                   p->dirs[i].entries);
+            rc = dir_page_read(p, ref_page(r, !r->active), p->dirs[i].entries);
             if (rc != MP_OK)
                 return MP_ECORRUPT_PROTECTED_DIRECTORY;
             r->active ^= 1u;
             /* dirty doubles as "read from the fallback copy" until the
              * entries below are checked. */
             p->dirs[i].dirty = 1;
+            p->index_changed = 1;
+            p->changed = 1;
             rep->dir_fallbacks++;
             rep->flags |= MP_REC_DIR_FALLBACK;
         }
@@ -147,6 +156,7 @@ int dir_load(mp_pager *p, mp_open_report *rep)
             if (v == 1) {
                 e->in_use = 0;
                 p->dirs[i].dirty = 1;
+                p->changed = 1;
                 rep->dropped_entries++;
                 rep->flags |= MP_REC_DIR_ENTRY_DROPPED;
                 continue;
@@ -160,32 +170,42 @@ int dir_load(mp_pager *p, mp_open_report *rep)
     return MP_OK;
 }
 
-/* Writes each changed block into its inactive copy and flushes it, then flips
- * all of them in one page-0 write. Until that page-0 flush, a crash leaves
- * every block on its old copy; after it, every block on its new one. */
-int dir_commit_dirty(mp_pager *p)
+int dir_any_dirty(const mp_pager *p)
 {
-    int any = 0;
+    for (uint32_t i = 0; i < p->dir_count; i++)
+        if (p->dirs[i].dirty)
+            return 1;
+    return 0;
+}
+
+/* Writes each changed block into its inactive copy and flushes it. The copy
+ * must be durable before any committed state names it. */
+int dir_write_dirty(mp_pager *p)
+{
     for (uint32_t i = 0; i < p->dir_count; i++) {
         if (!p->dirs[i].dirty)
             continue;
         mp_dir_ref *r = &p->refs[i];
         uint64_t target = ref_page(r, !r->active);
         fmt_dir_page_write(pager_page_ptr(p, target), p->page_size, p->dirs[i].entries);
-        /* The new copy must be durable before page 0 names it. */
         int rc = pager_flush_page(p, target);
         if (rc != MP_OK)
             return rc;
-        any = 1;
     }
+    return MP_OK;
+}
+
+/* Points each changed block at the copy dir_write_dirty wrote; the commit
+ * that follows makes the switch durable, for all blocks at once. */
+void dir_flip_dirty(mp_pager *p)
+{
     for (uint32_t i = 0; i < p->dir_count; i++) {
         if (p->dirs[i].dirty) {
             p->refs[i].active ^= 1u;
             p->dirs[i].dirty = 0;
+            p->index_changed = 1;
         }
     }
-    (void)any;
-    return pager_write_page0(p);
 }
 
 /* ------------------------------------------------------------ lookups */
@@ -368,11 +388,12 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
     p->dir_count++;
     claim_system(p, ids, 4);
     p->protected_count++;
-    /* Directory first (page 0 appends the block), bitmap second: a crash in
-     * between leaves a trailing block on unallocated pages, dropped on open. */
-    if ((rc = pager_write_page0(p)) != MP_OK)
-        return rc;
-    if ((rc = pager_meta_commit(p)) != MP_OK)
+    p->index_changed = 1;
+    p->changed = 1;
+    /* Without the directory record, page 0 appends the block before the
+     * bitmap commit: a crash in between leaves a trailing block on
+     * unallocated pages, dropped on open. */
+    if ((rc = pager_commit(p, MP_ORDER_DIR_FIRST)) != MP_OK)
         return rc;
     *out_pid = (uint64_t)b * p->epp;
     return MP_OK;
@@ -397,12 +418,12 @@ int mp_protected_alloc(mp_pager *p, uint64_t *out_pid)
             if ((rc = flush_zeroed(p, ids[0], &fresh.crc)) != MP_OK)
                 return rc;
             *e = fresh;
-            p->dirs[b].writer_open[s] = 0;
+            p->dirs[b].writer_open[s] = MP_WRITER_NONE;
             p->dirs[b].dirty = 1;
+            p->changed = 1;
             claim_system(p, ids, 2);
             p->protected_count++;
-            /* Directory first, bitmap second (see the top of this file). */
-            if ((rc = dir_commit_dirty(p)) != MP_OK || (rc = pager_meta_commit(p)) != MP_OK)
+            if ((rc = pager_commit(p, MP_ORDER_DIR_FIRST)) != MP_OK)
                 return rc;
             *out_pid = (uint64_t)b * p->epp + s;
             return MP_OK;
@@ -421,6 +442,7 @@ static void release_entry(mp_pager *p, uint32_t b, mp_dir_entry *e)
     p->protected_count--;
     e->in_use = 0;
     p->dirs[b].dirty = 1;
+    p->changed = 1;
 }
 
 int mp_protected_free(mp_pager *p, uint64_t pid)
@@ -446,7 +468,7 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
         rc = locate(p, pids[i], &e, &w, NULL);
         if (rc == MP_OK && !e->in_use)
             rc = MP_EDOUBLE_FREE;
-        if (rc == MP_OK && *w)
+        if (rc == MP_OK && *w == MP_WRITER_OPEN)
             rc = MP_EWRITER_OPEN;
         if (rc != MP_OK)
             break;
@@ -465,11 +487,7 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
         if (locate(p, pids[i], &e, NULL, &b) == MP_OK)
             release_entry(p, b, e);
     }
-    /* Bitmap first, directory second: a crash in between leaves entries whose
-     * pages are free, which open drops; the reverse order would leak them. */
-    if ((rc = pager_meta_commit(p)) != MP_OK)
-        return rc;
-    return dir_commit_dirty(p);
+    return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
 /* ------------------------------------------------------------ writers */
@@ -485,13 +503,15 @@ int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
     uint8_t *w;
     if ((rc = locate_live(p, pid, &e, &w, NULL)) != MP_OK)
         return rc;
-    if (*w)
+    /* Written earlier in this transaction: the other copy is the one the
+     * committed state names, and staging into it would overwrite that. */
+    if (*w != MP_WRITER_NONE)
         return MP_EWRITER_OPEN;
     /* The staged copy starts as the active content, so a small change keeps
      * the rest of the page (the crate hands out the stale inactive copy). */
     memcpy(pager_page_ptr(p, inactive_page(e)), pager_page_ptr(p, active_page(e)),
            p->page_size);
-    *w = 1;
+    *w = MP_WRITER_OPEN;
     *out_staged_page = inactive_page(e);
     return MP_OK;
 }
@@ -506,18 +526,20 @@ int mp_protected_commit(mp_pager *p, uint64_t pid)
     uint32_t b;
     if ((rc = locate_live(p, pid, &e, &w, &b)) != MP_OK)
         return rc;
-    if (!*w)
+    if (*w != MP_WRITER_OPEN)
         return MP_ENO_WRITER;
     uint64_t staged = inactive_page(e);
-    /* The staged page must be durable before the directory names it. */
+    /* The staged page must be durable before the directory names it: the
+     * directory copy and metadata written next may reach the disk at any time. */
     if ((rc = pager_flush_page(p, staged)) != MP_OK)
         return rc;
     e->crc = mp_crc32(pager_page_ptr(p, staged), p->page_size);
     e->active_slot ^= 1u;
     e->generation++;
-    *w = 0;
+    *w = p->txn_depth > 0 ? MP_WRITER_DONE_IN_TXN : MP_WRITER_NONE;
     p->dirs[b].dirty = 1;
-    return dir_commit_dirty(p);
+    p->changed = 1;
+    return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 
 int mp_protected_discard(mp_pager *p, uint64_t pid)
@@ -529,8 +551,8 @@ int mp_protected_discard(mp_pager *p, uint64_t pid)
     int rc = locate_live(p, pid, &e, &w, NULL);
     if (rc != MP_OK)
         return rc;
-    if (!*w)
+    if (*w != MP_WRITER_OPEN)
         return MP_ENO_WRITER;
-    *w = 0;
+    *w = MP_WRITER_NONE;
     return MP_OK;
 }

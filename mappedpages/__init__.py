@@ -27,6 +27,7 @@ from mappedpages._errors import (
 from mappedpages._pager import Pager
 from mappedpages._protected import ProtectedWriter
 from mappedpages._readonly import ReadOnlyPager
+from mappedpages._subpage import SubPageAllocator
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "MappedPageError",
     "OutOfBounds",
     "Pager",
+    "SubPageAllocator",
     "ProtectedWriter",
     "ReadOnlyPager",
     "RecoveryWarning",

@@ -41,6 +41,11 @@ _LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for pager in list(_LIVE):
         pager._forked = True
+        # A thread of the parent may have held the lock at fork time; it does
+        # not exist here, so the child gets a fresh lock (and then Unavailable).
+        pager._lock = threading.RLock()
+        if pager._mv is not None:
+            lib.mp_pager_forget(pager._handle)
 
 
 if hasattr(os, "register_at_fork"):
@@ -132,20 +137,29 @@ class _PagerBase:
         self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_close(raw))
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
-        self._bind_views()
+        self._exporters: list[weakref.ref[Any]] = []
+        self._mv_len = 0
+        self._mv: memoryview | None = None
+        self._ro: memoryview | None = None
         self._refresh_stats()
         self._load_system()
         _LIVE.add(self)
 
     # ----------------------------------------------------------- internals
 
-    def _bind_views(self, buf: Any = None) -> None:
-        # One buffer object for the pager's whole life: every view ever handed
-        # out holds it, so its weak reference dying means no view is left.
-        self._buf = ffi.buffer(self._owner, self._reserved) if buf is None else buf
-        self._buf_ref = weakref.ref(self._buf)
-        self._mv: memoryview | None = memoryview(self._buf)
-        self._ro: memoryview | None = self._mv.toreadonly()
+    def _bind_views(self) -> None:
+        # Views are slices of a buffer over exactly the pages the file has:
+        # Python code can reach that buffer through view.obj, so it must not
+        # reach past the file into the reserved, unmapped range. When the file
+        # grows, a larger buffer serves new views; older ones stay valid. Every
+        # buffer is watched through a weak reference: close() may unmap only
+        # when all of them are gone.
+        self._mv_len = self._page_count * self._page_size
+        buf = ffi.buffer(self._owner, self._mv_len)
+        self._exporters = [r for r in self._exporters if r() is not None]
+        self._exporters.append(weakref.ref(buf))
+        self._mv = memoryview(buf)
+        self._ro = self._mv.toreadonly()
 
     def _refresh_stats(self) -> None:
         stats = ffi.new("mp_stats *")
@@ -154,6 +168,8 @@ class _PagerBase:
         self._free_count = int(stats.free_count)
         self._dir_blocks = int(stats.dir_blocks)
         self._max_pages = int(stats.max_pages)
+        if self._page_count * self._page_size > self._mv_len:
+            self._bind_views()
 
     def _load_system(self) -> None:
         # Directory and backing pages, kept in Python so that page() can
@@ -325,15 +341,16 @@ class _PagerBase:
             self._mv.release()
             self._ro.release()
             self._mv = self._ro = None
-            buf_ref = self._buf_ref
-            del self._buf
-            survivor = buf_ref()
-            if survivor is not None:
-                self._bind_views(survivor)
-                del survivor
+            if any(r() is not None for r in self._exporters):
+                self._mv_len = 0
+                self._bind_views()
                 raise BufferError("cannot close a pager while views of its pages exist")
+            # Write what a lazy durability mode deferred; report a failure, but
+            # release the file either way.
+            rc = 0 if self._forked else lib.mp_pager_finish(self._handle)
             _LIVE.discard(self)
             ffi.release(self._owner)
+            self._check(rc, "close")
 
     def __enter__(self: Any) -> Any:
         return self

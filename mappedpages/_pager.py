@@ -11,9 +11,11 @@ pages, a writer's commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import weakref
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, TypeVar
 
 from mappedpages._base import (
@@ -43,15 +45,29 @@ def _check_page_size(page_size: object, allow_none: bool) -> int:
     return page_size
 
 
-def _options(page_size: int, lock_timeout: float, read_only: bool) -> Any:
+DURABILITY_MODES = {
+    "compat": lib.MP_DURABILITY_COMPAT,
+    "fast": lib.MP_DURABILITY_FAST,
+    "none": lib.MP_DURABILITY_NONE,
+}
+
+
+def _options(
+    page_size: int, lock_timeout: float, read_only: bool, durability: str = "compat"
+) -> Any:
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
         raise TypeError("lock_timeout must be a number of seconds")
     if lock_timeout < 0:
         raise ValueError("lock_timeout must not be negative")
+    if not isinstance(durability, str):
+        raise TypeError("durability must be 'compat', 'fast' or 'none'")
+    if durability not in DURABILITY_MODES:
+        raise ValueError(f"durability must be 'compat', 'fast' or 'none', not {durability!r}")
     opts = ffi.new("mp_options *")
     opts.page_size = page_size
     opts.read_only = 1 if read_only else 0
     opts.lock_timeout = float(lock_timeout)
+    opts.durability = DURABILITY_MODES[durability]
     return opts
 
 
@@ -81,23 +97,38 @@ class Pager(_PagerBase):
     # ------------------------------------------------------------- opening
 
     @classmethod
-    def create(cls, path: Any, page_size: int = 4096, *, lock_timeout: float = 0.0) -> Pager:
+    def create(
+        cls,
+        path: Any,
+        page_size: int = 4096,
+        *,
+        lock_timeout: float = 0.0,
+        durability: str = "compat",
+    ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
         ``page_size`` must be a power of two of at least 1024 (else
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
-        lock is taken as for :meth:`open`.
+        lock is taken as for :meth:`open`; ``durability`` as for :meth:`open`.
         """
         size = _check_page_size(page_size, allow_none=False)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
-        raise_for_rc(lib.mp_pager_create(raw, _options(size, lock_timeout, False), out), text, text)
-        return cls(out[0], text)
+        opts = _options(size, lock_timeout, False, durability)
+        raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
+        pager = cls(out[0], text)
+        pager._durability = durability
+        return pager
 
     @classmethod
     def open(
-        cls, path: Any, page_size: int | None = None, *, lock_timeout: float = 0.0
+        cls,
+        path: Any,
+        page_size: int | None = None,
+        *,
+        lock_timeout: float = 0.0,
+        durability: str = "compat",
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
@@ -108,20 +139,33 @@ class Pager(_PagerBase):
         The file is locked for this pager's life: another writer, in this
         process or another, gets :class:`Locked` at once, or after waiting up
         to ``lock_timeout`` seconds.
+
+        ``durability`` says when a commit is durable: ``"compat"`` (default),
+        when the call returns, with page 0 current for the Rust crate (two
+        flushes); ``"fast"``, when the call returns (one flush; page 0 is
+        brought up to date at ``sync()``, ``close()`` and the next writer's
+        open); ``"none"``, at ``sync()`` or ``close()`` (no flush per commit; a
+        crash loses the commits since, never consistency).
         """
         size = _check_page_size(page_size, allow_none=True)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
-        opts = _options(size, lock_timeout, False)
+        opts = _options(size, lock_timeout, False, durability)
         raise_for_rc(lib.mp_pager_open(raw, opts, out, report), text, text)
         pager = cls(out[0], text)
+        pager._durability = durability
         warn_recovery(report, text, stacklevel=3)
         return pager
 
     def __init__(self, handle: Any, path: str) -> None:
         super().__init__(handle, path)
-        self._writers: dict[int, ProtectedWriter] = {}
+        self._durability = "compat"
+        self._txn_depth = 0
+        # Weak: an abandoned writer is collected, and its __del__ discards it.
+        self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
+            weakref.WeakValueDictionary()
+        )
 
     # ------------------------------------------------------------- pages
 
@@ -193,9 +237,63 @@ class Pager(_PagerBase):
             self._refresh_stats()
 
     def sync(self) -> None:
-        """Flush every page's data to disk (msync of the mapping, then fsync)."""
+        """Flush every page's data to disk (msync of the mapping, then fsync).
+
+        Also makes durable whatever the durability mode deferred. Not allowed
+        inside a transaction (``ValueError``).
+        """
         with self._lock:
-            self._check(lib.mp_pager_sync(self._usable()), "sync")
+            handle = self._usable()
+            if self._txn_depth:
+                raise ValueError("sync() inside a transaction; commit it first")
+            self._check(lib.mp_pager_sync(handle), "sync")
+            self._refresh_stats()
+
+    @property
+    def durability(self) -> str:
+        """The durability mode: ``"compat"``, ``"fast"`` or ``"none"``."""
+        self._usable()
+        return self._durability
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Pager]:
+        """Group allocs, frees, bulk calls and protected writes into one commit.
+
+        ``with pager.transaction():`` holds the pager (other threads wait) and
+        commits everything at the end of the block: one metadata commit, and
+        one page-0 write that switches every protected page written in the
+        block at once. An exception inside the block rolls everything back: no
+        page allocated or freed, no protected write visible. Nested blocks join
+        the outermost one. Pages freed in a transaction are not reused before
+        it commits, and a protected page can be written once per transaction.
+        """
+        with self._lock:
+            handle = self._usable()
+            outer = self._txn_depth == 0
+            if outer:
+                self._check(lib.mp_txn_begin(handle), "transaction")
+            self._txn_depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._txn_depth -= 1
+                if outer:
+                    self._txn_abort()
+                raise
+            self._txn_depth -= 1
+            if outer:
+                rc = lib.mp_txn_commit(self._handle)
+                if rc != 0:
+                    self._txn_abort()
+                    self._check(rc, "transaction commit")
+                self._refresh_stats()
+
+    def _txn_abort(self) -> None:
+        for writer in list(self._writers.values()):
+            writer._abandon()
+        lib.mp_txn_abort(self._handle)
+        self._refresh_stats()
+        self._load_system()
 
     def lock(self) -> Any:
         """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls."""

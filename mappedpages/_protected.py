@@ -50,6 +50,15 @@ class ProtectedWriter:
         except BufferError:
             pass
 
+    def _abandon(self) -> None:
+        """Mark the writer spent without telling the C core (after a rollback)."""
+        view, self._view = self._view, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass
+
     def commit(self) -> None:
         """Make the staged copy the page's committed content, durably and atomically."""
         self._finish(commit=True)

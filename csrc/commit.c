@@ -1,0 +1,256 @@
+/*
+ * commit.c - making state changes durable: the metadata commit, page 0,
+ * durability modes and transactions.
+ *
+ * Owns: the order of writes and flushes of every commit. Everything that
+ * changes allocation or directory state ends in pager_commit().
+ *
+ * The v0.2 layout has two commit points. Allocation state commits when the
+ * new metadata copy is flushed: open takes the newest valid copy by
+ * generation. The protected-page directory commits when page 0, which names
+ * each block's live directory copy, is flushed. The durability mode decides
+ * what an allocation-only commit flushes:
+ *   compat  the metadata copy, then page 0 rewritten to name it: at every
+ *           instant the crate (which follows page 0's selector) reads the
+ *           latest committed state. 2 flushes.
+ *   fast    the metadata copy only; page 0 is rewritten at sync, close, the
+ *           next directory commit and the next writer's open. 1 flush. After a
+ *           crash the crate may read the state before the commits since then.
+ *   none    nothing: the state is written at sync and close (or with the
+ *           next directory commit). 0 flushes. A crash loses the commits since
+ *           then, never consistency: a page freed since is not reused until
+ *           the free is durable (the pending map), so no page of the durable
+ *           state can be overwritten by a new owner.
+ * Directory changes (protected alloc, free, write) flush page 0 in every mode,
+ * since page 0 is their commit point, and everything a directory names (a
+ * staged copy, a directory copy) is flushed before page 0 names it:
+ *   protected write      staged copy, directory copy, page 0: 3 flushes;
+ *   alloc_protected      zeroed copy, directory copy, page 0, metadata copy
+ *                        (+ page 0 again in compat): 4-5 flushes;
+ *   free_protected       metadata copy, directory copy, page 0: 3 flushes.
+ * The order of the two commits of alloc/free is protected.c's reasoning.
+ */
+#include "mp_internal.h"
+
+#include <string.h>
+
+int pager_write_page0(mp_pager *p, int flush)
+{
+    uint8_t *page0 = pager_page_ptr(p, 0);
+    fmt_superblock_write(page0, p->log2, (uint8_t)p->active);
+    fmt_dir_index_write(page0, p->page_size, p->dir_count, p->refs);
+    p->page0_stale = 0;
+    p->index_changed = 0;
+    return flush ? pager_flush_page(p, 0) : MP_OK;
+}
+
+/* Writes the in-memory state into the inactive copy, with generation + 1,
+ * and makes it the active one. */
+static int meta_write(mp_pager *p, int flush)
+{
+    uint32_t target = p->active ^ 1u;
+    fmt_meta_write(pager_page_ptr(p, 1 + target), p->page_size, p->total_pages,
+                   p->generation + 1, p->free_count, p->bits);
+    if (flush) {
+        /* The commit point: once this flush returns, open finds the new state. */
+        int rc = pager_flush_page(p, 1 + target);
+        if (rc != MP_OK)
+            return rc;
+    }
+    p->active = target;
+    p->generation++;
+    p->meta_unwritten = 0;
+    p->page0_stale = 1;
+    return MP_OK;
+}
+
+static void pending_clear(mp_pager *p)
+{
+    if (p->pending_count == 0)
+        return;
+    memset(p->pending, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
+    p->pending_count = 0;
+}
+
+/* Commits every change made since the last commit: allocation changes
+ * (p->changed) and directory changes (dirty blocks, a changed index). */
+int pager_commit(mp_pager *p, int order)
+{
+    if (p->txn_depth > 0)
+        return MP_OK;
+    int rc;
+    int dirs = dir_any_dirty(p);
+    int dir_change = dirs || p->index_changed;
+    int meta_change = p->changed || p->meta_unwritten;
+    if (!dir_change) {
+        if (!p->changed)
+            return MP_OK;
+        p->changed = 0;
+        if (p->durability == MP_DURABILITY_NONE) {
+            p->meta_unwritten = 1;
+            return MP_OK;
+        }
+        if ((rc = meta_write(p, 1)) != MP_OK)
+            return rc;
+        pending_clear(p);
+        if (p->durability == MP_DURABILITY_COMPAT)
+            return pager_write_page0(p, 1);
+        return MP_OK;
+    }
+    /* Each new directory copy must be durable before page 0 names it. */
+    if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
+        return rc;
+    p->changed = 0;
+    if (order == MP_ORDER_META_FIRST && meta_change && (rc = meta_write(p, 1)) != MP_OK)
+        return rc;
+    dir_flip_dirty(p);
+    /* The directory's commit point; it names the active metadata copy too. */
+    if ((rc = pager_write_page0(p, 1)) != MP_OK)
+        return rc;
+    if (order == MP_ORDER_DIR_FIRST && meta_change) {
+        if ((rc = meta_write(p, 1)) != MP_OK)
+            return rc;
+        if (p->durability == MP_DURABILITY_COMPAT && (rc = pager_write_page0(p, 1)) != MP_OK)
+            return rc;
+    }
+    pending_clear(p);
+    return MP_OK;
+}
+
+int pager_bring_page0_up_to_date(mp_pager *p)
+{
+    int rc;
+    if (p->meta_unwritten) {
+        /* The deferred state of "none" mode: write it and flush it (the
+         * commit point), then page 0 below. */
+        if ((rc = meta_write(p, 1)) != MP_OK)
+            return rc;
+    }
+    if (p->page0_stale && (rc = pager_write_page0(p, 1)) != MP_OK)
+        return rc;
+    pending_clear(p);
+    return MP_OK;
+}
+
+int mp_pager_sync(mp_pager *p)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth > 0)
+        return MP_EINVALID_ARGUMENT;
+    /* msync writes back the data pages; the fsync after it covers what msync
+     * does not promise everywhere (file metadata, the drive's cache on macOS). */
+    rc = os_flush_range(&p->map, 0, p->total_pages * (uint64_t)p->page_size);
+    if (rc == MP_OK)
+        rc = os_sync_file(&p->map);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    /* Data first, then the state that may point at it. */
+    return pager_bring_page0_up_to_date(p);
+}
+
+int mp_pager_finish(mp_pager *p)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    if (p->read_only || p->no_io || p->poisoned)
+        return MP_OK;
+    if (p->txn_depth > 0) {
+        int rc = mp_txn_abort(p);
+        if (rc != MP_OK)
+            return rc;
+    }
+    return pager_bring_page0_up_to_date(p);
+}
+
+/* For a fork child: never write again, and drop this process's references to
+ * the open file description (its descriptor and its mapping), so the writer
+ * lock, which belongs to that description, goes away when the parent closes,
+ * whatever the child does. Views the child holds stay readable memory. */
+int mp_pager_forget(mp_pager *p)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    p->no_io = 1;
+    p->poisoned = 1;
+    (void)os_map_detach(&p->map);
+    if (p->fd >= 0) {
+        (void)os_close_file(p->fd);
+        p->fd = p->map.fd = -1;
+    }
+    return MP_OK;
+}
+
+int mp_pager_set_durability(mp_pager *p, int durability)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (durability < MP_DURABILITY_COMPAT || durability > MP_DURABILITY_NONE)
+        return MP_EINVALID_ARGUMENT;
+    if (p->txn_depth > 0)
+        return MP_EINVALID_ARGUMENT;
+    /* Leaving a lazier mode: first make what it deferred durable. */
+    if (durability < p->durability && (rc = pager_bring_page0_up_to_date(p)) != MP_OK)
+        return rc;
+    p->durability = durability;
+    return MP_OK;
+}
+
+/* ------------------------------------------------------------ transactions */
+
+int mp_txn_begin(mp_pager *p)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0 && p->meta_unwritten) {
+        /* Rollback reloads the state from the active copy, so it must hold
+         * the state the transaction starts from (no flush needed for that). */
+        (void)meta_write(p, 0);
+    }
+    p->txn_depth++;
+    return MP_OK;
+}
+
+static void clear_txn_marks(mp_pager *p)
+{
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        for (uint32_t s = 0; s < p->epp; s++)
+            if (p->dirs[b].writer_open[s] == MP_WRITER_DONE_IN_TXN)
+                p->dirs[b].writer_open[s] = MP_WRITER_NONE;
+}
+
+int mp_txn_commit(mp_pager *p)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0)
+        return MP_EINVALID_ARGUMENT;
+    if (--p->txn_depth > 0)
+        return MP_OK;
+    clear_txn_marks(p);
+    /* Directory first: protected writes become visible together at the
+     * page-0 flush, and protected pages allocated in the transaction are on
+     * unallocated pages until the metadata commit that follows (dropped if a
+     * crash falls between). See the README for what a crash between the two
+     * leaves of the transaction's other changes. */
+    return pager_commit(p, MP_ORDER_DIR_FIRST);
+}
+
+int mp_txn_abort(mp_pager *p)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    if (p->txn_depth == 0)
+        return MP_EINVALID_ARGUMENT;
+    p->txn_depth = 0;
+    if (p->poisoned)
+        return MP_EUNAVAILABLE;
+    /* Nothing the transaction did reached the committed copies: reload them. */
+    return pager_load_committed(p, NULL);
+}

@@ -1,0 +1,351 @@
+"""SubPageAllocator: equal slices of a pager's pages, tracked in memory.
+
+Each big page checked out from the pager is split into ``page_size //
+sub_size`` sub-slots (at most 64, one bit each of a ``u64`` mask kept by the C
+core). A page is checked out when no page held has a free slot, and handed
+back to the pager the moment its last sub-page is freed; both are ordinary
+durable pager commits. The masks themselves are not written anywhere (as in
+the Rust crate): after reopening the file, rebuild them with
+:meth:`SubPageAllocator.restore` from the ids you know are live.
+
+A sub-page id is an address, ``big_page_id * slots_per_page + slot``, so ids
+may be stored in pages and used again after a reopen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from mappedpages._base import _U64_LIMIT, as_id
+from mappedpages._core import ffi, lib
+from mappedpages._errors import FileFull, OutOfBounds
+from mappedpages._pager import Pager
+
+# Bound once: these run on every single-sub-page call.
+_alloc = lib.mp_subpage_alloc
+_free = lib.mp_subpage_free
+_check = lib.mp_subpage_check
+
+
+def _check_sub_size(sub_size: object, page_size: int) -> int:
+    size = as_id(sub_size, "sub_size")
+    if size <= 0 or size & (size - 1):
+        raise ValueError(f"sub_size must be a power of two, not {size}")
+    if size >= page_size:
+        raise ValueError(f"sub_size must be smaller than the page size ({page_size}), not {size}")
+    if page_size // size > 64:
+        raise ValueError(
+            f"page_size // sub_size must be at most 64 (one 64-bit mask per page), "
+            f"not {page_size} // {size} = {page_size // size}"
+        )
+    return size
+
+
+def _sub_id(value: object) -> int:
+    """Return ``value`` as a sub-page id; ValueError for a malformed one."""
+    sub_id = value if type(value) is int else as_id(value, "sub-page id")
+    if sub_id < 0:
+        raise ValueError(f"sub-page id must not be negative, not {sub_id}")
+    return sub_id
+
+
+def _raise_alloc_error(pager: Pager, rc: int, context: str) -> None:
+    if rc == lib.MP_EINVALID_ARGUMENT:
+        raise ValueError(
+            f"{context}: the pager handed out a page this allocator holds; it was "
+            "freed with Pager.free while sub-pages in it were in use"
+        )
+    pager._check(rc, context)
+
+
+class SubPageAllocator:
+    """Allocate ``sub_size``-byte sub-pages out of a :class:`Pager`'s pages.
+
+    ``sub_size`` must be a power of two smaller than ``pager.page_size``, with
+    at most 64 sub-pages per page (``ValueError`` otherwise). The allocator
+    shares the pager's lock, so both may be used from several threads.
+    """
+
+    def __init__(self, pager: Pager, sub_size: int) -> None:
+        if not isinstance(pager, Pager):
+            raise TypeError(f"pager must be a writable Pager, not {type(pager).__name__}")
+        size = _check_sub_size(sub_size, pager.page_size)
+        self._pager: Pager | None = pager
+        self._sub_size = size
+        self._slots = pager.page_size // size
+        self._handle: Any = None
+        self._out = ffi.new("uint64_t *")
+        with pager._lock:
+            raw = ffi.new("mp_subpage **")
+            pager._check(lib.mp_subpage_new(pager._usable(), size, raw), "SubPageAllocator")
+            # The C state never touches the pager when destroyed, so it may be
+            # collected before or after the pager, in any order.
+            self._handle = ffi.gc(raw[0], lib.mp_subpage_destroy)
+
+    @classmethod
+    def restore(cls, pager: Pager, sub_size: int, live_ids: Iterable[int]) -> SubPageAllocator:
+        """Rebuild an allocator after a reopen from the sub-page ids known to be live.
+
+        Every id's big page must be an allocated regular page of ``pager``
+        (else :class:`OutOfBounds`); an id given twice raises ``ValueError``.
+        Nothing changes on error. Big pages the caller once held but that
+        have no live id left stay allocated in the pager: free them there.
+        """
+        alloc = cls(pager, sub_size)
+        try:
+            if isinstance(live_ids, (str, bytes)):
+                raise TypeError("live_ids must be an iterable of ints")
+            values = [_sub_id(i) for i in live_ids]
+            for v in values:
+                if v >= _U64_LIMIT:
+                    raise OutOfBounds(f"sub-page id {v} is out of bounds")
+            if values:
+                arr = ffi.new("uint64_t[]", values)
+                with pager._lock:
+                    _, handle = alloc._usable()
+                    pager._check(lib.mp_subpage_restore(handle, arr, len(values)), "restore")
+        except BaseException:
+            alloc._release()
+            raise
+        return alloc
+
+    # ----------------------------------------------------------- internals
+
+    def _usable(self) -> tuple[Pager, Any]:
+        """Return (pager, C handle), or raise ValueError once detached or closed."""
+        pager = self._pager
+        if pager is None:
+            raise ValueError("operation on a detached SubPageAllocator")
+        pager._usable()
+        return pager, self._handle
+
+    def _mutable(self) -> tuple[Pager, Any]:
+        """As _usable, and refuse inside a pager transaction.
+
+        The allocator's state lives in memory and is not rolled back with a
+        transaction, so a page it took or returned inside one could be handed
+        out twice after a rollback.
+        """
+        pager, handle = self._usable()
+        if pager._txn_depth:
+            raise ValueError("SubPageAllocator calls are not allowed inside a pager transaction")
+        return pager, handle
+
+    def _release(self) -> None:
+        handle, self._handle, self._pager = self._handle, None, None
+        if handle is not None:
+            ffi.release(handle)
+
+    def _list(self) -> list[tuple[int, int]]:
+        """(big page id, in-use mask) of every big page held."""
+        pager, handle = self._usable()
+        stats = ffi.new("mp_sub_stats *")
+        pager._check(lib.mp_subpage_stats(handle, stats))
+        n = int(stats.big_pages)
+        pages = ffi.new("uint64_t[]", max(n, 1))
+        masks = ffi.new("uint64_t[]", max(n, 1))
+        pager._check(lib.mp_subpage_list(handle, pages, masks, n, self._out))
+        return sorted(zip(ffi.unpack(pages, n), ffi.unpack(masks, n)))
+
+    # ----------------------------------------------------------- properties
+
+    @property
+    def pager(self) -> Pager:
+        """The pager whose pages are split; ``ValueError`` once detached."""
+        if self._pager is None:
+            raise ValueError("operation on a detached SubPageAllocator")
+        return self._pager
+
+    @property
+    def detached(self) -> bool:
+        """True once :meth:`detach` has been called."""
+        return self._pager is None
+
+    @property
+    def sub_size(self) -> int:
+        """Bytes per sub-page."""
+        return self._sub_size
+
+    @property
+    def slots_per_page(self) -> int:
+        """Sub-pages per big page: ``page_size // sub_size``."""
+        return self._slots
+
+    @property
+    def live_count(self) -> int:
+        """Sub-pages currently allocated."""
+        pager = self.pager
+        with pager._lock:
+            pager, handle = self._usable()
+            pager._check(lib.mp_subpage_live_count(handle, self._out))
+            return int(self._out[0])
+
+    def big_pages(self) -> list[int]:
+        """The pager pages this allocator holds, ascending."""
+        with self.pager._lock:
+            return [page for page, _ in self._list()]
+
+    def live_ids(self) -> list[int]:
+        """Every allocated sub-page id, ascending: what :meth:`restore` takes."""
+        with self.pager._lock:
+            held = self._list()
+        slots = self._slots
+        return [
+            page * slots + slot for page, mask in held for slot in range(slots) if mask >> slot & 1
+        ]
+
+    # ----------------------------------------------------------- alloc/free
+
+    def alloc(self) -> int:
+        """Allocate one sub-page and return its id.
+
+        A free slot of a page already held is used first; otherwise one page
+        is taken from the pager (one durable commit). The sub-page keeps
+        whatever bytes it held before.
+        """
+        pager = self._pager
+        if pager is None:
+            raise ValueError("operation on a detached SubPageAllocator")
+        with pager._lock:
+            if pager._mv is None or pager._forked or self._handle is None or pager._txn_depth:
+                self._mutable()
+            out = self._out
+            rc = _alloc(self._handle, out)
+            if rc:
+                _raise_alloc_error(pager, rc, "alloc")
+            sub_id = int(out[0])
+            # Only slot 0 can come from a newly taken page (its mask was empty).
+            if not sub_id & (self._slots - 1):
+                pager._refresh_stats()
+            return sub_id
+
+    def free(self, sub_id: int) -> None:
+        """Free one sub-page; its page goes back to the pager when it was the last one.
+
+        Freeing a free slot is a :class:`DoubleFree`, and so is freeing into a
+        page that is free in the pager (its last sub-page was freed before);
+        an id whose page is past the file's end, reserved, or held by someone
+        else raises :class:`OutOfBounds`, and a negative id ``ValueError``.
+        """
+        if type(sub_id) is not int or sub_id < 0:
+            sub_id = _sub_id(sub_id)
+        pager = self._pager
+        if pager is None:
+            raise ValueError("operation on a detached SubPageAllocator")
+        with pager._lock:
+            if pager._mv is None or pager._forked or self._handle is None or pager._txn_depth:
+                self._mutable()
+            if sub_id >= _U64_LIMIT:
+                raise OutOfBounds(f"sub-page id {sub_id} is out of bounds")
+            handle = self._handle
+            rc = _free(handle, sub_id)
+            if rc:
+                pager._check(rc, f"free sub-page {sub_id}")
+            # The pager changed only if the page went back, i.e. is no longer held.
+            if _check(handle, sub_id, self._out):
+                pager._refresh_stats()
+
+    def alloc_bulk(self, n: int) -> list[int]:
+        """Allocate ``n`` sub-pages, all or nothing.
+
+        The pages needed beyond the free slots already held are taken from the
+        pager in one durable commit; if it cannot supply them, nothing is
+        allocated and the error is raised.
+        """
+        n = as_id(n, "n")
+        if n < 0:
+            raise ValueError("n must not be negative")
+        pager = self.pager
+        with pager._lock:
+            pager, handle = self._mutable()
+            if n == 0:
+                return []
+            stats = ffi.new("mp_stats *")
+            pager._check(lib.mp_pager_stats(pager._handle, stats))
+            if n > int(stats.max_pages) * self._slots:
+                raise FileFull(f"alloc_bulk({n}): more sub-pages than the file can hold")
+            out = ffi.new("uint64_t[]", n)
+            rc = lib.mp_subpage_alloc_bulk(handle, n, out)
+            if rc:
+                _raise_alloc_error(pager, rc, "alloc_bulk")
+            pager._refresh_stats()
+            return ffi.unpack(out, n)  # type: ignore[no-any-return]
+
+    def free_bulk(self, ids: Iterable[int]) -> None:
+        """Free many sub-pages at once.
+
+        Every id is checked first (an id given twice is a :class:`DoubleFree`);
+        if any is bad, nothing is freed. Pages left empty go back to the
+        pager in one durable commit.
+        """
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("ids must be an iterable of ints")
+        values = [_sub_id(i) for i in ids]
+        pager = self.pager
+        with pager._lock:
+            pager, handle = self._mutable()
+            if not values:
+                return
+            for v in values:
+                if v >= _U64_LIMIT:
+                    raise OutOfBounds(f"sub-page id {v} is out of bounds")
+            arr = ffi.new("uint64_t[]", values)
+            rc = lib.mp_subpage_free_bulk(handle, arr, len(values))
+            if rc:
+                pager._check(rc, "free_bulk")
+            pager._refresh_stats()
+
+    def page(self, sub_id: int) -> memoryview:
+        """Return a writable, zero-copy view of one sub-page (``sub_size`` bytes).
+
+        The view is a slice of the pager's page view, so it keeps the pager
+        from closing while it lives. Its big page must be one this allocator
+        holds (else :class:`OutOfBounds`); as with pages, a free slot of such a
+        page may be viewed.
+        """
+        if type(sub_id) is not int or sub_id < 0:
+            sub_id = _sub_id(sub_id)
+        pager = self._pager
+        if pager is None:
+            raise ValueError("operation on a detached SubPageAllocator")
+        with pager._lock:
+            if pager._mv is None or pager._forked or self._handle is None:
+                self._usable()
+            if sub_id >= _U64_LIMIT:
+                raise OutOfBounds(f"sub-page id {sub_id} is out of bounds")
+            rc = _check(self._handle, sub_id, self._out)
+            if rc:
+                pager._check(rc, f"sub-page {sub_id}")
+            big, slot = divmod(sub_id, self._slots)
+            start = slot * self._sub_size
+            return pager._view(big, readonly=False)[start : start + self._sub_size]
+
+    # ----------------------------------------------------------- lifetime
+
+    def detach(self) -> Pager:
+        """End this allocator and return its pager.
+
+        The pages it holds stay allocated in the pager. Every later call on
+        the allocator raises ``ValueError``, as on a closed file.
+        """
+        pager = self.pager
+        with pager._lock:
+            self._release()
+        return pager
+
+    def __enter__(self) -> SubPageAllocator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pager is not None:
+            self.detach()
+
+    def __repr__(self) -> str:
+        if self._pager is None:
+            state = "detached"
+        elif self._pager.closed:
+            state = "pager closed"
+        else:
+            state = f"{self.live_count} live"
+        return f"<SubPageAllocator sub_size={self._sub_size} x{self._slots} {state}>"
