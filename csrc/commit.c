@@ -34,11 +34,32 @@
 
 #include <string.h>
 
+/* Page 0 is rewritten, as the crate does, but never by stores into the
+ * mapping, which a kill could interrupt anywhere: the new page is built aside
+ * and written with pwrite, one OS page at a time and only the OS pages that
+ * change. The kernel copies each OS page whole even if the process is killed,
+ * so with pages up to the OS page size the rewrite is all-or-nothing; with
+ * larger pages the directory's CRC, in the last OS page, goes last, and the
+ * states left between OS pages are the ones fmt_dir_index_recover looks for. */
 int pager_write_page0(mp_pager *p, int flush)
 {
-    uint8_t *page0 = pager_page_ptr(p, 0);
-    fmt_superblock_write(page0, p->log2, (uint8_t)p->active);
-    fmt_dir_index_write(page0, p->page_size, p->dir_count, p->refs);
+    uint8_t *next = p->scratch;
+    const uint8_t *now = pager_page_ptr(p, 0);
+    memcpy(next, now, p->page_size);
+    fmt_superblock_write(next, p->log2, (uint8_t)p->active);
+    fmt_dir_index_write(next, p->page_size, p->dir_count, p->refs);
+    uint64_t step = os_page_size();
+    if (step > p->page_size)
+        step = p->page_size;
+    for (uint64_t off = 0; off < p->page_size; off += step) {
+        if (memcmp(next + off, now + off, (size_t)step) == 0)
+            continue;
+        int rc = os_write_all(p->fd, next + off, (size_t)step, off);
+        if (rc != MP_OK) {
+            p->poisoned = 1;
+            return rc;
+        }
+    }
     p->page0_stale = 0;
     p->index_changed = 0;
     return flush ? pager_flush_page(p, 0) : MP_OK;

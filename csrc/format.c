@@ -137,22 +137,15 @@ void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t selector)
     mp_store_u32(page0 + 16, MP_CRC_RESIDUE);
 }
 
-int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count,
-                       mp_dir_ref *refs)
+/* Parses a directory section [20, PS-4) whose CRC has been checked. */
+static int parse_dir_section(const uint8_t *sec, uint32_t page_size, uint32_t *count,
+                             mp_dir_ref *refs)
 {
-    uint32_t n = mp_load_u32(page0 + MP_DIR_INDEX_OFFSET);
-    if (n == 0) {
-        /* The crate ignores the section (and its CRC) when it holds no block. */
-        *count = 0;
-        return MP_OK;
-    }
-    uint32_t stored = mp_load_u32(page0 + page_size - 4);
-    if (mp_crc32(page0 + MP_DIR_INDEX_OFFSET, page_size - MP_DIR_INDEX_OFFSET - 4) != stored)
-        return MP_ECORRUPT_DIRECTORY_INDEX;
+    uint32_t n = mp_load_u32(sec);
     if (n > fmt_max_dir_blocks(page_size))
         return MP_ECORRUPT_DIRECTORY_INDEX;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *r = page0 + 24 + (size_t)MP_DIR_REF_SIZE * i;
+        const uint8_t *r = sec + 4 + (size_t)MP_DIR_REF_SIZE * i;
         refs[i].page_a = mp_load_u64(r);
         refs[i].page_b = mp_load_u64(r + 8);
         refs[i].active = r[16];
@@ -161,6 +154,93 @@ int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count
     }
     *count = n;
     return MP_OK;
+}
+
+int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count,
+                       mp_dir_ref *refs)
+{
+    const uint8_t *sec = page0 + MP_DIR_INDEX_OFFSET;
+    size_t len = page_size - MP_DIR_INDEX_OFFSET - 4;
+    uint32_t stored = mp_load_u32(page0 + page_size - 4);
+    if (mp_load_u32(sec) == 0) {
+        /* The crate ignores the section (and its CRC) when it holds no block.
+         * A section that still holds references behind a zero count and fails
+         * its CRC is a damaged count, though: let recovery look at it. */
+        if (sec[4] != 0 && mp_crc32(sec, len) != stored)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+        *count = 0;
+        return MP_OK;
+    }
+    if (mp_crc32(sec, len) != stored)
+        return MP_ECORRUPT_DIRECTORY_INDEX;
+    return parse_dir_section(sec, page_size, count, refs);
+}
+
+/* Page 0 has no second copy, and a section rewritten in place can be caught
+ * half done: by a power loss between two sectors, or by a kill between two OS
+ * pages of a page larger than the OS page. A commit changes the section in
+ * one of two ways, so those are the states to look for when the CRC fails:
+ * one block's active byte flipped without (or before) its CRC, or an appended
+ * block's reference or count written without the CRC. Each candidate is
+ * accepted only if the stored CRC then matches, so damage of any other kind
+ * still fails. Uses `work` (page_size bytes). */
+int fmt_dir_index_recover(const uint8_t *page0, uint32_t page_size, uint32_t *count,
+                          mp_dir_ref *refs, uint8_t *work, int *dropped)
+{
+    *dropped = 0;
+    size_t len = page_size - MP_DIR_INDEX_OFFSET - 4;
+    uint32_t stored = mp_load_u32(page0 + page_size - 4);
+    uint32_t n = mp_load_u32(page0 + MP_DIR_INDEX_OFFSET);
+    uint32_t max = fmt_max_dir_blocks(page_size);
+    if (n > max)
+        return MP_ECORRUPT_DIRECTORY_INDEX;
+    memcpy(work, page0 + MP_DIR_INDEX_OFFSET, len);
+    /* One block's flip; bounded so a hostile count costs little. */
+    for (uint32_t i = 0; i < n && i < 64; i++) {
+        uint8_t *active = work + 4 + (size_t)MP_DIR_REF_SIZE * i + 16;
+        if (*active > 1)
+            continue;
+        *active ^= 1u;
+        if (mp_crc32(work, len) == stored)
+            return parse_dir_section(work, page_size, count, refs);
+        *active ^= 1u;
+    }
+    /* An append: the count already raised, or only the new reference written. */
+    for (uint32_t drop = 0; drop < 2; drop++) {
+        uint32_t keep = drop ? n - 1 : n;
+        if (drop && n == 0)
+            break;
+        if (keep >= max)
+            continue;
+        memcpy(work, page0 + MP_DIR_INDEX_OFFSET, len);
+        mp_store_u32(work, keep);
+        uint8_t *ref = work + 4 + (size_t)MP_DIR_REF_SIZE * keep;
+        mp_dir_ref appended = {mp_load_u64(ref), mp_load_u64(ref + 8), ref[16]};
+        memset(ref, 0, MP_DIR_REF_SIZE);
+        if (mp_crc32(work, len) == stored) {
+            int rc = parse_dir_section(work, page_size, count, refs);
+            if (rc == MP_OK && drop) {
+                refs[keep] = appended;
+                *dropped = 1;
+            }
+            return rc;
+        }
+    }
+    /* A damaged count: as many blocks as there are references. */
+    uint32_t refs_present = 0;
+    while (refs_present < max) {
+        const uint8_t *r = page0 + MP_DIR_INDEX_OFFSET + 4 + (size_t)MP_DIR_REF_SIZE * refs_present;
+        if (mp_load_u64(r) == 0 && mp_load_u64(r + 8) == 0)
+            break;
+        refs_present++;
+    }
+    if (refs_present != n) {
+        memcpy(work, page0 + MP_DIR_INDEX_OFFSET, len);
+        mp_store_u32(work, refs_present);
+        if (mp_crc32(work, len) == stored)
+            return parse_dir_section(work, page_size, count, refs);
+    }
+    return MP_ECORRUPT_DIRECTORY_INDEX;
 }
 
 void fmt_dir_index_write(uint8_t *page0, uint32_t page_size, uint32_t count,

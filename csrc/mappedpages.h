@@ -58,7 +58,9 @@ enum mp_recovery {
     MP_REC_DIR_FALLBACK = 32,       /* a directory block was read from its inactive copy */
     MP_REC_DIR_ENTRY_DROPPED = 64,  /* a directory entry failed its checks and was dropped */
     MP_REC_DIR_BLOCK_DROPPED = 128, /* an unfinished trailing directory block was dropped */
-    MP_REC_PAGE0_REWRITTEN = 256    /* a writer rewrote page 0 to name the chosen state */
+    MP_REC_PAGE0_REWRITTEN = 256,   /* a writer rewrote page 0 to name the chosen state */
+    MP_REC_DIR_INDEX_TORN = 512     /* page 0's directory index was caught mid-rewrite and
+                                       read as the state its CRC matches */
 };
 
 /* Why a metadata copy was judged damaged (mp_open_report.meta_problem[]). */

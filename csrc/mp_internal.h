@@ -96,6 +96,11 @@ void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
 
 int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count,
                        mp_dir_ref *refs);
+/* Returns MP_OK when the stored CRC matches a single-block flip (*dropped
+ * set to 0) or an interrupted append (*dropped 1: refs[*count] holds the
+ * reference of the block that was being appended). */
+int fmt_dir_index_recover(const uint8_t *page0, uint32_t page_size, uint32_t *count,
+                          mp_dir_ref *refs, uint8_t *work, int *dropped);
 void fmt_dir_index_write(uint8_t *page0, uint32_t page_size, uint32_t count,
                          const mp_dir_ref *refs);
 int fmt_dir_page_read(const uint8_t *page, uint32_t page_size, mp_dir_entry *entries);
@@ -157,6 +162,7 @@ int os_shrink_file(const mp_map *m, uint64_t len);
 int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got);
 int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset);
 int os_unlink(const char *path);
+uint64_t os_page_size(void);
 
 /* ---- pager.c ---- */
 
@@ -228,6 +234,7 @@ int pager_bring_page0_up_to_date(mp_pager *p);
 
 /* Loads the directory named by p->refs[0..count) from the committed copies. */
 int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);
+int block_unfinished(const mp_pager *p, const mp_dir_ref *r);
 void dir_release(mp_pager *p);
 int dir_write_dirty(mp_pager *p);
 void dir_flip_dirty(mp_pager *p);

@@ -43,7 +43,7 @@ static void io_barrier(mp_io_hooks *h, int kind, uint64_t offset, uint64_t len)
         (void)h->on_barrier(h->ctx, kind, offset, len);
 }
 
-static uint64_t os_page_size(void)
+uint64_t os_page_size(void)
 {
     long v = sysconf(_SC_PAGESIZE);
     return v > 0 ? (uint64_t)v : 4096u;

@@ -308,8 +308,26 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     p->hint = MP_RESERVED_PAGES;
 
     uint32_t count = 0;
-    if ((rc = fmt_dir_index_read(page0, p->page_size, &count, p->refs)) != MP_OK)
-        return rc;
+    if ((rc = fmt_dir_index_read(page0, p->page_size, &count, p->refs)) != MP_OK) {
+        int dropped = 0;
+        if (fmt_dir_index_recover(page0, p->page_size, &count, p->refs, p->scratch,
+                                  &dropped) != MP_OK) {
+            /* A zero count means no directory, whatever else the section
+             * holds, as in the crate. */
+            if (mp_load_u32(page0 + MP_DIR_INDEX_OFFSET) != 0)
+                return rc;
+            count = 0;
+            dropped = 0;
+        }
+        /* An interrupted append is only believable if the bitmap does not
+         * count the block's pages yet (directory first, bitmap second). */
+        if (dropped && !block_unfinished(p, &p->refs[count]))
+            return rc;
+        if (count > 0 || dropped) {
+            rep->flags |= MP_REC_DIR_INDEX_TORN;
+            *page0_stale = 1;
+        }
+    }
     p->page0_stale = *page0_stale;
     return dir_load(p, rep, count);
 }
@@ -368,10 +386,24 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
                              int *page0_stale)
 {
     int rc = load_state(p, file_len, rep, page0_stale);
-    for (int attempt = 0; rc > 0 && rc != MP_ENO_MEMORY && p->read_only && attempt < 5;
+    /* Damage a reader sees may be a writer's write in progress: look again a
+     * few times before believing it (an error, or a copy to discard). */
+    uint32_t transient = MP_REC_META_A_DAMAGED | MP_REC_META_B_DAMAGED | MP_REC_DIR_FALLBACK |
+                         MP_REC_DIR_ENTRY_DROPPED | MP_REC_DIR_INDEX_TORN;
+    for (int attempt = 0;
+         p->read_only && attempt < 5 &&
+         ((rc > 0 && rc != MP_ENO_MEMORY) || (rc == MP_OK && (rep->flags & transient)));
          attempt++) {
         struct timespec nap = {0, 2 * 1000 * 1000};
         nanosleep(&nap, NULL);
+        /* The writer may have grown the file meanwhile: a copy that counts
+         * pages past the length seen before is not damage. */
+        uint64_t size;
+        if (os_file_size(p->fd, &size) == MP_OK) {
+            uint64_t len = size < p->map.reserved ? size : p->map.reserved;
+            if (len > p->map.mapped && os_map_extend(&p->map, len) == MP_OK)
+                file_len = len;
+        }
         dir_release(p);
         memset(rep, 0, sizeof *rep);
         rc = load_state(p, file_len, rep, page0_stale);

@@ -97,6 +97,20 @@ static int dir_page_read(mp_pager *p, uint64_t id, mp_dir_entry *entries)
     return fmt_dir_page_read(p->scratch, p->page_size, entries);
 }
 
+/* A block appended to page 0 whose pages no committed bitmap counts yet
+ * (they may even lie past the committed end of the file). */
+int block_unfinished(const mp_pager *p, const mp_dir_ref *r)
+{
+    uint64_t ids[2] = {r->page_a, r->page_b};
+    for (int w = 0; w < 2; w++) {
+        if (ids[w] < MP_RESERVED_PAGES)
+            return 0;
+        if (ids[w] < p->total_pages && bitmap_get(p->bits, ids[w]))
+            return 0;
+    }
+    return r->page_a != r->page_b;
+}
+
 int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
 {
     int rc;
@@ -104,8 +118,7 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
      * not reach its bitmap commit: the block was never acknowledged. */
     while (count > 0) {
         const mp_dir_ref *r = &p->refs[count - 1];
-        if (!page_usable_for(p, r->page_a) || !page_usable_for(p, r->page_b) ||
-            bitmap_get(p->bits, r->page_a) || bitmap_get(p->bits, r->page_b))
+        if (!block_unfinished(p, r))
             break;
         count--;
         rep->dropped_blocks++;

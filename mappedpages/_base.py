@@ -92,6 +92,13 @@ def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
             RecoveryWarning,
             stacklevel=stacklevel,
         )
+    if flags & lib.MP_REC_DIR_INDEX_TORN:
+        warnings.warn(
+            f"{path}: page 0's protected-page directory index failed its CRC (a rewrite "
+            "cut short, or a damaged count); read it as the complete state its CRC matches",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
     if flags & lib.MP_REC_DIR_FALLBACK:
         warnings.warn(
             f"{path}: {report.dir_fallbacks} protected-page directory page(s) were damaged; "
