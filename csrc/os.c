@@ -170,7 +170,7 @@ int os_map_extend(mp_map *m, uint64_t new_len)
      * are read-only, but Python code can reach the exporting buffer behind a
      * view (view.obj), and a write through it must not fault. With a private
      * mapping such a write lands in a private copy, never in the file. */
-    int flags = (m->writable ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED;
+    int flags = (m->writable ? MAP_SHARED : MAP_PRIVATE | MAP_NORESERVE) | MAP_FIXED;
     void *want = m->base + start;
     void *got = mmap(want, (size_t)(new_len - start), PROT_READ | PROT_WRITE, flags, m->fd,
                      (off_t)start);

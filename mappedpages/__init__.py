@@ -28,6 +28,7 @@ from mappedpages._pager import Pager
 from mappedpages._protected import ProtectedWriter
 from mappedpages._readonly import ReadOnlyPager
 from mappedpages._subpage import SubPageAllocator
+from mappedpages._types import PageId, ProtectedPageId, SubPageId
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,9 @@ __all__ = [
     "Locked",
     "MappedPageError",
     "OutOfBounds",
+    "PageId",
+    "ProtectedPageId",
+    "SubPageId",
     "Pager",
     "SubPageAllocator",
     "ProtectedWriter",

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from mappedpages._core import ffi, lib
 from mappedpages._errors import OutOfBounds, RecoveryWarning, ReservedPage, Unavailable, raise_for
+from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
 _CHUNK = 4096
@@ -69,6 +70,36 @@ def fspath_bytes(path: object) -> tuple[str, bytes]:
     if b"\0" in raw:
         raise ValueError("path contains a NUL byte")
     return text, raw
+
+
+def report_dict(report: Any) -> dict[str, Any]:
+    """What open found, as plain data (for tools such as ``python -m mappedpages info``)."""
+    flags = int(report.flags)
+    names = {
+        "meta_a_damaged": lib.MP_REC_META_A_DAMAGED,
+        "meta_b_damaged": lib.MP_REC_META_B_DAMAGED,
+        "selector_invalid": lib.MP_REC_SELECTOR_INVALID,
+        "selector_stale": lib.MP_REC_SELECTOR_STALE,
+        "meta_checksum_mismatch": lib.MP_REC_META_CHECKSUM,
+        "dir_fallback": lib.MP_REC_DIR_FALLBACK,
+        "dir_entry_dropped": lib.MP_REC_DIR_ENTRY_DROPPED,
+        "dir_block_dropped": lib.MP_REC_DIR_BLOCK_DROPPED,
+        "page0_rewritten": lib.MP_REC_PAGE0_REWRITTEN,
+        "dir_index_torn": lib.MP_REC_DIR_INDEX_TORN,
+    }
+    return {
+        "flags": sorted(name for name, bit in names.items() if flags & bit),
+        "chosen_copy": "AB"[int(report.chosen_copy)],
+        "generation": {"A": int(report.generation[0]), "B": int(report.generation[1])},
+        "problem": {
+            "A": _META_PROBLEMS.get(int(report.meta_problem[0])),
+            "B": _META_PROBLEMS.get(int(report.meta_problem[1])),
+        },
+        "selector": int(report.selector),
+        "dir_fallbacks": int(report.dir_fallbacks),
+        "dropped_entries": int(report.dropped_entries),
+        "dropped_blocks": int(report.dropped_blocks),
+    }
 
 
 def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
@@ -128,6 +159,7 @@ class _PagerBase:
     _forked: bool
 
     def __init__(self, handle: Any, path: str) -> None:
+        self._open_report: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._forked = False
         self._path = path
@@ -234,8 +266,10 @@ class _PagerBase:
         if rc == lib.MP_EOUT_OF_BOUNDS:
             raise OutOfBounds(f"page {page_id} is out of bounds (page_count {self._page_count})")
         if rc == lib.MP_ERESERVED_PAGE:
-            raise ReservedPage(f"page {page_id} belongs to the pager (reserved, directory "
-                               "or protected backing page)")
+            raise ReservedPage(
+                f"page {page_id} belongs to the pager (reserved, directory "
+                "or protected backing page)"
+            )
         self._check(rc, f"page {page_id}")
 
     def _view(self, page_id: int, readonly: bool) -> memoryview:
@@ -246,7 +280,7 @@ class _PagerBase:
 
     def _list(
         self, fetch: Callable[[Any, int, Any, int, Any], int], check: bool = True
-    ) -> Iterator[int]:
+    ) -> Iterator[Any]:
         buf = ffi.new("uint64_t[]", _CHUNK)
         count = ffi.new("uint64_t *")
         start = 0
@@ -293,7 +327,7 @@ class _PagerBase:
             self._usable()
             return self._free_count
 
-    def allocated_pages(self) -> Iterator[int]:
+    def allocated_pages(self) -> Iterator[PageId]:
         """Iterate over allocated regular page ids, ascending.
 
         Reserved pages, directory pages and the pages behind protected pages
@@ -307,15 +341,15 @@ class _PagerBase:
             )
         )
 
-    def allocated_protected_pages(self) -> Iterator[int]:
+    def allocated_protected_pages(self) -> Iterator[ProtectedPageId]:
         """Iterate over the ids of protected pages in use, ascending."""
         with self._lock:
             self._usable()
         return self._list(lib.mp_protected_list)
 
-    def protected_page(self, pid: int) -> memoryview:
+    def protected_page(self, pid: ProtectedPageId) -> memoryview:
         """Return a read-only view of the committed content of a protected page."""
-        pid = as_id(pid, "protected page id")
+        pid = ProtectedPageId(as_id(pid, "protected page id"))
         with self._lock:
             handle = self._usable()
             if pid < 0 or pid >= _U64_LIMIT:
@@ -323,9 +357,9 @@ class _PagerBase:
             self._check(lib.mp_protected_page(handle, pid, self._out), f"protected page {pid}")
             return self._view(int(self._out[0]), readonly=True)
 
-    def verify_protected(self, pid: int) -> bool:
+    def verify_protected(self, pid: ProtectedPageId) -> bool:
         """Check a protected page's content against the CRC its directory entry records."""
-        pid = as_id(pid, "protected page id")
+        pid = ProtectedPageId(as_id(pid, "protected page id"))
         with self._lock:
             handle = self._usable()
             if pid < 0 or pid >= _U64_LIMIT:
@@ -333,6 +367,27 @@ class _PagerBase:
             ok = ffi.new("int *")
             self._check(lib.mp_protected_verify(handle, pid, ok), f"protected page {pid}")
             return bool(ok[0])
+
+    def _run_view(self, first_page: object, count: object, readonly: bool) -> memoryview:
+        first = as_id(first_page)
+        n = as_id(count, "count")
+        if n < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            self._usable()
+            if first < 0 or first + n > self._page_count:
+                raise OutOfBounds(
+                    f"pages {first}..{first + n - 1} are not all in the file "
+                    f"(page_count {self._page_count})"
+                )
+            if first < 3:
+                raise ReservedPage(f"pages 0-2 are reserved (asked from page {first})")
+            if self._system and any(i in self._system for i in range(first, first + n)):
+                raise ReservedPage(f"pages {first}..{first + n - 1} include pager pages")
+            mv = self._ro if readonly else self._mv
+            assert mv is not None
+            off = first * self._page_size
+            return mv[off : off + n * self._page_size]
 
     def close(self) -> None:
         """Unmap the file and release it; idempotent.

