@@ -171,6 +171,16 @@ int pager_ensure_free(mp_pager *p, uint64_t n)
     uint64_t usable = p->free_count - p->pending_count;
     if (usable >= n)
         return MP_OK;
+    if (p->pending_count > 0 && p->txn_depth == 0) {
+        /* Rather than grow the file, make those frees durable (one flushed
+         * commit of the deferred state) so their pages can be reused. */
+        int rc = pager_bring_page0_up_to_date(p);
+        if (rc != MP_OK)
+            return rc;
+        usable = p->free_count - p->pending_count;
+        if (usable >= n)
+            return MP_OK;
+    }
     uint64_t t = p->total_pages;
     while (usable + (t - p->total_pages) < n && t < p->max_pages)
         t = t * 2 > p->max_pages ? p->max_pages : t * 2;

@@ -176,6 +176,7 @@ class _PagerBase:
         self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_close(raw))
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
+        self._stats = ffi.new("mp_stats *")
         self._exporters: list[weakref.ref[Any]] = []
         self._mv_len = 0
         self._mv: memoryview | None = None
@@ -201,7 +202,7 @@ class _PagerBase:
         self._ro = self._mv.toreadonly()
 
     def _refresh_stats(self) -> None:
-        stats = ffi.new("mp_stats *")
+        stats = self._stats
         lib.mp_pager_stats(self._handle, stats)
         self._page_count = int(stats.page_count)
         self._free_count = int(stats.free_count)
@@ -325,6 +326,7 @@ class _PagerBase:
         """Pages that are neither allocated nor reserved."""
         with self._lock:
             self._usable()
+            self._refresh_stats()
             return self._free_count
 
     def allocated_pages(self) -> Iterator[PageId]:

@@ -33,6 +33,8 @@ from mappedpages._protected import ProtectedWriter
 from mappedpages._types import PageId, ProtectedPageId
 
 _T = TypeVar("_T")
+_alloc = lib.mp_pager_alloc
+_free = lib.mp_pager_free
 
 
 def _check_page_size(page_size: object, allow_none: bool) -> int:
@@ -219,23 +221,33 @@ class Pager(_PagerBase):
         """Allocate the lowest free page, growing the file if none is free.
 
         The page keeps whatever bytes it held (a reused page is not cleared)
-        unless ``zero`` is true. One durable commit.
+        unless ``zero`` is true. One durable commit (see ``durability``).
         """
         with self._lock:
-            handle = self._usable()
-            self._check(lib.mp_pager_alloc(handle, 1 if zero else 0, self._out), "alloc")
-            self._refresh_stats()
-            return PageId(self._out[0])
+            if self._mv is None or self._forked:
+                self._usable()
+            rc = _alloc(self._handle, 1 if zero else 0, self._out)
+            if rc:
+                self._check(rc, "alloc")
+            page_id: PageId = self._out[0]
+            # The file grows only when no page is free, and then the first new
+            # page is taken: an id past the old end is the sign of growth.
+            if page_id >= self._page_count:
+                self._refresh_stats()
+            return page_id
 
     def free(self, page_id: PageId) -> None:
-        """Free one page. One durable commit."""
-        page_id = PageId(as_id(page_id))
+        """Free one page. One durable commit (see ``durability``)."""
+        if type(page_id) is not int:
+            page_id = PageId(as_id(page_id))
         with self._lock:
-            handle = self._usable()
+            if self._mv is None or self._forked:
+                self._usable()
             if page_id < 0 or page_id >= _U64_LIMIT:
                 raise OutOfBounds(f"page {page_id} is out of bounds")
-            self._check(lib.mp_pager_free(handle, page_id), f"free page {page_id}")
-            self._refresh_stats()
+            rc = _free(self._handle, page_id)
+            if rc:
+                self._check(rc, f"free page {page_id}")
 
     @overload
     def alloc_bulk(self, n: int, zero: bool = False, out: None = None) -> list[PageId]: ...
@@ -261,6 +273,7 @@ class Pager(_PagerBase):
                 raise ValueError(f"out holds {len(target)} ids, fewer than n = {n}")
             if n == 0:
                 return None if out is not None else []
+            self._refresh_stats()
             room = self._free_count + (self._max_pages - self._page_count)
             if n > room:
                 # Checked before the id buffer is allocated, so a huge n costs nothing.
