@@ -223,16 +223,25 @@ int mp_pager_set_durability(mp_pager *p, int durability)
 
 /* ------------------------------------------------------------ transactions */
 
+int pager_settle_deferred(mp_pager *p)
+{
+    /* A directory change is committed through page 0, which also names a
+     * metadata copy: if the allocation state of "none" mode were still in
+     * memory, a crash after that page-0 flush would pair the new directory
+     * with older allocations, a state that never existed. So the deferred
+     * state is made durable first. */
+    return p->meta_unwritten ? pager_bring_page0_up_to_date(p) : MP_OK;
+}
+
 int mp_txn_begin(mp_pager *p)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
         return rc;
-    if (p->txn_depth == 0 && p->meta_unwritten) {
-        /* Rollback reloads the state from the active copy, so it must hold
-         * the state the transaction starts from (no flush needed for that). */
-        (void)meta_write(p, 0);
-    }
+    /* Rollback reloads the committed state from the active copy, so that
+     * copy must hold the state the transaction starts from. */
+    if (p->txn_depth == 0 && (rc = pager_settle_deferred(p)) != MP_OK)
+        return rc;
     p->txn_depth++;
     return MP_OK;
 }

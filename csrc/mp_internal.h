@@ -229,6 +229,7 @@ int pager_load_committed(mp_pager *p, mp_open_report *rep);
 int pager_commit(mp_pager *p, int order);
 int pager_write_page0(mp_pager *p, int flush);
 int pager_bring_page0_up_to_date(mp_pager *p);
+int pager_settle_deferred(mp_pager *p);
 
 /* ---- protected.c ---- */
 

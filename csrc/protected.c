@@ -419,6 +419,8 @@ int mp_protected_alloc(mp_pager *p, uint64_t *out_pid)
         return rc;
     if (!out_pid)
         return MP_EINVALID_ARGUMENT;
+    if ((rc = pager_settle_deferred(p)) != MP_OK)
+        return rc;
     for (uint32_t b = 0; b < p->dir_count; b++) {
         for (uint32_t s = 0; s < p->epp; s++) {
             mp_dir_entry *e = &p->dirs[b].entries[s];
@@ -472,6 +474,8 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
         return MP_OK;
     if (!pids)
         return MP_EINVALID_ARGUMENT;
+    if ((rc = pager_settle_deferred(p)) != MP_OK)
+        return rc;
     /* Validate everything first; in_use is cleared as each id passes so a
      * repeated id fails as a double free, and restored on failure. */
     uint64_t i;
@@ -541,6 +545,8 @@ int mp_protected_commit(mp_pager *p, uint64_t pid)
         return rc;
     if (*w != MP_WRITER_OPEN)
         return MP_ENO_WRITER;
+    if ((rc = pager_settle_deferred(p)) != MP_OK)
+        return rc;
     uint64_t staged = inactive_page(e);
     /* The staged page must be durable before the directory names it: the
      * directory copy and metadata written next may reach the disk at any time. */
