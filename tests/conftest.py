@@ -422,3 +422,14 @@ def small_pager(tmp_path):
     p = mappedpages.Pager.create(tmp_path / "small.mpp", page_size=1024)
     yield p
     force_close(p)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path_factory, monkeypatch):
+    """Run every test (and the child interpreters it starts) outside the source tree.
+
+    A child started with ``python -c`` puts its working directory first on
+    sys.path; from the repository root that would import the uninstalled
+    source package (which has no compiled core) instead of the installed one.
+    """
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

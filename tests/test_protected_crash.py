@@ -639,7 +639,6 @@ def test_dir_index_zero_count_keeps_other_damage_ignored(tmp_path):
 
 CHILD_COMMON = """
 import os, sys, random
-sys.path.insert(0, {repo!r})
 from mappedpages import Pager
 
 def content(pid, v, ps):
