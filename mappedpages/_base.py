@@ -319,6 +319,7 @@ class _PagerBase:
         """Pages in the file, the three reserved ones included."""
         with self._lock:
             self._usable()
+            self._refresh_stats()
             return self._page_count
 
     @property
