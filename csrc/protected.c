@@ -73,13 +73,27 @@ static int page_usable_for(const mp_pager *p, uint64_t id)
 /* Checks an in-use entry against the file. Returns 0 when it may stand,
  * 1 when it is the trace of an interrupted alloc/free (or stale), and
  * 2 when it can only be damage. */
+/* A page the file holds, past the reserved ones; it may lie past the committed
+ * page count when an alloc_protected that grew the file was cut short between
+ * its directory commit and its bitmap commit. */
+static int page_in_file(const mp_pager *p, uint64_t id)
+{
+    return id >= MP_RESERVED_PAGES && id < p->map.mapped / p->page_size;
+}
+
+static int page_allocated(const mp_pager *p, uint64_t id)
+{
+    return id < p->total_pages && bitmap_get(p->bits, id);
+}
+
 static int entry_verdict(const mp_pager *p, const mp_dir_entry *e, int from_fallback)
 {
-    if (!page_usable_for(p, e->page_a) || !page_usable_for(p, e->page_b) ||
-        e->page_a == e->page_b || bitmap_get(p->system, e->page_a) ||
-        bitmap_get(p->system, e->page_b))
+    if (!page_in_file(p, e->page_a) || !page_in_file(p, e->page_b) ||
+        e->page_a == e->page_b ||
+        (e->page_a < p->total_pages && bitmap_get(p->system, e->page_a)) ||
+        (e->page_b < p->total_pages && bitmap_get(p->system, e->page_b)))
         return from_fallback ? 1 : 2;
-    if (!bitmap_get(p->bits, e->page_a) || !bitmap_get(p->bits, e->page_b))
+    if (!page_allocated(p, e->page_a) || !page_allocated(p, e->page_b))
         return 1;
     if (from_fallback) {
         uint64_t active = e->active_slot ? e->page_b : e->page_a;
