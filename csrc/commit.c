@@ -91,6 +91,8 @@ static void pending_clear(mp_pager *p)
         return;
     memset(p->pending, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
     p->pending_count = 0;
+    /* Allocation skipped those pages and moved its hint past them. */
+    p->hint = MP_RESERVED_PAGES;
 }
 
 /* Commits every change made since the last commit: allocation changes

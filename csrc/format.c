@@ -284,6 +284,11 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
     }
     uint64_t used_bytes = (total + 7) / 8;
     uint64_t limit = page_size - MP_META_HEADER - 4u;
+    /* Bits past total_pages: in the last used byte, then every byte after it. */
+    if ((total & 7u) && (bm[used_bytes - 1] >> (total & 7u)) != 0) {
+        out->problem = MP_META_BITS_PAST_END;
+        return;
+    }
     for (uint64_t i = used_bytes; i < limit; i++) {
         if (bm[i] != 0) {
             out->problem = MP_META_BITS_PAST_END;

@@ -479,11 +479,11 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         return rc;
     }
     p->durability = opts->durability;
-    if (!p->read_only && (p->changed || p->page0_stale)) {
+    if (!p->read_only && (p->changed || p->page0_stale || p->index_changed || dir_any_dirty(p))) {
         /* A writer commits the repairs open made to the directory, and brings
          * page 0 in line with the chosen state, so that the crate, which
          * follows page 0, reads the same state. */
-        if (p->changed)
+        if (p->changed || p->index_changed || dir_any_dirty(p))
             rc = pager_commit(p, MP_ORDER_DIR_FIRST);
         if (rc == MP_OK && p->page0_stale)
             rc = pager_write_page0(p, 1);
@@ -686,6 +686,15 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
     uint64_t at = p->hint;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t id = find_allocatable(p, at);
+        if (id >= p->total_pages) {
+            /* The hint is only a lower bound; ensure_free counted the pages. */
+            id = find_allocatable(p, MP_RESERVED_PAGES);
+            if (id >= p->total_pages) {
+                for (uint64_t j = 0; j < i; j++)
+                    bitmap_clear(p->bits, out_ids[j]);
+                return MP_ECORRUPT_METADATA;
+            }
+        }
         bitmap_set(p->bits, id);
         out_ids[i] = id;
         at = id + 1;

@@ -138,7 +138,6 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
         rep->dropped_blocks++;
         rep->flags |= MP_REC_DIR_BLOCK_DROPPED;
         p->index_changed = 1;
-        p->changed = 1;
     }
     for (uint32_t i = 0; i < count; i++) {
         const mp_dir_ref *r = &p->refs[i];
@@ -166,7 +165,6 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
              * entries below are checked. */
             p->dirs[i].dirty = 1;
             p->index_changed = 1;
-            p->changed = 1;
             rep->dir_fallbacks++;
             rep->flags |= MP_REC_DIR_FALLBACK;
         }
@@ -183,7 +181,6 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
             if (v == 1) {
                 e->in_use = 0;
                 p->dirs[i].dirty = 1;
-                p->changed = 1;
                 rep->dropped_entries++;
                 rep->flags |= MP_REC_DIR_ENTRY_DROPPED;
                 continue;
@@ -570,8 +567,8 @@ int mp_protected_commit(mp_pager *p, uint64_t pid)
     e->active_slot ^= 1u;
     e->generation++;
     *w = p->txn_depth > 0 ? MP_WRITER_DONE_IN_TXN : MP_WRITER_NONE;
+    /* A directory change only: page 0 commits it, no metadata commit. */
     p->dirs[b].dirty = 1;
-    p->changed = 1;
     return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 

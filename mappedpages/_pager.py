@@ -192,6 +192,7 @@ class Pager(_PagerBase):
         super().__init__(handle, path)
         self._durability = "compat"
         self._txn_depth = 0
+        self._txn_writers_before: set[int] = set()
         # Weak: an abandoned writer is collected, and its __del__ discards it.
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
@@ -346,6 +347,7 @@ class Pager(_PagerBase):
             outer = self._txn_depth == 0
             if outer:
                 self._check(lib.mp_txn_begin(handle), "transaction")
+                self._txn_writers_before = set(self._writers.keys())
             self._txn_depth += 1
             try:
                 yield self
@@ -363,11 +365,26 @@ class Pager(_PagerBase):
                 self._refresh_stats()
 
     def _txn_abort(self) -> None:
-        for writer in list(self._writers.values()):
-            writer._abandon()
+        # Writers opened inside the block are discarded with it; writers
+        # opened before it stay open (their staged copies are untouched).
+        for pid, writer in list(self._writers.items()):
+            if pid not in self._txn_writers_before:
+                lib.mp_protected_discard(self._handle, pid)
+                self._writers.pop(pid, None)
+                writer._abandon()
         lib.mp_txn_abort(self._handle)
         self._refresh_stats()
         self._load_system()
+
+    def close(self) -> None:
+        """Unmap the file and release it; idempotent (see the base class).
+
+        Not allowed inside a transaction block (``ValueError``).
+        """
+        with self._lock:
+            if self._txn_depth and self._mv is not None:
+                raise ValueError("close() inside a transaction; leave the block first")
+            super().close()
 
     def lock(self) -> Any:
         """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls."""
