@@ -1,0 +1,15 @@
+"""Durability modes, transactions, call overhead, bulk calls and bytes per commit.
+
+Run by hand: python benchmarks/bench_durability.py [--dir DIR] [--quick] [--only GROUP]
+(the same suite as ``python -m mappedpages bench``; see mappedpages/_bench.py for
+what each row measures and which floor it stands beside).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mappedpages._bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

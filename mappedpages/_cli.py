@@ -1,0 +1,1041 @@
+"""The ``mappedpages`` command line (``python -m mappedpages``, or the ``mappedpages`` script).
+
+Commands:
+
+``info FILE``
+    Format version, page size, page count, free count, both metadata copies
+    (generation, valid or not, which one is in use), directory blocks,
+    protected pages, the largest free run and fragmentation. ``--json`` prints
+    the same as one JSON object.
+``check FILE``
+    Opens the file as a reader and reports every problem the library finds:
+    metadata copies, page 0, directory pages, protected pages whose content no
+    longer matches its recorded CRC, pages claimed twice or named past the end.
+    Exit status 0 when clean, 1 when problems were found, 2 when the file
+    cannot be read at all (missing, not a pager file, no permission).
+    ``--repair`` then opens the file as a writer, which rewrites page 0 to
+    name the state in use and commits the directory repairs open made, and
+    nothing more.
+``map FILE``
+    One cell per page (or per run of pages in a large file), coloured by what
+    the page is: reserved, metadata, directory, protected backing, allocated
+    or free. In the terminal with block characters (and colour when the
+    terminal has it), or as an SVG picture with ``--svg OUT.svg``.
+``demo``
+    Creates a pager file in a temporary directory, allocates, writes, frees,
+    reopens and verifies.
+``bench``
+    Runs the benchmark suite, when this installation has it.
+
+The tool reads page 0's 20-byte superblock itself (to name the format version
+and to tell a file that is not a pager file from a damaged one); everything
+else it learns from the library, as any reader would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from mappedpages._core import ffi, lib
+from mappedpages._errors import CorruptFileError, MappedPageError, RecoveryWarning
+from mappedpages._pager import Pager
+from mappedpages._readonly import ReadOnlyPager
+from mappedpages._types import ProtectedPageId
+
+PROG = "mappedpages"
+
+# Exit statuses of ``check`` (and of every command: 2 when the file cannot be read).
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_UNREADABLE = 2
+
+_SUPERBLOCK_SIZE = 20
+_MAGIC = b"MPPG"
+_CRC_RESIDUE = 0x2144DF1C
+_RESERVED_PAGES = 3
+_MIN_LOG2, _MAX_LOG2 = 10, 30
+
+# Kinds of page, in the order of the legend. The code is the index.
+RESERVED, METADATA, DIRECTORY, PROTECTED, ALLOCATED, FREE = range(6)
+KIND_NAMES = ("reserved", "metadata", "directory", "protected backing", "allocated", "free")
+_SVG_COLOURS = ("#4b5563", "#8b5cf6", "#f59e0b", "#10b981", "#3b82f6", "#e5e7eb")
+_ANSI_COLOURS = ("90", "35", "33", "32", "34", "37")
+_GLYPHS = ("▚", "▞", "▒", "▓", "█", "░")
+_ASCII_GLYPHS = ("R", "M", "D", "P", "#", ".")
+
+# Report flags that a writer's open repairs (page 0 rewritten, directory repairs committed).
+_REPAIRABLE_FLAGS = frozenset(
+    {
+        "selector_invalid",
+        "selector_stale",
+        "meta_checksum_mismatch",
+        "dir_index_torn",
+        "dir_fallback",
+        "dir_entry_dropped",
+        "dir_block_dropped",
+    }
+)
+
+
+class CliError(Exception):
+    """An error the tool reports as one line on stderr, with an exit status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Damaged(CliError):
+    """The file is a pager file that the library refuses to open: damaged beyond recovery."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            EXIT_PROBLEMS,
+            f"{_display(path)}: damaged: {detail} (`mappedpages check` lists the problems)",
+        )
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Superblock:
+    """Page 0's first 20 bytes, as found (not validated beyond the tag and version)."""
+
+    file_size: int
+    version: tuple[int, int, int, int]
+    page_size_log2: int
+    selector: int
+    meta_checksum: int
+
+    @property
+    def version_text(self) -> str:
+        """The four version bytes, dotted: ``0.2.0.0``."""
+        return ".".join(str(v) for v in self.version)
+
+
+def _display(path: str) -> str:
+    """A path as text that can be printed or put in XML (undecodable bytes replaced)."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c >= " " or c == "\t" else "?" for c in text)
+
+
+def _os_error(path: str, exc: OSError) -> CliError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError):
+        reason = "no such file"
+    elif isinstance(exc, PermissionError):
+        reason = "permission denied"
+    return CliError(EXIT_UNREADABLE, f"{_display(path)}: {reason}")
+
+
+def read_superblock(path: str) -> Superblock:
+    """Read page 0's superblock, or raise CliError(2) when the file is no pager file."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    name = _display(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise CliError(EXIT_UNREADABLE, f"{name}: is a directory, not a pager file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CliError(EXIT_UNREADABLE, f"{name}: not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SUPERBLOCK_SIZE)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    if not head:
+        raise CliError(EXIT_UNREADABLE, f"{name}: empty file, not a mappedpages file")
+    if head[:4] != _MAGIC:
+        raise CliError(
+            EXIT_UNREADABLE, f"{name}: not a mappedpages file (it does not start with 'MPPG')"
+        )
+    if len(head) < _SUPERBLOCK_SIZE:
+        raise CliError(
+            EXIT_UNREADABLE,
+            f"{name}: only {len(head)} bytes, shorter than a mappedpages superblock",
+        )
+    major, minor = head[4], head[5]
+    if major != 0 or minor > 2:
+        raise CliError(
+            EXIT_UNREADABLE,
+            f"{name}: format version {major}.{minor} is not one this library reads "
+            "(0.2 and older)",
+        )
+    return Superblock(
+        file_size=st.st_size,
+        version=(head[4], head[5], head[6], head[7]),
+        page_size_log2=int.from_bytes(head[8:12], "little"),
+        selector=head[12],
+        meta_checksum=int.from_bytes(head[16:20], "little"),
+    )
+
+
+def _strip_path(message: str, path: str) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _damage_detail(exc: CorruptFileError, sb: Superblock, path: str) -> str:
+    """What a CorruptFileError means for this file, in one line."""
+    text = _strip_path(str(exc), path)
+    log2 = sb.page_size_log2
+    if not _MIN_LOG2 <= log2 <= _MAX_LOG2:
+        return (
+            f"page 0's page-size field is {log2} (2**{log2} bytes), outside 2**10 to 2**30: "
+            "the superblock is damaged"
+        )
+    page_size = 1 << log2
+    if sb.file_size < 4 * page_size:
+        return (
+            f"the file is {sb.file_size} bytes, shorter than the 4 pages of {page_size} bytes "
+            "every pager file has: it was truncated"
+        )
+    return text
+
+
+def open_reader(path: str, sb: Superblock) -> tuple[ReadOnlyPager, list[str]]:
+    """Open ``path`` read-only; return the reader and the recovery warnings, path stripped.
+
+    A file the library finds damaged beyond recovery raises CliError(1);
+    one that cannot be read at all, CliError(2).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecoveryWarning)
+        try:
+            reader = ReadOnlyPager.open(path)
+        except CorruptFileError as exc:
+            raise Damaged(path, _damage_detail(exc, sb, path)) from None
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        except (MappedPageError, ValueError) as exc:
+            raise CliError(EXIT_UNREADABLE, f"{_display(path)}: {exc}") from None
+    notes = [
+        _strip_path(str(w.message), path) for w in caught if issubclass(w.category, RecoveryWarning)
+    ]
+    return reader, notes
+
+
+@dataclass
+class Layout:
+    """What every page of an open pager file is, and how the pager's own pages are placed."""
+
+    page_size: int
+    page_count: int
+    free_count: int
+    max_pages: int
+    kinds: bytearray
+    dir_blocks: list[tuple[int, int]]
+    protected: dict[int, tuple[int, int]]
+    allocated: int
+    conflicts: list[str] = field(default_factory=list)
+
+    def count(self, kind: int) -> int:
+        """Pages of one kind."""
+        return self.kinds.count(kind)
+
+    def free_runs(self) -> list[tuple[int, int]]:
+        """Every run of free pages as (first page, length), in page order."""
+        return [
+            (m.start(), m.end() - m.start())
+            for m in re.finditer(re.escape(bytes([FREE])) + b"+", self.kinds)
+        ]
+
+
+def read_layout(reader: ReadOnlyPager) -> Layout:
+    """Classify every page of an open file, noting any page claimed twice or past the end."""
+    handle = reader._handle
+    stats = ffi.new("mp_stats *")
+    if lib.mp_pager_stats(handle, stats) != 0:
+        raise CliError(EXIT_UNREADABLE, "cannot read the pager's statistics")
+    count = int(stats.page_count)
+    kinds = bytearray([FREE]) * count
+    conflicts: list[str] = []
+    owner: dict[int, str] = {}
+
+    def claim(page: int, kind: int, what: str) -> None:
+        if page < _RESERVED_PAGES and kind not in (RESERVED, METADATA):
+            conflicts.append(f"{what} names page {page}, one of the reserved pages 0-2")
+            return
+        if page >= count:
+            conflicts.append(f"{what} names page {page}, past the end ({count} pages)")
+            return
+        if kinds[page] != FREE:
+            first = owner.get(page, KIND_NAMES[kinds[page]] + " page")
+            conflicts.append(f"page {page} is claimed twice: by {first} and by {what}")
+            return
+        kinds[page] = kind
+        owner[page] = what  # only the few pager pages: regular pages take the fast path
+
+    claim(0, RESERVED, "the superblock")
+    claim(1, METADATA, "metadata copy A")
+    claim(2, METADATA, "metadata copy B")
+    pair = ffi.new("uint64_t[2]")
+    blocks: list[tuple[int, int]] = []
+    for block in range(int(stats.dir_blocks)):
+        if lib.mp_pager_dir_block_pages(handle, block, pair, pair + 1) != 0:
+            conflicts.append(f"directory block {block} cannot be read back")
+            continue
+        a, b = int(pair[0]), int(pair[1])
+        blocks.append((a, b))
+        claim(a, DIRECTORY, f"directory block {block} (copy A)")
+        claim(b, DIRECTORY, f"directory block {block} (copy B)")
+    protected: dict[int, tuple[int, int]] = {}
+    for ppid in reader.allocated_protected_pages():
+        pid = int(ppid)
+        if lib.mp_protected_backing(handle, pid, pair, pair + 1) != 0:
+            conflicts.append(f"protected page {pid} has no backing pages")
+            continue
+        a, b = int(pair[0]), int(pair[1])
+        protected[pid] = (a, b)
+        claim(a, PROTECTED, f"protected page {pid} (copy A)")
+        claim(b, PROTECTED, f"protected page {pid} (copy B)")
+    allocated = 0
+    for page in reader.allocated_pages():
+        p = int(page)
+        if _RESERVED_PAGES <= p < count and kinds[p] == FREE:
+            kinds[p] = ALLOCATED
+        else:
+            claim(p, ALLOCATED, f"allocated page {p}")
+        allocated += 1
+    layout = Layout(
+        page_size=int(stats.page_size),
+        page_count=count,
+        free_count=int(stats.free_count),
+        max_pages=int(stats.max_pages),
+        kinds=kinds,
+        dir_blocks=blocks,
+        protected=protected,
+        allocated=allocated,
+        conflicts=conflicts,
+    )
+    free_seen = layout.count(FREE)
+    if not conflicts and free_seen != layout.free_count:
+        conflicts.append(
+            f"the metadata counts {layout.free_count} free pages, but {free_seen} pages "
+            "are neither reserved, allocated nor the pager's own"
+        )
+    return layout
+
+
+# ---------------------------------------------------------------- info
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / (1 << 20):.1f} MiB"
+
+
+def _ids_text(ids: list[int], limit: int = 16) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def info_data(path: str) -> dict[str, Any]:
+    """Everything ``info`` shows, as plain data (what ``info --json`` prints)."""
+    sb = read_superblock(path)
+    reader, notes = open_reader(path, sb)
+    try:
+        report = dict(reader._open_report)
+        layout = read_layout(reader)
+    finally:
+        reader.close()
+    runs = layout.free_runs()
+    largest = max(runs, key=lambda r: r[1]) if runs else (None, 0)
+    free = layout.free_count
+    fragmentation = 0.0 if free == 0 else 1.0 - largest[1] / free
+    chosen = report.get("chosen_copy", "A")
+    generations = report.get("generation", {})
+    problems = report.get("problem", {})
+    copies = {}
+    for copy, page in (("A", 1), ("B", 2)):
+        copies[copy] = {
+            "page": page,
+            "generation": generations.get(copy),
+            "valid": problems.get(copy) is None,
+            "problem": problems.get(copy),
+            "in_use": copy == chosen,
+        }
+    return {
+        "path": path,
+        "format_version": sb.version_text,
+        "file_size": sb.file_size,
+        "page_size": layout.page_size,
+        "page_count": layout.page_count,
+        "free_count": free,
+        "max_pages": layout.max_pages,
+        "counts": {KIND_NAMES[k]: layout.count(k) for k in range(len(KIND_NAMES))},
+        "metadata": copies,
+        "page0_selects": "AB"[sb.selector] if sb.selector in (0, 1) else sb.selector,
+        "directory_blocks": [list(pair) for pair in layout.dir_blocks],
+        "protected_pages": {str(pid): list(pair) for pid, pair in layout.protected.items()},
+        "free_runs": len(runs),
+        "largest_free_run": {"first": largest[0], "length": largest[1]},
+        "fragmentation": round(fragmentation, 4),
+        "recovered_on_open": notes,
+        "conflicts": layout.conflicts,
+    }
+
+
+def _print_info(data: dict[str, Any], out: TextIO) -> None:
+    rows: list[tuple[str, str]] = []
+    ps = data["page_size"]
+    rows.append(("file", _display(data["path"])))
+    rows.append(("format", f"mappedpages v0.2 layout (version bytes {data['format_version']})"))
+    extra = data["file_size"] - data["page_count"] * ps
+    size = f"{data['file_size']} bytes"
+    if extra > 0:
+        size += f" ({extra} bytes past the last page: growth cut short, reused by the next)"
+    rows.append(("file size", size))
+    rows.append(("page size", f"{ps} bytes"))
+    counts = data["counts"]
+    rows.append(
+        (
+            "pages",
+            f"{data['page_count']}: "
+            + ", ".join(f"{counts[name]} {name}" for name in KIND_NAMES),
+        )
+    )
+    rows.append(("free pages", str(data["free_count"])))
+    rows.append(
+        ("capacity", f"{data['max_pages']} pages in this layout ({_mib(data['max_pages'] * ps)})")
+    )
+    for copy in ("A", "B"):
+        m = data["metadata"][copy]
+        state = "valid" if m["valid"] else f"DAMAGED: {m['problem']}"
+        use = ", in use (the newest valid copy)" if m["in_use"] else ""
+        rows.append((f"metadata {copy}", f"page {m['page']}, generation {m['generation']}, "
+                     f"{state}{use}"))
+    rows.append(("page 0 selects", f"copy {data['page0_selects']}"))
+    blocks = data["directory_blocks"]
+    if blocks:
+        listed = "; ".join(f"block {i} on pages {a} and {b}" for i, (a, b) in enumerate(blocks))
+        rows.append(("directory", f"{len(blocks)} block(s): {listed}"))
+    else:
+        rows.append(("directory", "no blocks"))
+    prot = sorted(int(k) for k in data["protected_pages"])
+    listed_ids = f": ids {_ids_text(prot)}" if prot else ""
+    rows.append(("protected", f"{len(prot)} page(s){listed_ids}"))
+    run = data["largest_free_run"]
+    if run["length"]:
+        last = run["first"] + run["length"] - 1
+        rows.append(
+            (
+                "free runs",
+                f"{data['free_runs']}; largest {run['length']} page(s), ids {run['first']}-{last}",
+            )
+        )
+    else:
+        rows.append(("free runs", "none (no free page)"))
+    rows.append(
+        (
+            "fragmentation",
+            f"{data['fragmentation'] * 100:.1f}% (1 - largest free run / free pages)",
+        )
+    )
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}", file=out)
+    for note in data["recovered_on_open"]:
+        print(f"recovered on open: {note}", file=out)
+    for conflict in data["conflicts"]:
+        print(f"conflict: {conflict}", file=out)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``info FILE``: print what the file holds."""
+    data = info_data(args.file)
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        _print_info(data, sys.stdout)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- check
+
+
+@dataclass
+class CheckResult:
+    """The problems ``check`` found, and whether a writer's open would repair any."""
+
+    problems: list[str]
+    repairable: bool
+    summary: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def check_file(path: str) -> CheckResult:
+    """Validate a file as far as the library can; raise CliError(2) if it cannot be read.
+
+    A file that the library refuses to open (damaged metadata, superblock,
+    directory) gives one problem; otherwise every recovery open made, page 0
+    naming a copy other than the one in use, protected pages whose content
+    fails its CRC, and pages claimed twice or named past the end.
+    """
+    sb = read_superblock(path)
+    log2 = sb.page_size_log2
+    size = f"page size {1 << log2}" if _MIN_LOG2 <= log2 <= _MAX_LOG2 else "page size unknown"
+    summary = [f"format version {sb.version_text}, {size} (as page 0 says)"]
+    try:
+        reader, found = open_reader(path, sb)
+    except Damaged as exc:
+        return CheckResult([exc.detail], False, summary)
+    problems = list(found)
+    try:
+        report = reader._open_report
+        layout = read_layout(reader)
+        flags = set(report.get("flags", ()))
+        chosen = report.get("chosen_copy", "A")
+        gens = report.get("generation", {})
+        other = "B" if chosen == "A" else "A"
+        other_valid = report.get("problem", {}).get(other) is None
+        if "selector_stale" in flags:
+            detail = (
+                "; the Rust crate would read the older state (normal after a crash between "
+                "the two flushes of a commit, or while a writer in 'fast' durability mode "
+                "has the file open)"
+                if other_valid
+                else ""
+            )
+            problems.append(
+                f"page 0 names metadata copy {other}, not the copy in use "
+                f"({chosen}, generation {gens.get(chosen)}){detail}"
+            )
+        if "meta_checksum_mismatch" in flags:
+            problems.append(
+                f"page 0's meta_checksum is {sb.meta_checksum:#010x}, not {_CRC_RESIDUE:#010x} "
+                "(the value every valid metadata copy gives); the Rust crate would not "
+                "accept the copy page 0 names"
+            )
+        bad_crc = []
+        for pid, (a, b) in layout.protected.items():
+            if not reader.verify_protected(ProtectedPageId(pid)):
+                bad_crc.append(pid)
+                problems.append(
+                    f"protected page {pid} (backing pages {a} and {b}): its committed content "
+                    "does not match the CRC recorded at its last commit"
+                )
+        problems.extend(layout.conflicts)
+        repairable = bool(flags & _REPAIRABLE_FLAGS)
+        notes = []
+        if f"meta_{other.lower()}_damaged" in flags:
+            notes.append(
+                f"metadata copy {other} is the inactive copy: the next commit by a writer "
+                "overwrites it (until then there is no older state to fall back to)"
+            )
+        summary = [
+            f"format version {sb.version_text}, page size {layout.page_size}, "
+            f"{layout.page_count} pages, {layout.free_count} free",
+            f"metadata: copy A generation {gens.get('A')}, copy B generation {gens.get('B')}; "
+            f"copy {chosen} in use",
+            f"directory: {len(layout.dir_blocks)} block(s); protected pages: "
+            f"{len(layout.protected)}"
+            + (
+                f", {len(layout.protected) - len(bad_crc)} with a matching CRC"
+                if layout.protected
+                else ""
+            ),
+        ]
+    finally:
+        reader.close()
+    return CheckResult(problems, repairable, summary, notes)
+
+
+def _report_check(path: str, result: CheckResult, out: TextIO) -> None:
+    print(f"{_display(path)}:", file=out)
+    for line in result.summary:
+        print(f"  {line}", file=out)
+    for problem in result.problems:
+        print(f"problem: {problem}", file=out)
+    for note in result.notes:
+        print(f"note: {note}", file=out)
+    if result.problems:
+        print(f"{len(result.problems)} problem(s) found", file=out)
+    else:
+        print("ok: no problems found", file=out)
+
+
+def repair_file(path: str) -> list[str]:
+    """Open ``path`` as a writer, which repairs page 0 and the directory; say what it did."""
+    with warnings.catch_warnings():
+        # What open found was reported by the check before; here only what it changed counts.
+        warnings.simplefilter("ignore", RecoveryWarning)
+        try:
+            pager = Pager.open(path)
+        except OSError as exc:
+            if isinstance(exc, BlockingIOError):
+                raise CliError(
+                    EXIT_PROBLEMS,
+                    f"{_display(path)}: cannot repair: another writer has the file open",
+                ) from None
+            raise CliError(
+                EXIT_PROBLEMS, f"{_display(path)}: cannot repair: {exc.strerror or exc}"
+            ) from None
+        except MappedPageError as exc:
+            raise CliError(EXIT_PROBLEMS, f"{_display(path)}: cannot repair: {exc}") from None
+    try:
+        report = pager._open_report
+    finally:
+        pager.close()
+    flags = set(report.get("flags", ()))
+    done = []
+    if report.get("dir_fallbacks"):
+        done.append(
+            f"{report['dir_fallbacks']} damaged directory page(s) rewritten from their good copy"
+        )
+    if report.get("dropped_entries"):
+        done.append(
+            f"{report['dropped_entries']} directory entr(y/ies) that did not match the file "
+            "removed"
+        )
+    if report.get("dropped_blocks"):
+        done.append(f"{report['dropped_blocks']} unfinished directory block(s) removed")
+    if "page0_rewritten" in flags:
+        chosen = report.get("chosen_copy", "A")
+        gen = report.get("generation", {}).get(chosen)
+        done.append(
+            f"page 0 rewritten: it names metadata copy {chosen} (generation {gen}), "
+            "with a sealed directory index"
+        )
+    return done
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``check FILE [--repair]``: report problems; exit 0 clean, 1 problems, 2 unreadable."""
+    result = check_file(args.file)
+    _report_check(args.file, result, sys.stdout)
+    if not result.problems:
+        return EXIT_OK
+    if not args.repair:
+        if result.repairable:
+            print("run `mappedpages check --repair` to rewrite page 0 as a writer's open "
+                  "would", file=sys.stdout)
+        return EXIT_PROBLEMS
+    if not result.repairable:
+        print("repair: nothing here that a writer's open repairs; the file is unchanged")
+        return EXIT_PROBLEMS
+    done = repair_file(args.file)
+    for line in done:
+        print(f"repaired: {line}")
+    if not done:
+        print("repair: the writer's open found nothing to change")
+    after = check_file(args.file)
+    print("after repair:")
+    _report_check(args.file, after, sys.stdout)
+    return EXIT_PROBLEMS if after.problems else EXIT_OK
+
+
+# ---------------------------------------------------------------- map
+
+
+def cells_of(layout: Layout, max_cells: int) -> tuple[list[int], int]:
+    """Cut the pages into at most ``max_cells`` runs; return each run's kind and the run length.
+
+    A run that holds one of the pager's few pages of its own (reserved,
+    metadata, directory) shows it, so that none disappears in a large file;
+    any other run shows its most common kind.
+    """
+    n = layout.page_count
+    per = max(1, math.ceil(n / max(1, max_cells)))
+    kinds = layout.kinds
+    if per == 1:
+        return list(kinds), 1
+    out = []
+    for start in range(0, n, per):
+        chunk = bytes(kinds[start : start + per])
+        rare = next((k for k in (DIRECTORY, RESERVED, METADATA) if k in chunk), None)
+        if rare is not None:
+            out.append(rare)
+        else:
+            out.append(max((PROTECTED, ALLOCATED, FREE), key=chunk.count))
+    return out, per
+
+
+def _rows(cells: list[int], columns: int) -> list[list[int]]:
+    return [cells[i : i + columns] for i in range(0, len(cells), columns)]
+
+
+def _xml(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
+
+
+def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 64) -> str:
+    """The file as an SVG picture: one square per page or run of pages, a legend and counts.
+
+    Squares of one kind next to each other in a row share a tooltip naming
+    their pages. Written by hand: no dependency beyond the standard library.
+    """
+    cells, per = cells_of(layout, max_cells)
+    columns = max(1, min(columns, len(cells)))
+    pitch, size = 12, 10
+    label_w = 7 * len(str(layout.page_count)) + 10
+    left, top = 16 + label_w, 64
+    rows = _rows(cells, columns)
+    legend_top = top + len(rows) * pitch + 24
+    shown = _display(path)
+    name = _xml(shown)
+    unit = "page" if per == 1 else f"run of {per} pages"
+    subtitle = (
+        f"{layout.page_count} pages of {layout.page_size} bytes, {layout.free_count} free; "
+        f"one square per {unit}"
+    )
+    width = max(left + columns * pitch + 16, 16 + 9 * len(shown) + 16, 16 + 7 * len(subtitle))
+    height = legend_top + 20 * len(KIND_NAMES) + 16
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" '
+        'font-size="12">',
+        f"<title>mappedpages map of {name}</title>",
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="16" y="24" font-size="15" font-weight="bold">{name}</text>',
+        f'<text x="16" y="44" fill="#374151">{_xml(subtitle)}</text>',
+        '<g id="pages">',
+    ]
+    for r, row in enumerate(rows):
+        y = top + r * pitch
+        parts.append(
+            f'<text x="{left - 6}" y="{y + size - 1}" text-anchor="end" font-size="9" '
+            f'fill="#6b7280">{r * columns * per}</text>'
+        )
+        c = 0
+        while c < len(row):
+            kind = row[c]
+            end = c
+            while end < len(row) and row[end] == kind:
+                end += 1
+            lo = (r * columns + c) * per
+            hi = min((r * columns + end) * per, layout.page_count) - 1
+            span = f"page {lo}" if lo == hi else f"pages {lo}-{hi}"
+            squares = "".join(
+                f'<rect x="{left + i * pitch}" y="{y}" width="{size}" height="{size}"/>'
+                for i in range(c, end)
+            )
+            parts.append(
+                f'<g fill="{_SVG_COLOURS[kind]}"><title>{span}: {KIND_NAMES[kind]}</title>'
+                f"{squares}</g>"
+            )
+            c = end
+    parts.append("</g>")
+    parts.append('<g id="legend">')
+    for k, label in enumerate(KIND_NAMES):
+        y = legend_top + 20 * k
+        n = layout.count(k)
+        parts.append(
+            f'<rect x="16" y="{y}" width="14" height="14" fill="{_SVG_COLOURS[k]}" '
+            'stroke="#9ca3af" stroke-width="0.5"/>'
+        )
+        parts.append(f'<text x="38" y="{y + 11}">{_xml(label)}: {n} page{"" if n == 1 else "s"}'
+                     "</text>")
+    parts.append("</g>")
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _use_colour(mode: str, stream: TextIO) -> bool:
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM", "") not in ("", "dumb")
+
+
+def _glyphs(stream: TextIO, ascii_only: bool) -> tuple[str, ...]:
+    if ascii_only:
+        return _ASCII_GLYPHS
+    try:
+        "".join(_GLYPHS).encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return _ASCII_GLYPHS
+    return _GLYPHS
+
+
+def render_text(
+    path: str,
+    layout: Layout,
+    *,
+    columns: int = 64,
+    max_cells: int = 2048,
+    colour: bool = False,
+    glyphs: tuple[str, ...] = _GLYPHS,
+) -> str:
+    """The file as lines of block characters, one per page or run of pages, with a legend."""
+    cells, per = cells_of(layout, max_cells)
+    columns = max(1, min(columns, len(cells)))
+
+    def paint(kind: int, text: str) -> str:
+        return f"\x1b[{_ANSI_COLOURS[kind]}m{text}\x1b[0m" if colour else text
+
+    unit = "page" if per == 1 else f"run of {per} pages"
+    lines = [
+        f"{_display(path)}: {layout.page_count} pages of {layout.page_size} bytes, "
+        f"{layout.free_count} free; one cell per {unit}"
+    ]
+    label = len(str(layout.page_count))
+    for r, row in enumerate(_rows(cells, columns)):
+        text = []
+        c = 0
+        while c < len(row):
+            end = c
+            while end < len(row) and row[end] == row[c]:
+                end += 1
+            text.append(paint(row[c], glyphs[row[c]] * (end - c)))
+            c = end
+        lines.append(f"{r * columns * per:>{label}} " + "".join(text))
+    legend = [
+        f"{paint(k, glyphs[k])} {name} {layout.count(k)}" for k, name in enumerate(KIND_NAMES)
+    ]
+    lines.append("  ".join(legend))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """``map FILE [--svg OUT]``: picture the file in the terminal or as SVG."""
+    sb = read_superblock(args.file)
+    reader, notes = open_reader(args.file, sb)
+    try:
+        layout = read_layout(reader)
+    finally:
+        reader.close()
+    for note in notes:
+        print(f"{PROG}: recovered on open: {note}", file=sys.stderr)
+    if args.svg:
+        svg = render_svg(args.file, layout, max_cells=args.cells or 4096)
+        try:
+            with open(args.svg, "w", encoding="utf-8") as fh:
+                fh.write(svg)
+        except OSError as exc:
+            raise CliError(
+                EXIT_UNREADABLE, f"{_display(args.svg)}: cannot write: {exc.strerror or exc}"
+            ) from None
+        cells, per = cells_of(layout, args.cells or 4096)
+        print(f"wrote {_display(args.svg)}: {len(cells)} cells, {per} page(s) per cell")
+        return EXIT_OK
+    columns = args.width
+    if columns is None:
+        term = shutil.get_terminal_size((80, 24)).columns
+        columns = max(8, min(64, term - len(str(layout.page_count)) - 2))
+    text = render_text(
+        args.file,
+        layout,
+        columns=columns,
+        max_cells=args.cells or columns * 32,
+        colour=_use_colour(args.color, sys.stdout),
+        glyphs=_glyphs(sys.stdout, args.ascii),
+    )
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _pattern(page_id: int, size: int) -> bytes:
+    return bytes((page_id * 31 + i) % 251 for i in range(size))
+
+
+def demo(directory: Path | None = None, page_size: int = 4096) -> int:
+    """Run the demo in ``directory`` (a fresh temporary one by default)."""
+    with tempfile.TemporaryDirectory(prefix="mappedpages-demo-") as tmp:
+        path = (directory or Path(tmp)) / "demo.mpp"
+        print(f"mappedpages demo: {path}")
+        t0 = time.perf_counter()
+        with Pager.create(path, page_size=page_size) as pager:
+            print(f"created: page_size={pager.page_size} pages={pager.page_count} "
+                  f"free={pager.free_page_count}")
+            ids = [pager.alloc() for _ in range(50)]
+            print(f"alloc x50 (one durable commit each): ids {ids[0]}..{ids[-1]}, "
+                  f"file grew to {pager.page_count} pages")
+            for pid in ids:
+                pager.page(pid)[:] = _pattern(pid, pager.page_size)
+            bulk = pager.alloc_bulk(100)
+            print(f"alloc_bulk(100) in one commit: ids {bulk[0]}..{bulk[-1]}, "
+                  f"pages={pager.page_count}")
+            freed = ids[::5]
+            for pid in freed:
+                pager.free(pid)
+            pager.free_bulk(bulk)
+            print(f"free x{len(freed)}, free_bulk x{len(bulk)}: free={pager.free_page_count}")
+            prot = pager.alloc_protected()
+            with pager.write_protected(prot) as writer:
+                writer.page[:12] = b"hello, world"
+            print(f"protected page {prot} committed atomically")
+            pager.sync()
+            print("sync(): page data flushed to disk")
+            expected = sorted(set(ids) - set(freed))
+            checksums = {pid: zlib.crc32(pager.page(pid)) for pid in expected}
+        elapsed = time.perf_counter() - t0
+        with Pager.open(path) as pager:
+            live = list(pager.allocated_pages())
+            ok = live == expected and all(
+                zlib.crc32(pager.page(pid)) == crc for pid, crc in checksums.items()
+            )
+            ok = ok and bytes(pager.protected_page(prot)[:12]) == b"hello, world"
+            ok = ok and pager.verify_protected(prot)
+            print(f"reopened: pages={pager.page_count} free={pager.free_page_count} "
+                  f"allocated={len(live)} protected={list(pager.allocated_protected_pages())}")
+            print(f"file size: {path.stat().st_size} bytes; work took {elapsed * 1000:.1f} ms")
+        print("verified: every surviving page holds its data" if ok else "VERIFY FAILED")
+        return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: run the demo."""
+    return demo(page_size=args.page_size)
+
+
+# ---------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``bench [ARGS...]``: run ``mappedpages._bench.main`` when it is installed."""
+    if importlib.util.find_spec("mappedpages._bench") is None:
+        print(f"{PROG}: the benchmark suite is not available in this installation",
+              file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        module = importlib.import_module("mappedpages._bench")
+    except ImportError as exc:
+        print(f"{PROG}: the benchmark suite cannot be loaded: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    entry: Callable[..., Any] | None = getattr(module, "main", None)
+    if entry is None:
+        print(f"{PROG}: the benchmark suite has no main()", file=sys.stderr)
+        return EXIT_UNREADABLE
+    rest = list(args.args)
+    try:
+        takes_args = len(inspect.signature(entry).parameters) > 0
+    except (TypeError, ValueError):
+        takes_args = False
+    if takes_args:
+        result = entry(rest)
+    else:
+        saved = sys.argv
+        sys.argv = [f"{PROG} bench", *rest]
+        try:
+            result = entry()
+        finally:
+            sys.argv = saved
+    return result if isinstance(result, int) else EXIT_OK
+
+
+# ---------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mappedpages`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inspect, check and picture mappedpages files; run the demo.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="format, page counts, metadata copies, directory, free space")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "check",
+        help="validate the file; exit 0 clean, 1 problems found, 2 cannot be read",
+        description="Validate everything the library can. Exit status 0 when clean, 1 when "
+        "problems were found, 2 when the file cannot be read.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="open as a writer, which rewrites page 0 to name the state in use and commits "
+        "the directory repairs open makes; nothing more",
+    )
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("map", help="a picture of the file: in the terminal, or --svg OUT.svg")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--svg", metavar="OUT", help="write an SVG picture to OUT")
+    p.add_argument(
+        "--color",
+        "--colour",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour in the terminal (default: when the output is a terminal)",
+    )
+    p.add_argument("--ascii", action="store_true", help="ASCII letters instead of blocks")
+    p.add_argument("--width", type=int, metavar="N", help="cells per line in the terminal")
+    p.add_argument(
+        "--cells", type=int, metavar="N", help="at most N cells (runs of pages share a cell)"
+    )
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("demo", help="run a demo on a real file in a temporary directory")
+    p.add_argument("--page-size", type=int, default=4096)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run the benchmark suite (when installed; `bench --help`)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark suite")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m mappedpages`` and the ``mappedpages`` script."""
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if raw[:1] == ["bench"]:
+        # Every argument after `bench`, options and --help included, is the suite's.
+        return _run(cmd_bench, argparse.Namespace(args=raw[1:]))
+    args = build_parser().parse_args(raw)
+    for name in ("width", "cells"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            print(f"{PROG}: --{name} must be at least 1", file=sys.stderr)
+            return EXIT_UNREADABLE
+    func: Callable[[argparse.Namespace], int] = args.func
+    return _run(func, args)
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one command; turn every expected failure into one line on stderr."""
+    try:
+        status = func(args)
+        sys.stdout.flush()
+        return status
+    except CliError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`mappedpages map f | head`).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        where = f"{_display(str(exc.filename))}: " if exc.filename else ""
+        print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except (MappedPageError, ValueError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
