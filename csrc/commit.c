@@ -120,7 +120,19 @@ int pager_commit(mp_pager *p, int order)
             return pager_write_page0(p, 1);
         return MP_OK;
     }
-    /* Each new directory copy must be durable before page 0 names it. */
+    /* Staged copies a transaction committed, then each new directory copy,
+     * must be durable before page 0 names them. One msync covers all the
+     * staged copies: only the dirty pages in its range are written. */
+    if (p->staged_hi >= p->staged_lo) {
+        rc = os_flush_range(&p->map, p->staged_lo * (uint64_t)p->page_size,
+                            (p->staged_hi - p->staged_lo + 1) * (uint64_t)p->page_size);
+        if (rc != MP_OK) {
+            p->poisoned = 1;
+            return rc;
+        }
+        p->staged_lo = 1;
+        p->staged_hi = 0;
+    }
     if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
         return rc;
     p->changed = 0;
@@ -281,6 +293,8 @@ int mp_txn_abort(mp_pager *p)
     if (p->txn_depth == 0)
         return MP_EINVALID_ARGUMENT;
     p->txn_depth = 0;
+    p->staged_lo = 1;
+    p->staged_hi = 0;
     if (p->poisoned)
         return MP_EUNAVAILABLE;
     /* Nothing the transaction did reached the committed copies: reload them. */

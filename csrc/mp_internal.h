@@ -206,6 +206,8 @@ struct mp_pager {
     int index_changed;       /* the directory index (count or a flip) changed */
     int no_io;               /* inherited across fork: never write again */
     uint32_t txn_depth;
+    uint64_t staged_lo;      /* staged copies committed in the transaction and */
+    uint64_t staged_hi;      /* not yet flushed: pages [lo, hi], when hi >= lo */
     uint32_t dir_count;
     uint32_t dir_capacity;   /* max_dir_blocks */
     uint32_t epp;            /* entries per directory page */

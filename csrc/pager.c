@@ -97,6 +97,8 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
         return MP_ENO_MEMORY;
     p->fd = fd;
     p->map.fd = fd;
+    p->staged_lo = 1; /* empty range: hi < lo */
+    p->staged_hi = 0;
     p->map.io = io;
     p->read_only = read_only;
     p->log2 = log2;

@@ -560,9 +560,19 @@ int mp_protected_commit(mp_pager *p, uint64_t pid)
         return rc;
     uint64_t staged = inactive_page(e);
     /* The staged page must be durable before the directory names it: the
-     * directory copy and metadata written next may reach the disk at any time. */
-    if ((rc = pager_flush_page(p, staged)) != MP_OK)
+     * directory copy and metadata written next may reach the disk at any time.
+     * Inside a transaction the directory is written only at its end, so the
+     * staged copies are flushed then, together (pager_commit). */
+    if (p->txn_depth > 0) {
+        if (p->staged_hi < p->staged_lo) {
+            p->staged_lo = p->staged_hi = staged;
+        } else {
+            p->staged_lo = staged < p->staged_lo ? staged : p->staged_lo;
+            p->staged_hi = staged > p->staged_hi ? staged : p->staged_hi;
+        }
+    } else if ((rc = pager_flush_page(p, staged)) != MP_OK) {
         return rc;
+    }
     e->crc = mp_crc32(pager_page_ptr(p, staged), p->page_size);
     e->active_slot ^= 1u;
     e->generation++;
