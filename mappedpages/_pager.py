@@ -224,24 +224,32 @@ class Pager(_PagerBase):
         The page keeps whatever bytes it held (a reused page is not cleared)
         unless ``zero`` is true. One durable commit (see ``durability``).
         """
-        with self._lock:
+        # acquire/release rather than `with`: this is the hottest call.
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._mv is None or self._forked:
                 self._usable()
-            rc = _alloc(self._handle, 1 if zero else 0, self._out)
+            out = self._out
+            rc = _alloc(self._handle, 1 if zero else 0, out)
             if rc:
                 self._check(rc, "alloc")
-            page_id: PageId = self._out[0]
+            page_id: PageId = out[0]
             # The file grows only when no page is free, and then the first new
             # page is taken: an id past the old end is the sign of growth.
             if page_id >= self._page_count:
                 self._refresh_stats()
             return page_id
+        finally:
+            lock.release()
 
     def free(self, page_id: PageId) -> None:
         """Free one page. One durable commit (see ``durability``)."""
         if type(page_id) is not int:
             page_id = PageId(as_id(page_id))
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._mv is None or self._forked:
                 self._usable()
             if page_id < 0 or page_id >= _U64_LIMIT:
@@ -249,6 +257,8 @@ class Pager(_PagerBase):
             rc = _free(self._handle, page_id)
             if rc:
                 self._check(rc, f"free page {page_id}")
+        finally:
+            lock.release()
 
     @overload
     def alloc_bulk(self, n: int, zero: bool = False, out: None = None) -> list[PageId]: ...
