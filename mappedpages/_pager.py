@@ -231,7 +231,7 @@ class Pager(_PagerBase):
             if self._mv is None or self._forked:
                 self._usable()
             out = self._out
-            rc = _alloc(self._handle, 1 if zero else 0, out)
+            rc = _alloc(self._handle, zero, out)
             if rc:
                 self._check(rc, "alloc")
             page_id: PageId = out[0]
