@@ -268,48 +268,45 @@ static uint64_t inactive_page(const mp_dir_entry *e)
     return e->active_slot ? e->page_a : e->page_b;
 }
 
-int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page)
+/* The checks every lookup of a live protected page starts with. */
+static int lookup_live(const mp_pager *p, uint64_t pid, const void *out, mp_dir_entry **e)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
         return rc;
-    if (!out_page)
+    if (!out)
         return MP_EINVALID_ARGUMENT;
+    return locate_live(p, pid, e, NULL, NULL);
+}
+
+int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page)
+{
     mp_dir_entry *e;
-    if ((rc = locate_live(p, pid, &e, NULL, NULL)) != MP_OK)
-        return rc;
-    *out_page = active_page(e);
-    return MP_OK;
+    int rc = lookup_live(p, pid, out_page, &e);
+    if (rc == MP_OK)
+        *out_page = active_page(e);
+    return rc;
 }
 
 int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
 {
-    int rc = pager_usable(p, 0);
-    if (rc != MP_OK)
-        return rc;
-    if (!out_ok)
-        return MP_EINVALID_ARGUMENT;
     mp_dir_entry *e;
-    if ((rc = locate_live(p, pid, &e, NULL, NULL)) != MP_OK)
-        return rc;
-    *out_ok = mp_crc32(pager_page_ptr(p, active_page(e)), p->page_size) == e->crc;
-    return MP_OK;
+    int rc = lookup_live(p, pid, out_ok, &e);
+    if (rc == MP_OK)
+        *out_ok = mp_crc32(pager_page_ptr(p, active_page(e)), p->page_size) == e->crc;
+    return rc;
 }
 
 int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
                          uint64_t *out_page_b)
 {
-    int rc = pager_usable(p, 0);
-    if (rc != MP_OK)
-        return rc;
-    if (!out_page_a || !out_page_b)
-        return MP_EINVALID_ARGUMENT;
     mp_dir_entry *e;
-    if ((rc = locate_live(p, pid, &e, NULL, NULL)) != MP_OK)
-        return rc;
-    *out_page_a = e->page_a;
-    *out_page_b = e->page_b;
-    return MP_OK;
+    int rc = lookup_live(p, pid, out_page_b ? out_page_a : NULL, &e);
+    if (rc == MP_OK) {
+        *out_page_a = e->page_a;
+        *out_page_b = e->page_b;
+    }
+    return rc;
 }
 
 int mp_pager_dir_block_pages(const mp_pager *p, uint64_t block, uint64_t *out_page_a,
