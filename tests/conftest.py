@@ -12,8 +12,11 @@ import gc
 import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -433,3 +436,24 @@ def _run_in_tmp_dir(tmp_path_factory, monkeypatch):
     source package (which has no compiled core) instead of the installed one.
     """
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def kill_when_ready(argv: list, delay: float) -> bytes:
+    """Start a child that prints "ready", SIGKILL it `delay` seconds later.
+
+    Fails the test if the child does not start or ends on its own; returns its stderr.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = proc.stdout.readline()
+    if line.strip() != b"ready":
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"child did not start: {line!r} {err.decode(errors='replace')}")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, (
+        f"child ended on its own (rc {proc.returncode}) before the kill:\n"
+        + err.decode(errors="replace")
+    )
+    return err

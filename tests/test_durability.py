@@ -18,16 +18,13 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
 import pytest
-from conftest import check_valid_v02, force_close, read_image
+from conftest import check_valid_v02, force_close, kill_when_ready, read_image
 from iohooks import (
     DURABILITY_MODES,
     CrashRecorder,
@@ -523,19 +520,10 @@ def test_sigkill_keeps_every_acknowledged_commit(tmp_path, mode):
     for rnd in range(KILL_ROUNDS):
         if log.exists():
             log.unlink()
-        proc = subprocess.Popen(
+        kill_when_ready(
             [sys.executable, "-c", textwrap.dedent(CHILD), str(path), mode, str(log)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            rng.uniform(0.05, 0.25),
         )
-        line = proc.stdout.readline()
-        if line.strip() != b"ready":
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"child did not start: {line!r} {err.decode(errors='replace')}")
-        time.sleep(rng.uniform(0.05, 0.25))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        assert proc.returncode == -signal.SIGKILL, err.decode(errors="replace")
         records = []
         for text in log.read_text().splitlines() if log.exists() else []:
             try:

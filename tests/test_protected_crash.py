@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import struct
-import subprocess
 import sys
 import textwrap
 import time
@@ -37,6 +35,7 @@ from conftest import (
     entries_per_dir_page,
     flip_byte,
     force_close,
+    kill_when_ready,
     load_manifest,
     max_dir_blocks,
     patch,
@@ -679,28 +678,9 @@ def _content(pid: int, v: int, ps: int) -> bytes:
     return head + random.Random(pid * 1000003 + v).randbytes(ps - 16)
 
 
-def _spawn(script: str, *args) -> subprocess.Popen:
-    code = textwrap.dedent(CHILD_COMMON.format(repo=str(REPO))) + textwrap.dedent(script)
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _run_and_kill(proc: subprocess.Popen, delay: float) -> None:
-    line = proc.stdout.readline()
-    if line.strip() != b"ready":
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"child did not start: {line!r} {err.decode(errors='replace')}")
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, (
-        f"child ended on its own (rc {proc.returncode}) before the kill:\n"
-        + err.decode(errors="replace")
-    )
+def _run_and_kill(script: str, delay: float, *args) -> None:
+    code = textwrap.dedent(CHILD_COMMON) + textwrap.dedent(script)
+    kill_when_ready([sys.executable, "-c", code, *map(str, args)], delay)
 
 
 def _read_log(log: Path) -> list[str]:
@@ -777,8 +757,7 @@ def test_kill_during_protected_commits(tmp_path, case):
     while rounds < max_rounds and (rounds < 5 or time.monotonic() < budget):
         rounds += 1
         log = tmp_path / f"ack{rounds}.log"
-        proc = _spawn(CHILD_WRITER, path, log)
-        _run_and_kill(proc, rng.uniform(0.0, max_delay))
+        _run_and_kill(CHILD_WRITER, rng.uniform(0.0, max_delay), path, log)
         for line in _read_log(log):
             pid, v = map(int, line.split())
             assert v == acked[pid] + 1, "the child acknowledges versions in order"
@@ -896,14 +875,14 @@ def test_kill_during_alloc_and_free(tmp_path):
     while rounds < KILL_ROUNDS and (rounds < 5 or time.monotonic() < budget):
         rounds += 1
         log = tmp_path / f"af{rounds}.log"
-        proc = _spawn(
+        _run_and_kill(
             CHILD_ALLOCATOR,
+            rng.uniform(0.0, 0.3),
             path,
             log,
             ",".join(map(str, keep)),
             ",".join(map(str, keep_regs)),
         )
-        _run_and_kill(proc, rng.uniform(0.0, 0.3))
         pending = None
         for line in _read_log(log):
             kind, *rest = line.split()

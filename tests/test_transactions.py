@@ -29,18 +29,16 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 import zlib
 from pathlib import Path
 
 import pytest
-from conftest import force_close, read_image
+from conftest import force_close, kill_when_ready, read_image
 from iohooks import (
     DURABILITY_MODES,
     ImageChecker,
@@ -870,19 +868,10 @@ def test_sigkill_in_a_loop_of_transactions(tmp_path, mode):
     rng = random.Random(1234)
     last_seen = 0
     for rnd in range(KILL_ROUNDS):
-        proc = subprocess.Popen(
+        kill_when_ready(
             [sys.executable, "-c", textwrap.dedent(CHILD), str(path), mode, str(log)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            rng.uniform(0.05, 0.3),
         )
-        line = proc.stdout.readline()
-        if line.strip() != b"ready":
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"child did not start: {line!r} {err.decode(errors='replace')}")
-        time.sleep(rng.uniform(0.05, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        assert proc.returncode == -signal.SIGKILL, err.decode(errors="replace")
         acks = log.read_text().split()
         acked = int(acks[-1]) if acks else last_seen
         with warnings.catch_warnings():
