@@ -5,6 +5,10 @@
  * Owns: the order of writes and flushes of every commit. Everything that
  * changes allocation or directory state ends in pager_commit().
  *
+ * The extended layout has one commit point, the metadata copy's flush, with
+ * the free-map and index pages it selects flushed before it (write_free_map,
+ * commit_extended); everything below is about the v0.2 layout.
+ *
  * The v0.2 layout has two commit points. Allocation state commits when the
  * new metadata copy is flushed: open takes the newest valid copy by
  * generation. The protected-page directory commits when page 0, which names
@@ -46,7 +50,7 @@ int pager_write_page0(mp_pager *p, int flush)
     uint8_t *next = p->scratch;
     const uint8_t *now = pager_page_ptr(p, 0);
     memcpy(next, now, p->page_size);
-    fmt_superblock_write(next, p->log2, (uint8_t)p->active);
+    fmt_superblock_write(next, p->log2, (uint8_t)p->minor, (uint8_t)p->active);
     fmt_dir_index_write(next, p->page_size, p->dir_count, p->refs);
     uint64_t step = os_page_size();
     if (step > p->page_size)
@@ -65,23 +69,149 @@ int pager_write_page0(mp_pager *p, int flush)
     return flush ? pager_flush_page(p, 0) : MP_OK;
 }
 
+/* The upgrade's first step: page 0 says minor 3 before any commit relies on
+ * the extended layout. The state it describes is unchanged, and a minor-3 file
+ * whose committed page count fits v0.2 is read as v0.2, so a crash from here
+ * to the commit point loses nothing; from here on the crate refuses the file
+ * (its version check), where it would misread the extended layout. */
+static int mark_extended(mp_pager *p)
+{
+    /* Bytes 5-15 in one small write, inside one sector: the minor version
+     * and the mark land together. */
+    uint8_t sb[MP_SB_SIZE];
+    memcpy(sb, pager_page_ptr(p, 0), sizeof sb);
+    fmt_superblock_write(sb, p->log2, MP_MINOR_EXTENDED, sb[12]);
+    int rc = os_write_all(p->fd, sb + 5, 11, 5);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    if ((rc = pager_flush_page(p, 0)) != MP_OK)
+        return rc;
+    p->minor = MP_MINOR_EXTENDED;
+    return MP_OK;
+}
+
+#define MP_FLUSH_ONE_BY_ONE 8u
+
+static int flush_if(mp_pager *p, uint64_t id, int flush)
+{
+    return flush ? pager_flush_page(p, id) : MP_OK;
+}
+
+/* Writes each changed directory-index page and free-map page of the extended
+ * layout into its inactive copy, stamped with the generation of the commit
+ * under way, and flushes it: every copy the new metadata copy will select
+ * must be durable before that copy is. The committed copies are not touched,
+ * so a crash before the metadata flush leaves the old state whole; the new
+ * copies then carry a generation above it and are ignored. */
+static int write_free_map(mp_pager *p, uint64_t gen, int flush)
+{
+    int rc;
+    if (p->minor < MP_MINOR_EXTENDED && (rc = mark_extended(p)) != MP_OK)
+        return rc;
+    uint32_t per = fmt_max_dir_blocks(p->page_size);
+    if (!p->ext_committed) {
+        /* The upgrade: the directory moves from page 0 to the index pages. */
+        for (uint64_t k = 0; k * per < p->dir_count; k++)
+            bitmap_set(p->index_dirty, k);
+        bitmap_set(p->chunk_dirty, 1);
+    }
+    if (p->dir_count != p->dir_committed) {
+        uint32_t lo = p->dir_count < p->dir_committed ? p->dir_count : p->dir_committed;
+        uint32_t hi = p->dir_count > p->dir_committed ? p->dir_count : p->dir_committed;
+        for (uint64_t k = lo / per; k * per < hi; k++)
+            bitmap_set(p->index_dirty, k);
+        bitmap_set(p->chunk_dirty, 1); /* it holds the block count */
+    }
+    uint64_t last = p->total_pages > p->chunk ? (p->total_pages - 1) / p->chunk : 0;
+    /* A few pages are flushed one msync each, which writes only them. Many
+     * (a bulk call across the file, a sync in "none" mode) are written first
+     * and made durable by one fdatasync: one device flush instead of
+     * hundreds, at the price of also writing data pages dirtied since the
+     * last flush. */
+    uint64_t pages = bitmap_count_set(p->index_dirty, last) +
+                     bitmap_count_set(p->chunk_dirty, last + 1) - bitmap_get(p->chunk_dirty, 0);
+    int batch = flush && pages > MP_FLUSH_ONE_BY_ONE;
+    if (batch)
+        flush = 0;
+    for (uint64_t k = bitmap_find_set(p->index_dirty, NULL, 0, last); k < last;
+         k = bitmap_find_set(p->index_dirty, NULL, k + 1, last)) {
+        bitmap_clear(p->index_dirty, k);
+        uint64_t n = p->dir_count > k * per ? p->dir_count - k * per : 0;
+        if (n > per)
+            n = per;
+        uint64_t target = (k + 1) * p->chunk + 2 + (uint64_t)!bitmap_get(p->index_active, k);
+        fmt_index_write(pager_page_ptr(p, target), p->page_size, k, gen, (uint32_t)n,
+                        p->refs + k * per);
+        if ((rc = flush_if(p, target, flush)) != MP_OK)
+            return rc;
+        p->index_active[k >> 6] ^= (uint64_t)1 << (k & 63);
+    }
+    for (uint64_t c = bitmap_find_set(p->chunk_dirty, NULL, 1, last + 1); c <= last;
+         c = bitmap_find_set(p->chunk_dirty, NULL, c + 1, last + 1)) {
+        bitmap_clear(p->chunk_dirty, c);
+        uint64_t target = c * p->chunk + (uint64_t)!bitmap_get(p->chunk_active, c);
+        fmt_chunk_write(pager_page_ptr(p, target), p->page_size, c, p->total_pages, gen,
+                        c == 1 ? p->dir_count : 0, p->bits);
+        if ((rc = flush_if(p, target, flush)) != MP_OK)
+            return rc;
+        p->chunk_active[c >> 6] ^= (uint64_t)1 << (c & 63);
+    }
+    bitmap_clear(p->chunk_dirty, 0);
+    p->dir_committed = p->dir_count;
+    if (batch && (rc = os_sync_file(&p->map)) != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    return MP_OK;
+}
+
+int pager_clear_leftovers(mp_pager *p)
+{
+    if (!pager_extended(p))
+        return MP_OK;
+    uint64_t last = (p->total_pages - 1) / p->chunk;
+    for (uint64_t c = 1; c <= last; c++) {
+        for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++) {
+            uint64_t id = c * p->chunk + i;
+            uint8_t *page = pager_page_ptr(p, id);
+            /* The generation is read first: a CRC only for the rare newer one. */
+            if (mp_load_u64(page) <= p->generation ||
+                !fmt_is_leftover(page, p->page_size, p->generation))
+                continue;
+            memset(page, 0, p->page_size);
+            int rc = pager_flush_page(p, id);
+            if (rc != MP_OK)
+                return rc;
+        }
+    }
+    return MP_OK;
+}
+
 /* Writes the in-memory state into the inactive copy, with generation + 1,
  * and makes it the active one. */
 static int meta_write(mp_pager *p, int flush)
 {
     uint32_t target = p->active ^ 1u;
+    int rc;
+    if (pager_extended(p) && (rc = write_free_map(p, p->generation + 1, flush)) != MP_OK)
+        return rc;
     fmt_meta_write(pager_page_ptr(p, 1 + target), p->page_size, p->total_pages,
                    p->generation + 1, p->free_count, p->bits);
     if (flush) {
         /* The commit point: once this flush returns, open finds the new state. */
-        int rc = pager_flush_page(p, 1 + target);
+        rc = pager_flush_page(p, 1 + target);
         if (rc != MP_OK)
             return rc;
     }
     p->active = target;
     p->generation++;
     p->meta_unwritten = 0;
-    p->page0_stale = 1;
+    p->ext_committed = pager_extended(p);
+    /* Page 0 names a copy only for the crate, which cannot read an extended
+     * file anyway. */
+    p->page0_stale = !pager_extended(p);
     return MP_OK;
 }
 
@@ -89,7 +219,12 @@ static void pending_clear(mp_pager *p)
 {
     if (p->pending_count == 0)
         return;
-    memset(p->pending, 0, bitmap_words(p->max_pages) * sizeof(uint64_t));
+    for (uint64_t w = p->pending_lo; w <= p->pending_hi; w++) {
+        if (!p->pending[w])
+            continue;
+        p->pending[w] = 0;
+        summary_update(&p->sum, w, p->bits[w]);
+    }
     p->pending_count = 0;
     /* Allocation skipped those pages and moved its hint past them. */
     p->hint = MP_RESERVED_PAGES;
@@ -97,10 +232,49 @@ static void pending_clear(mp_pager *p)
 
 /* Commits every change made since the last commit: allocation changes
  * (p->changed) and directory changes (dirty blocks, a changed index). */
+/* The extended layout has one commit point, the metadata copy: directory
+ * pages, index pages and free-map pages are all flushed before it, so a
+ * protected alloc, free or write, or a whole transaction, is one atomic
+ * commit, with 1 flush (only chunk 0 changed) plus 1 per other page changed. */
+static int commit_extended(mp_pager *p)
+{
+    int rc;
+    int dirs = dir_any_dirty(p);
+    int dir_change = dirs || p->index_changed || p->dir_count != p->dir_committed;
+    if (!dir_change && !p->changed)
+        return MP_OK;
+    if (!dir_change && p->durability == MP_DURABILITY_NONE) {
+        p->changed = 0;
+        p->meta_unwritten = 1;
+        return MP_OK;
+    }
+    if (p->staged_hi >= p->staged_lo) {
+        rc = os_flush_range(&p->map, p->staged_lo * (uint64_t)p->page_size,
+                            (p->staged_hi - p->staged_lo + 1) * (uint64_t)p->page_size);
+        if (rc != MP_OK) {
+            p->poisoned = 1;
+            return rc;
+        }
+        p->staged_lo = 1;
+        p->staged_hi = 0;
+    }
+    if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
+        return rc;
+    dir_flip_dirty(p);
+    p->changed = 0;
+    p->index_changed = 0;
+    if ((rc = meta_write(p, 1)) != MP_OK)
+        return rc;
+    pending_clear(p);
+    return MP_OK;
+}
+
 int pager_commit(mp_pager *p, int order)
 {
     if (p->txn_depth > 0)
         return MP_OK;
+    if (pager_extended(p))
+        return commit_extended(p);
     int rc;
     int dirs = dir_any_dirty(p);
     int dir_change = dirs || p->index_changed;

@@ -1,10 +1,13 @@
 /*
- * format.c - the mappedpages v0.2 byte layout (the Rust crate's), in one place.
+ * format.c - the mappedpages byte layouts, in one place: v0.2 (the Rust
+ * crate's) and the extended layout (minor version 3) a file moves to when it
+ * outgrows v0.2's one-page bitmap.
  *
  * Owns: every offset and width of page 0 (superblock and directory index), the
- * metadata pages and the directory pages, the CRC-32 they carry, and the
- * validity rules a reader applies to each. Nothing else in the core reads or
- * writes those bytes by offset.
+ * metadata pages, the directory pages, and the extended layout's free-map and
+ * directory-index pages; the CRC-32 they carry, and the validity rules a reader
+ * applies to each. Nothing else in the core reads or writes those bytes by
+ * offset.
  *
  * Invariants: readers here never trust a length or count from the file before
  * bounding it by the page size or the file's length, so a hostile file cannot
@@ -91,6 +94,13 @@ uint64_t fmt_max_pages(uint32_t page_size)
     return (uint64_t)(page_size - MP_META_HEADER - 4u) * 8u;
 }
 
+uint64_t fmt_chunk_pages(uint32_t page_size)
+{
+    /* The metadata copy's bitmap is chunk 0, so a free-map page holds as many
+     * bits as it: a v0.2 file is exactly chunk 0 of the extended layout. */
+    return fmt_max_pages(page_size);
+}
+
 uint32_t fmt_max_dir_blocks(uint32_t page_size)
 {
     return (page_size - MP_DIR_INDEX_OFFSET - 4u - 4u) / MP_DIR_REF_SIZE;
@@ -109,7 +119,11 @@ int fmt_superblock_read(const uint8_t *page0, size_t len, mp_superblock *out)
         return MP_ECORRUPT_SUPERBLOCK;
     /* Major must be 0; a newer minor is a layout this reader does not know.
      * Patch and build bytes are informational, as in the crate. */
-    if (page0[4] != 0 || page0[5] > 2)
+    if (page0[4] != 0 || page0[5] > MP_MINOR_EXTENDED)
+        return MP_ECORRUPT_SUPERBLOCK;
+    /* Minor 3 alone is not enough: the crate's own next minor might use it.
+     * This library's extended layout also carries its mark in the padding. */
+    if (page0[5] == MP_MINOR_EXTENDED && memcmp(page0 + 13, MP_EXTENDED_MARK, 3) != 0)
         return MP_ECORRUPT_SUPERBLOCK;
     uint32_t log2 = mp_load_u32(page0 + 8);
     if (log2 < MP_MIN_LOG2 || log2 > MP_MAX_LOG2)
@@ -124,16 +138,19 @@ int fmt_superblock_read(const uint8_t *page0, size_t len, mp_superblock *out)
 /* meta_checksum is the CRC of a whole valid metadata page including its own
  * trailing CRC, which is always the CRC-32 residue: written as the format says,
  * never relied on to tell the copies apart. */
-void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t selector)
+void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, uint8_t selector)
 {
     memcpy(page0, "MPPG", 4);
     page0[4] = 0;
-    page0[5] = 2;
+    page0[5] = minor;
     page0[6] = 0;
     page0[7] = 0;
     mp_store_u32(page0 + 8, log2);
     page0[12] = selector;
-    page0[13] = page0[14] = page0[15] = 0;
+    if (minor == MP_MINOR_EXTENDED)
+        memcpy(page0 + 13, MP_EXTENDED_MARK, 3);
+    else
+        page0[13] = page0[14] = page0[15] = 0;
     mp_store_u32(page0 + 16, MP_CRC_RESIDUE);
 }
 
@@ -262,7 +279,7 @@ void fmt_dir_index_write(uint8_t *page0, uint32_t page_size, uint32_t count,
 /* --------------------------------------------------------- metadata pages */
 
 void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages,
-                    mp_meta_header *out)
+                    uint64_t max_total, mp_meta_header *out)
 {
     memset(out, 0, sizeof *out);
     out->total_pages = mp_load_u64(page);
@@ -273,10 +290,19 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
         return;
     }
     uint64_t total = out->total_pages;
-    if (total < MP_RESERVED_PAGES || total > fmt_max_pages(page_size) || total > file_pages) {
+    uint64_t chunk = fmt_chunk_pages(page_size);
+    if (total < MP_RESERVED_PAGES || total > max_total || total > file_pages) {
         out->problem = MP_META_BAD_TOTAL;
         return;
     }
+    /* Extended: every chunk the file reaches holds its layout pages. */
+    if (total > chunk && total % chunk != 0 && total % chunk < MP_LAYOUT_PAGES) {
+        out->problem = MP_META_BAD_TOTAL;
+        return;
+    }
+    int extended = total > chunk;
+    if (extended)
+        total = chunk;
     const uint8_t *bm = page + MP_META_HEADER;
     if ((bm[0] & 7u) != 7u) {
         out->problem = MP_META_BAD_RESERVED;
@@ -298,13 +324,14 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
     uint64_t set = 0;
     for (uint64_t i = 0; i < used_bytes; i++)
         set += (uint64_t)__builtin_popcount(bm[i]);
-    if (out->free_count != total - set) {
+    if (extended ? out->free_count > out->total_pages - set : out->free_count != total - set) {
         out->problem = MP_META_BAD_FREE_COUNT;
         return;
     }
     out->problem = MP_META_OK;
 }
 
+/* total_pages here is the pages chunk 0 covers: min(total, chunk pages). */
 void fmt_meta_load_bits(const uint8_t *page, uint64_t total_pages, uint64_t *bits)
 {
     const uint8_t *bm = page + MP_META_HEADER;
@@ -329,9 +356,153 @@ void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
     mp_store_u64(page + 16, free_count);
     uint8_t *bm = page + MP_META_HEADER;
     uint64_t nbytes = (total_pages + 7) / 8;
+    if (nbytes > page_size - MP_META_HEADER - 4u)
+        nbytes = page_size - MP_META_HEADER - 4u; /* extended: chunk 0 only */
     for (uint64_t i = 0; i < nbytes; i++)
         bm[i] = (uint8_t)(bits[i >> 3] >> (8 * (i & 7)));
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
+}
+
+/* ------------------------------------------- extended layout: chunk pages
+ *
+ * Chunk i >= 1 covers pages [i*C, (i+1)*C) and keeps its own free-map page,
+ * in two copies at its first two pages; the next two pages hold the two copies
+ * of directory-index page i-1. Neither kind is named by anything: each copy
+ * carries the generation of the commit that wrote it, and the state is the
+ * valid copy with the highest generation not above the chosen metadata copy's.
+ * A commit writes the inactive copy, so the copy the committed state uses is
+ * never written in place, and a copy written by a commit that never reached
+ * its commit point has a generation above the committed one and is ignored.
+ *
+ *   free-map page:  @0 u64 generation  @8 u32 chunk index  @12 u32 directory
+ *                   blocks (chunk 1 only)  @16 u64 free pages in the chunk
+ *                   @24 bitmap of the chunk's C pages  @PS-4 CRC
+ *   index page k:   @0 u64 generation  @8 u32 k  @12 u32 count  @16 u64 zero
+ *                   @24 + 17*j block reference k*R + j  @PS-4 CRC
+ */
+
+static uint64_t chunk_span(uint32_t page_size, uint64_t chunk, uint64_t total_pages)
+{
+    uint64_t c = fmt_chunk_pages(page_size);
+    uint64_t start = chunk * c;
+    if (total_pages <= start)
+        return 0;
+    return total_pages - start < c ? total_pages - start : c;
+}
+
+void fmt_chunk_check(const uint8_t *page, uint32_t page_size, uint64_t chunk,
+                     uint64_t total_pages, uint64_t max_generation, mp_chunk_header *out)
+{
+    memset(out, 0, sizeof *out);
+    if (mp_crc32(page, page_size - 4) != mp_load_u32(page + page_size - 4))
+        return;
+    out->generation = mp_load_u64(page);
+    out->dir_blocks = mp_load_u32(page + 12);
+    out->free_count = mp_load_u64(page + 16);
+    uint64_t span = chunk_span(page_size, chunk, total_pages);
+    if (mp_load_u32(page + 8) != (uint32_t)chunk || out->generation > max_generation ||
+        span < MP_LAYOUT_PAGES)
+        return;
+    const uint8_t *bm = page + MP_CHUNK_HEADER;
+    if ((bm[0] & 15u) != 15u)
+        return;
+    uint64_t bytes = page_size - MP_CHUNK_HEADER - 4u;
+    uint64_t used = (span + 7) / 8;
+    if ((span & 7u) && (bm[used - 1] >> (span & 7u)) != 0)
+        return;
+    uint64_t set = 0;
+    for (uint64_t i = 0; i < bytes; i++) {
+        if (i >= used && bm[i] != 0)
+            return;
+        set += (uint64_t)__builtin_popcount(bm[i]);
+    }
+    if (out->free_count != span - set)
+        return;
+    out->valid = 1;
+}
+
+/* A chunk starts on a byte boundary of the map (C is a multiple of 32), not
+ * always on a word boundary, so the bits move a byte at a time. Loading ORs
+ * into a map whose range is clear (the previous chunk may share a word). */
+void fmt_chunk_load_bits(const uint8_t *page, uint32_t page_size, uint64_t chunk,
+                         uint64_t total_pages, uint64_t *bits)
+{
+    uint64_t first = chunk * fmt_chunk_pages(page_size);
+    uint64_t span = chunk_span(page_size, chunk, total_pages);
+    const uint8_t *bm = page + MP_CHUNK_HEADER;
+    for (uint64_t j = 0; j < (span + 7) / 8; j++) {
+        uint64_t at = first + 8 * j;
+        bits[at >> 6] |= (uint64_t)bm[j] << (at & 63);
+    }
+}
+
+void fmt_chunk_write(uint8_t *page, uint32_t page_size, uint64_t chunk, uint64_t total_pages,
+                     uint64_t generation, uint32_t dir_blocks, const uint64_t *bits)
+{
+    uint64_t first = chunk * fmt_chunk_pages(page_size);
+    uint64_t span = chunk_span(page_size, chunk, total_pages);
+    memset(page, 0, page_size);
+    mp_store_u64(page, generation);
+    mp_store_u32(page + 8, (uint32_t)chunk);
+    mp_store_u32(page + 12, dir_blocks);
+    uint8_t *bm = page + MP_CHUNK_HEADER;
+    uint64_t nbytes = (span + 7) / 8;
+    uint64_t set = 0;
+    for (uint64_t j = 0; j < nbytes; j++) {
+        uint64_t at = first + 8 * j;
+        bm[j] = (uint8_t)(bits[at >> 6] >> (at & 63));
+        if (j == nbytes - 1 && (span & 7u))
+            bm[j] &= (uint8_t)((1u << (span & 7u)) - 1u);
+        set += (uint64_t)__builtin_popcount(bm[j]);
+    }
+    mp_store_u64(page + 16, span - set);
+    mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
+}
+
+int fmt_index_read(const uint8_t *page, uint32_t page_size, uint64_t k,
+                   uint64_t max_generation, uint64_t *generation, uint32_t *count,
+                   mp_dir_ref *refs)
+{
+    if (mp_crc32(page, page_size - 4) != mp_load_u32(page + page_size - 4))
+        return MP_ECORRUPT_DIRECTORY_INDEX;
+    uint64_t gen = mp_load_u64(page);
+    uint32_t n = mp_load_u32(page + 12);
+    if (mp_load_u32(page + 8) != (uint32_t)k || gen > max_generation ||
+        n > fmt_max_dir_blocks(page_size))
+        return MP_ECORRUPT_DIRECTORY_INDEX;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *r = page + MP_CHUNK_HEADER + (size_t)MP_DIR_REF_SIZE * i;
+        refs[i].page_a = mp_load_u64(r);
+        refs[i].page_b = mp_load_u64(r + 8);
+        refs[i].active = r[16];
+        if (refs[i].active > 1)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+    }
+    *generation = gen;
+    *count = n;
+    return MP_OK;
+}
+
+void fmt_index_write(uint8_t *page, uint32_t page_size, uint64_t k, uint64_t generation,
+                     uint32_t count, const mp_dir_ref *refs)
+{
+    memset(page, 0, page_size);
+    mp_store_u64(page, generation);
+    mp_store_u32(page + 8, (uint32_t)k);
+    mp_store_u32(page + 12, count);
+    for (uint32_t i = 0; i < count; i++) {
+        uint8_t *r = page + MP_CHUNK_HEADER + (size_t)MP_DIR_REF_SIZE * i;
+        mp_store_u64(r, refs[i].page_a);
+        mp_store_u64(r + 8, refs[i].page_b);
+        r[16] = refs[i].active;
+    }
+    mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
+}
+
+int fmt_is_leftover(const uint8_t *page, uint32_t page_size, uint64_t max_generation)
+{
+    return mp_crc32(page, page_size - 4) == mp_load_u32(page + page_size - 4) &&
+           mp_load_u64(page) > max_generation;
 }
 
 /* -------------------------------------------------------- directory pages */

@@ -70,7 +70,8 @@ enum mp_meta_problem {
     MP_META_BAD_TOTAL = 2,          /* page count impossible, or past the file's end */
     MP_META_BAD_RESERVED = 3,       /* pages 0-2 not marked allocated */
     MP_META_BITS_PAST_END = 4,      /* a bit set at or past total_pages */
-    MP_META_BAD_FREE_COUNT = 5      /* free_count disagrees with the bitmap */
+    MP_META_BAD_FREE_COUNT = 5,     /* free_count disagrees with the bitmap */
+    MP_META_BAD_FREE_MAP = 6        /* extended layout: a free-map page is missing or damaged */
 };
 
 /* When a commit is durable (mp_options.durability). */
@@ -117,6 +118,8 @@ typedef struct {
     double lock_timeout;      /* seconds to wait for the writer lock; 0 = fail at once */
     mp_io_hooks *io_hooks;    /* NULL, except in tests */
     int durability;           /* mp_durability */
+    uint64_t grow_step;       /* bytes added per growth once doubling reaches it; 0 = 1 GiB */
+    int sparse;               /* grow with ftruncate only (no posix_fallocate) */
 } mp_options;
 
 typedef struct {
@@ -140,6 +143,10 @@ typedef struct {
     uint64_t protected_count;
     uint64_t dir_blocks;
     uint64_t system_pages;    /* directory pages plus protected backing pages */
+    uint32_t format_minor;    /* 2: the crate's v0.2 layout; 3: the extended layout */
+    uint64_t chunk_pages;     /* extended layout: pages per free-map page */
+    uint64_t layout_pages;    /* pages the layout keeps (0-2 and the free-map/index pages) */
+    uint64_t room;            /* pages alloc can still hand out, growing up to max_pages */
 } mp_stats;
 
 typedef struct {

@@ -43,6 +43,12 @@
 #define MP_DIR_ENTRY_SIZE 30u
 #define MP_DIR_PAGE_HEADER 8u
 #define MP_CRC_RESIDUE 0x2144DF1Cu
+/* The extended layout (minor version 3): see format.c and FORMAT.md. */
+#define MP_MINOR_V02 2u
+#define MP_MINOR_EXTENDED 3u
+#define MP_EXTENDED_MARK "EXT"   /* superblock bytes 13-15 of the extended layout */
+#define MP_CHUNK_HEADER 24u      /* free-map and directory-index pages */
+#define MP_LAYOUT_PAGES 4u       /* per chunk: free-map A/B, directory-index A/B */
 
 
 typedef struct {
@@ -75,11 +81,13 @@ void mp_store_u32(uint8_t *p, uint32_t v);
 
 /* The most pages a v0.2 file of this page size can describe. */
 uint64_t fmt_max_pages(uint32_t page_size);
+/* Pages each free-map page describes (a chunk); equal to the v0.2 cap. */
+uint64_t fmt_chunk_pages(uint32_t page_size);
 uint32_t fmt_max_dir_blocks(uint32_t page_size);
 uint32_t fmt_entries_per_dir_page(uint32_t page_size);
 
 int fmt_superblock_read(const uint8_t *page0, size_t len, mp_superblock *out);
-void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t selector);
+void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, uint8_t selector);
 
 /* Validates one metadata copy; fills total/generation/free and a problem code. */
 typedef struct {
@@ -88,11 +96,37 @@ typedef struct {
     uint64_t free_count;
     uint32_t problem;        /* mp_meta_problem */
 } mp_meta_header;
+/* max_total: the most pages the layout named by the superblock allows. With
+ * total_pages past the first chunk, free_count is checked by the caller
+ * against all the chunks. */
 void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages,
-                    mp_meta_header *out);
+                    uint64_t max_total, mp_meta_header *out);
 void fmt_meta_load_bits(const uint8_t *page, uint64_t total_pages, uint64_t *bits);
 void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
                     uint64_t generation, uint64_t free_count, const uint64_t *bits);
+
+/* Free-map page of chunk i >= 1 (extended layout). */
+typedef struct {
+    uint64_t generation;
+    uint32_t dir_blocks;     /* chunk 1 only */
+    uint64_t free_count;
+    int valid;
+} mp_chunk_header;
+void fmt_chunk_check(const uint8_t *page, uint32_t page_size, uint64_t chunk,
+                     uint64_t total_pages, uint64_t max_generation, mp_chunk_header *out);
+void fmt_chunk_load_bits(const uint8_t *page, uint32_t page_size, uint64_t chunk,
+                         uint64_t total_pages, uint64_t *bits);
+void fmt_chunk_write(uint8_t *page, uint32_t page_size, uint64_t chunk, uint64_t total_pages,
+                     uint64_t generation, uint32_t dir_blocks, const uint64_t *bits);
+/* Directory-index page k (extended layout): count references of blocks k*R.. */
+int fmt_index_read(const uint8_t *page, uint32_t page_size, uint64_t k,
+                   uint64_t max_generation, uint64_t *generation, uint32_t *count,
+                   mp_dir_ref *refs);
+void fmt_index_write(uint8_t *page, uint32_t page_size, uint64_t k, uint64_t generation,
+                     uint32_t count, const mp_dir_ref *refs);
+/* A page with a valid CRC and a generation newer than the committed state:
+ * written by a commit that never reached its commit point. */
+int fmt_is_leftover(const uint8_t *page, uint32_t page_size, uint64_t max_generation);
 
 int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count,
                        mp_dir_ref *refs);
@@ -134,6 +168,29 @@ uint64_t bitmap_find_set(const uint64_t *bits, const uint64_t *mask, uint64_t st
                          uint64_t limit);
 uint64_t bitmap_count_set(const uint64_t *bits, uint64_t limit);
 
+/* A summary over a free map, so a search skips full regions without reading
+ * them: level 1 has a bit per 64-bit word of the map, set when every page in
+ * the word is taken (allocated, or masked as pending); each next level has a
+ * bit per word of the level below, set when that word is all ones. */
+#define MP_SUM_LEVELS 4
+typedef struct {
+    uint64_t *lvl[MP_SUM_LEVELS];
+    uint64_t nbits[MP_SUM_LEVELS];
+    uint64_t map_words;
+    int depth;
+    void *mem;
+    size_t mem_len;
+} mp_summary;
+int summary_init(mp_summary *s, uint64_t map_bits);
+void summary_release(mp_summary *s);
+/* Word w of the map (bits | mask) is now v. */
+void summary_update(mp_summary *s, uint64_t w, uint64_t v);
+/* Clears the summary of map words [0, words) and rebuilds it from the map. */
+void summary_rebuild(mp_summary *s, const uint64_t *bits, const uint64_t *mask, uint64_t words);
+/* Lowest bit in [start, limit) clear in bits and mask, or limit. */
+uint64_t summary_find_free(const mp_summary *s, const uint64_t *bits, const uint64_t *mask,
+                           uint64_t start, uint64_t limit);
+
 /* ---- os.c: every system call that touches the file or the mapping ---- */
 
 /* The file's mapping and the I/O context every system call on it goes through. */
@@ -157,7 +214,11 @@ int os_map_detach(mp_map *m);
 int os_flush_range(const mp_map *m, uint64_t offset, uint64_t len);
 int os_sync_file(const mp_map *m);
 int os_sync_dir_of(const char *path);
-int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len);
+int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len, int preallocate);
+/* Zeroed memory that costs nothing until touched (the in-memory maps are
+ * sized for the largest file, used for the file at hand). */
+void *os_alloc_zeroed(size_t len);
+void os_free_zeroed(void *mem, size_t len);
 int os_shrink_file(const mp_map *m, uint64_t len);
 int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got);
 int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset);
@@ -216,7 +277,36 @@ struct mp_pager {
     uint64_t protected_count;
     uint64_t system_count;
     uint8_t *scratch;        /* page_size bytes */
+    /* The extended layout (format.c): chunk i >= 1 of `chunk` pages keeps its
+     * free-map page and a directory-index page in its first 4 pages. */
+    uint64_t chunk;          /* pages per chunk, the v0.2 cap */
+    uint32_t minor;          /* page 0's minor version: 2, or 3 once extended */
+    uint64_t grow_step;      /* pages added per growth once past doubling */
+    int preallocate;
+    size_t map_bytes;        /* bytes of each of bits, system, pending */
+    uint64_t words_used;     /* words of those maps that may be non-zero */
+    uint64_t pending_lo;     /* word range of pending bits, when pending_count */
+    uint64_t pending_hi;
+    mp_summary sum;          /* over bits | pending; writers only */
+    uint64_t max_chunks;
+    uint64_t *chunk_dirty;   /* free-map pages changed since the last commit */
+    uint64_t *chunk_active;  /* 1 = copy B holds the committed free-map page */
+    uint64_t *index_dirty;   /* directory-index pages changed */
+    uint64_t *index_active;  /* 1 = copy B holds the committed index page */
+    uint32_t dir_committed;  /* directory blocks in the committed state */
+    int ext_committed;       /* the committed state is past v0.2's cap */
 };
+
+/* Pages that belong to the layout: 0-2, and each chunk's first four. */
+static inline int pager_is_layout_page(const mp_pager *p, uint64_t id)
+{
+    return id < MP_RESERVED_PAGES || (id >= p->chunk && id % p->chunk < MP_LAYOUT_PAGES);
+}
+/* The in-memory state is past v0.2's cap. */
+static inline int pager_extended(const mp_pager *p)
+{
+    return p->total_pages > p->chunk;
+}
 
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id);
 int pager_ensure_free(mp_pager *p, uint64_t n);
@@ -225,6 +315,16 @@ int pager_flush_page(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
 void pager_release_bit(mp_pager *p, uint64_t id);
 int pager_load_committed(mp_pager *p, mp_open_report *rep);
+/* Grows the file to at least `pages` pages (the directory's need in the
+ * extended layout); FileFull past the cap. */
+int pager_grow_at_least(mp_pager *p, uint64_t pages);
+/* The most directory blocks the layout can name with the file as it is. */
+uint64_t pager_dir_block_limit(const mp_pager *p);
+/* Pages allocation can still hand out: free ones (not pending) plus what
+ * growth up to max_pages adds, net of new chunks' layout pages. */
+uint64_t pager_room(const mp_pager *p);
+/* Makes room for n directory blocks in p->dirs and p->refs. */
+int dir_reserve(mp_pager *p, uint64_t n);
 
 /* ---- commit.c ---- */
 
@@ -232,6 +332,8 @@ int pager_commit(mp_pager *p, int order);
 int pager_write_page0(mp_pager *p, int flush);
 int pager_bring_page0_up_to_date(mp_pager *p);
 int pager_settle_deferred(mp_pager *p);
+/* Zeroes copies left by a commit that never reached its commit point. */
+int pager_clear_leftovers(mp_pager *p);
 
 /* ---- protected.c ---- */
 
@@ -242,5 +344,7 @@ void dir_release(mp_pager *p);
 int dir_write_dirty(mp_pager *p);
 void dir_flip_dirty(mp_pager *p);
 int dir_any_dirty(const mp_pager *p);
+/* Block b's reference changed: its index page must be rewritten. */
+void dir_ref_changed(mp_pager *p, uint64_t b);
 
 #endif /* MP_INTERNAL_H */

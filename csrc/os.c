@@ -303,10 +303,19 @@ static int truncate_to(const mp_map *m, uint64_t len)
     return rc == 0 ? 0 : errno;
 }
 
-int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len)
+int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len, int preallocate)
 {
     int fd = m->fd;
-    int err = io_gate(m->io, MP_IO_FALLOCATE);
+    int err;
+    if (!preallocate) {
+        /* Sparse on request: blocks come with the first write to a page, and
+         * that write is where a full disk shows up, as SIGBUS. */
+        err = truncate_to(m, new_len);
+        if (err == 0)
+            return MP_OK;
+        goto failed;
+    }
+    err = io_gate(m->io, MP_IO_FALLOCATE);
     if (err != 0)
         goto failed;
 #if defined(__APPLE__)
@@ -333,6 +342,21 @@ int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len)
 failed:
     (void)truncate_to(m, old_len);
     return -err;
+}
+
+void *os_alloc_zeroed(size_t len)
+{
+    if (len == 0)
+        len = 1;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void os_free_zeroed(void *mem, size_t len)
+{
+    if (mem)
+        munmap(mem, len ? len : 1);
 }
 
 int os_shrink_file(const mp_map *m, uint64_t len)

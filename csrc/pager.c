@@ -14,6 +14,11 @@
  *      acknowledged (load_state).
  *   3. The file is grown, preallocated and its size made durable before any
  *      committed metadata counts the new pages (grow_to).
+ * In the extended layout (format.c) rule 2 reaches further: each chunk's
+ * free-map page and each directory-index page is also read from the copy with
+ * the highest generation not above the chosen metadata copy's (load_chunks,
+ * load_index_pages), so a metadata copy and the pages it relies on are chosen
+ * together, and falling back to the older copy falls back with them.
  * A flush that fails leaves the on-disk state unknown, and retrying msync or
  * fsync after a failure is not safe (the kernel may have dropped the dirty
  * pages), so the pager is poisoned: every later call but close fails.
@@ -78,9 +83,14 @@ static void pager_destroy(mp_pager *p)
         return;
     dir_release(p);
     os_map_release(&p->map);
-    free(p->bits);
-    free(p->system);
-    free(p->pending);
+    os_free_zeroed(p->bits, p->map_bytes);
+    os_free_zeroed(p->system, p->map_bytes);
+    os_free_zeroed(p->pending, p->map_bytes);
+    summary_release(&p->sum);
+    free(p->chunk_dirty);
+    free(p->chunk_active);
+    free(p->index_dirty);
+    free(p->index_active);
     free(p->scratch);
     free(p->dirs);
     free(p->refs);
@@ -103,35 +113,88 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->read_only = read_only;
     p->log2 = log2;
     p->page_size = 1u << log2;
-    uint64_t layout_pages = fmt_max_pages(p->page_size);
-    uint64_t want = layout_pages * p->page_size;
-    if (want > RESERVE_LIMIT || want / p->page_size != layout_pages)
-        want = RESERVE_LIMIT;
-    int rc = os_map_reserve(want, need_bytes, !read_only, &p->map);
+    p->chunk = fmt_chunk_pages(p->page_size);
+    p->minor = MP_MINOR_V02;
+    /* The extended layout has no cap of its own short of 2^32 chunks; what
+     * caps a file is the address range, reserved whole so it never moves. */
+    int rc = os_map_reserve(RESERVE_LIMIT, need_bytes, !read_only, &p->map);
     if (rc != MP_OK) {
         p->fd = -1;
         pager_destroy(p);
         return rc;
     }
     p->max_pages = p->map.reserved / p->page_size;
-    if (p->max_pages > layout_pages)
-        p->max_pages = layout_pages;
-    uint64_t words = bitmap_words(p->max_pages) + 1;
-    p->bits = calloc(words, sizeof(uint64_t));
-    p->system = calloc(words, sizeof(uint64_t));
-    p->pending = calloc(words, sizeof(uint64_t));
+    if (p->max_pages > p->chunk && p->max_pages % p->chunk < MP_LAYOUT_PAGES)
+        p->max_pages -= p->max_pages % p->chunk;
+    p->map_bytes = (size_t)(bitmap_words(p->max_pages) + 1) * sizeof(uint64_t);
+    p->bits = os_alloc_zeroed(p->map_bytes);
+    p->system = os_alloc_zeroed(p->map_bytes);
+    p->pending = os_alloc_zeroed(p->map_bytes);
+    p->max_chunks = p->max_pages / p->chunk + 1;
+    size_t chunk_words = (size_t)bitmap_words(p->max_chunks) + 1;
+    p->chunk_dirty = calloc(chunk_words, sizeof(uint64_t));
+    p->chunk_active = calloc(chunk_words, sizeof(uint64_t));
+    p->index_dirty = calloc(chunk_words, sizeof(uint64_t));
+    p->index_active = calloc(chunk_words, sizeof(uint64_t));
     p->scratch = malloc(p->page_size);
     p->dir_capacity = fmt_max_dir_blocks(p->page_size);
     p->epp = fmt_entries_per_dir_page(p->page_size);
     p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
     p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
-    if (!p->bits || !p->system || !p->pending || !p->scratch || !p->dirs || !p->refs) {
+    int sum_ok = read_only || summary_init(&p->sum, p->max_pages) == MP_OK;
+    if (!p->bits || !p->system || !p->pending || !p->scratch || !p->dirs || !p->refs ||
+        !p->chunk_dirty || !p->chunk_active || !p->index_dirty || !p->index_active || !sum_ok) {
         p->fd = -1;
         pager_destroy(p);
         return MP_ENO_MEMORY;
     }
     *out = p;
     return MP_OK;
+}
+
+static void note_words_used(mp_pager *p, uint64_t total)
+{
+    uint64_t w = bitmap_words(total) + 1;
+    if (w > p->words_used)
+        p->words_used = w;
+}
+
+/* Word w of bits or pending changed: keep the summary and the dirty free-map
+ * pages in step. */
+static void map_changed(mp_pager *p, uint64_t id)
+{
+    uint64_t w = id >> 6;
+    if (p->sum.mem)
+        summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    bitmap_set(p->chunk_dirty, id / p->chunk);
+}
+
+static void bit_take(mp_pager *p, uint64_t id)
+{
+    bitmap_set(p->bits, id);
+    map_changed(p, id);
+}
+
+static void bit_give(mp_pager *p, uint64_t id)
+{
+    bitmap_clear(p->bits, id);
+    map_changed(p, id);
+}
+
+/* Chunks (past chunk 0) that start below `total` pages. */
+static uint64_t chunks_below(const mp_pager *p, uint64_t total)
+{
+    return total > p->chunk ? (total - 1) / p->chunk : 0;
+}
+
+/* A growth target the layout accepts: never a chunk without its layout
+ * pages, never past the cap. */
+static uint64_t fit_total(const mp_pager *p, uint64_t t)
+{
+    uint64_t rem = t % p->chunk;
+    if (t > p->chunk && rem != 0 && rem < MP_LAYOUT_PAGES)
+        t += MP_LAYOUT_PAGES - rem;
+    return t > p->max_pages ? p->max_pages : t;
 }
 
 /* Make the file hold new_total pages: preallocate, make the size durable, map.
@@ -145,9 +208,13 @@ static int grow_to(mp_pager *p, uint64_t new_total)
     if (rc != MP_OK)
         return rc;
     uint64_t new_len = new_total * ps;
-    rc = os_grow_file(&p->map, p->total_pages * ps, new_len);
-    if (rc != MP_OK)
-        return rc;
+    /* A file left longer by an earlier crash is never cut back here: the
+     * mapping may already cover that length. */
+    if (p->preallocate || old_size < new_len) {
+        rc = os_grow_file(&p->map, p->total_pages * ps, new_len, p->preallocate);
+        if (rc != MP_OK)
+            return rc;
+    }
     /* The new size must be durable before a commit refers to the new pages,
      * or a crash could leave metadata counting pages past the end of file. */
     rc = os_sync_file(&p->map);
@@ -160,9 +227,77 @@ static int grow_to(mp_pager *p, uint64_t new_total)
         (void)os_shrink_file(&p->map, old_size);
         return rc;
     }
+    /* Each new chunk's four layout pages are taken at once. Its first
+     * free-map write goes to copy A (the committed copy is "B", which holds
+     * nothing). The other three must read as invalid before the commit that
+     * counts the chunk: past the old end of file they are zero already; a
+     * file left longer by an earlier crash may hold an unfinished commit's
+     * copies there, so those are zeroed and flushed. */
+    uint64_t first = chunks_below(p, p->total_pages) + 1;
+    uint64_t last = chunks_below(p, new_total);
+    note_words_used(p, new_total);
     p->free_count += new_total - p->total_pages;
     p->total_pages = new_total;
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t at = c * p->chunk;
+        for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++)
+            bit_take(p, at + i);
+        p->free_count -= MP_LAYOUT_PAGES;
+        bitmap_set(p->chunk_active, c);
+        bitmap_set(p->index_active, c - 1);
+        if ((at + 1) * ps < old_size) {
+            memset(pager_page_ptr(p, at + 1), 0, 3 * (size_t)ps);
+            if ((rc = os_flush_range(&p->map, (at + 1) * ps, 3 * ps)) != MP_OK) {
+                p->poisoned = 1;
+                return rc;
+            }
+        }
+    }
+    p->changed = 1;
     return MP_OK;
+}
+
+/* Pages the file gains by growing to t, net of new chunks' layout pages. */
+static uint64_t gained(const mp_pager *p, uint64_t t)
+{
+    return (t - p->total_pages) -
+           MP_LAYOUT_PAGES * (chunks_below(p, t) - chunks_below(p, p->total_pages));
+}
+
+/* The next size: double until the step, then add the step. A v0.2 file
+ * stops once at the v0.2 cap, so it leaves the crate's layout only when it
+ * must. */
+static uint64_t next_total(const mp_pager *p, uint64_t t)
+{
+    uint64_t add = t < p->grow_step ? t : p->grow_step;
+    uint64_t n = t + (add ? add : 1);
+    if (t < p->chunk && n > p->chunk)
+        n = p->chunk;
+    return fit_total(p, n);
+}
+
+uint64_t pager_room(const mp_pager *p)
+{
+    return p->free_count - p->pending_count + gained(p, p->max_pages);
+}
+
+uint64_t pager_dir_block_limit(const mp_pager *p)
+{
+    uint64_t per = fmt_max_dir_blocks(p->page_size);
+    /* Index page k lives in chunk k + 1. */
+    return pager_extended(p) ? per * chunks_below(p, p->total_pages) : per;
+}
+
+int pager_grow_at_least(mp_pager *p, uint64_t pages)
+{
+    if (pages <= p->total_pages)
+        return MP_OK;
+    if (pages > p->max_pages)
+        return MP_EFILE_FULL;
+    uint64_t t = p->total_pages;
+    while (t < pages)
+        t = next_total(p, t);
+    return grow_to(p, fit_total(p, t));
 }
 
 /* Grow, by doubling as the crate does, until n pages are free; the last step
@@ -184,19 +319,18 @@ int pager_ensure_free(mp_pager *p, uint64_t n)
             return MP_OK;
     }
     uint64_t t = p->total_pages;
-    while (usable + (t - p->total_pages) < n && t < p->max_pages)
-        t = t * 2 > p->max_pages ? p->max_pages : t * 2;
-    if (usable + (t - p->total_pages) < n)
+    while (usable + gained(p, t) < n && t < p->max_pages)
+        t = next_total(p, t);
+    if (usable + gained(p, t) < n)
         return MP_EFILE_FULL;
     return grow_to(p, t);
 }
 
-/* Lowest page at or above start that is free and not pending. */
+/* Lowest page at or above start that is free and not pending; the summary
+ * makes this a few word reads however full the file is. */
 static uint64_t find_allocatable(const mp_pager *p, uint64_t start)
 {
-    if (p->pending_count == 0)
-        return bitmap_find_free(p->bits, start, p->total_pages);
-    return bitmap_find_free_masked(p->bits, p->pending, start, p->total_pages);
+    return summary_find_free(&p->sum, p->bits, p->pending, start, p->total_pages);
 }
 
 int pager_take_lowest(mp_pager *p, uint64_t *out_id)
@@ -211,7 +345,7 @@ int pager_take_lowest(mp_pager *p, uint64_t *out_id)
         if (id >= p->total_pages)
             return MP_ECORRUPT_METADATA;
     }
-    bitmap_set(p->bits, id);
+    bit_take(p, id);
     p->free_count--;
     p->hint = id + 1;
     p->changed = 1;
@@ -229,9 +363,15 @@ void pager_release_bit(mp_pager *p, uint64_t id)
          * new owner's writes must not reach it before then. */
         if (!bitmap_get(p->pending, id)) {
             bitmap_set(p->pending, id);
+            uint64_t w = id >> 6;
+            if (p->pending_count == 0 || w < p->pending_lo)
+                p->pending_lo = w;
+            if (p->pending_count == 0 || w > p->pending_hi)
+                p->pending_hi = w;
             p->pending_count++;
         }
     }
+    map_changed(p, id);
     if (id < p->hint)
         p->hint = id;
 }
@@ -258,6 +398,111 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
     return rc;
 }
 
+/* The chosen copy of an extended-layout page pair (a chunk's free-map page,
+ * or a directory-index page): the valid copy with the highest generation not
+ * above the committed one. Returns -1 when neither is valid. */
+static int pick_copy(uint64_t gen_a, int ok_a, uint64_t gen_b, int ok_b)
+{
+    if (ok_a && ok_b)
+        return gen_b > gen_a ? 1 : 0;
+    return ok_a ? 0 : ok_b ? 1 : -1;
+}
+
+/* Loads chunks 1.. of the extended layout for the metadata copy of
+ * generation gen into p->bits (chunk 0 is loaded already) and checks that
+ * their free counts add up to the copy's. */
+static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t meta_free,
+                       uint64_t chunk0_free, uint32_t *dir_blocks)
+{
+    uint64_t free = chunk0_free;
+    uint64_t last = chunks_below(p, total);
+    for (uint64_t c = 1; c <= last; c++) {
+        mp_chunk_header h[2];
+        for (int w = 0; w < 2; w++)
+            fmt_chunk_check(pager_page_ptr(p, c * p->chunk + (uint64_t)w), p->page_size, c,
+                            total, gen, &h[w]);
+        int pick = pick_copy(h[0].generation, h[0].valid, h[1].generation, h[1].valid);
+        if (pick < 0)
+            return MP_ECORRUPT_METADATA;
+        if (pick)
+            bitmap_set(p->chunk_active, c);
+        else
+            bitmap_clear(p->chunk_active, c);
+        fmt_chunk_load_bits(pager_page_ptr(p, c * p->chunk + (uint64_t)pick), p->page_size, c,
+                            total, p->bits);
+        free += h[pick].free_count;
+        if (c == 1)
+            *dir_blocks = h[pick].dir_blocks;
+    }
+    return free == meta_free ? MP_OK : MP_ECORRUPT_METADATA;
+}
+
+/* The directory's block references in the extended layout, from its index
+ * pages (each read from a private copy: a writer may be rewriting one). */
+static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen)
+{
+    uint32_t per = fmt_max_dir_blocks(p->page_size);
+    if (count > pager_dir_block_limit(p))
+        return MP_ECORRUPT_DIRECTORY_INDEX;
+    int rc = dir_reserve(p, count);
+    if (rc != MP_OK)
+        return rc;
+    for (uint64_t k = 0; (uint64_t)k * per < count; k++) {
+        uint64_t at = (k + 1) * p->chunk + 2;
+        if (at + 1 >= p->total_pages)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+        uint64_t g[2] = {0, 0};
+        uint32_t n[2] = {0, 0};
+        int ok[2];
+        for (int w = 0; w < 2; w++) {
+            memcpy(p->scratch, pager_page_ptr(p, at + (uint64_t)w), p->page_size);
+            ok[w] = fmt_index_read(p->scratch, p->page_size, k, gen, &g[w], &n[w],
+                                   p->refs + k * per) == MP_OK;
+        }
+        int pick = pick_copy(g[0], ok[0], g[1], ok[1]);
+        uint32_t want = count - (uint32_t)(k * per) < per ? count - (uint32_t)(k * per) : per;
+        if (pick < 0 || n[pick] != want)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+        /* The last read filled refs from copy B; reread the pick if it is A. */
+        memcpy(p->scratch, pager_page_ptr(p, at + (uint64_t)pick), p->page_size);
+        if (fmt_index_read(p->scratch, p->page_size, k, gen, &g[pick], &n[pick],
+                           p->refs + k * per) != MP_OK || n[pick] != want)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+        if (pick)
+            bitmap_set(p->index_active, k);
+        else
+            bitmap_clear(p->index_active, k);
+    }
+    return MP_OK;
+}
+
+/* Clears the in-memory maps and loads the chosen copy's state into them. */
+static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
+                     uint32_t *dir_blocks)
+{
+    size_t bytes = (size_t)p->words_used * sizeof(uint64_t);
+    memset(p->bits, 0, bytes);
+    memset(p->system, 0, bytes);
+    memset(p->pending, 0, bytes);
+    size_t cw = (size_t)(bitmap_words(p->max_chunks) + 1) * sizeof(uint64_t);
+    memset(p->chunk_dirty, 0, cw);
+    memset(p->index_dirty, 0, cw);
+    memset(p->chunk_active, 0, cw);
+    memset(p->index_active, 0, cw);
+    p->pending_count = 0;
+    p->total_pages = h->total_pages;
+    p->generation = h->generation;
+    p->free_count = h->free_count;
+    note_words_used(p, p->total_pages);
+    uint64_t in0 = p->total_pages < p->chunk ? p->total_pages : p->chunk;
+    fmt_meta_load_bits(meta, in0, p->bits);
+    *dir_blocks = 0;
+    if (p->total_pages <= p->chunk)
+        return MP_OK;
+    uint64_t free0 = in0 - bitmap_count_set(p->bits, in0);
+    return load_chunks(p, p->total_pages, p->generation, h->free_count, free0, dir_blocks);
+}
+
 static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
                       mp_open_report *rep, int *page0_stale)
 {
@@ -268,12 +513,14 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
         return rc;
     if (sb.page_size_log2 != p->log2)
         return MP_ECORRUPT_SUPERBLOCK;
+    p->minor = sb.version_minor >= MP_MINOR_EXTENDED ? MP_MINOR_EXTENDED : MP_MINOR_V02;
+    uint64_t max_total = p->minor == MP_MINOR_EXTENDED ? p->max_pages
+                         : p->chunk < p->max_pages ? p->chunk : p->max_pages;
     uint64_t file_pages = file_len / p->page_size;
     mp_meta_header h[2];
     for (int c = 0; c < 2; c++) {
-        fmt_meta_check(snap + (1 + (uint64_t)c) * p->page_size, p->page_size, file_pages, &h[c]);
-        if (h[c].problem == MP_OK && h[c].total_pages > p->max_pages)
-            h[c].problem = MP_META_BAD_TOTAL;
+        fmt_meta_check(snap + (1 + (uint64_t)c) * p->page_size, p->page_size, file_pages,
+                       max_total, &h[c]);
         rep->generation[c] = h[c].generation;
         rep->meta_problem[c] = h[c].problem;
     }
@@ -291,35 +538,61 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     } else {
         chosen = ok1 ? 1u : 0u;
     }
+    /* In the extended layout a copy is only as good as the free-map pages
+     * its generation selects: if they fail, the other copy is tried. */
+    uint32_t dir_blocks = 0;
+    rc = load_meta(p, snap + (1 + (uint64_t)chosen) * p->page_size, &h[chosen], &dir_blocks);
+    if (rc != MP_OK) {
+        rep->meta_problem[chosen] = MP_META_BAD_FREE_MAP;
+        if (chosen ? !ok0 : !ok1)
+            return rc;
+        if (chosen)
+            ok1 = 0;
+        else
+            ok0 = 0;
+        chosen ^= 1u;
+        rc = load_meta(p, snap + (1 + (uint64_t)chosen) * p->page_size, &h[chosen], &dir_blocks);
+        if (rc != MP_OK) {
+            rep->meta_problem[chosen] = MP_META_BAD_FREE_MAP;
+            return rc;
+        }
+    }
     rep->chosen_copy = chosen;
     rep->flags = 0;
     if (!ok0)
         rep->flags |= MP_REC_META_A_DAMAGED;
     if (!ok1)
         rep->flags |= MP_REC_META_B_DAMAGED;
-    if (!sel_ok)
-        rep->flags |= MP_REC_SELECTOR_INVALID;
-    else if (sb.selector != chosen)
-        rep->flags |= MP_REC_SELECTOR_STALE;
-    if (sb.meta_checksum != MP_CRC_RESIDUE)
-        rep->flags |= MP_REC_META_CHECKSUM;
+    int extended = p->total_pages > p->chunk;
+    /* Page 0 names a copy only for the crate, which cannot read an extended
+     * file: there its selector is not kept current. */
+    if (!extended) {
+        if (!sel_ok)
+            rep->flags |= MP_REC_SELECTOR_INVALID;
+        else if (sb.selector != chosen)
+            rep->flags |= MP_REC_SELECTOR_STALE;
+        if (sb.meta_checksum != MP_CRC_RESIDUE)
+            rep->flags |= MP_REC_META_CHECKSUM;
+    }
     *page0_stale = (rep->flags & (MP_REC_SELECTOR_INVALID | MP_REC_SELECTOR_STALE |
                                   MP_REC_META_CHECKSUM)) != 0;
 
     p->active = chosen;
-    p->total_pages = h[chosen].total_pages;
-    p->generation = h[chosen].generation;
-    p->free_count = h[chosen].free_count;
-    size_t words = bitmap_words(p->max_pages) * sizeof(uint64_t);
-    memset(p->bits, 0, words);
-    memset(p->system, 0, words);
-    memset(p->pending, 0, words);
-    p->pending_count = 0;
     p->changed = p->index_changed = p->meta_unwritten = 0;
-    fmt_meta_load_bits(snap + (1 + (uint64_t)chosen) * p->page_size, p->total_pages, p->bits);
     p->hint = MP_RESERVED_PAGES;
+    if (p->sum.mem)
+        summary_rebuild(&p->sum, p->bits, p->pending, p->words_used);
 
     uint32_t count = 0;
+    if (extended) {
+        if ((rc = load_index_pages(p, dir_blocks, p->generation)) != MP_OK)
+            return rc;
+        count = dir_blocks;
+        p->dir_committed = count;
+        p->ext_committed = 1;
+        p->page0_stale = 0;
+        return dir_load(p, rep, count);
+    }
     if ((rc = fmt_dir_index_read(page0, p->page_size, &count, p->refs)) != MP_OK) {
         int dropped = 0;
         if (fmt_dir_index_recover(page0, p->page_size, &count, p->refs, p->scratch,
@@ -341,6 +614,8 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
         }
     }
     p->page0_stale = *page0_stale;
+    p->dir_committed = count;
+    p->ext_committed = 0;
     return dir_load(p, rep, count);
 }
 
@@ -380,6 +655,13 @@ int pager_load_committed(mp_pager *p, mp_open_report *rep)
     }
     free(pids);
     return MP_OK;
+}
+
+static void set_growth(mp_pager *p, const mp_options *opts)
+{
+    uint64_t step = opts->grow_step ? opts->grow_step : (uint64_t)1 << 30;
+    p->grow_step = step / p->page_size ? step / p->page_size : 1;
+    p->preallocate = !opts->sparse;
 }
 
 static int open_checked(const char *path, const mp_options *opts, uint32_t *want_size)
@@ -481,6 +763,13 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         return rc;
     }
     p->durability = opts->durability;
+    set_growth(p, opts);
+    /* Copies an unfinished commit left must go before this writer's commits
+     * raise the generation to theirs. */
+    if (!p->read_only && (rc = pager_clear_leftovers(p)) != MP_OK) {
+        pager_destroy(p);
+        return rc;
+    }
     if (!p->read_only && (p->changed || p->page0_stale || p->index_changed || dir_any_dirty(p))) {
         /* A writer commits the repairs open made to the directory, and brings
          * page 0 in line with the chosen state, so that the crate, which
@@ -527,13 +816,15 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     p->active = 0;
     p->hint = MP_RESERVED_PAGES;
     p->durability = opts->durability;
+    set_growth(p, opts);
+    note_words_used(p, p->total_pages);
     for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
-        bitmap_set(p->bits, i);
+        bit_take(p, i);
     uint8_t *buf = p->scratch;
-    if ((rc = os_grow_file(&p->map, 0, len)) != MP_OK)
+    if ((rc = os_grow_file(&p->map, 0, len, p->preallocate)) != MP_OK)
         goto fail;
     memset(buf, 0, ps);
-    fmt_superblock_write(buf, p->log2, 0);
+    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
     fmt_dir_index_write(buf, ps, 0, NULL);
     if ((rc = os_write_all(fd, buf, ps, 0)) != MP_OK)
         goto fail;
@@ -587,9 +878,8 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
         map_len = p->map.mapped;
     /* Load into fresh buffers; keep the old state if the file does not validate. */
     mp_pager saved = *p;
-    uint64_t words = bitmap_words(p->max_pages) + 1;
-    p->bits = calloc(words, sizeof(uint64_t));
-    p->system = calloc(words, sizeof(uint64_t));
+    p->bits = os_alloc_zeroed(p->map_bytes);
+    p->system = os_alloc_zeroed(p->map_bytes);
     p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
     p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
     p->dir_count = 0;
@@ -601,19 +891,21 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
     }
     if (rc != MP_OK) {
         dir_release(p);
-        free(p->bits);
-        free(p->system);
+        os_free_zeroed(p->bits, p->map_bytes);
+        os_free_zeroed(p->system, p->map_bytes);
         free(p->dirs);
         free(p->refs);
         mp_map map = p->map;
+        uint64_t words_used = p->words_used;
         *p = saved;
         p->map = map;
+        p->words_used = words_used > p->words_used ? words_used : p->words_used;
         return rc;
     }
     mp_pager old = saved;
     dir_release(&old);
-    free(old.bits);
-    free(old.system);
+    os_free_zeroed(old.bits, old.map_bytes);
+    os_free_zeroed(old.system, old.map_bytes);
     free(old.dirs);
     free(old.refs);
     return MP_OK;
@@ -632,6 +924,10 @@ int mp_pager_stats(const mp_pager *p, mp_stats *out)
     out->protected_count = p->protected_count;
     out->dir_blocks = p->dir_count;
     out->system_pages = p->system_count;
+    out->format_minor = p->minor;
+    out->chunk_pages = p->chunk;
+    out->layout_pages = MP_RESERVED_PAGES + MP_LAYOUT_PAGES * chunks_below(p, p->total_pages);
+    out->room = pager_room(p);
     return MP_OK;
 }
 
@@ -693,11 +989,11 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
             id = find_allocatable(p, MP_RESERVED_PAGES);
             if (id >= p->total_pages) {
                 for (uint64_t j = 0; j < i; j++)
-                    bitmap_clear(p->bits, out_ids[j]);
+                    bit_give(p, out_ids[j]);
                 return MP_ECORRUPT_METADATA;
             }
         }
-        bitmap_set(p->bits, id);
+        bit_take(p, id);
         out_ids[i] = id;
         at = id + 1;
     }
@@ -716,7 +1012,7 @@ static int check_freeable(const mp_pager *p, uint64_t id)
         return MP_ERESERVED_PAGE;
     if (id >= p->total_pages)
         return MP_EOUT_OF_BOUNDS;
-    if (bitmap_get(p->system, id))
+    if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
         return MP_ERESERVED_PAGE;
     if (!bitmap_get(p->bits, id))
         return MP_EDOUBLE_FREE;
@@ -771,7 +1067,7 @@ int mp_pager_check_page(const mp_pager *p, uint64_t id)
         return MP_ERESERVED_PAGE;
     if (id >= p->total_pages)
         return MP_EOUT_OF_BOUNDS;
-    if (bitmap_get(p->system, id))
+    if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
         return MP_ERESERVED_PAGE;
     return MP_OK;
 }
@@ -792,8 +1088,10 @@ int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start, uint64_t *o
                           : bitmap_find_set(p->system, NULL, at, p->total_pages);
         if (id >= p->total_pages)
             break;
-        out_ids[n++] = id;
         at = id + 1;
+        if (kind == MP_KIND_ALLOCATED && pager_is_layout_page(p, id))
+            continue;
+        out_ids[n++] = id;
     }
     *out_n = n;
     return MP_OK;

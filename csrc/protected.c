@@ -10,14 +10,17 @@
  *     change writes the block's other copy and flushes it (dir_write_dirty),
  *     and only the next commit flips the block to it (commit.c). A crash before
  *     that commit leaves the old copy named and intact.
- *   - While the metadata copies carry the directory record, a protected alloc,
- *     free or write is one commit with the bitmap change: nothing in between.
- *   - Without the record (near the layout's cap) the directory and the bitmap
- *     are committed separately: alloc_protected commits the directory first,
- *     free_protected the bitmap first. Either way a crash between the two
- *     leaves an entry whose pages are not both allocated, and an entry counts
- *     only if both its backing pages are allocated, so open drops it: no page
- *     is ever claimed by an entry and by the allocator at once, nothing leaks.
+ *   - In the v0.2 layout the directory (page 0) and the bitmap (a metadata
+ *     copy) are two commit points: alloc_protected commits the directory
+ *     first, free_protected the bitmap first. Either way a crash between the
+ *     two leaves an entry whose pages are not both allocated, and an entry
+ *     counts only if both its backing pages are allocated, so open drops it:
+ *     no page is ever claimed by an entry and by the allocator at once.
+ *   - In the extended layout the block references live in directory-index
+ *     pages committed with the free map by the metadata copy's flush, so a
+ *     protected alloc, free or write is one commit (commit.c); past page 0's
+ *     capacity the directory grows there, growing the file if the index page
+ *     it needs lies in a chunk the file does not reach yet.
  *   - Directory pages carry no generation, so a fallback to a block's other
  *     copy may be arbitrarily old: each of its entries must also match the CRC
  *     it recorded for its active page, or it is dropped as stale (fixture e12).
@@ -67,7 +70,34 @@ static uint64_t ref_page(const mp_dir_ref *r, int which)
 
 static int page_usable_for(const mp_pager *p, uint64_t id)
 {
-    return id >= MP_RESERVED_PAGES && id < p->total_pages;
+    return id < p->total_pages && !pager_is_layout_page(p, id);
+}
+
+int dir_reserve(mp_pager *p, uint64_t n)
+{
+    if (n <= p->dir_capacity)
+        return MP_OK;
+    if (n > UINT32_MAX / 2)
+        return MP_EDIRECTORY_FULL;
+    uint64_t cap = (uint64_t)p->dir_capacity * 2 > n ? (uint64_t)p->dir_capacity * 2 : n;
+    mp_dir_block *dirs = realloc(p->dirs, (size_t)cap * sizeof *dirs);
+    if (!dirs)
+        return MP_ENO_MEMORY;
+    memset(dirs + p->dir_capacity, 0, (size_t)(cap - p->dir_capacity) * sizeof *dirs);
+    p->dirs = dirs;
+    mp_dir_ref *refs = realloc(p->refs, (size_t)(cap + 1) * sizeof *refs);
+    if (!refs)
+        return MP_ENO_MEMORY;
+    memset(refs + p->dir_capacity + 1, 0, (size_t)(cap - p->dir_capacity) * sizeof *refs);
+    p->refs = refs;
+    p->dir_capacity = (uint32_t)cap;
+    return MP_OK;
+}
+
+void dir_ref_changed(mp_pager *p, uint64_t b)
+{
+    bitmap_set(p->index_dirty, b / fmt_max_dir_blocks(p->page_size));
+    p->index_changed = 1;
 }
 
 /* Checks an in-use entry against the file. Returns 0 when it may stand,
@@ -78,7 +108,7 @@ static int page_usable_for(const mp_pager *p, uint64_t id)
  * its directory commit and its bitmap commit. */
 static int page_in_file(const mp_pager *p, uint64_t id)
 {
-    return id >= MP_RESERVED_PAGES && id < p->map.mapped / p->page_size;
+    return id < p->map.mapped / p->page_size && !pager_is_layout_page(p, id);
 }
 
 static int page_allocated(const mp_pager *p, uint64_t id)
@@ -164,7 +194,7 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
             /* dirty doubles as "read from the fallback copy" until the
              * entries below are checked. */
             p->dirs[i].dirty = 1;
-            p->index_changed = 1;
+            dir_ref_changed(p, i);
             rep->dir_fallbacks++;
             rep->flags |= MP_REC_DIR_FALLBACK;
         }
@@ -227,7 +257,7 @@ void dir_flip_dirty(mp_pager *p)
         if (p->dirs[i].dirty) {
             p->refs[i].active ^= 1u;
             p->dirs[i].dirty = 0;
-            p->index_changed = 1;
+            dir_ref_changed(p, i);
         }
     }
 }
@@ -375,10 +405,21 @@ static void claim_system(mp_pager *p, const uint64_t *ids, uint64_t n)
 
 static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
 {
-    if (p->dir_count >= p->dir_capacity)
-        return MP_EDIRECTORY_FULL;
     uint32_t b = p->dir_count;
-    int rc = block_init(p, b);
+    int rc;
+    if (b >= pager_dir_block_limit(p)) {
+        /* Past page 0's capacity the directory lives in the extended
+         * layout's index pages; index page k sits in chunk k + 1. */
+        uint64_t per = fmt_max_dir_blocks(p->page_size);
+        rc = pager_grow_at_least(p, (b / per + 1) * p->chunk + MP_LAYOUT_PAGES);
+        if (rc == MP_EFILE_FULL)
+            return MP_EDIRECTORY_FULL;
+        if (rc != MP_OK)
+            return rc;
+    }
+    if ((rc = dir_reserve(p, (uint64_t)b + 1)) != MP_OK)
+        return rc;
+    rc = block_init(p, b);
     if (rc != MP_OK)
         return rc;
     /* The crate's order: dir_a, dir_b, data_a, data_b, lowest free first. */
@@ -409,7 +450,7 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
     p->dir_count++;
     claim_system(p, ids, 4);
     p->protected_count++;
-    p->index_changed = 1;
+    dir_ref_changed(p, b);
     p->changed = 1;
     /* Without the directory record, page 0 appends the block before the
      * bitmap commit: a crash in between leaves a trailing block on

@@ -377,7 +377,7 @@ int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids)
     /* The pager's own capacity rule, checked before any memory is reserved
      * for a request that cannot be met. */
     const mp_pager *p = s->p;
-    if (fresh > p->free_count + (p->max_pages - p->total_pages))
+    if (fresh > pager_room(p))
         return MP_EFILE_FULL;
     uint64_t *pages = NULL;
     if (fresh > 0) {

@@ -33,6 +33,7 @@ _META_PROBLEMS = {
     lib.MP_META_BAD_RESERVED: "pages 0-2 are not marked allocated",
     lib.MP_META_BITS_PAST_END: "it marks pages past its page count",
     lib.MP_META_BAD_FREE_COUNT: "its free count disagrees with its bitmap",
+    lib.MP_META_BAD_FREE_MAP: "a free-map page it needs is missing or damaged",
 }
 
 # Pagers alive in this process, so a fork child can mark them unusable.
@@ -167,6 +168,9 @@ class _PagerBase:
         stats = ffi.new("mp_stats *")
         raise_for_rc(lib.mp_pager_stats(handle, stats))
         self._page_size = int(stats.page_size)
+        # Pages per free-map chunk: in the extended layout each chunk past the
+        # first starts with four layout pages, refused like reserved ones.
+        self._chunk = int(stats.chunk_pages)
         base = ffi.new("uint8_t **")
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
@@ -208,6 +212,7 @@ class _PagerBase:
         self._free_count = int(stats.free_count)
         self._dir_blocks = int(stats.dir_blocks)
         self._max_pages = int(stats.max_pages)
+        self._format_minor = int(stats.format_minor)
         if self._page_count * self._page_size > self._mv_len:
             self._bind_views()
 
@@ -230,6 +235,7 @@ class _PagerBase:
         if (
             type(page_id) is int
             and 3 <= page_id < self._page_count
+            and (page_id < self._chunk or page_id % self._chunk >= 4)
             and page_id not in self._system
             and mv is not None
             and not self._forked
@@ -321,6 +327,26 @@ class _PagerBase:
             self._usable()
             self._refresh_stats()
             return self._page_count
+
+    @property
+    def format_version(self) -> str:
+        """The file's layout: ``"0.2"`` (the Rust crate's) or ``"0.3"`` (extended).
+
+        A file moves to ``"0.3"`` when it grows past what v0.2 can describe
+        (``(page_size - 28) * 8`` pages); the Rust crate refuses such a file.
+        """
+        with self._lock:
+            self._usable()
+            self._refresh_stats()
+            return f"0.{self._format_minor}"
+
+    @property
+    def max_pages(self) -> int:
+        """The most pages this file can hold here (the reserved address range)."""
+        with self._lock:
+            self._usable()
+            self._refresh_stats()
+            return self._max_pages
 
     @property
     def free_page_count(self) -> int:

@@ -60,11 +60,11 @@ class Unavailable(MappedPageError):
 
 
 class FileFull(MappedPageError):
-    """The file cannot grow further in its layout."""
+    """The file cannot grow further: past ``max_pages``, the address range reserved for it."""
 
 
 class DirectoryFull(MappedPageError):
-    """Page 0 has no room for another protected-page directory block."""
+    """No room for another protected-page directory block (the file cannot grow to hold it)."""
 
 
 class WriterOpen(MappedPageError):
@@ -99,8 +99,14 @@ ERRORS: dict[int, tuple[type[Exception], str]] = {
         Unavailable,
         "a flush failed earlier, so the on-disk state is unknown; reopen the file",
     ),
-    lib.MP_EFILE_FULL: (FileFull, "the file cannot grow further in the v0.2 layout"),
-    lib.MP_EDIRECTORY_FULL: (DirectoryFull, "no room for another directory block in page 0"),
+    lib.MP_EFILE_FULL: (
+        FileFull,
+        "the file cannot grow further (past max_pages, the address range reserved for it)",
+    ),
+    lib.MP_EDIRECTORY_FULL: (
+        DirectoryFull,
+        "no room for another directory block (the file cannot grow to hold it)",
+    ),
     lib.MP_ELOCKED: (Locked, "another writer holds the file's lock"),
     lib.MP_EWRITER_OPEN: (WriterOpen, "a writer is open on this protected page"),
     lib.MP_EINVALID_ARGUMENT: (ValueError, "invalid argument"),

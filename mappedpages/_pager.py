@@ -56,8 +56,16 @@ DURABILITY_MODES = {
 }
 
 
+DEFAULT_GROW_STEP = 1 << 30
+
+
 def _options(
-    page_size: int, lock_timeout: float, read_only: bool, durability: str = "compat"
+    page_size: int,
+    lock_timeout: float,
+    read_only: bool,
+    durability: str = "compat",
+    grow_step: int = DEFAULT_GROW_STEP,
+    preallocate: bool = True,
 ) -> Any:
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
         raise TypeError("lock_timeout must be a number of seconds")
@@ -72,6 +80,12 @@ def _options(
     opts.read_only = 1 if read_only else 0
     opts.lock_timeout = float(lock_timeout)
     opts.durability = DURABILITY_MODES[durability]
+    if isinstance(grow_step, bool) or not isinstance(grow_step, int):
+        raise TypeError(f"grow_step must be an int (bytes), not {type(grow_step).__name__}")
+    if grow_step < 1 or grow_step >= 1 << 64:
+        raise ValueError(f"grow_step must be a positive number of bytes, not {grow_step}")
+    opts.grow_step = grow_step
+    opts.sparse = 0 if preallocate else 1
     return opts
 
 
@@ -133,18 +147,21 @@ class Pager(_PagerBase):
         *,
         lock_timeout: float = 0.0,
         durability: str = "compat",
+        grow_step: int = DEFAULT_GROW_STEP,
+        preallocate: bool = True,
     ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
         ``page_size`` must be a power of two of at least 1024 (else
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
-        lock is taken as for :meth:`open`; ``durability`` as for :meth:`open`.
+        lock is taken as for :meth:`open`; ``durability``, ``grow_step`` and
+        ``preallocate`` as for :meth:`open`.
         """
         size = _check_page_size(page_size, allow_none=False)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
-        opts = _options(size, lock_timeout, False, durability)
+        opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
         raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
@@ -158,6 +175,8 @@ class Pager(_PagerBase):
         *,
         lock_timeout: float = 0.0,
         durability: str = "compat",
+        grow_step: int = DEFAULT_GROW_STEP,
+        preallocate: bool = True,
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
@@ -175,12 +194,21 @@ class Pager(_PagerBase):
         brought up to date at ``sync()``, ``close()`` and the next writer's
         open); ``"none"``, at ``sync()`` or ``close()`` (no flush per commit; a
         crash loses the commits since, never consistency).
+
+        When no page is free the file grows: it doubles until it is
+        ``grow_step`` bytes (default 1 GiB), then grows by ``grow_step``. A
+        file stays in the Rust crate's v0.2 layout while it fits; past that it
+        moves, in one crash-safe commit, to the extended layout (format 0.3).
+        ``preallocate=True`` (default) gives new pages real disk blocks
+        (``posix_fallocate``), so a full disk is an ``OSError`` here;
+        ``preallocate=False`` grows the file sparsely, and then a write through
+        a view to a page on a full disk kills the process with ``SIGBUS``.
         """
         size = _check_page_size(page_size, allow_none=True)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
-        opts = _options(size, lock_timeout, False, durability)
+        opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
         raise_for_rc(lib.mp_pager_open(raw, opts, out, report), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
@@ -285,12 +313,12 @@ class Pager(_PagerBase):
             if n == 0:
                 return None if out is not None else []
             self._refresh_stats()
-            room = self._free_count + (self._max_pages - self._page_count)
+            room = int(self._stats.room)
             if n > room:
                 # Checked before the id buffer is allocated, so a huge n costs nothing.
                 raise FileFull(
                     f"alloc_bulk({n}): the file can hold only {room} more pages "
-                    f"in the v0.2 layout ({self._max_pages} in all)"
+                    f"({self._max_pages} pages in all, the address range reserved for it)"
                 )
             buf = ffi.new("uint64_t[]", n) if target is None else target
             self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf), "alloc_bulk")
