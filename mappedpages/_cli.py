@@ -3,10 +3,11 @@
 Commands:
 
 ``info FILE``
-    Format version, page size, page count, free count, both metadata copies
-    (generation, valid or not, which one is in use), directory blocks,
-    protected pages, the largest free run and fragmentation. ``--json`` prints
-    the same as one JSON object.
+    Format version and layout (the Rust crate's v0.2, or this library's
+    extended layout 0.3), page size, page count, free count, both metadata
+    copies (generation, valid or not, which one is in use), the free-map
+    chunks of an extended file, directory blocks, protected pages, the largest
+    free run and fragmentation. ``--json`` prints the same as one JSON object.
 ``check FILE``
     Opens the file as a reader and reports every problem the library finds:
     metadata copies, page 0, directory pages, protected pages whose content no
@@ -18,9 +19,10 @@ Commands:
     nothing more.
 ``map FILE``
     One cell per page (or per run of pages in a large file), coloured by what
-    the page is: reserved, metadata, directory, protected backing, allocated
-    or free. In the terminal with block characters (and colour when the
-    terminal has it), or as an SVG picture with ``--svg OUT.svg``.
+    the page is: reserved, metadata, free map and directory index (the
+    extended layout's pages), directory, protected backing, allocated or free.
+    In the terminal with block characters (and colour when the terminal has
+    it), or as an SVG picture with ``--svg OUT.svg``.
 ``demo``
     Creates a pager file in a temporary directory, allocates, writes, frees,
     reopens and verifies.
@@ -30,6 +32,14 @@ Commands:
 The tool reads page 0's 20-byte superblock itself (to name the format version
 and to tell a file that is not a pager file from a damaged one); everything
 else it learns from the library, as any reader would.
+
+A file stays in the v0.2 layout while it has at most C = (page_size - 28) * 8
+pages (what one metadata bitmap describes). A file that grows past that moves
+to the extended layout (superblock minor 3 and the mark ``EXT`` at bytes
+13-15): the metadata copies then hold the bitmap of chunk 0 (pages [0, C)),
+and every further chunk i (pages [i*C, (i+1)*C)) starts with four layout pages
+of its own: free-map copies A and B (i*C, i*C+1) and directory-index copies A
+and B (i*C+2, i*C+3).
 """
 
 from __future__ import annotations
@@ -71,14 +81,34 @@ _MAGIC = b"MPPG"
 _CRC_RESIDUE = 0x2144DF1C
 _RESERVED_PAGES = 3
 _MIN_LOG2, _MAX_LOG2 = 10, 30
+_MINOR_V02, _MINOR_EXTENDED = 2, 3
+_EXTENDED_MARK = b"EXT"  # page 0 bytes 13-15 of an extended-layout (0.3) file
+_LAYOUT_PAGES = 4  # per chunk past the first: free map A, B; directory index A, B
+_MAX_LISTED = 8  # chunks named one by one in `info`
 
 # Kinds of page, in the order of the legend. The code is the index.
-RESERVED, METADATA, DIRECTORY, PROTECTED, ALLOCATED, FREE = range(6)
-KIND_NAMES = ("reserved", "metadata", "directory", "protected backing", "allocated", "free")
-_SVG_COLOURS = ("#4b5563", "#8b5cf6", "#f59e0b", "#10b981", "#3b82f6", "#e5e7eb")
-_ANSI_COLOURS = ("90", "35", "33", "32", "34", "37")
-_GLYPHS = ("▚", "▞", "▒", "▓", "█", "░")
-_ASCII_GLYPHS = ("R", "M", "D", "P", "#", ".")
+RESERVED, METADATA, FREEMAP, DIRINDEX, DIRECTORY, PROTECTED, ALLOCATED, FREE = range(8)
+KIND_NAMES = (
+    "reserved",
+    "metadata",
+    "free map",
+    "directory index",
+    "directory",
+    "protected backing",
+    "allocated",
+    "free",
+)
+# The extended layout's pages take the colours of their v0.2 relatives, lighter:
+# a free-map page is a chunk's metadata bitmap, a directory-index page the
+# directory's list of blocks.
+_SVG_COLOURS = (
+    "#4b5563", "#8b5cf6", "#c4b5fd", "#fcd34d", "#f59e0b", "#10b981", "#3b82f6", "#e5e7eb"
+)
+_ANSI_COLOURS = ("90", "35", "95", "93", "33", "32", "34", "37")
+_GLYPHS = ("▚", "▞", "▜", "▙", "▒", "▓", "█", "░")
+_ASCII_GLYPHS = ("R", "M", "F", "I", "D", "P", "#", ".")
+# Kinds a page of the layout itself can be (not handed out by alloc).
+_LAYOUT_KINDS = (RESERVED, METADATA, FREEMAP, DIRINDEX)
 
 # Report flags that a writer's open repairs (page 0 rewritten, directory repairs committed).
 _REPAIRABLE_FLAGS = frozenset(
@@ -125,11 +155,17 @@ class Superblock:
     page_size_log2: int
     selector: int
     meta_checksum: int
+    mark: bytes = b"\0\0\0"
 
     @property
     def version_text(self) -> str:
         """The four version bytes, dotted: ``0.2.0.0``."""
         return ".".join(str(v) for v in self.version)
+
+    @property
+    def extended(self) -> bool:
+        """Page 0 says the extended layout: minor 3 with the ``EXT`` mark."""
+        return self.version[1] == _MINOR_EXTENDED and self.mark == _EXTENDED_MARK
 
 
 def _display(path: str) -> str:
@@ -174,12 +210,19 @@ def read_superblock(path: str) -> Superblock:
             EXIT_UNREADABLE,
             f"{name}: only {len(head)} bytes, shorter than a mappedpages superblock",
         )
-    major, minor = head[4], head[5]
-    if major != 0 or minor > 2:
+    major, minor, mark = head[4], head[5], head[13:16]
+    if major != 0 or minor > _MINOR_EXTENDED:
         raise CliError(
             EXIT_UNREADABLE,
-            f"{name}: format version {major}.{minor} is not one this library reads "
-            "(0.2 and older)",
+            f"{name}: format version {major}.{minor} is not a version this library reads "
+            "(0.2 and older, and its extended layout 0.3)",
+        )
+    if minor == _MINOR_EXTENDED and mark != _EXTENDED_MARK:
+        # Minor 3 alone may be the Rust crate's own next version, not this library's.
+        raise CliError(
+            EXIT_UNREADABLE,
+            f"{name}: format version 0.3 without the extended-layout mark (page 0 bytes "
+            f"13-15 are {mark.hex(' ')}, not 'EXT') is not a version this library reads",
         )
     return Superblock(
         file_size=st.st_size,
@@ -187,6 +230,7 @@ def read_superblock(path: str) -> Superblock:
         page_size_log2=int.from_bytes(head[8:12], "little"),
         selector=head[12],
         meta_checksum=int.from_bytes(head[16:20], "little"),
+        mark=bytes(mark),
     )
 
 
@@ -248,10 +292,34 @@ class Layout:
     protected: dict[int, tuple[int, int]]
     allocated: int
     conflicts: list[str] = field(default_factory=list)
+    format_minor: int = _MINOR_V02
+    chunk_pages: int = 0
+    layout_pages: int = _RESERVED_PAGES
 
     def count(self, kind: int) -> int:
         """Pages of one kind."""
         return self.kinds.count(kind)
+
+    @property
+    def chunks(self) -> int:
+        """Free-map chunks of ``chunk_pages`` pages that hold a page of the file.
+
+        1 in the v0.2 layout (the metadata bitmap is chunk 0); in the extended
+        layout every chunk past the first has free-map and directory-index pages.
+        """
+        if self.chunk_pages <= 0 or self.page_count <= self.chunk_pages:
+            return 1
+        return (self.page_count - 1) // self.chunk_pages + 1
+
+    @property
+    def extended(self) -> bool:
+        """The file is in the extended state: past v0.2's cap, so chunks past the first."""
+        return self.chunks > 1
+
+    def chunk_layout_pages(self, chunk: int) -> tuple[int, int, int, int]:
+        """Chunk ``chunk``'s (>= 1) free-map copies A, B and directory-index copies A, B."""
+        first = chunk * self.chunk_pages
+        return first, first + 1, first + 2, first + 3
 
     def free_runs(self) -> list[tuple[int, int]]:
         """Every run of free pages as (first page, length), in page order."""
@@ -273,7 +341,7 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
     owner: dict[int, str] = {}
 
     def claim(page: int, kind: int, what: str) -> None:
-        if page < _RESERVED_PAGES and kind not in (RESERVED, METADATA):
+        if page < _RESERVED_PAGES and kind not in _LAYOUT_KINDS:
             conflicts.append(f"{what} names page {page}, one of the reserved pages 0-2")
             return
         if page >= count:
@@ -289,6 +357,22 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
     claim(0, RESERVED, "the superblock")
     claim(1, METADATA, "metadata copy A")
     claim(2, METADATA, "metadata copy B")
+    chunk_pages = int(stats.chunk_pages)
+    # Chunks past the first exist only in the extended state (count > chunk_pages);
+    # each starts with its layout pages, none of which the library lists.
+    chunks = (count - 1) // chunk_pages + 1 if 0 < chunk_pages < count else 1
+    for chunk in range(1, chunks):
+        first = chunk * chunk_pages
+        claim(first, FREEMAP, f"the free-map page of chunk {chunk} (copy A)")
+        claim(first + 1, FREEMAP, f"the free-map page of chunk {chunk} (copy B)")
+        claim(first + 2, DIRINDEX, f"directory-index page {chunk - 1} (copy A)")
+        claim(first + 3, DIRINDEX, f"directory-index page {chunk - 1} (copy B)")
+    layout_pages = int(stats.layout_pages)
+    if layout_pages != _RESERVED_PAGES + _LAYOUT_PAGES * (chunks - 1):
+        conflicts.append(
+            f"the library counts {layout_pages} layout pages, but {chunks} chunk(s) of "
+            f"{chunk_pages} pages have {_RESERVED_PAGES + _LAYOUT_PAGES * (chunks - 1)}"
+        )
     pair = ffi.new("uint64_t[2]")
     blocks: list[tuple[int, int]] = []
     for block in range(int(stats.dir_blocks)):
@@ -327,12 +411,15 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
         protected=protected,
         allocated=allocated,
         conflicts=conflicts,
+        format_minor=int(stats.format_minor),
+        chunk_pages=chunk_pages,
+        layout_pages=layout_pages,
     )
     free_seen = layout.count(FREE)
     if not conflicts and free_seen != layout.free_count:
         conflicts.append(
             f"the metadata counts {layout.free_count} free pages, but {free_seen} pages "
-            "are neither reserved, allocated nor the pager's own"
+            "are neither the layout's, allocated nor the pager's own"
         )
     return layout
 
@@ -340,8 +427,35 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
 # ---------------------------------------------------------------- info
 
 
-def _mib(n_bytes: int) -> str:
-    return f"{n_bytes / (1 << 20):.1f} MiB"
+def _size_text(n_bytes: int) -> str:
+    """A byte count in the largest binary unit it fills: ``16.0 TiB``."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n_bytes >= 1 << shift:
+            return f"{n_bytes / (1 << shift):.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def _layout_name(minor: int, extended: bool) -> str:
+    """The file's layout in a few words, for ``check``'s summary."""
+    if minor < _MINOR_EXTENDED:
+        return "v0.2 layout"
+    return "extended layout" if extended else "extended layout, still within v0.2's cap"
+
+
+def _format_text(data: dict[str, Any]) -> str:
+    """``info``'s format row: the layout, what reads it, and the version bytes."""
+    version = f"version bytes {data['format_version']}"
+    if data["format_layout"] != "0.3":
+        return f"mappedpages v0.2 layout (the Rust crate's); {version}"
+    if data["extended"]:
+        return (
+            f"extended layout 0.3 (past v0.2's cap; the Rust crate refuses it); "
+            f"{version}, mark 'EXT'"
+        )
+    return (
+        "extended layout 0.3, still within v0.2's cap (an upgrade cut short: its pages are "
+        f"read as v0.2's; the Rust crate refuses it); {version}, mark 'EXT'"
+    )
 
 
 def _ids_text(ids: list[int], limit: int = 16) -> str:
@@ -374,17 +488,28 @@ def info_data(path: str) -> dict[str, Any]:
             "problem": problems.get(copy),
             "in_use": copy == chosen,
         }
+    chunks = range(1, layout.chunks)
     return {
         "path": path,
         "format_version": sb.version_text,
+        "format_layout": f"0.{layout.format_minor}",
+        "extended": layout.extended,
         "file_size": sb.file_size,
         "page_size": layout.page_size,
         "page_count": layout.page_count,
         "free_count": free,
         "max_pages": layout.max_pages,
+        "chunk_pages": layout.chunk_pages,
+        "chunks": layout.chunks,
+        "layout_pages": layout.layout_pages,
         "counts": {KIND_NAMES[k]: layout.count(k) for k in range(len(KIND_NAMES))},
         "metadata": copies,
+        "free_map_pages": [list(layout.chunk_layout_pages(c)[:2]) for c in chunks],
+        "directory_index_pages": [list(layout.chunk_layout_pages(c)[2:]) for c in chunks],
         "page0_selects": "AB"[sb.selector] if sb.selector in (0, 1) else sb.selector,
+        # The extended layout does not keep page 0's selector current (only the crate,
+        # which refuses such a file, would read it).
+        "page0_selector_kept": not layout.extended,
         "directory_blocks": [list(pair) for pair in layout.dir_blocks],
         "protected_pages": {str(pid): list(pair) for pid, pair in layout.protected.items()},
         "free_runs": len(runs),
@@ -399,7 +524,7 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
     rows: list[tuple[str, str]] = []
     ps = data["page_size"]
     rows.append(("file", _display(data["path"])))
-    rows.append(("format", f"mappedpages v0.2 layout (version bytes {data['format_version']})"))
+    rows.append(("format", _format_text(data)))
     extra = data["file_size"] - data["page_count"] * ps
     size = f"{data['file_size']} bytes"
     if extra > 0:
@@ -407,24 +532,72 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
     rows.append(("file size", size))
     rows.append(("page size", f"{ps} bytes"))
     counts = data["counts"]
+    layout_kinds = {KIND_NAMES[FREEMAP], KIND_NAMES[DIRINDEX]}
+    shown = [n for n in KIND_NAMES if counts[n] or n not in layout_kinds or data["extended"]]
     rows.append(
         (
             "pages",
-            f"{data['page_count']}: "
-            + ", ".join(f"{counts[name]} {name}" for name in KIND_NAMES),
+            f"{data['page_count']}: " + ", ".join(f"{counts[name]} {name}" for name in shown),
         )
     )
     rows.append(("free pages", str(data["free_count"])))
-    rows.append(
-        ("capacity", f"{data['max_pages']} pages in this layout ({_mib(data['max_pages'] * ps)})")
+    chunk = data["chunk_pages"]
+    capacity = (
+        f"{data['max_pages']} pages ({_size_text(data['max_pages'] * ps)}): the address range "
+        "a pager reserves for the file here"
     )
+    if not data["extended"]:
+        move = (
+            "finishes its move to the extended layout"
+            if data["format_layout"] == "0.3"
+            else "moves to the extended layout 0.3"
+        )
+        capacity += (
+            f"; the v0.2 layout holds at most {chunk} pages: a file that grows past that {move}"
+        )
+    rows.append(("capacity", capacity))
     for copy in ("A", "B"):
         m = data["metadata"][copy]
         state = "valid" if m["valid"] else f"DAMAGED: {m['problem']}"
         use = ", in use (the newest valid copy)" if m["in_use"] else ""
         rows.append((f"metadata {copy}", f"page {m['page']}, generation {m['generation']}, "
                      f"{state}{use}"))
-    rows.append(("page 0 selects", f"copy {data['page0_selects']}"))
+    if data["extended"]:
+        maps = data["free_map_pages"]
+        listed = "; ".join(
+            f"chunk {i} on pages {a} and {b}" for i, (a, b) in enumerate(maps[:_MAX_LISTED], 1)
+        )
+        more = f"; ... ({len(maps) - _MAX_LISTED} more)" if len(maps) > _MAX_LISTED else ""
+        rows.append(
+            (
+                "free map",
+                f"{data['chunks']} chunks of {chunk} pages: chunk 0's bitmap (pages 0-"
+                f"{chunk - 1}) in the metadata copies; {listed}{more}",
+            )
+        )
+        index = data["directory_index_pages"]
+        listed = "; ".join(
+            f"index page {k} on pages {a} and {b}"
+            for k, (a, b) in enumerate(index[:_MAX_LISTED])
+        )
+        more = f"; ... ({len(index) - _MAX_LISTED} more)" if len(index) > _MAX_LISTED else ""
+        rows.append(
+            (
+                "directory index",
+                f"{len(index)} page pair(s), one per chunk past the first: {listed}{more}; "
+                "the index in page 0 (as of the upgrade) is not read",
+            )
+        )
+        rows.append(
+            (
+                "page 0 selects",
+                f"copy {data['page0_selects']} (not kept current in the extended layout: "
+                "the copy in use is the valid one with the newest generation)",
+            )
+        )
+    else:
+        rows.append(("free map", f"in the metadata copies (one bitmap of up to {chunk} pages)"))
+        rows.append(("page 0 selects", f"copy {data['page0_selects']}"))
     blocks = data["directory_blocks"]
     if blocks:
         listed = "; ".join(f"block {i} on pages {a} and {b}" for i, (a, b) in enumerate(blocks))
@@ -544,8 +717,9 @@ def check_file(path: str) -> CheckResult:
                 "overwrites it (until then there is no older state to fall back to)"
             )
         summary = [
-            f"format version {sb.version_text}, page size {layout.page_size}, "
-            f"{layout.page_count} pages, {layout.free_count} free",
+            f"format version {sb.version_text} "
+            f"({_layout_name(layout.format_minor, layout.extended)}), page size "
+            f"{layout.page_size}, {layout.page_count} pages, {layout.free_count} free",
             f"metadata: copy A generation {gens.get('A')}, copy B generation {gens.get('B')}; "
             f"copy {chosen} in use",
             f"directory: {len(layout.dir_blocks)} block(s); protected pages: "
@@ -556,6 +730,14 @@ def check_file(path: str) -> CheckResult:
                 else ""
             ),
         ]
+        if layout.extended:
+            past = layout.chunks - 1
+            summary.insert(
+                2,
+                f"free map: {layout.chunks} chunks of {layout.chunk_pages} pages; chunk 0 in "
+                f"the metadata copies, {past} more with {_LAYOUT_PAGES * past} free-map and "
+                "directory-index pages",
+            )
     finally:
         reader.close()
     return CheckResult(problems, repairable, summary, notes)
@@ -652,8 +834,10 @@ def cells_of(layout: Layout, max_cells: int) -> tuple[list[int], int]:
     """Cut the pages into at most ``max_cells`` runs; return each run's kind and the run length.
 
     A run that holds one of the pager's few pages of its own (reserved,
-    metadata, directory) shows it, so that none disappears in a large file;
-    any other run shows its most common kind.
+    metadata, directory, and an extended file's free-map and directory-index
+    pages) shows it, so that none disappears in a large file; any other run
+    shows its most common kind. A run that holds a chunk's four layout pages
+    shows them as free map.
     """
     n = layout.page_count
     per = max(1, math.ceil(n / max(1, max_cells)))
@@ -663,12 +847,27 @@ def cells_of(layout: Layout, max_cells: int) -> tuple[list[int], int]:
     out = []
     for start in range(0, n, per):
         chunk = bytes(kinds[start : start + per])
-        rare = next((k for k in (DIRECTORY, RESERVED, METADATA) if k in chunk), None)
+        rare = next(
+            (k for k in (DIRECTORY, FREEMAP, DIRINDEX, RESERVED, METADATA) if k in chunk), None
+        )
         if rare is not None:
             out.append(rare)
         else:
             out.append(max((PROTECTED, ALLOCATED, FREE), key=chunk.count))
     return out, per
+
+
+def _map_title(layout: Layout, unit: str) -> str:
+    """The line under a map's file name: pages, free pages, layout, what a cell is."""
+    extended = (
+        f"extended layout, {layout.chunks} chunks of {layout.chunk_pages} pages; "
+        if layout.extended
+        else ""
+    )
+    return (
+        f"{layout.page_count} pages of {layout.page_size} bytes, {layout.free_count} free; "
+        f"{extended}one {unit}"
+    )
 
 
 def _rows(cells: list[int], columns: int) -> list[list[int]]:
@@ -697,10 +896,7 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
     shown = _display(path)
     name = _xml(shown)
     unit = "page" if per == 1 else f"run of {per} pages"
-    subtitle = (
-        f"{layout.page_count} pages of {layout.page_size} bytes, {layout.free_count} free; "
-        f"one square per {unit}"
-    )
+    subtitle = _map_title(layout, f"square per {unit}")
     width = max(left + columns * pitch + 16, 16 + 9 * len(shown) + 16, 16 + 7 * len(subtitle))
     height = legend_top + 20 * len(KIND_NAMES) + 16
     parts = [
@@ -790,10 +986,7 @@ def render_text(
         return f"\x1b[{_ANSI_COLOURS[kind]}m{text}\x1b[0m" if colour else text
 
     unit = "page" if per == 1 else f"run of {per} pages"
-    lines = [
-        f"{_display(path)}: {layout.page_count} pages of {layout.page_size} bytes, "
-        f"{layout.free_count} free; one cell per {unit}"
-    ]
+    lines = [f"{_display(path)}: {_map_title(layout, f'cell per {unit}')}"]
     label = len(str(layout.page_count))
     for r, row in enumerate(_rows(cells, columns)):
         text = []

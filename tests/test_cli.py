@@ -614,3 +614,223 @@ def test_main_in_process_output(tmp_path, capsys):
     shutil.copy(path, tmp_path / "g.mpp")
     assert cli.main(["info", "--json", str(tmp_path / "g.mpp")]) == 0
     assert json.loads(capsys.readouterr().out)["page_size"] == 4096
+
+
+# ---------------------------------------------------------------- the extended layout (0.3)
+
+CHUNK_1K = (1024 - 28) * 8  # pages per free-map chunk at 1 KiB: v0.2's cap
+
+
+def make_extended_file(path, n=9000):
+    """A 1 KiB-page file grown past v0.2's cap: in the extended layout (minor 3, 'EXT')."""
+    with Pager.create(path, page_size=1024) as p:
+        ids = p.alloc_bulk(n)
+        prot = [p.alloc_protected() for _ in range(2)]
+        with p.write_protected(prot[0]) as w:
+            w.page[:5] = b"hello"
+        p.free_bulk(ids[100:200])
+        p.sync()
+        assert p.format_version == "0.3"
+        assert p.page_count > CHUNK_1K
+    return path
+
+
+def _ext_chunks(page_count):
+    return (page_count - 1) // CHUNK_1K + 1
+
+
+def test_info_extended_file(tmp_path):
+    path = make_extended_file(tmp_path / "ext.mpp")
+    assert read_at(path, 5, 1) == b"\x03" and read_at(path, 13, 3) == b"EXT"
+    r = run("info", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for words in (
+        "extended layout 0.3 (past v0.2's cap; the Rust crate refuses it)",
+        "version bytes 0.3.0.0",
+        "2 free map, 2 directory index",
+        "free map",
+        f"2 chunks of {CHUNK_1K} pages",
+        f"chunk 1 on pages {CHUNK_1K} and {CHUNK_1K + 1}",
+        f"index page 0 on pages {CHUNK_1K + 2} and {CHUNK_1K + 3}",
+        "not kept current in the extended layout",
+        "the address range",
+    ):
+        assert words in out, (words, out)
+    assert "in this layout" not in out
+    assert "conflict" not in out
+    r = run("info", "--json", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    with ReadOnlyPager.open(path) as p:
+        assert data["page_count"] == p.page_count
+        assert data["free_count"] == p.free_page_count
+        assert data["max_pages"] == p.max_pages
+        assert data["counts"]["allocated"] == len(list(p.allocated_pages()))
+        assert p.format_version == "0.3"
+    assert data["format_version"] == "0.3.0.0"
+    assert data["format_layout"] == "0.3"
+    assert data["extended"] is True
+    assert data["chunk_pages"] == CHUNK_1K
+    assert data["chunks"] == _ext_chunks(data["page_count"]) == 2
+    assert data["layout_pages"] == 3 + 4 == 7
+    assert data["counts"]["free map"] == 2
+    assert data["counts"]["directory index"] == 2
+    assert data["counts"]["reserved"] == 1 and data["counts"]["metadata"] == 2
+    assert data["counts"]["protected backing"] == 4
+    # Every page is counted once, and the free pages add up to the metadata's count.
+    assert sum(data["counts"].values()) == data["page_count"]
+    assert data["counts"]["free"] == data["free_count"]
+    assert data["free_map_pages"] == [[CHUNK_1K, CHUNK_1K + 1]]
+    assert data["directory_index_pages"] == [[CHUNK_1K + 2, CHUNK_1K + 3]]
+    assert data["page0_selector_kept"] is False
+    assert data["conflicts"] == [] and data["recovered_on_open"] == []
+
+
+def test_info_extended_file_with_three_chunks(tmp_path):
+    path = make_extended_file(tmp_path / "ext3.mpp", n=2 * CHUNK_1K + 100)
+    r = run("info", "--json", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    chunks = _ext_chunks(data["page_count"])
+    assert chunks >= 3 and data["chunks"] == chunks
+    assert data["layout_pages"] == 3 + 4 * (chunks - 1)
+    assert data["counts"]["free map"] == data["counts"]["directory index"] == 2 * (chunks - 1)
+    assert data["free_map_pages"] == [[i * CHUNK_1K, i * CHUNK_1K + 1] for i in range(1, chunks)]
+    assert sum(data["counts"].values()) == data["page_count"]
+    assert data["counts"]["free"] == data["free_count"]
+    r = run("check", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+
+
+def test_info_v02_file_names_its_layout(tmp_path):
+    path = make_file(tmp_path / "f.mpp", page_size=1024)
+    r = run("info", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "mappedpages v0.2 layout (the Rust crate's); version bytes 0.2.0.0" in r.stdout
+    assert f"the v0.2 layout holds at most {CHUNK_1K} pages" in r.stdout
+    assert "directory index" not in r.stdout  # no such page in a v0.2 file
+    data = json.loads(run("info", "--json", path, cwd=tmp_path).stdout)
+    assert data["format_layout"] == "0.2" and data["extended"] is False
+    assert data["chunk_pages"] == CHUNK_1K and data["chunks"] == 1
+    assert data["layout_pages"] == 3
+    assert data["counts"]["free map"] == data["counts"]["directory index"] == 0
+    assert data["free_map_pages"] == [] and data["directory_index_pages"] == []
+    assert data["page0_selector_kept"] is True
+
+
+def test_check_extended_file(tmp_path):
+    path = make_extended_file(tmp_path / "ext.mpp")
+    before = path.read_bytes()
+    r = run("check", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert r.stderr == ""
+    assert "format version 0.3.0.0 (extended layout)" in r.stdout
+    assert f"free map: 2 chunks of {CHUNK_1K} pages" in r.stdout
+    assert "2 with a matching CRC" in r.stdout
+    assert "ok: no problems found" in r.stdout
+    assert "problem" not in r.stdout.replace("no problems", "")
+    r = run("check", "--repair", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert path.read_bytes() == before
+
+
+def test_read_layout_classifies_the_layout_pages(tmp_path):
+    path = make_extended_file(tmp_path / "ext.mpp")
+    with ReadOnlyPager.open(path) as p:
+        layout = cli.read_layout(p)
+        allocated = set(p.allocated_pages())
+    assert layout.conflicts == []
+    assert layout.extended and layout.chunks == 2 and layout.format_minor == 3
+    assert layout.chunk_layout_pages(1) == (CHUNK_1K, CHUNK_1K + 1, CHUNK_1K + 2, CHUNK_1K + 3)
+    kinds = layout.kinds
+    assert kinds[CHUNK_1K : CHUNK_1K + 4] == bytes([cli.FREEMAP] * 2 + [cli.DIRINDEX] * 2)
+    assert not allocated & set(range(CHUNK_1K, CHUNK_1K + 4))
+    assert layout.count(cli.FREE) == layout.free_count
+
+
+def test_map_extended_file(tmp_path):
+    path = make_extended_file(tmp_path / "ext.mpp")
+    with ReadOnlyPager.open(path) as p:
+        count = p.page_count
+    # One cell per page: the layout pages sit at the start of chunk 1.
+    r = run("map", path, "--ascii", "--width", "64", "--cells", count, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "extended layout, 2 chunks" in lines[0]
+    cells = "".join(line.rsplit(" ", 1)[1] for line in lines[1:-1])
+    assert len(cells) == count
+    assert cells[CHUNK_1K : CHUNK_1K + 4] == "FFII"
+    assert cells.count("F") == 2 and cells.count("I") == 2
+    assert "F free map 2" in lines[-1] and "I directory index 2" in lines[-1]
+    # Runs of pages: the free-map pages stay visible.
+    r = run("map", path, "--ascii", "--width", "32", "--cells", "256", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "F" in "".join(line.rsplit(" ", 1)[1] for line in r.stdout.splitlines()[1:-1])
+    out = tmp_path / "ext.svg"
+    r = run("map", path, "--svg", out, "--cells", count, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    root, cells_svg, legend = _parse_svg(out)
+    assert len(cells_svg) == count
+    assert "free map: 2 pages" in legend
+    assert "directory index: 2 pages" in legend
+    titles = [t.text for t in root.iter(f"{SVG_NS}title")]
+    assert f"pages {CHUNK_1K}-{CHUNK_1K + 1}: free map" in titles
+    assert f"pages {CHUNK_1K + 2}-{CHUNK_1K + 3}: directory index" in titles
+    colours = {g.get("fill") for g in root.iter(f"{SVG_NS}g") if g.get("fill")}
+    assert cli._SVG_COLOURS[cli.FREEMAP] in colours
+    assert cli._SVG_COLOURS[cli.DIRINDEX] in colours
+    assert len(colours) == len(cli.KIND_NAMES)  # every kind appears
+    # Default SVG (runs of pages): still parses, free map still shown.
+    r = run("map", path, "--svg", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    root, cells_svg, _ = _parse_svg(out)
+    assert 0 < len(cells_svg) <= 4096
+    assert root.find(f".//{SVG_NS}g[@fill='{cli._SVG_COLOURS[cli.FREEMAP]}']") is not None
+
+
+def _mark_minor_3(path, mark):
+    with open(path, "r+b") as fh:
+        fh.seek(5)
+        fh.write(b"\x03")
+        fh.seek(13)
+        fh.write(mark)
+
+
+@pytest.mark.parametrize("command", [["info"], ["info", "--json"], ["check"], ["map"]])
+def test_minor_3_without_the_mark_is_refused(tmp_path, command):
+    path = make_file(tmp_path / "m3.mpp", page_size=1024)
+    _mark_minor_3(path, b"\0\0\0")
+    before = path.read_bytes()
+    line = one_line_error(run(*command, path, cwd=tmp_path), 2)
+    assert "format version 0.3" in line
+    assert "not a version this library reads" in line
+    assert "'EXT'" in line
+    assert path.read_bytes() == before
+
+
+def test_minor_3_with_the_mark_within_the_cap(tmp_path):
+    # What a crash in the middle of the upgrade leaves: page 0 says 0.3 and 'EXT',
+    # the state is still a v0.2 one. Read exactly like v0.2.
+    path = make_file(tmp_path / "small3.mpp", page_size=1024)
+    _mark_minor_3(path, b"EXT")
+    sb = cli.read_superblock(str(path))
+    assert sb.extended and sb.version[1] == 3
+    r = run("info", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "extended layout 0.3, still within v0.2's cap" in r.stdout
+    data = json.loads(run("info", "--json", path, cwd=tmp_path).stdout)
+    assert data["format_layout"] == "0.3" and data["extended"] is False
+    assert data["counts"]["free map"] == 0 and data["chunks"] == 1
+    assert data["counts"]["free"] == data["free_count"]
+    r = run("check", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+
+
+def test_superblock_reader_on_an_extended_file(tmp_path):
+    path = make_extended_file(tmp_path / "ext.mpp")
+    sb = cli.read_superblock(str(path))
+    assert sb.version[:2] == (0, 3)
+    assert sb.mark == b"EXT" and sb.extended
+    assert sb.page_size_log2 == 10
+    assert not cli.read_superblock(str(make_file(tmp_path / "f.mpp"))).extended
