@@ -1,12 +1,21 @@
-"""Growth of the file, the layout's page cap, and the lifetime of page views."""
+"""Growth of the file, the v0.2 cap and the move past it, and the lifetime of page views."""
 
 from __future__ import annotations
 
 import gc
 import os
+import struct
 
 import pytest
-from conftest import check_valid_v02, force_close, max_pages, pattern, read_at, read_image
+from conftest import (
+    check_valid_v02,
+    check_valid_v03,
+    crc32,
+    force_close,
+    max_pages,
+    pattern,
+    read_at,
+)
 
 import mappedpages
 from mappedpages import Pager
@@ -171,45 +180,129 @@ def test_view_of_free_page_survives_growth(new_pager):
 # --------------------------------------------------------------------------
 
 
-def test_cap_reached_then_file_full(tmp_path):
+def committed_meta(path) -> tuple:
+    """(total_pages, generation, free_count) of the newest metadata copy with a good CRC.
+
+    Read straight from pages 1 and 2, whose header is the same in both layouts
+    (conftest's reader refuses a v0.2 bitmap longer than a page, i.e. 0.3 files).
+    """
+    copies = []
+    for i in (1, 2):
+        page = read_at(path, i * PS, PS)
+        if crc32(page[: PS - 4]) == struct.unpack_from("<I", page, PS - 4)[0]:
+            copies.append(struct.unpack_from("<QQQ", page, 0))
+    assert copies, "no metadata copy with a good CRC"
+    return max(copies, key=lambda c: c[1])
+
+
+def layout_pages(total: int) -> list:
+    """The layout pages of every chunk past chunk 0 that starts below `total`."""
+    return [c * CAP + j for c in range(1, (total - 1) // CAP + 1) for j in range(4)]
+
+
+def assert_v02_on_disk(path) -> None:
+    assert read_at(path, 5, 1) == b"\x02"
+    assert read_at(path, 13, 3) != b"EXT"
+
+
+def assert_extended_on_disk(path, total: int) -> None:
+    assert read_at(path, 5, 1) == b"\x03", "superblock minor byte"
+    assert read_at(path, 13, 3) == b"EXT", "extended-layout mark"
+    assert committed_meta(path)[0] == total
+    assert os.path.getsize(path) >= total * PS
+
+
+def assert_layout_pages_reserved(p, total: int) -> None:
+    lay = layout_pages(total)
+    assert lay, "no layout page to check"
+    allocated = set(p.allocated_pages())
+    for q in lay:
+        assert q not in allocated, q
+        with pytest.raises(mappedpages.ReservedPage):
+            p.page(q)
+        with pytest.raises(mappedpages.ReservedPage):
+            p.free(q)
+
+
+def test_cap_reached_then_upgrade(tmp_path):
+    """Growth stops once exactly at the v0.2 cap (the file stays v0.2, readable by
+    the crate); the next growth moves it to the extended layout, whose layout pages
+    (CAP .. CAP + 3) are never handed out."""
     assert CAP == 7968
     path = tmp_path / "cap.mpp"
     with Pager.create(path, page_size=PS) as p:
+        assert p.format_version == "0.2"
         ids = p.alloc_bulk(4000)
         assert ids == list(range(3, 4003))
         assert p.page_count == 4096
         rest = CAP - 4003
-        gen = read_image(path).newest().generation
-        with pytest.raises(mappedpages.FileFull):
-            p.alloc_bulk(rest + 1)
-        assert p.page_count == 4096
-        assert read_image(path).newest().generation == gen
+        gen = committed_meta(path)[1]
         more = p.alloc_bulk(rest)
         assert more == list(range(4003, CAP))
-        assert p.page_count == CAP  # the last growth stops at the cap
+        assert p.page_count == CAP  # the last v0.2 growth stops at the cap, not 8192
         assert p.free_page_count == 0
-        write_pattern(p, CAP - 1)
-        with pytest.raises(mappedpages.FileFull):
-            p.alloc()
-        with pytest.raises(mappedpages.FileFull):
-            p.alloc_bulk(1)
+        assert p.format_version == "0.2"
+        assert committed_meta(path)[1] == gen + 1
+        assert os.path.getsize(path) == CAP * PS
+        assert_v02_on_disk(path)
+        check_valid_v02(path, allocated=list(range(3, CAP)))
+        written = [3, 4002, 4003, CAP - 2, CAP - 1]
+        for k in written:
+            write_pattern(p, k)
         assert p.alloc_bulk(0) == []
-        assert p.page_count == CAP
-    assert os.path.getsize(path) == CAP * PS
-    check_valid_v02(path, allocated=list(range(3, CAP)))
+        assert p.page_count == CAP and p.format_version == "0.2"
+
+        # The file is full: the next allocation grows it past the cap, in one commit.
+        gen = committed_meta(path)[1]
+        new = p.alloc_bulk(20)
+        assert new == list(range(CAP + 4, CAP + 24))  # CAP .. CAP + 3 skipped
+        assert p.format_version == "0.3"
+        assert p.page_count == 2 * CAP  # doubling goes on from the cap
+        assert p.free_page_count == 2 * CAP - CAP - 4 - 20
+        assert committed_meta(path)[1] == gen + 1
+        assert_extended_on_disk(path, 2 * CAP)
+        assert os.path.getsize(path) == 2 * CAP * PS
+        assert list(p.allocated_pages()) == list(range(3, CAP)) + new
+        assert_layout_pages_reserved(p, 2 * CAP)
+        assert all(has_pattern(p, k) for k in written)
+        for k in new:
+            write_pattern(p, k, salt=1)
+        assert p.alloc() == CAP + 24
+        p.free(CAP + 24)
+
     with Pager.open(path) as p:
-        assert p.page_count == CAP
-        assert p.free_page_count == 0
-        assert has_pattern(p, CAP - 1)
-        with pytest.raises(mappedpages.FileFull):
-            p.alloc()
+        assert p.format_version == "0.3"
+        assert p.page_count == 2 * CAP
+        assert p.free_page_count == 2 * CAP - CAP - 4 - 20
+        assert list(p.allocated_pages()) == list(range(3, CAP)) + new
+        assert all(has_pattern(p, k) for k in written)
+        assert all(has_pattern(p, k, salt=1) for k in new)
+        assert_layout_pages_reserved(p, 2 * CAP)
+        # lowest first, in both chunks
         p.free(1234)
         assert p.alloc() == 1234
-        p.free_bulk([7000, 5])
+        p.free_bulk([7000, CAP + 10, 5])
         assert p.alloc_bulk(2) == [5, 7000]
-        with pytest.raises(mappedpages.FileFull):
-            p.alloc()
-    check_valid_v02(path, allocated=list(range(3, CAP)))
+        assert p.alloc() == CAP + 10
+        assert p.alloc() == CAP + 24
+        # fill chunk 1: the next growth doubles again and skips chunk 2's layout pages
+        left = p.free_page_count
+        tail = p.alloc_bulk(left)
+        assert tail == list(range(CAP + 25, 2 * CAP))
+        assert p.free_page_count == 0 and p.page_count == 2 * CAP
+        assert p.alloc() == 2 * CAP + 4
+        assert p.page_count == 4 * CAP
+        assert_layout_pages_reserved(p, 4 * CAP)
+        expected = list(range(3, CAP)) + list(range(CAP + 4, 2 * CAP)) + [2 * CAP + 4]
+        assert list(p.allocated_pages()) == expected
+    assert_extended_on_disk(path, 4 * CAP)
+    check_valid_v03(path, allocated=expected)
+    with Pager.open(path) as p:
+        assert p.format_version == "0.3"
+        assert p.page_count == 4 * CAP
+        assert list(p.allocated_pages()) == expected
+        assert p.free_page_count == 4 * CAP - 3 - 3 * 4 - len(expected)
+        assert all(has_pattern(p, k) for k in written)
 
 
 def test_cap_one_by_one_near_the_end(tmp_path):
@@ -221,9 +314,54 @@ def test_cap_one_by_one_near_the_end(tmp_path):
         assert p.page_count == CAP  # not 8192
         p.alloc_bulk(CAP - 4097 - 1)
         assert p.alloc() == CAP - 1
-        with pytest.raises(mappedpages.FileFull):
-            p.alloc()
-    check_valid_v02(path, allocated=list(range(3, CAP)))
+        assert p.page_count == CAP and p.free_page_count == 0
+        assert p.format_version == "0.2"
+        assert_v02_on_disk(path)
+        check_valid_v02(path, allocated=list(range(3, CAP)))
+        write_pattern(p, CAP - 1)
+        gen = committed_meta(path)[1]
+        assert p.alloc() == CAP + 4  # the upgrade; the layout pages are skipped
+        assert committed_meta(path)[1] == gen + 1
+        assert p.format_version == "0.3"
+        assert p.page_count == 2 * CAP
+        assert p.alloc() == CAP + 5
+        assert_extended_on_disk(path, 2 * CAP)
+        assert_layout_pages_reserved(p, 2 * CAP)
+        p.free(CAP + 4)
+        assert p.alloc() == CAP + 4
+        p.free(CAP - 1)
+        p.free(CAP + 4)
+        assert p.alloc() == CAP - 1  # lowest first across the chunk boundary
+        assert p.alloc() == CAP + 4
+        assert has_pattern(p, CAP - 1)
+    with Pager.open(path) as p:
+        assert p.format_version == "0.3"
+        assert p.page_count == 2 * CAP
+        assert list(p.allocated_pages()) == list(range(3, CAP)) + [CAP + 4, CAP + 5]
+        assert has_pattern(p, CAP - 1)
+    check_valid_v03(path, allocated=list(range(3, CAP)) + [CAP + 4, CAP + 5])
+
+
+def test_bulk_across_the_cap_skips_layout_pages(tmp_path):
+    """One bulk call from below the cap to past it: one commit, v0.2 -> 0.3."""
+    path = tmp_path / "cap.mpp"
+    with Pager.create(path, page_size=PS) as p:
+        p.alloc_bulk(4093)  # full at 4096 pages
+        write_pattern(p, 4095)
+        gen = committed_meta(path)[1]
+        rest = CAP - 4096
+        ids = p.alloc_bulk(rest + 10)
+        assert ids == list(range(4096, CAP)) + list(range(CAP + 4, CAP + 14))
+        assert committed_meta(path)[1] == gen + 1
+        assert p.format_version == "0.3"
+        assert p.page_count == 2 * CAP
+        assert p.free_page_count == CAP - 4 - 10
+        assert has_pattern(p, 4095)
+    assert_extended_on_disk(path, 2 * CAP)
+    check_valid_v03(path, allocated=list(range(3, CAP)) + list(range(CAP + 4, CAP + 14)))
+    with Pager.open(path) as p:
+        assert list(p.allocated_pages()) == list(range(3, CAP)) + list(range(CAP + 4, CAP + 14))
+        assert_layout_pages_reserved(p, 2 * CAP)
 
 
 # --------------------------------------------------------------------------

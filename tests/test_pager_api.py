@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conftest import (
     CRC_RESIDUE,
     MAGIC,
     check_valid_v02,
+    check_valid_v03,
     crc32,
     pager_state,
     pattern,
@@ -645,25 +647,90 @@ def test_alloc_bulk_negative(new_pager, n):
     assert pager_state(p) == (4096, 4, 1, [])
 
 
+def committed_meta(path, page_size: int) -> tuple:
+    """(total_pages, generation, free_count) of the newest metadata copy with a good CRC.
+
+    Pages 1 and 2 have the same header in both layouts; conftest's reader
+    refuses a 0.3 file's metadata (its bitmap does not describe every page).
+    """
+    copies = []
+    for i in (1, 2):
+        page = read_at(path, i * page_size, page_size)
+        if crc32(page[: page_size - 4]) == struct.unpack_from("<I", page, page_size - 4)[0]:
+            copies.append(struct.unpack_from("<QQQ", page, 0))
+    assert copies, "no metadata copy with a good CRC"
+    return max(copies, key=lambda c: c[1])
+
+
+SMALL_CAP = (1024 - 28) * 8  # the v0.2 cap at 1 KiB, and the size of a chunk past it
+
+
 @pytest.mark.parametrize("n", [10**6, 2**40, 2**63, 2**64, 2**70])
 def test_alloc_bulk_too_many(small_pager, n):
+    """Past the v0.2 cap the file grows on (1,000,000 pages of 1 KiB fit); past
+    max_pages, the reserved address range, nothing changes."""
     p = small_pager
     p.alloc()
     gen = read_image(p.path).newest().generation
+    assert 10**6 < p.max_pages < 2**40
+    if n < p.max_pages:
+        ids = p.alloc_bulk(n)
+        # every page from 4 up but the four layout pages at the start of each chunk
+        last = ids[-1]
+        expected = [i for i in range(4, last + 1) if i < SMALL_CAP or i % SMALL_CAP >= 4]
+        assert len(ids) == n
+        assert ids == expected
+        chunks = 128  # doubling from the cap: 7968 * 2**7 pages hold 4 + 10**6 + layout
+        assert p.page_count == chunks * SMALL_CAP
+        assert p.free_page_count == p.page_count - 3 - 1 - n - 4 * (chunks - 1)
+        assert p.format_version == "0.3"
+        assert committed_meta(p.path, 1024) == (p.page_count, gen + 1, p.free_page_count)
+        assert os.path.getsize(p.path) == p.page_count * 1024
+        path = p.path
+        p.close()
+        check_valid_v03(path, allocated=[3] + ids)
+        os.unlink(path)  # 1 GB
+        return
     with pytest.raises((mappedpages.FileFull, OverflowError)):
         p.alloc_bulk(n)
     assert pager_state(p) == (1024, 4, 0, [3])
+    assert p.format_version == "0.2"
     assert read_image(p.path).newest().generation == gen
-    assert os.path.getsize(p.path) >= 4 * 1024
+    assert os.path.getsize(p.path) == 4 * 1024
 
 
 def test_alloc_bulk_file_full_is_all_or_nothing(small_pager):
+    """FileFull only past max_pages: nothing is allocated, grown or committed."""
     p = small_pager
-    cap = (1024 - 28) * 8
-    with pytest.raises(mappedpages.FileFull):
-        p.alloc_bulk(cap - 3 + 1)
-    assert pager_state(p) == (1024, 4, 1, [])
+    path = p.path
+    assert p.max_pages > SMALL_CAP
+
+    def unchanged(state, meta, size):
+        assert pager_state(p) == state
+        assert committed_meta(path, 1024) == meta
+        assert os.path.getsize(path) == size
+
+    # a v0.2 file
+    state, meta, size = pager_state(p), committed_meta(path, 1024), os.path.getsize(path)
+    assert state == (1024, 4, 1, [])
+    for n in (p.max_pages + 1, p.max_pages):  # max_pages counts pages 0-2 too
+        with pytest.raises(mappedpages.FileFull):
+            p.alloc_bulk(n)
+        unchanged(state, meta, size)
+    assert p.format_version == "0.2"
+    assert read_image(path).newest().generation == meta[1]
     assert p.alloc() == 3
+
+    # an extended (0.3) file with free pages in both chunks
+    ids = p.alloc_bulk(SMALL_CAP)
+    assert p.format_version == "0.3"
+    p.free_bulk([10, ids[-1]])
+    state, meta, size = pager_state(p), committed_meta(path, 1024), os.path.getsize(path)
+    with pytest.raises(mappedpages.FileFull):
+        p.alloc_bulk(p.max_pages + 1)
+    unchanged(state, meta, size)
+    assert p.alloc_bulk(2) == [10, ids[-1]]
+    check_valid_v03(path, allocated=[3] + ids)
 
 
 # --------------------------------------------------------------------------

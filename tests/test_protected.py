@@ -22,6 +22,7 @@ from conftest import (
     DIR_ENTRY_SIZE,
     DIR_PAGE_HEADER,
     DIR_REF_SIZE,
+    check_valid_v03,
     copy_fixture,
     crc32,
     entries_per_dir_page,
@@ -830,50 +831,151 @@ def test_file_stays_valid_v02(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# DirectoryFull
+# past page 0's directory capacity (the extended layout)
 # --------------------------------------------------------------------------
 
 
-def test_directory_full_at_1024(tmp_path):
-    path = tmp_path / "full.mpp"
-    blocks, epp = max_dir_blocks(1024), entries_per_dir_page(1024)
+def _chosen_copy(path, ps: int, pages: tuple, index: int, meta_gen: int) -> bytes:
+    """The copy of a 0.3 free-map or directory-index page that a reader takes:
+    good CRC, its own index at @8, generation <= the metadata's; highest generation."""
+    best = None
+    for q in pages:
+        raw = read_at(path, q * ps, ps)
+        if crc32(raw[: ps - 4]) != struct.unpack_from("<I", raw, ps - 4)[0]:
+            continue
+        gen, idx = struct.unpack_from("<QI", raw, 0)
+        if idx != index or gen > meta_gen:
+            continue
+        if best is None or gen > best[0]:
+            best = (gen, raw)
+    assert best is not None, f"no valid copy among pages {pages}"
+    return best[1]
+
+
+def extended_dir_blocks(path) -> list[tuple[int, int, int]]:
+    """(page_a, page_b, active) of every directory block of a 0.3 file, read from
+    chunk 1's free-map page (the block count) and the directory-index pages."""
+    ps = read_image(path).page_size
+    chunk = (ps - 28) * 8
+    per_index = max_dir_blocks(ps)
+    page0 = read_at(path, 0, ps)
+    assert page0[5] == 3 and page0[13:16] == b"EXT"
+    metas = []
+    for i in (1, 2):
+        raw = read_at(path, i * ps, ps)
+        if crc32(raw[: ps - 4]) == struct.unpack_from("<I", raw, ps - 4)[0]:
+            metas.append(struct.unpack_from("<QQ", raw, 0))
+    total, gen = max(metas, key=lambda m: m[1])
+    assert total > chunk
+    fmap = _chosen_copy(path, ps, (chunk, chunk + 1), 1, gen)
+    blocks = struct.unpack_from("<I", fmap, 12)[0]
+    refs = []
+    for k in range(-(-blocks // per_index)):
+        at = (k + 1) * chunk
+        assert at + 3 < total, f"directory-index page {k} lies past the end of the file"
+        raw = _chosen_copy(path, ps, (at + 2, at + 3), k, gen)
+        count = struct.unpack_from("<I", raw, 12)[0]
+        assert count == min(per_index, blocks - k * per_index)
+        for j in range(count):
+            refs.append(struct.unpack_from("<QQB", raw, 24 + DIR_REF_SIZE * j))
+    return refs
+
+
+def protected_content(pid: int, size: int, salt: int = 0) -> bytes:
+    """Content unique to each protected id: the id, then a pattern."""
+    return pid.to_bytes(4, "little") + pattern(pid, size - 4, salt)
+
+
+def test_directory_grows_past_page0_at_1024(tmp_path):
+    """Page 0 indexes 58 blocks of 33 entries at 1 KiB; past that, the file moves
+    to the 0.3 layout and the directory goes on in directory-index pages."""
+    path = tmp_path / "big.mpp"
+    ps = 1024
+    blocks, epp = max_dir_blocks(ps), entries_per_dir_page(ps)
     assert (blocks, epp) == (58, 33)
     cap = blocks * epp
     assert cap == 1914
-    with Pager.create(path, page_size=1024) as p:
+    total = 2000
+    with Pager.create(path, page_size=ps) as p:
         reg = p.alloc()
         ids = p.alloc_protected_bulk(cap - 5)
         assert ids == list(range(cap - 5))
-        before = _state(p)
-        # the bulk call fails and frees what it allocated
-        with pytest.raises(DirectoryFull):
-            p.alloc_protected_bulk(6)
-        after = _state(p)
-        assert after[2:] == before[2:]
-        assert after[1] - before[1] == after[0] - before[0], "no page leaked"
         last = p.alloc_protected_bulk(5)
         assert last == list(range(cap - 5, cap))
-        with pytest.raises(DirectoryFull):
-            p.alloc_protected()
-        with pytest.raises(DirectoryFull):
-            p.alloc_protected_bulk(1)
-        assert issubclass(DirectoryFull, MappedPageError)
-        assert len(list(p.allocated_protected_pages())) == cap
-        # regular allocation still works
-        r2 = p.alloc()
-        p.free(r2)
-        # freeing makes room again, in the freed slot
-        p.free_protected(700)
-        assert p.alloc_protected() == 700
-        commit_bytes(p, cap - 1, b"last")
+        # every slot page 0 can index is in use: still v0.2, and the crate reads it
+        assert p.format_version == "0.2"
+        assert len(dir_blocks_on_disk(path)) == blocks
+        check_crate_readable(path, allocated=[reg])
+        before = _state(p)
+        # one bulk call past page 0's capacity (it commits page by page)
+        more = p.alloc_protected_bulk(6)
+        assert more == list(range(cap, cap + 6))
+        assert p.format_version == "0.3"
+        assert read_at(path, 5, 1) == b"\x03" and read_at(path, 13, 3) == b"EXT"
+        after = _state(p)
+        assert after[2] == before[2] == [reg]
+        assert after[3] == list(range(cap + 6))
+        assert after[0] > before[0], "the file grew"
+        rest = p.alloc_protected_bulk(total - cap - 6)
+        assert rest == list(range(cap + 6, total))
+        assert list(p.allocated_protected_pages()) == list(range(total))
+        for pid in range(total):
+            commit_bytes(p, pid, protected_content(pid, ps))
         assert list(p.allocated_pages()) == [reg]
-        assert_accounting(p)
-    check_crate_readable(path, allocated=[reg])
+        # no page leaked: reserved, regular, protected copies, directory pages, layout pages
+        n_blocks = -(-total // epp)
+        chunks_past_0 = (p.page_count - 1) // ((ps - 28) * 8)
+        assert chunks_past_0 >= 2  # index page 1 lives in chunk 2
+        used = p.page_count - p.free_page_count
+        assert used == 3 + 1 + 2 * total + 2 * n_blocks + 4 * chunks_past_0
+        backing = set()
+        for pid in (0, cap - 1, cap, total - 1):
+            pages = set(p._backing(pid))
+            assert len(pages) == 2 and not pages & backing
+            backing |= pages
+            for page in pages:
+                with pytest.raises(ReservedPage):
+                    p.page(page)
+    assert issubclass(DirectoryFull, MappedPageError)
+
+    # on disk: the directory is where the 0.3 layout says, and every entry is right
+    check_valid_v03(path, allocated=[reg])
+    refs = extended_dir_blocks(path)
+    assert len(refs) == n_blocks
+    for pid in range(total):
+        a, b, act = refs[pid // epp]
+        assert act in (0, 1)
+        entries = parse_dir_page(read_at(path, (b if act else a) * ps, ps))
+        assert entries is not None, f"directory page of block {pid // epp}"
+        e = entries[pid % epp]
+        assert e["in_use"] == 1, pid
+        live = e["b"] if e["active"] else e["a"]
+        assert read_at(path, live * ps, ps) == protected_content(pid, ps), pid
+
     with Pager.open(path) as p:
-        assert len(list(p.allocated_protected_pages())) == cap
-        assert read_protected(p, cap - 1)[:4] == b"last"
-        with pytest.raises(DirectoryFull):
-            p.alloc_protected()
+        assert p.format_version == "0.3"
+        assert list(p.allocated_protected_pages()) == list(range(total))
+        assert list(p.allocated_pages()) == [reg]
+        bad = [pid for pid in range(total) if read_protected(p, pid) != protected_content(pid, ps)]
+        assert bad == []
+        assert all(p.verify_protected(pid) for pid in range(total))
+        # freed slots are reused lowest first, on both sides of page 0's capacity
+        freed = [0, 700, cap - 1, cap, total - 1]
+        p.free_protected_bulk(freed)
+        assert len(list(p.allocated_protected_pages())) == total - len(freed)
+        assert p.alloc_protected_bulk(len(freed)) == freed
+        assert p.alloc_protected() == total
+        for pid in freed + [total]:
+            assert read_protected(p, pid) == bytes(ps), pid
+            commit_bytes(p, pid, protected_content(pid, ps, salt=1))
+    with Pager.open(path) as p:
+        assert list(p.allocated_protected_pages()) == list(range(total + 1))
+        changed = set(freed) | {total}
+        for pid in range(total + 1):
+            want = protected_content(pid, ps, salt=1 if pid in changed else 0)
+            assert read_protected(p, pid) == want, pid
+    assert len(extended_dir_blocks(path)) == -(-(total + 1) // epp)
+    check_valid_v03(path, allocated=[reg])
 
 
 # --------------------------------------------------------------------------

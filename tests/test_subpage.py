@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import random
 import shutil
 import tempfile
@@ -10,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import force_close, max_pages, pattern, read_image
+from conftest import force_close, pattern, read_image
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -20,9 +22,11 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from iohooks import IoHooks, close_quietly, create_pager
 
 import mappedpages
 from mappedpages import DoubleFree, FileFull, OutOfBounds, Pager, SubPageAllocator
+from mappedpages._core import lib
 
 PS = 4096
 
@@ -369,40 +373,70 @@ def test_alloc_bulk_huge_request(new_pager):
 
 
 @pytest.mark.parametrize("sub", [16, 512], ids=["N64", "N2"])
-def test_alloc_bulk_rolls_back_when_pager_is_full(small_pager, sub):
-    """A 1024-byte-page file holds (1024 - 28) * 8 = 7968 pages at most."""
-    p = small_pager
-    n = 1024 // sub
-    cap = max_pages(1024)
-    assert cap == 7968
-    a = SubPageAllocator(p, sub)
-    a.alloc_bulk(n + 1)  # one full page, one with n - 1 free slots
-    filler = p.alloc_bulk(cap - 3 - 2 - 2)  # leaves exactly 2 pages free
-    assert p.page_count == cap
-    assert p.free_page_count == 2
-    before = snapshot(a)
-    g0 = generation(p)
-    # n - 1 spare slots plus 2 new pages is the most it can give.
-    with pytest.raises(FileFull):
-        a.alloc_bulk((n - 1) + 2 * n + 1)
-    assert snapshot(a) == before
-    assert generation(p) == g0
-    with pytest.raises(FileFull):
-        for _ in range((n - 1) + 2 * n + 1):
+def test_alloc_bulk_rolls_back_when_pager_cannot_grow(tmp_path, sub):
+    """The disk is full (every fallocate fails with ENOSPC): a bulk call that needs
+    more pages than the file has free takes nothing and raises that OSError."""
+    path = tmp_path / "full.mpp"
+    hooks = IoHooks()
+    p = create_pager(path, 1024, hooks)
+    try:
+        n = 1024 // sub
+        a = SubPageAllocator(p, sub)
+        a.alloc_bulk(n + 1)  # one full page, one with n - 1 free slots
+        filler = p.alloc_bulk(64 - 3 - 2 - 2)  # leaves exactly 2 of 64 pages free
+        assert p.page_count == 64
+        assert p.free_page_count == 2
+        hooks.fail(lib.MP_IO_FALLOCATE, 1, errno.ENOSPC, persistent=True)
+        before = snapshot(a)
+        g0 = generation(p)
+        size = os.path.getsize(path)
+        tries = hooks.calls(lib.MP_IO_FALLOCATE)
+        # n - 1 spare slots plus 2 new pages is the most it can give.
+        with pytest.raises(OSError) as info:
+            a.alloc_bulk((n - 1) + 2 * n + 1)
+        assert info.value.errno == errno.ENOSPC
+        assert hooks.calls(lib.MP_IO_FALLOCATE) > tries, "it did not try to grow"
+        assert snapshot(a) == before
+        assert generation(p) == g0
+        assert os.path.getsize(path) == size
+        # past max_pages: FileFull before any growth is tried
+        tries = hooks.calls(lib.MP_IO_FALLOCATE)
+        with pytest.raises(FileFull):
+            a.alloc_bulk(n * (p.max_pages + 1))
+        assert hooks.calls(lib.MP_IO_FALLOCATE) == tries
+        assert snapshot(a) == before
+        assert generation(p) == g0
+        with pytest.raises(OSError) as info:
+            for _ in range((n - 1) + 2 * n + 1):
+                a.alloc()
+        assert info.value.errno == errno.ENOSPC
+        # The single calls took what there was; give it back and try bulk again.
+        a.free_bulk([i for i in a.live_ids() if i not in before[1]])
+        assert snapshot(a) == before
+        got = a.alloc_bulk((n - 1) + 2 * n)
+        assert len(got) == 3 * n - 1
+        assert p.free_page_count == 0
+        assert p.page_count == 64
+        with pytest.raises(OSError) as info:
             a.alloc()
-    # The single calls took what there was; give it back and try bulk again.
-    a.free_bulk([i for i in a.live_ids() if i not in before[1]])
-    assert snapshot(a) == before
-    got = a.alloc_bulk((n - 1) + 2 * n)
-    assert len(got) == 3 * n - 1
-    assert p.free_page_count == 0
-    with pytest.raises(FileFull):
-        a.alloc()
-    with pytest.raises(FileFull):
-        a.alloc_bulk(1)
-    a.free_bulk(got)
-    assert snapshot(a) == before
-    p.free_bulk(filler)
+        assert info.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as info:
+            a.alloc_bulk(1)
+        assert info.value.errno == errno.ENOSPC
+        a.free_bulk(got)
+        assert snapshot(a) == before
+        assert os.path.getsize(path) == size
+        # room on the disk again: the same bulk call grows the file and succeeds
+        hooks.clear_faults()
+        got = a.alloc_bulk((n - 1) + 2 * n + 1)
+        assert len(set(got)) == 3 * n
+        assert p.page_count == 128
+        a.free_bulk(got)
+        assert snapshot(a)[:3] == before[:3]
+        p.free_bulk(filler)
+        hooks.check_errors()
+    finally:
+        close_quietly(p)
 
 
 def test_free_bulk_returns_pages_in_one_commit(new_pager, sub_size):
