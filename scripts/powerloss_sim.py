@@ -52,13 +52,23 @@ from mappedpages import CorruptFileError, Pager  # noqa: E402
 
 
 def near_cap_workload(page_size: int) -> list[H.Op]:
-    """Grow to the layout's page cap, then protected and regular commits there."""
+    """Grow near v0.2's page cap, commit there, then cross it and commit more.
+
+    Crossing the cap is the upgrade to the extended layout; the commits after
+    it (protected and regular) run in that layout.
+    """
     cap = (page_size - 28) * 8
     ops = [
-        H.Op("alloc_bulk", f"alloc_bulk to the cap ({cap} pages)",
-             H._store("bulk", lambda p: p.alloc_bulk(cap - 3 - 40))),
+        H.Op("alloc_bulk", f"alloc_bulk to near the v0.2 cap ({cap} pages)",
+             H._store("fill", lambda p: p.alloc_bulk(cap - 3 - 40))),
     ]
-    return ops + [op for op in H.short_workload()]
+    cross = [
+        H.Op("alloc_bulk", "alloc_bulk(60): across the cap, the upgrade",
+             H._store("cross", lambda p: p.alloc_bulk(60))),
+        H.Op("free_bulk", "free_bulk in both chunks",
+             lambda p, c: p.free_bulk([c["fill"][5], c["cross"][-1]])),
+    ]
+    return ops + H.short_workload() + cross + H.short_workload()
 
 
 def workload(name: str, page_size: int) -> list[H.Op]:

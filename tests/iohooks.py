@@ -330,11 +330,15 @@ def state_of(p: Any) -> State:
 
 def count_problem(p: Any, st: State) -> str | None:
     """A disagreement between the pager's counts and its page sets, if any."""
-    expect_free = st.page_count - 3 - len(st.allocated) - len(st.system)
+    # Pages 0-2, and in the extended layout the 4 layout pages of each chunk
+    # past the first (a chunk is (page_size - 28) * 8 pages).
+    chunk = (p.page_size - 28) * 8
+    layout = 3 + (4 * ((st.page_count - 1) // chunk) if st.page_count > chunk else 0)
+    expect_free = st.page_count - layout - len(st.allocated) - len(st.system)
     if p.free_page_count != expect_free:
         return (
-            f"free_page_count {p.free_page_count} but page_count {st.page_count} - 3 - "
-            f"{len(st.allocated)} allocated - {len(st.system)} system = {expect_free}"
+            f"free_page_count {p.free_page_count} but page_count {st.page_count} - {layout} "
+            f"layout - {len(st.allocated)} allocated - {len(st.system)} system = {expect_free}"
         )
     if st.allocated & st.system:
         return f"pages both regular and system: {sorted(st.allocated & st.system)}"

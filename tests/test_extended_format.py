@@ -1,0 +1,281 @@
+"""The extended layout's crash-safety rules, checked on the bytes.
+
+Each test builds a file past the v0.2 cap, then edits or inspects the free-map
+and directory-index pages directly (FORMAT.md, "The extended layout"), so what
+is checked is the on-disk rule, not only the API's view of it.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+
+import pytest
+from iohooks import KINDS, IoHooks, create_pager
+
+import mappedpages
+from mappedpages import CorruptMetadata, Pager, ReadOnlyPager, RecoveryWarning
+
+PS = 1024
+C = (PS - 28) * 8  # pages per chunk; the v0.2 cap
+
+
+def page(data: bytes, n: int) -> bytes:
+    return data[n * PS : (n + 1) * PS]
+
+
+def seal(body: bytes) -> bytes:
+    """A page with its trailing CRC."""
+    assert len(body) == PS
+    return body[:-4] + struct.pack("<I", zlib.crc32(body[:-4]) & 0xFFFFFFFF)
+
+
+def meta_generation(data: bytes) -> int:
+    gens = []
+    for n in (1, 2):
+        pg = page(data, n)
+        if zlib.crc32(pg[:-4]) & 0xFFFFFFFF == struct.unpack_from("<I", pg, PS - 4)[0]:
+            gens.append(struct.unpack_from("<Q", pg, 8)[0])
+    return max(gens)
+
+
+def chunk_copies(data: bytes, i: int) -> list[tuple[int, int]]:
+    """(generation, crc ok) of chunk i's two free-map copies."""
+    out = []
+    for w in (0, 1):
+        pg = page(data, i * C + w)
+        ok = zlib.crc32(pg[:-4]) & 0xFFFFFFFF == struct.unpack_from("<I", pg, PS - 4)[0]
+        out.append((struct.unpack_from("<Q", pg, 0)[0], int(ok)))
+    return out
+
+
+def extended_file(path, extra: int = 100) -> list[int]:
+    with Pager.create(path, PS) as p:
+        ids = p.alloc_bulk(C + extra)
+        assert p.format_version == "0.3"
+    return ids
+
+
+def test_upgrade_marks_page0_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "x.mpp"
+    with Pager.create(path, PS) as p:
+        p.alloc_bulk(C - 3)
+        assert p.page_count == C and p.format_version == "0.2"
+        before = path.read_bytes()[:PS]
+        assert before[5] == 2 and before[13:16] == b"\0\0\0"
+        p.alloc()
+        assert p.format_version == "0.3"
+    after = path.read_bytes()
+    assert after[5] == 3 and after[13:16] == b"EXT"
+    # Only bytes 5 and 13-15 of page 0 changed.
+    diff = [i for i in range(PS) if before[i] != after[i]]
+    assert diff == [5, 13, 14, 15]
+    # Chunk 1: copy A written at the upgrade's generation, copy B and the index
+    # copies still zero.
+    gen = meta_generation(after)
+    assert chunk_copies(after, 1)[0] == (gen, 1)
+    for n in (C + 1, C + 2, C + 3):
+        assert page(after, n) == bytes(PS)
+
+
+def test_minor_3_without_the_mark_is_refused(tmp_path):
+    path = tmp_path / "x.mpp"
+    extended_file(path)
+    data = bytearray(path.read_bytes())
+    data[13:16] = b"\0\0\0"
+    path.write_bytes(bytes(data))
+    with pytest.raises(mappedpages.CorruptSuperblock):
+        Pager.open(path)
+    with pytest.raises(mappedpages.CorruptSuperblock):
+        ReadOnlyPager.open(path)
+
+
+def test_marked_file_in_the_small_state_opens_like_v02(tmp_path):
+    """An upgrade cut short after page 0's mark: the state is still v0.2's."""
+    path = tmp_path / "x.mpp"
+    with Pager.create(path, PS) as p:
+        ids = p.alloc_bulk(50)
+    data = bytearray(path.read_bytes())
+    data[5] = 3
+    data[13:16] = b"EXT"
+    path.write_bytes(bytes(data))
+    with Pager.open(path) as p:
+        assert p.format_version == "0.3"
+        assert list(p.allocated_pages()) == ids
+        more = p.alloc_bulk(C)  # grows across the cap from here
+        assert more[0] == ids[-1] + 1
+    with Pager.open(path) as p:
+        assert list(p.allocated_pages()) == ids + more
+
+
+def test_a_leftover_copy_never_becomes_current(tmp_path):
+    """A free-map copy written by a commit that never reached its commit point
+    carries generation G+1. Without the writer's clean-up at open, the next
+    commit (which raises the generation to G+1 without touching that chunk)
+    would make it current. Forge one and check it is ignored, then erased."""
+    path = tmp_path / "x.mpp"
+    ids = extended_file(path, extra=200)
+    with Pager.open(path) as p:
+        p.free_bulk(ids[:10])  # free pages in chunk 0 only, so chunk 1 stays put
+    data = bytearray(path.read_bytes())
+    gen = meta_generation(bytes(data))
+    (ga, oka), (gb, okb) = chunk_copies(bytes(data), 1)
+    live = 0 if (oka and (not okb or ga >= gb)) else 1
+    other = 1 - live
+    # The leftover: the live copy with every page of the chunk marked free
+    # except its layout pages, stamped G+1 (as an unfinished commit would).
+    body = bytearray(page(bytes(data), C + live))
+    struct.pack_into("<Q", body, 0, gen + 1)
+    bitmap = bytearray(PS - 28)
+    bitmap[0] = 0x0F
+    body[24 : PS - 4] = bitmap
+    total = max(
+        (struct.unpack_from("<QQ", page(bytes(data), n), 0) for n in (1, 2)),
+        key=lambda tg: tg[1],
+    )[0]
+    span = min(C, total - C)
+    struct.pack_into("<Q", body, 16, span - 4)
+    start = (C + other) * PS
+    data[start : start + PS] = seal(bytes(body))
+    path.write_bytes(bytes(data))
+    with Pager.open(path) as p:
+        allocated = set(p.allocated_pages())
+        assert set(ids[C - 3 + 1 :]) <= allocated  # chunk 1's pages still allocated
+        # The leftover was erased before this writer committed anything.
+        assert page(path.read_bytes(), C + other) == bytes(PS)
+        p.free(ids[20])  # a commit in chunk 0: generation G+1
+    with Pager.open(path) as p:
+        assert set(p.allocated_pages()) == allocated - {ids[20]}
+
+
+def test_damaged_free_map_falls_back_to_the_older_metadata_copy(tmp_path):
+    path = tmp_path / "x.mpp"
+    ids = extended_file(path)
+    with Pager.open(path) as p:
+        before = sorted(p.allocated_pages())
+        p.free(ids[-1])  # the last page is in chunk 1: rewrites its free-map page
+    data = bytearray(path.read_bytes())
+    gen = meta_generation(bytes(data))
+    copies = chunk_copies(bytes(data), 1)
+    newest = [w for w in (0, 1) if copies[w] == (gen, 1)]
+    assert newest, copies
+    data[(C + newest[0]) * PS + 100] ^= 0xFF  # damage the copy the newest commit wrote
+    path.write_bytes(bytes(data))
+    with pytest.warns(RecoveryWarning, match="free-map page"):
+        p = Pager.open(path)
+    with p:
+        # The commit whose free-map page is gone is dropped as a whole.
+        assert sorted(p.allocated_pages()) == before
+
+
+def test_both_free_map_copies_damaged_is_corrupt_metadata(tmp_path):
+    path = tmp_path / "x.mpp"
+    ids = extended_file(path)
+    with Pager.open(path) as p:
+        p.free(ids[-1])  # now both metadata copies rely on chunk 1
+    data = bytearray(path.read_bytes())
+    for w in (0, 1):
+        data[(C + w) * PS + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecoveryWarning)
+        with pytest.raises(CorruptMetadata):
+            Pager.open(path)
+        with pytest.raises(CorruptMetadata):
+            ReadOnlyPager.open(path)
+
+
+def test_layout_pages_are_refused_and_never_handed_out(tmp_path):
+    path = tmp_path / "x.mpp"
+    with Pager.create(path, PS) as p:
+        ids = p.alloc_bulk(3 * C)
+        layout = [i * C + k for i in (1, 2, 3) for k in range(4) if i * C + k < p.page_count]
+        assert not set(layout) & set(ids)
+        for n in layout:
+            with pytest.raises(mappedpages.ReservedPage):
+                p.free(n)
+            with pytest.raises(mappedpages.ReservedPage):
+                p.page(n)
+        with pytest.raises(mappedpages.ReservedPage):
+            p.free_bulk([ids[0], C + 2])
+        assert ids[0] in set(p.allocated_pages())
+
+
+def test_flushes_per_commit_in_the_extended_layout(tmp_path):
+    """1 msync when only chunk 0 changes, 2 when chunk 1 does, in compat and fast."""
+    for mode in ("compat", "fast"):
+        path = tmp_path / f"{mode}.mpp"
+        hooks = IoHooks()
+        p = create_pager(path, PS, hooks, durability=mode)
+        try:
+            ids = p.alloc_bulk(C + 50)
+            assert p.format_version == "0.3"
+            low = ids[0]
+            high = ids[-1]
+            for target, want in ((low, 1), (high, 2)):
+                before = hooks.calls(KINDS["msync"])
+                p.free(target)
+                assert hooks.calls(KINDS["msync"]) - before == want, (mode, target)
+                before = hooks.calls(KINDS["msync"])
+                assert p.alloc() == target
+                assert hooks.calls(KINDS["msync"]) - before == want, (mode, target)
+        finally:
+            p.close()
+
+
+def test_a_protected_write_is_one_commit_in_the_extended_layout(tmp_path):
+    path = tmp_path / "x.mpp"
+    hooks = IoHooks()
+    p = create_pager(path, PS, hooks, durability="compat")
+    try:
+        pid = p.alloc_protected()
+        p.alloc_bulk(C)
+        assert p.format_version == "0.3"
+        before = hooks.calls(KINDS["msync"])
+        with p.write_protected(pid) as w:
+            w.page[:4] = b"abcd"
+        # staged copy, directory copy, index page, metadata copy
+        assert hooks.calls(KINDS["msync"]) - before == 4
+    finally:
+        p.close()
+    with Pager.open(path) as q:
+        assert bytes(q.protected_page(pid)[:4]) == b"abcd"
+
+
+def test_reader_refresh_follows_the_upgrade(tmp_path):
+    path = tmp_path / "x.mpp"
+    with Pager.create(path, PS) as w:
+        first = w.alloc_bulk(10)
+        r = ReadOnlyPager.open(path)
+        try:
+            assert r.format_version == "0.2"
+            view = r.page(first[0])
+            more = w.alloc_bulk(C)
+            r.refresh()
+            assert r.format_version == "0.3"
+            assert r.page_count == w.page_count
+            assert list(r.allocated_pages()) == first + more
+            assert len(view) == PS  # a view taken before the growth is still valid
+            view.release()
+        finally:
+            r.close()
+
+
+def test_many_free_map_pages_in_one_commit_use_one_fdatasync(tmp_path):
+    path = tmp_path / "x.mpp"
+    hooks = IoHooks()
+    p = create_pager(path, PS, hooks, durability="compat")
+    try:
+        ids = p.alloc_bulk(12 * C)
+        # One page in each of chunks 1..11: 11 free-map pages in one commit.
+        victims = [ids[i * C] for i in range(1, 12)]
+        before = hooks.counts()
+        p.free_bulk(victims)
+        after = hooks.counts()
+        assert after["fsync"] - before["fsync"] == 1
+        assert after["msync"] - before["msync"] == 1  # the metadata copy
+    finally:
+        p.close()
+    with Pager.open(path) as q:
+        assert not set(victims) & set(q.allocated_pages())
