@@ -444,7 +444,9 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen)
     uint32_t per = fmt_max_dir_blocks(p->page_size);
     if (count > pager_dir_block_limit(p))
         return MP_ECORRUPT_DIRECTORY_INDEX;
-    int rc = dir_reserve(p, count);
+    /* Room for whole index pages: a copy read before its count is checked
+     * may hold up to `per` references. */
+    int rc = dir_reserve(p, ((uint64_t)count + per - 1) / per * per);
     if (rc != MP_OK)
         return rc;
     for (uint64_t k = 0; (uint64_t)k * per < count; k++) {

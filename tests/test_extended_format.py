@@ -12,7 +12,7 @@ import warnings
 import zlib
 
 import pytest
-from iohooks import KINDS, IoHooks, create_pager
+from iohooks import KINDS, IoHooks, _list_system, create_pager
 
 import mappedpages
 from mappedpages import CorruptMetadata, Pager, ReadOnlyPager, RecoveryWarning
@@ -279,3 +279,48 @@ def test_many_free_map_pages_in_one_commit_use_one_fdatasync(tmp_path):
         p.close()
     with Pager.open(path) as q:
         assert not set(victims) & set(q.allocated_pages())
+
+
+def test_damaged_layout_pages_never_crash_or_mislead(tmp_path):
+    """Bit flips in the pages the extended layout reads on open (page 0, the
+    metadata copies, free-map and index copies of two chunks): open either
+    refuses with a documented error or opens a state whose counts add up."""
+    import random
+
+    base = tmp_path / "base.mpp"
+    with Pager.create(base, PS) as p:
+        pids = [p.alloc_protected() for _ in range(3)]
+        ids = p.alloc_bulk(2 * C)
+        p.free_bulk(ids[::97])
+        with p.write_protected(pids[1]) as w:
+            w.page[:3] = b"xyz"
+    good = base.read_bytes()
+    targets = [0, 1, 2] + [i * C + k for i in (1, 2) for k in range(4)]
+    rnd = random.Random(7)
+    opened = refused = 0
+    for trial in range(100):
+        data = bytearray(good)
+        for _ in range(rnd.choice([1, 1, 2, 8])):
+            n = rnd.choice(targets)
+            off = n * PS + rnd.randrange(PS)
+            data[off] ^= 1 << rnd.randrange(8)
+        path = tmp_path / f"t{trial}.mpp"
+        path.write_bytes(bytes(data))
+        cls = Pager if trial % 2 else ReadOnlyPager
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecoveryWarning)
+                q = cls.open(path)
+        except mappedpages.CorruptFileError:
+            refused += 1
+            continue
+        with q:
+            opened += 1
+            chunk = C
+            layout = 3 + (4 * ((q.page_count - 1) // chunk) if q.page_count > chunk else 0)
+            allocated = list(q.allocated_pages())
+            system = len(_list_system(q._handle))
+            assert q.free_page_count == q.page_count - layout - len(allocated) - system
+            assert all(n < chunk or n % chunk >= 4 for n in allocated)
+        path.unlink()
+    assert opened > 15 and refused > 3, (opened, refused)
