@@ -1,0 +1,438 @@
+"""Big sparse files, run by hand: python benchmarks/bench_terabyte.py [--dir DIR] [--quick].
+
+Needs the extended layout (format 0.3: ``Pager.create(..., grow_step=, preallocate=)``).
+
+For files of 2**12, 2**20 and 2**27 pages (1 KiB pages by default: 4 MiB, 1 GiB and
+128 GiB; ``--page-size``, ``--sizes``; ``--quick`` is 2**12, 2**16, 2**20), each created
+sparsely (``preallocate=False``, a grow_step of 1/32 of the target, so the file ends close
+to it), prints one table with a row per file:
+
+* build: allocate every page with ``alloc_bulk(n, out=array('Q'))`` in batches of 2**20 at
+  ``durability="none"``, ``sync()``, then free every other page of the second half (even
+  ids >= pages / 2: a quarter of the file, free pages in every chunk of that half, the
+  lowest one in the middle of the file) with ``free_bulk(array('Q'))``, ``sync()``,
+  ``close()``. Reported, not the point. No Python list of ids is made; the ids to free are
+  kept in ``array('Q')`` slices until every page is allocated (8 bytes per freed page:
+  256 MiB at 2**27 pages);
+* open: median of several ``Pager.open`` + ``close`` and ``ReadOnlyPager.open`` + ``close``
+  right after the build (page cache warm: nothing is dropped);
+* durable alloc + free: median latency of one ``alloc()`` + ``free()`` pair (two commits)
+  at ``durability="compat"`` and at ``"fast"``; the pair takes the lowest free page, in the
+  middle of the file;
+* ``alloc_bulk(10_000, out=...)`` + ``free_bulk`` of those ids at ``"compat"``: pages/s of
+  each (fewer than 10,000 when the file has fewer free pages: 1,024 at 2**12);
+* the floor, measured in the same run and interleaved with the alloc/free pairs: one bare
+  msync of one dirtied 4 KiB page of an ordinary mmap'd file in the same folder, and two
+  (p50);
+* the ratio of each durable alloc + free latency to the same at the smallest size.
+
+Files live in a temporary folder made in ``--dir`` (default: the current directory, so
+that the figures are those of the disk the project is on), removed afterwards; each file
+is deleted once its row is measured. Sparse: only the pages the pager writes take disk
+space (the table prints each file's size on disk beside its length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import mmap
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from pathlib import Path
+
+import mappedpages
+from mappedpages import Pager, ReadOnlyPager
+
+SIZES = (2**12, 2**20, 2**27)
+QUICK_SIZES = (2**12, 2**16, 2**20)
+PAGE_SIZE = 1024
+BATCH = 1 << 20  # pages per alloc_bulk call while building
+BULK = 10_000
+WARMUP = 20
+FLOOR_PAGE = max(4096, mmap.PAGESIZE)
+
+
+@dataclass
+class Settings:
+    """How many samples each measurement takes."""
+
+    pairs: int = 200  # durable alloc()+free() pairs per mode
+    opens: int = 7  # Pager.open+close and ReadOnlyPager.open+close
+    bulk_rounds: int = 20  # alloc_bulk + free_bulk rounds
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(pairs=100, opens=5, bulk_rounds=10)
+
+
+@dataclass
+class Result:
+    pages: int
+    disk_bytes: int
+    version: str
+    build_s: float
+    open_w_ms: float
+    open_r_ms: float
+    compat_us: float
+    fast_us: float
+    bulk_n: int
+    bulk_alloc_ps: float
+    bulk_free_ps: float
+    msync1_us: float
+    msync2_us: float
+
+
+class MsyncFloor:
+    """Bare msyncs of dirtied 4 KiB pages of a plain mmap'd file (blocks written, not sparse).
+
+    ``sample()`` dirties a page (alternating between pages 1 and 2, as commits alternate
+    metadata copies) and msyncs it, then dirties page 0 and msyncs it: the time of the first
+    flush is a one-msync sample, the time of both a two-msync sample.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "floor.bin"
+        with open(self.path, "wb") as fh:
+            fh.write(bytes(4 * FLOOR_PAGE))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.fd = os.open(self.path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 4 * FLOOR_PAGE)
+        self.i = 0
+        self.one: list[int] = []
+        self.two: list[int] = []
+
+    def sample(self) -> None:
+        self.i += 1
+        off = FLOOR_PAGE * (1 + (self.i & 1))
+        t = time.perf_counter_ns()
+        self.map[off] = self.i & 0xFF
+        self.map.flush(off, FLOOR_PAGE)
+        t1 = time.perf_counter_ns()
+        self.map[0] = self.i & 0xFF
+        self.map.flush(0, FLOOR_PAGE)
+        t2 = time.perf_counter_ns()
+        self.one.append(t1 - t)
+        self.two.append(t2 - t)
+
+    def take(self) -> tuple[float, float]:
+        """Return the p50 of one and of two msyncs in us since the last take, and reset."""
+        one, two = statistics.median(self.one), statistics.median(self.two)
+        self.one, self.two = [], []
+        return one / 1e3, two / 1e3
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+        self.path.unlink()
+
+
+def grow_step_for(pages: int, page_size: int) -> int:
+    """A grow_step of 1/32 of the target: the file ends at most ~3% past it."""
+    return max(64 * page_size, pages * page_size // 32)
+
+
+def build(path: Path, target: int, page_size: int, grow_step: int) -> float:
+    """Create the file, fill it, free the pattern; return the seconds taken."""
+    t = time.perf_counter_ns()
+    half = target // 2
+    buf = array("Q", bytes(8 * BATCH))
+    to_free: list[array[int]] = []
+    with Pager.create(path, page_size, durability="none", grow_step=grow_step,
+                      preallocate=False) as pager:
+        if target > pager.max_pages:
+            raise ValueError(f"{target:,} pages of {page_size} bytes exceed this pager's "
+                             f"max_pages ({pager.max_pages:,})")
+        while True:
+            free = pager.free_page_count
+            if free == 0:
+                if pager.page_count >= target:
+                    break
+                n = 1  # no free page: this alloc grows (doubles) the file
+            else:
+                n = min(BATCH, free)
+            pager.alloc_bulk(n, out=buf)
+            # Nothing is freed while building, so each call returns ascending ids, all
+            # above the previous call's.
+            if buf[n - 1] >= half:
+                i = 0 if buf[0] >= half else bisect_left(buf, half, 0, n)
+                i += buf[i] & 1  # even ids: every other page
+                if i < n:
+                    to_free.append(buf[i:n:2])
+        pager.sync()
+        while to_free:
+            pager.free_bulk(to_free.pop())
+        pager.sync()
+    return (time.perf_counter_ns() - t) / 1e9
+
+
+def time_opens(path: Path, page_size: int, grow_step: int, s: Settings) -> tuple[float, float]:
+    """Median ms of Pager.open+close and of ReadOnlyPager.open+close, alternated."""
+    writer: list[int] = []
+    reader: list[int] = []
+    for _ in range(s.opens):
+        t = time.perf_counter_ns()
+        pager = Pager.open(path, page_size, grow_step=grow_step, preallocate=False)
+        pager.close()
+        writer.append(time.perf_counter_ns() - t)
+        t = time.perf_counter_ns()
+        ro = ReadOnlyPager.open(path, page_size)
+        ro.close()
+        reader.append(time.perf_counter_ns() - t)
+    return statistics.median(writer) / 1e6, statistics.median(reader) / 1e6
+
+
+def time_pairs(pager: Pager, floor: MsyncFloor, s: Settings) -> float:
+    """Median us of one durable alloc() + free(), interleaved with floor samples."""
+    alloc, free = pager.alloc, pager.free
+    for _ in range(WARMUP):
+        free(alloc())
+    lat: list[int] = []
+    for _ in range(s.pairs):
+        floor.sample()
+        t = time.perf_counter_ns()
+        pid = alloc()
+        free(pid)
+        lat.append(time.perf_counter_ns() - t)
+    return statistics.median(lat) / 1e3
+
+
+def time_bulk(pager: Pager, s: Settings) -> tuple[int, float, float]:
+    """Pages/s of alloc_bulk(n, out=array('Q')) and of free_bulk of the same ids (p50)."""
+    n = min(BULK, pager.free_page_count)
+    ids = array("Q", bytes(8 * n))
+    pager.alloc_bulk(n, out=ids)  # warm-up
+    pager.free_bulk(ids)
+    a: list[int] = []
+    f: list[int] = []
+    for _ in range(s.bulk_rounds):
+        t = time.perf_counter_ns()
+        pager.alloc_bulk(n, out=ids)
+        t1 = time.perf_counter_ns()
+        pager.free_bulk(ids)
+        t2 = time.perf_counter_ns()
+        a.append(t1 - t)
+        f.append(t2 - t1)
+    return n, n / (statistics.median(a) / 1e9), n / (statistics.median(f) / 1e9)
+
+
+def measure(work: Path, target: int, page_size: int, s: Settings, floor: MsyncFloor) -> Result:
+    path = work / f"terabyte-{target}.mpp"
+    grow_step = grow_step_for(target, page_size)
+    try:
+        progress(f"{target:,} pages: building")
+        build_s = build(path, target, page_size, grow_step)
+        disk = os.stat(path).st_blocks * 512
+        progress(f"{target:,} pages: open, alloc/free, bulk")
+        open_w, open_r = time_opens(path, page_size, grow_step, s)
+        with Pager.open(path, page_size, durability="compat", grow_step=grow_step,
+                        preallocate=False) as pager:
+            pages, version = pager.page_count, pager.format_version
+            compat = time_pairs(pager, floor, s)
+            bulk_n, bulk_a, bulk_f = time_bulk(pager, s)
+        with Pager.open(path, page_size, durability="fast", grow_step=grow_step,
+                        preallocate=False) as pager:
+            fast = time_pairs(pager, floor, s)
+        msync1, msync2 = floor.take()
+    finally:
+        if path.exists():
+            path.unlink()
+    return Result(pages, disk, version, build_s, open_w, open_r, compat, fast,
+                  bulk_n, bulk_a, bulk_f, msync1, msync2)
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+
+
+def progress(text: str) -> None:
+    print(f"... {text}", file=sys.stderr, flush=True)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def pages_text(n: int) -> str:
+    if n & (n - 1) == 0:
+        return f"2**{n.bit_length() - 1} ({n:,})"
+    return f"{n:,}"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory() -> str:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / (1 << 20):.0f} GiB RAM"
+    except OSError:
+        pass
+    return "RAM unknown"
+
+
+def file_system(directory: Path) -> str:
+    target = os.path.realpath(directory)
+    try:
+        best = ("", "unknown", "?")
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                dev, mnt, fstype = line.split()[:3]
+                mnt = mnt.replace("\\040", " ")
+                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and \
+                        len(mnt) > len(best[0]):
+                    best = (mnt, fstype, dev)
+        return f"{best[1]} on {best[2]}"
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["stat", "-f", "-c", "%T", target], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        return out or "file system unknown"
+    except (OSError, subprocess.CalledProcessError):
+        return "file system unknown"
+
+
+def machine(directory: Path) -> str:
+    return (
+        f"{platform.system()} {platform.release()} {platform.machine()}, {cpu_model()}, "
+        f"{os.cpu_count()} CPUs, {memory()}; {file_system(directory)}; "
+        f"Python {platform.python_version()}; mappedpages {mappedpages.__version__}"
+    )
+
+
+def render(results: list[Result], page_size: int, directory: Path) -> str:
+    base = results[0]
+    header = (
+        "pages", "file (on disk)", "format", "build", "open ms: Pager / RO",
+        "compat alloc+free", "fast alloc+free", "bulk compat: alloc / free",
+        "msync x1", "msync x2", f"vs {base.pages:,} pages: compat / fast",
+    )
+    cells = [header]
+    for r in results:
+        cells.append((
+            pages_text(r.pages),
+            f"{human(r.pages * page_size)} ({human(r.disk_bytes)})",
+            r.version,
+            f"{r.build_s:.2f} s",
+            f"{r.open_w_ms:.2f} / {r.open_r_ms:.2f}",
+            f"{r.compat_us:.0f} us",
+            f"{r.fast_us:.0f} us",
+            f"{r.bulk_alloc_ps / 1e6:.1f} / {r.bulk_free_ps / 1e6:.1f} M pages/s"
+            + ("" if r.bulk_n == BULK else f" (n={r.bulk_n:,})"),
+            f"{r.msync1_us:.0f} us",
+            f"{r.msync2_us:.0f} us",
+            f"{r.compat_us / base.compat_us:.2f}x / {r.fast_us / base.fast_us:.2f}x",
+        ))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = [
+        f"mappedpages big-file benchmark in {directory}, {page_size}-byte pages, "
+        "sparse files (preallocate=False)",
+        machine(directory),
+        "",
+    ]
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
+    lines += [line, "-|-".join("-" * w for w in widths)]
+    for c in cells[1:]:
+        lines.append(" | ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+    lines += [
+        "",
+        "build: alloc_bulk of every page in batches of 2**20 at durability='none', sync, "
+        "free_bulk of every other page of the second half, sync, close.",
+        "open: median of Pager.open+close and ReadOnlyPager.open+close right after the build "
+        "(page cache warm).",
+        "alloc+free: p50 of one durable alloc() + free() pair (two commits) taking the lowest "
+        "free page, in the middle of the file. Its floor is 2 x 'msync x2' for 'compat', "
+        "2 x 'msync x1' for 'fast' in the v0.2 layout, and 2 x 'msync x2' for both once the "
+        "file is past the v0.2 cap (format 0.3: a commit in chunk >= 1 flushes that chunk's "
+        "free-map page, then the metadata copy).",
+        "bulk: p50 pages/s of alloc_bulk(n, out=array('Q')) and of free_bulk of those ids, "
+        "one commit each.",
+        f"floors: bare msyncs of dirtied {FLOOR_PAGE // 1024} KiB pages of a plain mmap'd "
+        "file in the same folder, interleaved with the alloc/free pairs of the same row (p50).",
+    ]
+    return "\n".join(lines)
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().replace("^", "**")
+        if "**" in item:
+            b, e = item.split("**", 1)
+            value = int(b) ** int(e)
+        else:
+            value = int(item.replace("_", ""))
+        if value < 8:
+            raise argparse.ArgumentTypeError(f"{item}: a file has at least 8 pages here")
+        sizes.append(value)
+    return sorted(set(sizes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Build big sparse pager files (2**12, 2**20, 2**27 pages) and measure "
+        "open, durable alloc/free and bulk calls on each beside bare msyncs; print one table.",
+    )
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="folder for the files (default: the current directory); a "
+                        "temporary folder is made in it and removed afterwards")
+    parser.add_argument("--page-size", type=int, default=PAGE_SIZE,
+                        help=f"page size in bytes (default {PAGE_SIZE})")
+    parser.add_argument("--sizes", type=parse_sizes, default=None,
+                        help="comma-separated page counts, e.g. 2**12,2**20 or 4096,1048576")
+    parser.add_argument("--quick", action="store_true",
+                        help="2**12, 2**16, 2**20 pages and fewer samples")
+    args = parser.parse_args(argv)
+    if "grow_step" not in inspect.signature(Pager.create).parameters:
+        print(f"this mappedpages ({mappedpages.__version__}, {mappedpages.__file__}) has no "
+              "extended layout (Pager.create takes no grow_step): rebuild it first",
+              file=sys.stderr)
+        return 2
+    s = Settings.quick() if args.quick else Settings()
+    sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
+    directory = args.dir if args.dir is not None else Path(os.getcwd())
+    directory.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mappedpages-terabyte-", dir=directory))
+    results: list[Result] = []
+    try:
+        floor = MsyncFloor(work)
+        try:
+            for target in sizes:
+                results.append(measure(work, target, args.page_size, s, floor))
+        finally:
+            floor.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(render(results, args.page_size, directory))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
