@@ -413,6 +413,13 @@ class _PagerBase:
                 raise ReservedPage(f"pages 0-2 are reserved (asked from page {first})")
             if self._system and any(i in self._system for i in range(first, first + n)):
                 raise ReservedPage(f"pages {first}..{first + n - 1} include pager pages")
+            # The first chunk whose layout pages (its first four) end past `first`.
+            chunk = self._chunk
+            if chunk * max(1, (first + chunk - 4) // chunk) < first + n:
+                raise ReservedPage(
+                    f"pages {first}..{first + n - 1} include layout pages of the extended "
+                    "layout (the first four of each chunk)"
+                )
             mv = self._ro if readonly else self._mv
             assert mv is not None
             off = first * self._page_size

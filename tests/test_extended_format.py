@@ -369,3 +369,19 @@ def test_a_failing_call_during_the_upgrade_leaves_old_or_new(tmp_path, kind):
         if n > made:
             break
     assert tried >= 1
+
+
+def test_view_refuses_runs_over_layout_pages(tmp_path):
+    path = tmp_path / "x.mpp"
+    with Pager.create(path, PS) as p:
+        p.alloc_bulk(2 * C)
+        for first, n in ((C - 1, 2), (C - 5, 6), (C + 3, 1), (C, 4), (2 * C - 10, 12)):
+            with pytest.raises(mappedpages.ReservedPage):
+                p.view(first, n)
+        for first, n in ((C - 5, 5), (C + 4, 100), (2 * C - 10, 10)):
+            v = p.view(first, n)
+            assert len(v) == n * PS
+            v.release()
+    with ReadOnlyPager.open(path) as r:
+        with pytest.raises(mappedpages.ReservedPage):
+            r.view(C - 1, 2)
