@@ -926,7 +926,8 @@ int mp_pager_stats(const mp_pager *p, mp_stats *out)
     out->protected_count = p->protected_count;
     out->dir_blocks = p->dir_count;
     out->system_pages = p->system_count;
-    out->format_minor = p->minor;
+    /* The layout of the state in memory: what the next commit writes. */
+    out->format_minor = pager_extended(p) ? MP_MINOR_EXTENDED : p->minor;
     out->chunk_pages = p->chunk;
     out->layout_pages = MP_RESERVED_PAGES + MP_LAYOUT_PAGES * chunks_below(p, p->total_pages);
     out->room = pager_room(p);
