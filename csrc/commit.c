@@ -5,9 +5,11 @@
  * Owns: the order of writes and flushes of every commit. Everything that
  * changes allocation or directory state ends in pager_commit().
  *
- * The extended layout has one commit point, the metadata copy's flush, with
- * the free-map and index pages it selects flushed before it (write_free_map,
- * commit_extended); everything below is about the v0.2 layout.
+ * The extended layout has one commit point, the metadata copy's flush: the
+ * free-map and index pages a commit changed are written with the metadata
+ * copy and made durable by the same flush, and the copy's seal lets open
+ * reject a commit that reached the disk only in part (write_free_map,
+ * meta_write, commit_extended); everything below is about the v0.2 layout.
  *
  * The v0.2 layout has two commit points. Allocation state commits when the
  * new metadata copy is flushed: open takes the newest valid copy by
@@ -92,20 +94,14 @@ static int mark_extended(mp_pager *p)
     return MP_OK;
 }
 
-#define MP_FLUSH_ONE_BY_ONE 8u
-
-static int flush_if(mp_pager *p, uint64_t id, int flush)
-{
-    return flush ? pager_flush_page(p, id) : MP_OK;
-}
-
-/* Writes each changed directory-index page and free-map page of the extended
+/* Writes each changed free-map page and directory-index page of the extended
  * layout into its inactive copy, stamped with the generation of the commit
- * under way, and flushes it: every copy the new metadata copy will select
- * must be durable before that copy is. The committed copies are not touched,
- * so a crash before the metadata flush leaves the old state whole; the new
- * copies then carry a generation above it and are ignored. */
-static int write_free_map(mp_pager *p, uint64_t gen, int flush)
+ * under way, and adds each copy to the commit's seal (free-map pages by
+ * chunk, then index pages by number: the order open checks them in). The
+ * committed copies are not touched, so a crash before the commit point leaves
+ * the old state whole; the new copies then carry a generation above it and
+ * are ignored. Nothing is flushed here: see meta_write. */
+static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *written)
 {
     int rc;
     if (p->minor < MP_MINOR_EXTENDED && (rc = mark_extended(p)) != MP_OK)
@@ -125,16 +121,18 @@ static int write_free_map(mp_pager *p, uint64_t gen, int flush)
         bitmap_set(p->chunk_dirty, 1); /* it holds the block count */
     }
     uint64_t last = p->total_pages > p->chunk ? (p->total_pages - 1) / p->chunk : 0;
-    /* A few pages are flushed one msync each, which writes only them. Many
-     * (a bulk call across the file, a sync in "none" mode) are written first
-     * and made durable by one fdatasync: one device flush instead of
-     * hundreds, at the price of also writing data pages dirtied since the
-     * last flush. */
-    uint64_t pages = bitmap_count_set(p->index_dirty, last) +
-                     bitmap_count_set(p->chunk_dirty, last + 1) - bitmap_get(p->chunk_dirty, 0);
-    int batch = flush && pages > MP_FLUSH_ONE_BY_ONE;
-    if (batch)
-        flush = 0;
+    *seal = 0;
+    *written = 0;
+    for (uint64_t c = bitmap_find_set(p->chunk_dirty, NULL, 1, last + 1); c <= last;
+         c = bitmap_find_set(p->chunk_dirty, NULL, c + 1, last + 1)) {
+        bitmap_clear(p->chunk_dirty, c);
+        uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)!bitmap_get(p->chunk_active, c));
+        fmt_chunk_write(page, p->page_size, c, p->total_pages, gen, c == 1 ? p->dir_count : 0,
+                        p->bits);
+        *seal = fmt_seal_add(*seal, page, p->page_size);
+        (*written)++;
+        p->chunk_active[c >> 6] ^= (uint64_t)1 << (c & 63);
+    }
     for (uint64_t k = bitmap_find_set(p->index_dirty, NULL, 0, last); k < last;
          k = bitmap_find_set(p->index_dirty, NULL, k + 1, last)) {
         bitmap_clear(p->index_dirty, k);
@@ -142,28 +140,14 @@ static int write_free_map(mp_pager *p, uint64_t gen, int flush)
         if (n > per)
             n = per;
         uint64_t target = (k + 1) * p->chunk + 2 + (uint64_t)!bitmap_get(p->index_active, k);
-        fmt_index_write(pager_page_ptr(p, target), p->page_size, k, gen, (uint32_t)n,
-                        p->refs + k * per);
-        if ((rc = flush_if(p, target, flush)) != MP_OK)
-            return rc;
+        uint8_t *page = pager_page_ptr(p, target);
+        fmt_index_write(page, p->page_size, k, gen, (uint32_t)n, p->refs + k * per);
+        *seal = fmt_seal_add(*seal, page, p->page_size);
+        (*written)++;
         p->index_active[k >> 6] ^= (uint64_t)1 << (k & 63);
-    }
-    for (uint64_t c = bitmap_find_set(p->chunk_dirty, NULL, 1, last + 1); c <= last;
-         c = bitmap_find_set(p->chunk_dirty, NULL, c + 1, last + 1)) {
-        bitmap_clear(p->chunk_dirty, c);
-        uint64_t target = c * p->chunk + (uint64_t)!bitmap_get(p->chunk_active, c);
-        fmt_chunk_write(pager_page_ptr(p, target), p->page_size, c, p->total_pages, gen,
-                        c == 1 ? p->dir_count : 0, p->bits);
-        if ((rc = flush_if(p, target, flush)) != MP_OK)
-            return rc;
-        p->chunk_active[c >> 6] ^= (uint64_t)1 << (c & 63);
     }
     bitmap_clear(p->chunk_dirty, 0);
     p->dir_committed = p->dir_count;
-    if (batch && (rc = os_sync_file(&p->map)) != MP_OK) {
-        p->poisoned = 1;
-        return rc;
-    }
     return MP_OK;
 }
 
@@ -195,13 +179,30 @@ static int meta_write(mp_pager *p, int flush)
 {
     uint32_t target = p->active ^ 1u;
     int rc;
-    if (pager_extended(p) && (rc = write_free_map(p, p->generation + 1, flush)) != MP_OK)
+    uint32_t seal = 0;
+    uint64_t written = 0;
+    int extended = pager_extended(p);
+    if (extended && (rc = write_free_map(p, p->generation + 1, &seal, &written)) != MP_OK)
         return rc;
+    /* A reader that sees this copy must see the pages it selects. */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     fmt_meta_write(pager_page_ptr(p, 1 + target), p->page_size, p->total_pages,
-                   p->generation + 1, p->free_count, p->bits);
+                   p->generation + 1, extended ? seal : p->free_count, p->bits);
     if (flush) {
-        /* The commit point: once this flush returns, open finds the new state. */
-        rc = pager_flush_page(p, 1 + target);
+        /* The commit point: once this flush returns, open finds the new state.
+         * With free-map or index pages written too, one fdatasync makes all of
+         * them durable at once: until it returns any of them may be on disk
+         * and any not, and the seal is what lets open tell (a copy whose seal
+         * does not match the pages it selects is discarded, and the older copy,
+         * whose pages this commit did not touch, is used). fdatasync also
+         * writes back data pages dirtied through views since the last flush. */
+        if (written > 0) {
+            rc = os_sync_file(&p->map);
+            if (rc != MP_OK)
+                p->poisoned = 1;
+        } else {
+            rc = pager_flush_page(p, 1 + target);
+        }
         if (rc != MP_OK)
             return rc;
     }
@@ -232,10 +233,12 @@ static void pending_clear(mp_pager *p)
 
 /* Commits every change made since the last commit: allocation changes
  * (p->changed) and directory changes (dirty blocks, a changed index). */
-/* The extended layout has one commit point, the metadata copy: directory
- * pages, index pages and free-map pages are all flushed before it, so a
- * protected alloc, free or write, or a whole transaction, is one atomic
- * commit, with 1 flush (only chunk 0 changed) plus 1 per other page changed. */
+/* The extended layout has one commit point, the metadata copy: staged copies
+ * and directory pages are flushed before it (they carry no generation, so the
+ * seal cannot vouch for them), then the index and free-map pages and the
+ * metadata copy go out together under one flush. So a protected alloc, free
+ * or write, or a whole transaction, is one atomic commit; an allocation
+ * commit is one flush in every mode but "none". */
 static int commit_extended(mp_pager *p)
 {
     int rc;

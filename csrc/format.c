@@ -54,12 +54,17 @@ static const uint32_t crc_table[256] = {
     0xb3667a2e, 0xc4614ab8, 0x5d681b02, 0x2a6f2b94, 0xb40bbe37, 0xc30c8ea1, 0x5a05df1b, 0x2d02ef8d,
 };
 
-uint32_t mp_crc32(const uint8_t *data, size_t len)
+uint32_t mp_crc32_update(uint32_t crc, const uint8_t *data, size_t len)
 {
-    uint32_t c = 0xFFFFFFFFu;
+    uint32_t c = crc ^ 0xFFFFFFFFu;
     for (size_t i = 0; i < len; i++)
         c = crc_table[(c ^ data[i]) & 0xFFu] ^ (c >> 8);
     return c ^ 0xFFFFFFFFu;
+}
+
+uint32_t mp_crc32(const uint8_t *data, size_t len)
+{
+    return mp_crc32_update(0, data, len);
 }
 
 uint64_t mp_load_u64(const uint8_t *p)
@@ -324,7 +329,9 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
     uint64_t set = 0;
     for (uint64_t i = 0; i < used_bytes; i++)
         set += (uint64_t)__builtin_popcount(bm[i]);
-    if (extended ? out->free_count > out->total_pages - set : out->free_count != total - set) {
+    /* Extended: bytes 16-23 hold the commit's seal (a u32, then zero), not a
+     * free count; the caller checks the seal against the pages it covers. */
+    if (extended ? (out->free_count >> 32) != 0 : out->free_count != total - set) {
         out->problem = MP_META_BAD_FREE_COUNT;
         return;
     }
@@ -348,12 +355,12 @@ void fmt_meta_load_bits(const uint8_t *page, uint64_t total_pages, uint64_t *bit
 }
 
 void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
-                    uint64_t generation, uint64_t free_count, const uint64_t *bits)
+                    uint64_t generation, uint64_t free_or_seal, const uint64_t *bits)
 {
     memset(page, 0, page_size);
     mp_store_u64(page, total_pages);
     mp_store_u64(page + 8, generation);
-    mp_store_u64(page + 16, free_count);
+    mp_store_u64(page + 16, free_or_seal);
     uint8_t *bm = page + MP_META_HEADER;
     uint64_t nbytes = (total_pages + 7) / 8;
     if (nbytes > page_size - MP_META_HEADER - 4u)
@@ -497,6 +504,11 @@ void fmt_index_write(uint8_t *page, uint32_t page_size, uint64_t k, uint64_t gen
         r[16] = refs[i].active;
     }
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
+}
+
+uint32_t fmt_seal_add(uint32_t seal, const uint8_t *page, uint32_t page_size)
+{
+    return mp_crc32_update(seal, page + page_size - 4, 4);
 }
 
 int fmt_is_leftover(const uint8_t *page, uint32_t page_size, uint64_t max_generation)

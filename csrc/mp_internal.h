@@ -74,6 +74,8 @@ typedef struct {
 } mp_dir_entry;
 
 uint32_t mp_crc32(const uint8_t *data, size_t len);
+/* Continues a CRC-32 (zlib's crc32(data, crc)). */
+uint32_t mp_crc32_update(uint32_t crc, const uint8_t *data, size_t len);
 uint64_t mp_load_u64(const uint8_t *p);
 uint32_t mp_load_u32(const uint8_t *p);
 void mp_store_u64(uint8_t *p, uint64_t v);
@@ -93,7 +95,7 @@ void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, uint8_t 
 typedef struct {
     uint64_t total_pages;
     uint64_t generation;
-    uint64_t free_count;
+    uint64_t free_count;     /* extended layout: the commit's seal */
     uint32_t problem;        /* mp_meta_problem */
 } mp_meta_header;
 /* max_total: the most pages the layout named by the superblock allows. With
@@ -102,8 +104,14 @@ typedef struct {
 void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages,
                     uint64_t max_total, mp_meta_header *out);
 void fmt_meta_load_bits(const uint8_t *page, uint64_t total_pages, uint64_t *bits);
+/* free_or_seal: free_count in v0.2; in the extended layout the seal of the
+ * commit (see fmt_seal_add). */
 void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
-                    uint64_t generation, uint64_t free_count, const uint64_t *bits);
+                    uint64_t generation, uint64_t free_or_seal, const uint64_t *bits);
+/* The seal of an extended-layout commit: the CRC-32 of the stored CRCs of the
+ * page copies it wrote (free-map pages by chunk, then index pages by number),
+ * each as 4 little-endian bytes. Returns seal extended by one page copy. */
+uint32_t fmt_seal_add(uint32_t seal, const uint8_t *page, uint32_t page_size);
 
 /* Free-map page of chunk i >= 1 (extended layout). */
 typedef struct {

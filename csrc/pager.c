@@ -409,12 +409,11 @@ static int pick_copy(uint64_t gen_a, int ok_a, uint64_t gen_b, int ok_b)
 }
 
 /* Loads chunks 1.. of the extended layout for the metadata copy of
- * generation gen into p->bits (chunk 0 is loaded already) and checks that
- * their free counts add up to the copy's. */
-static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t meta_free,
-                       uint64_t chunk0_free, uint32_t *dir_blocks)
+ * generation gen into p->bits (chunk 0 is loaded already), adding their free
+ * pages to *free and the copies written by commit gen to *seal. */
+static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free,
+                       uint32_t *seal, uint32_t *dir_blocks)
 {
-    uint64_t free = chunk0_free;
     uint64_t last = chunks_below(p, total);
     for (uint64_t c = 1; c <= last; c++) {
         mp_chunk_header h[2];
@@ -428,18 +427,20 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t meta_
             bitmap_set(p->chunk_active, c);
         else
             bitmap_clear(p->chunk_active, c);
-        fmt_chunk_load_bits(pager_page_ptr(p, c * p->chunk + (uint64_t)pick), p->page_size, c,
-                            total, p->bits);
-        free += h[pick].free_count;
+        const uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)pick);
+        fmt_chunk_load_bits(page, p->page_size, c, total, p->bits);
+        *free += h[pick].free_count;
+        if (h[pick].generation == gen)
+            *seal = fmt_seal_add(*seal, page, p->page_size);
         if (c == 1)
             *dir_blocks = h[pick].dir_blocks;
     }
-    return free == meta_free ? MP_OK : MP_ECORRUPT_METADATA;
+    return MP_OK;
 }
 
 /* The directory's block references in the extended layout, from its index
  * pages (each read from a private copy: a writer may be rewriting one). */
-static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen)
+static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t *seal)
 {
     uint32_t per = fmt_max_dir_blocks(p->page_size);
     if (count > pager_dir_block_limit(p))
@@ -474,6 +475,8 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen)
             bitmap_set(p->index_active, k);
         else
             bitmap_clear(p->index_active, k);
+        if (g[pick] == gen)
+            *seal = fmt_seal_add(*seal, p->scratch, p->page_size);
     }
     return MP_OK;
 }
@@ -501,8 +504,20 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     *dir_blocks = 0;
     if (p->total_pages <= p->chunk)
         return MP_OK;
-    uint64_t free0 = in0 - bitmap_count_set(p->bits, in0);
-    return load_chunks(p, p->total_pages, p->generation, h->free_count, free0, dir_blocks);
+    /* Extended: the commit wrote its free-map and index pages and this copy
+     * with one flush, so any of them may have missed the disk; the seal says
+     * whether every page copy the commit wrote is the one selected now. */
+    uint64_t free = in0 - bitmap_count_set(p->bits, in0);
+    uint32_t seal = 0;
+    int rc = load_chunks(p, p->total_pages, p->generation, &free, &seal, dir_blocks);
+    if (rc == MP_OK)
+        rc = load_index_pages(p, *dir_blocks, p->generation, &seal);
+    if (rc != MP_OK)
+        return rc;
+    if (seal != (uint32_t)h->free_count)
+        return MP_ECORRUPT_METADATA;
+    p->free_count = free;
+    return MP_OK;
 }
 
 static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
@@ -587,8 +602,6 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
 
     uint32_t count = 0;
     if (extended) {
-        if ((rc = load_index_pages(p, dir_blocks, p->generation)) != MP_OK)
-            return rc;
         count = dir_blocks;
         p->dir_committed = count;
         p->ext_committed = 1;

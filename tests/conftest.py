@@ -844,6 +844,10 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
         dir_blocks = 0
         nidx = 0
         index_raw: dict = {}
+        # The commit's seal: the stored CRCs of the copies it wrote (generation
+        # equal to the metadata copy's), free-map pages by chunk, then index
+        # pages by number (FORMAT.md, "Commits: one commit point").
+        sealed: list = []
         for i in range(1, nchunks + 1):
             base = i * c
             if total < base + LAYOUT_PAGES:
@@ -863,6 +867,8 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 continue
             info["chunk_copy"][i] = fm.page - base
             info["chunk_generation"][i] = fm.generation
+            if fm.generation == gen:
+                sealed.append(fm.raw[ps - 4 :])
             info["chunk_free"][i] = fm.field16
             if i == 1:
                 dir_blocks = fm.field12
@@ -873,10 +879,7 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 index_raw[i - 1] = copies[2:]
             allocated += popcount(fm.body)
             bitmaps.append(fm.body)
-        if chosen.free_count != total - allocated:
-            problems.append(
-                f"metadata free_count {chosen.free_count} != {total - allocated} clear bits"
-            )
+        seal_field = chosen.free_count  # bytes 16-23: the seal in the extended layout
 
         def is_allocated(pid: int) -> bool:
             if pid >= total:
@@ -902,6 +905,8 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 continue
             info["index_copy"][k] = ix.page - (k + 1) * c - 2
             info["index_generation"][k] = ix.generation
+            if ix.generation == gen:
+                sealed.append(ix.raw[ps - 4 :])
             want = min(r_cap, dir_blocks - k * r_cap)
             if ix.field12 != want:
                 problems.append(
@@ -913,6 +918,12 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 off = CHUNK_HEADER + DIR_REF_SIZE * j
                 pa, pb = struct.unpack_from("<QQ", ix.raw, off)
                 refs.append(DirRef(pa, pb, ix.raw[off + 16]))
+        want_seal = crc32(b"".join(sealed))
+        if seal_field != want_seal:
+            problems.append(
+                f"metadata seal {seal_field:#x} != {want_seal:#x} (the CRC of the "
+                f"{len(sealed)} page copies of generation {gen})"
+            )
         system = _read_dir_pages(fd, ps, refs, total, is_allocated, True, problems)
         nlayout = LAYOUT_PAGES * nchunks
         regular_count = allocated - 3 - nlayout - len(system)
