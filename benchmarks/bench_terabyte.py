@@ -23,7 +23,8 @@ to it), prints one table with a row per file:
   each (fewer than 10,000 when the file has fewer free pages: 1,024 at 2**12);
 * the floor, measured in the same run and interleaved with the alloc/free pairs: one bare
   msync of one dirtied 4 KiB page of an ordinary mmap'd file in the same folder, and two
-  (p50);
+  (p50). The pairs of all sizes are taken in interleaved rounds (all files stay on disk
+  until the end), so a drift of the disk's latency falls on every size alike;
 * the ratio of each durable alloc + free latency to the same at the smallest size.
 
 Files live in a temporary folder made in ``--dir`` (default: the current directory, so
@@ -192,19 +193,31 @@ def time_opens(path: Path, page_size: int, grow_step: int, s: Settings) -> tuple
     return statistics.median(writer) / 1e6, statistics.median(reader) / 1e6
 
 
-def time_pairs(pager: Pager, floor: MsyncFloor, s: Settings) -> float:
-    """Median us of one durable alloc() + free(), interleaved with floor samples."""
-    alloc, free = pager.alloc, pager.free
-    for _ in range(WARMUP):
-        free(alloc())
-    lat: list[int] = []
-    for _ in range(s.pairs):
-        floor.sample()
-        t = time.perf_counter_ns()
-        pid = alloc()
-        free(pid)
-        lat.append(time.perf_counter_ns() - t)
-    return statistics.median(lat) / 1e3
+ROUNDS = 10  # the alloc/free pairs of every file are taken in this many interleaved rounds
+
+
+def time_pairs_interleaved(pagers: list[Pager], floor: MsyncFloor, s: Settings) -> list[float]:
+    """Median us of one durable alloc() + free() per pager.
+
+    The pairs are taken in rounds that visit every file in turn, each pair
+    beside a floor sample, so a drift of the disk's latency (a virtual disk
+    wanders by tens of percent over minutes) falls on every size alike and
+    the ratios between sizes stay fair.
+    """
+    for pager in pagers:
+        for _ in range(WARMUP):
+            pager.free(pager.alloc())
+    lat: list[list[int]] = [[] for _ in pagers]
+    for _ in range(ROUNDS):
+        for i, pager in enumerate(pagers):
+            alloc, free = pager.alloc, pager.free
+            for _ in range(max(1, s.pairs // ROUNDS)):
+                floor.sample()
+                t = time.perf_counter_ns()
+                pid = alloc()
+                free(pid)
+                lat[i].append(time.perf_counter_ns() - t)
+    return [statistics.median(x) / 1e3 for x in lat]
 
 
 def time_bulk(pager: Pager, s: Settings) -> tuple[int, float, float]:
@@ -226,29 +239,45 @@ def time_bulk(pager: Pager, s: Settings) -> tuple[int, float, float]:
     return n, n / (statistics.median(a) / 1e9), n / (statistics.median(f) / 1e9)
 
 
-def measure(work: Path, target: int, page_size: int, s: Settings, floor: MsyncFloor) -> Result:
-    path = work / f"terabyte-{target}.mpp"
-    grow_step = grow_step_for(target, page_size)
-    try:
+def measure(work: Path, sizes: list[int], page_size: int, s: Settings,
+            floor: MsyncFloor) -> list[Result]:
+    """Build every file, time opens and bulk calls on each, then the durable
+    alloc/free pairs of all files interleaved (one mode at a time)."""
+    rows: list[dict] = []
+    for target in sizes:
+        path = work / f"terabyte-{target}.mpp"
+        grow_step = grow_step_for(target, page_size)
         progress(f"{target:,} pages: building")
         build_s = build(path, target, page_size, grow_step)
-        disk = os.stat(path).st_blocks * 512
-        progress(f"{target:,} pages: open, alloc/free, bulk")
+        progress(f"{target:,} pages: open, bulk")
         open_w, open_r = time_opens(path, page_size, grow_step, s)
         with Pager.open(path, page_size, durability="compat", grow_step=grow_step,
                         preallocate=False) as pager:
-            pages, version = pager.page_count, pager.format_version
-            compat = time_pairs(pager, floor, s)
-            bulk_n, bulk_a, bulk_f = time_bulk(pager, s)
-        with Pager.open(path, page_size, durability="fast", grow_step=grow_step,
-                        preallocate=False) as pager:
-            fast = time_pairs(pager, floor, s)
-        msync1, msync2 = floor.take()
-    finally:
-        if path.exists():
-            path.unlink()
-    return Result(pages, disk, version, build_s, open_w, open_r, compat, fast,
-                  bulk_n, bulk_a, bulk_f, msync1, msync2)
+            bulk = time_bulk(pager, s)
+        rows.append(dict(path=path, grow_step=grow_step, build_s=build_s, open_w=open_w,
+                         open_r=open_r, bulk=bulk))
+    pairs: dict[str, list[float]] = {}
+    info: list[tuple[int, str]] = []
+    for mode in ("compat", "fast"):
+        progress(f"durable alloc/free pairs, {mode}, all sizes interleaved")
+        pagers = [Pager.open(r["path"], page_size, durability=mode, grow_step=r["grow_step"],
+                             preallocate=False) for r in rows]
+        try:
+            info = [(p.page_count, p.format_version) for p in pagers]
+            pairs[mode] = time_pairs_interleaved(pagers, floor, s)
+        finally:
+            for p in pagers:
+                p.close()
+    msync1, msync2 = floor.take()
+    results = []
+    for i, r in enumerate(rows):
+        disk = os.stat(r["path"]).st_blocks * 512
+        r["path"].unlink()
+        bulk_n, bulk_a, bulk_f = r["bulk"]
+        results.append(Result(info[i][0], disk, info[i][1], r["build_s"], r["open_w"],
+                              r["open_r"], pairs["compat"][i], pairs["fast"][i],
+                              bulk_n, bulk_a, bulk_f, msync1, msync2))
+    return results
 
 
 # --------------------------------------------------------------------------
@@ -368,13 +397,14 @@ def render(results: list[Result], page_size: int, directory: Path) -> str:
         "(page cache warm).",
         "alloc+free: p50 of one durable alloc() + free() pair (two commits) taking the lowest "
         "free page, in the middle of the file. Its floor is 2 x 'msync x2' for 'compat', "
-        "2 x 'msync x1' for 'fast' in the v0.2 layout, and 2 x 'msync x2' for both once the "
-        "file is past the v0.2 cap (format 0.3: a commit in chunk >= 1 flushes that chunk's "
-        "free-map page, then the metadata copy).",
+        "2 x 'msync x1' for 'fast' in the v0.2 layout; past the v0.2 cap (format 0.3) a "
+        "commit in both modes is one flush (one fdatasync for the changed free-map page and "
+        "the metadata copy), so about 2 x 'msync x1'.",
         "bulk: p50 pages/s of alloc_bulk(n, out=array('Q')) and of free_bulk of those ids, "
         "one commit each.",
         f"floors: bare msyncs of dirtied {FLOOR_PAGE // 1024} KiB pages of a plain mmap'd "
-        "file in the same folder, interleaved with the alloc/free pairs of the same row (p50).",
+        "file in the same folder, interleaved with the alloc/free pairs (p50; the pairs of all "
+        "sizes are taken in interleaved rounds, so one floor serves every row).",
     ]
     return "\n".join(lines)
 
@@ -423,8 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         floor = MsyncFloor(work)
         try:
-            for target in sizes:
-                results.append(measure(work, target, args.page_size, s, floor))
+            results = measure(work, sizes, args.page_size, s, floor)
         finally:
             floor.close()
     finally:
