@@ -39,10 +39,8 @@ import argparse
 import inspect
 import mmap
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +51,7 @@ from pathlib import Path
 
 import mappedpages
 from mappedpages import Pager, ReadOnlyPager
+from mappedpages._bench import machine  # the same machine line as `python -m mappedpages bench`
 
 SIZES = (2**12, 2**20, 2**27)
 QUICK_SIZES = (2**12, 2**16, 2**20)
@@ -301,58 +300,6 @@ def pages_text(n: int) -> str:
     if n & (n - 1) == 0:
         return f"2**{n.bit_length() - 1} ({n:,})"
     return f"{n:,}"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def memory() -> str:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return f"{int(line.split()[1]) / (1 << 20):.0f} GiB RAM"
-    except OSError:
-        pass
-    return "RAM unknown"
-
-
-def file_system(directory: Path) -> str:
-    target = os.path.realpath(directory)
-    try:
-        best = ("", "unknown", "?")
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                dev, mnt, fstype = line.split()[:3]
-                mnt = mnt.replace("\\040", " ")
-                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and \
-                        len(mnt) > len(best[0]):
-                    best = (mnt, fstype, dev)
-        return f"{best[1]} on {best[2]}"
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["stat", "-f", "-c", "%T", target], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        return out or "file system unknown"
-    except (OSError, subprocess.CalledProcessError):
-        return "file system unknown"
-
-
-def machine(directory: Path) -> str:
-    return (
-        f"{platform.system()} {platform.release()} {platform.machine()}, {cpu_model()}, "
-        f"{os.cpu_count()} CPUs, {memory()}; {file_system(directory)}; "
-        f"Python {platform.python_version()}; mappedpages {mappedpages.__version__}"
-    )
 
 
 def render(results: list[Result], page_size: int, directory: Path) -> str:

@@ -13,11 +13,6 @@
 
 #include <string.h>
 
-uint64_t bitmap_find_free(const uint64_t *bits, uint64_t start, uint64_t limit)
-{
-    return bitmap_find_free_masked(bits, NULL, start, limit);
-}
-
 uint64_t bitmap_find_set(const uint64_t *bits, const uint64_t *mask, uint64_t start,
                          uint64_t limit)
 {
@@ -48,28 +43,6 @@ uint64_t bitmap_count_set(const uint64_t *bits, uint64_t limit)
     if (limit & 63)
         n += (uint64_t)__builtin_popcountll(bits[full] & (((uint64_t)1 << (limit & 63)) - 1));
     return n;
-}
-
-/* Lowest bit in [start, limit) clear in bits and in mask (NULL: no mask). */
-uint64_t bitmap_find_free_masked(const uint64_t *bits, const uint64_t *mask, uint64_t start,
-                                 uint64_t limit)
-{
-    if (start >= limit)
-        return limit;
-    uint64_t w = start >> 6;
-    uint64_t last = (limit - 1) >> 6;
-    /* Treat the bits below start as allocated so they are never chosen. */
-    uint64_t word = ~(bits[w] | (mask ? mask[w] : 0)) & (~(uint64_t)0 << (start & 63));
-    for (;;) {
-        if (word) {
-            uint64_t i = (w << 6) + (uint64_t)__builtin_ctzll(word);
-            return i < limit ? i : limit;
-        }
-        if (w == last)
-            return limit;
-        w++;
-        word = ~(bits[w] | (mask ? mask[w] : 0));
-    }
 }
 
 /* ------------------------------------------------------------- summary

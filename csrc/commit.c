@@ -233,6 +233,24 @@ static void pending_clear(mp_pager *p)
 
 /* Commits every change made since the last commit: allocation changes
  * (p->changed) and directory changes (dirty blocks, a changed index). */
+/* Staged copies a transaction committed must be durable before any directory
+ * copy names them. One msync covers them all: only the dirty pages in its
+ * range are written. */
+static int flush_staged(mp_pager *p)
+{
+    if (p->staged_hi < p->staged_lo)
+        return MP_OK;
+    int rc = os_flush_range(&p->map, p->staged_lo * (uint64_t)p->page_size,
+                            (p->staged_hi - p->staged_lo + 1) * (uint64_t)p->page_size);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    p->staged_lo = 1;
+    p->staged_hi = 0;
+    return MP_OK;
+}
+
 /* The extended layout has one commit point, the metadata copy: staged copies
  * and directory pages are flushed before it (they carry no generation, so the
  * seal cannot vouch for them), then the index and free-map pages and the
@@ -251,16 +269,8 @@ static int commit_extended(mp_pager *p)
         p->meta_unwritten = 1;
         return MP_OK;
     }
-    if (p->staged_hi >= p->staged_lo) {
-        rc = os_flush_range(&p->map, p->staged_lo * (uint64_t)p->page_size,
-                            (p->staged_hi - p->staged_lo + 1) * (uint64_t)p->page_size);
-        if (rc != MP_OK) {
-            p->poisoned = 1;
-            return rc;
-        }
-        p->staged_lo = 1;
-        p->staged_hi = 0;
-    }
+    if ((rc = flush_staged(p)) != MP_OK)
+        return rc;
     if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
         return rc;
     dir_flip_dirty(p);
@@ -297,19 +307,10 @@ int pager_commit(mp_pager *p, int order)
             return pager_write_page0(p, 1);
         return MP_OK;
     }
-    /* Staged copies a transaction committed, then each new directory copy,
-     * must be durable before page 0 names them. One msync covers all the
-     * staged copies: only the dirty pages in its range are written. */
-    if (p->staged_hi >= p->staged_lo) {
-        rc = os_flush_range(&p->map, p->staged_lo * (uint64_t)p->page_size,
-                            (p->staged_hi - p->staged_lo + 1) * (uint64_t)p->page_size);
-        if (rc != MP_OK) {
-            p->poisoned = 1;
-            return rc;
-        }
-        p->staged_lo = 1;
-        p->staged_hi = 0;
-    }
+    /* Staged copies, then each new directory copy, must be durable before
+     * page 0 names them. */
+    if ((rc = flush_staged(p)) != MP_OK)
+        return rc;
     if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
         return rc;
     p->changed = 0;

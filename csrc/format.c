@@ -159,6 +159,31 @@ void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, uint8_t 
     mp_store_u32(page0 + 16, MP_CRC_RESIDUE);
 }
 
+/* Block references, 17 bytes each (page_a, page_b, active): page 0's
+ * directory index and the extended layout's index pages share the record. */
+static int refs_read(const uint8_t *at, uint32_t n, mp_dir_ref *refs)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *r = at + (size_t)MP_DIR_REF_SIZE * i;
+        refs[i].page_a = mp_load_u64(r);
+        refs[i].page_b = mp_load_u64(r + 8);
+        refs[i].active = r[16];
+        if (refs[i].active > 1)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+    }
+    return MP_OK;
+}
+
+static void refs_write(uint8_t *at, uint32_t n, const mp_dir_ref *refs)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *r = at + (size_t)MP_DIR_REF_SIZE * i;
+        mp_store_u64(r, refs[i].page_a);
+        mp_store_u64(r + 8, refs[i].page_b);
+        r[16] = refs[i].active;
+    }
+}
+
 /* Parses a directory section [20, PS-4) whose CRC has been checked. */
 static int parse_dir_section(const uint8_t *sec, uint32_t page_size, uint32_t *count,
                              mp_dir_ref *refs)
@@ -166,16 +191,10 @@ static int parse_dir_section(const uint8_t *sec, uint32_t page_size, uint32_t *c
     uint32_t n = mp_load_u32(sec);
     if (n > fmt_max_dir_blocks(page_size))
         return MP_ECORRUPT_DIRECTORY_INDEX;
-    for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *r = sec + 4 + (size_t)MP_DIR_REF_SIZE * i;
-        refs[i].page_a = mp_load_u64(r);
-        refs[i].page_b = mp_load_u64(r + 8);
-        refs[i].active = r[16];
-        if (refs[i].active > 1)
-            return MP_ECORRUPT_DIRECTORY_INDEX;
-    }
-    *count = n;
-    return MP_OK;
+    int rc = refs_read(sec + 4, n, refs);
+    if (rc == MP_OK)
+        *count = n;
+    return rc;
 }
 
 int fmt_dir_index_read(const uint8_t *page0, uint32_t page_size, uint32_t *count,
@@ -271,12 +290,7 @@ void fmt_dir_index_write(uint8_t *page0, uint32_t page_size, uint32_t count,
     uint8_t *sec = page0 + MP_DIR_INDEX_OFFSET;
     memset(sec, 0, page_size - MP_DIR_INDEX_OFFSET);
     mp_store_u32(sec, count);
-    for (uint32_t i = 0; i < count; i++) {
-        uint8_t *r = page0 + 24 + (size_t)MP_DIR_REF_SIZE * i;
-        mp_store_u64(r, refs[i].page_a);
-        mp_store_u64(r + 8, refs[i].page_b);
-        r[16] = refs[i].active;
-    }
+    refs_write(sec + 4, count, refs);
     mp_store_u32(page0 + page_size - 4,
                  mp_crc32(sec, page_size - MP_DIR_INDEX_OFFSET - 4));
 }
@@ -477,14 +491,9 @@ int fmt_index_read(const uint8_t *page, uint32_t page_size, uint64_t k,
     if (mp_load_u32(page + 8) != (uint32_t)k || gen > max_generation ||
         n > fmt_max_dir_blocks(page_size))
         return MP_ECORRUPT_DIRECTORY_INDEX;
-    for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *r = page + MP_CHUNK_HEADER + (size_t)MP_DIR_REF_SIZE * i;
-        refs[i].page_a = mp_load_u64(r);
-        refs[i].page_b = mp_load_u64(r + 8);
-        refs[i].active = r[16];
-        if (refs[i].active > 1)
-            return MP_ECORRUPT_DIRECTORY_INDEX;
-    }
+    int rc = refs_read(page + MP_CHUNK_HEADER, n, refs);
+    if (rc != MP_OK)
+        return rc;
     *generation = gen;
     *count = n;
     return MP_OK;
@@ -497,12 +506,7 @@ void fmt_index_write(uint8_t *page, uint32_t page_size, uint64_t k, uint64_t gen
     mp_store_u64(page, generation);
     mp_store_u32(page + 8, (uint32_t)k);
     mp_store_u32(page + 12, count);
-    for (uint32_t i = 0; i < count; i++) {
-        uint8_t *r = page + MP_CHUNK_HEADER + (size_t)MP_DIR_REF_SIZE * i;
-        mp_store_u64(r, refs[i].page_a);
-        mp_store_u64(r + 8, refs[i].page_b);
-        r[16] = refs[i].active;
-    }
+    refs_write(page + MP_CHUNK_HEADER, count, refs);
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
 }
 

@@ -166,11 +166,6 @@ static inline uint64_t bitmap_words(uint64_t nbits)
 {
     return (nbits + 63) >> 6;
 }
-/* Lowest clear bit in [start, limit), or limit when none. */
-uint64_t bitmap_find_free(const uint64_t *bits, uint64_t start, uint64_t limit);
-/* Lowest bit in [start, limit) clear in both bits and mask, or limit. */
-uint64_t bitmap_find_free_masked(const uint64_t *bits, const uint64_t *mask, uint64_t start,
-                                 uint64_t limit);
 /* Lowest set bit in [start, limit) of bits & ~mask (mask may be NULL). */
 uint64_t bitmap_find_set(const uint64_t *bits, const uint64_t *mask, uint64_t start,
                          uint64_t limit);
