@@ -991,3 +991,32 @@ def check_valid_any(path, allocated=None, *, after_crash: bool = False):
             assert got == set(allocated)
         return got
     return check_valid_v03(path, allocated, after_crash=after_crash)
+
+
+# --------------------------------------------------------------------------
+# Small page helpers shared by the test modules
+# --------------------------------------------------------------------------
+
+
+def read_page(p, page_id: int) -> bytes:
+    """The bytes of one page, through a view released at once."""
+    v = p.page(page_id)
+    try:
+        return bytes(v)
+    finally:
+        v.release()
+
+
+def read_protected(p, pid: int) -> bytes:
+    """The committed bytes of a protected page."""
+    v = p.protected_page(pid)
+    try:
+        return bytes(v)
+    finally:
+        v.release()
+
+
+def commit_bytes(p, pid: int, data: bytes, offset: int = 0) -> None:
+    """Write data into a protected page at offset and commit."""
+    with p.write_protected(pid) as w:
+        w.page[offset : offset + len(data)] = data

@@ -46,6 +46,7 @@ from conftest import (
     check_valid_v03,
     chunk_count,
     chunk_pages,
+    commit_bytes,
     entries_per_dir_page,
     expected_free_count,
     flip_byte,
@@ -58,6 +59,8 @@ from conftest import (
     parse_layout_copy,
     patch,
     read_at,
+    read_page,
+    read_protected,
     read_v03,
     regular_page_id,
     regular_page_total,
@@ -112,25 +115,7 @@ def write_tag(p, pid: int, salt: int = 0) -> None:
         v.release()
 
 
-def read_page(p, pid: int) -> bytes:
-    v = p.page(pid)
-    try:
-        return bytes(v)
-    finally:
-        v.release()
 
-
-def read_protected(p, pid: int) -> bytes:
-    v = p.protected_page(pid)
-    try:
-        return bytes(v)
-    finally:
-        v.release()
-
-
-def commit_protected(p, pid: int, data: bytes) -> None:
-    with p.write_protected(pid) as w:
-        w.page[: len(data)] = data
 
 
 def open_clean(path, cls=Pager, **kw):
@@ -533,7 +518,7 @@ def test_commits_write_inactive_copies_and_leave_page0_alone(tmp_path):
         one_commit("alloc", p.alloc)
         one_commit("alloc_bulk", lambda: p.alloc_bulk(10))
         pid = one_commit("alloc_protected (a new directory block)", p.alloc_protected)
-        one_commit("protected write", lambda: commit_protected(p, pid, pdata(pid, 1)))
+        one_commit("protected write", lambda: commit_bytes(p, pid, pdata(pid, 1)))
         pid2 = one_commit("alloc_protected", p.alloc_protected)
         one_commit("transaction", txn)
         one_commit("free_protected", lambda: p.free_protected(pid))
@@ -1200,7 +1185,7 @@ def test_protected_pages_across_the_upgrade(tmp_path):
     with Pager.create(path, PS) as p:
         pids = p.alloc_protected_bulk(5)
         for pid in pids:
-            commit_protected(p, pid, pdata(pid, 1))
+            commit_bytes(p, pid, pdata(pid, 1))
         regular = p.alloc_bulk(50)
         for r in regular:
             write_tag(p, r)
@@ -1226,11 +1211,11 @@ def test_protected_pages_across_the_upgrade(tmp_path):
     with open_clean(path) as p:
         for pid in pids:
             assert read_protected(p, pid) == pdata(pid, 1)
-            commit_protected(p, pid, pdata(pid, 2))
+            commit_bytes(p, pid, pdata(pid, 2))
         p.free_protected(pids[2])
         extra = p.alloc_protected_bulk(EPP)  # 4 + 33 pages: a second directory block
         for pid in extra:
-            commit_protected(p, pid, pdata(pid, 3))
+            commit_bytes(p, pid, pdata(pid, 3))
         live = {pid: 2 for pid in pids if pid != pids[2]}
         live.update(dict.fromkeys(extra, 3))
         assert sorted(p.allocated_protected_pages()) == sorted(live)
@@ -1263,7 +1248,7 @@ def test_directory_larger_than_page0_could_index(tmp_path):
         assert len(set(pids)) == n
         sample = pids[:2] + pids[R * EPP - 2 : R * EPP + 2] + pids[-2:]
         for pid in sample:
-            commit_protected(p, pid, pdata(pid, 1))
+            commit_bytes(p, pid, pdata(pid, 1))
         assert len(list(p.allocated_protected_pages())) == n
         assert list(p.allocated_pages()) == regular
     img = inspect_v03(path)
@@ -1289,7 +1274,7 @@ def test_transaction_rollback_in_the_extended_state(tmp_path):
     ids = upgraded_file(path, 2 * C + 200)
     with open_clean(path) as p:
         pid = p.alloc_protected()
-        commit_protected(p, pid, pdata(pid, 1))
+        commit_bytes(p, pid, pdata(pid, 1))
         holes = [ids[10], ids[C], ids[-5]]  # in chunks 0, 1 and 2
         p.free_bulk(holes)
         before = snapshot(p)
@@ -1320,7 +1305,7 @@ def test_transaction_commit_is_one_commit_in_the_extended_state(tmp_path):
     ids = upgraded_file(path, 3 * C)
     with open_clean(path) as p:
         pid = p.alloc_protected()
-        commit_protected(p, pid, pdata(pid, 1))
+        commit_bytes(p, pid, pdata(pid, 1))
         holes = [ids[10], ids[C + 10], ids[2 * C + 10]]  # in chunks 0, 1 and 2
         p.free_bulk(holes)
         img0 = inspect_v03(path)
@@ -1356,7 +1341,7 @@ def test_upgrade_inside_a_transaction(tmp_path, outcome):
     with Pager.create(path, PS) as p:
         p.alloc_bulk(4000)
         pid = p.alloc_protected()
-        commit_protected(p, pid, pdata(pid, 1))
+        commit_bytes(p, pid, pdata(pid, 1))
         before = snapshot(p)
         more: list = []
         try:

@@ -23,6 +23,7 @@ from conftest import (
     DIR_PAGE_HEADER,
     DIR_REF_SIZE,
     check_valid_v03,
+    commit_bytes,
     copy_fixture,
     crc32,
     entries_per_dir_page,
@@ -33,6 +34,7 @@ from conftest import (
     pattern,
     read_at,
     read_image,
+    read_protected,
 )
 
 import mappedpages
@@ -67,18 +69,6 @@ def regular_pattern(page_id: int, size: int) -> bytes:
     return bytes((page_id * 31 + i) % 251 for i in range(size))
 
 
-def read_protected(p, pid: int) -> bytes:
-    v = p.protected_page(pid)
-    try:
-        return bytes(v)
-    finally:
-        v.release()
-
-
-def commit_bytes(p, pid: int, data: bytes, offset: int = 0) -> None:
-    w = p.write_protected(pid)
-    w.page[offset : offset + len(data)] = data
-    w.commit()
 
 
 def dir_blocks_on_disk(path) -> list[tuple[int, int, int]]:

@@ -30,6 +30,7 @@ from conftest import (
     DIR_PAGE_HEADER,
     DIR_REF_SIZE,
     OFF_DIR_COUNT,
+    commit_bytes,
     copy_fixture,
     crc32,
     entries_per_dir_page,
@@ -42,6 +43,8 @@ from conftest import (
     pattern,
     read_at,
     read_image,
+    read_page,
+    read_protected,
     reseal_dir_index,
 )
 
@@ -75,25 +78,7 @@ def dir_page_ok(raw: bytes) -> bool:
     return crc32(raw[: ps - 4]) == struct.unpack_from("<I", raw, ps - 4)[0]
 
 
-def read_protected(p, pid: int) -> bytes:
-    v = p.protected_page(pid)
-    try:
-        return bytes(v)
-    finally:
-        v.release()
 
-
-def read_page(p, page_id: int) -> bytes:
-    v = p.page(page_id)
-    try:
-        return bytes(v)
-    finally:
-        v.release()
-
-
-def commit_bytes(p, pid: int, data: bytes) -> None:
-    with p.write_protected(pid) as w:
-        w.page[: len(data)] = data
 
 
 def system_pages(path) -> set[int]:
