@@ -50,6 +50,15 @@ def chunk_copies(data: bytes, i: int) -> list[tuple[int, int]]:
     return out
 
 
+def assert_falls_back(path, allocated: list[int]) -> None:
+    """Open discards the newest metadata copy (its free map is not there) and
+    shows the state of the older one."""
+    with pytest.warns(RecoveryWarning, match="free-map page"):
+        p = Pager.open(path)
+    with p:
+        assert sorted(p.allocated_pages()) == allocated
+
+
 def extended_file(path, extra: int = 100) -> list[int]:
     with Pager.create(path, PS) as p:
         ids = p.alloc_bulk(C + extra)
@@ -162,11 +171,8 @@ def test_damaged_free_map_falls_back_to_the_older_metadata_copy(tmp_path):
     assert newest, copies
     data[(C + newest[0]) * PS + 100] ^= 0xFF  # damage the copy the newest commit wrote
     path.write_bytes(bytes(data))
-    with pytest.warns(RecoveryWarning, match="free-map page"):
-        p = Pager.open(path)
-    with p:
-        # The commit whose free-map page is gone is dropped as a whole.
-        assert sorted(p.allocated_pages()) == before
+    # The commit whose free-map page is gone is dropped as a whole.
+    assert_falls_back(path, before)
 
 
 def test_both_free_map_copies_damaged_is_corrupt_metadata(tmp_path):
@@ -272,10 +278,7 @@ def test_a_commit_that_reached_the_disk_in_part_is_rejected_by_its_seal(tmp_path
             torn[n * PS : (n + 1) * PS] = pg
     assert bytes(torn) != image_before
     path.write_bytes(bytes(torn))
-    with pytest.warns(RecoveryWarning, match="free-map page"):
-        q = Pager.open(path)
-    with q:
-        assert sorted(q.allocated_pages()) == state_before
+    assert_falls_back(path, state_before)
 
 
 def test_reader_refresh_follows_the_upgrade(tmp_path):
