@@ -689,6 +689,9 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
     return MP_OK;
 }
 
+/* At 2 ms apart, about half a second of a writer's progress. */
+#define MAX_READER_ATTEMPTS 200
+
 /* A reader may look while a writer is rewriting page 0 or a directory page;
  * what it then sees can fail a CRC for a moment. Readers retry briefly. */
 static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
@@ -699,8 +702,17 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
      * few times before believing it (an error, or a copy to discard). */
     uint32_t transient = MP_REC_META_A_DAMAGED | MP_REC_META_B_DAMAGED | MP_REC_DIR_FALLBACK |
                          MP_REC_DIR_ENTRY_DROPPED | MP_REC_DIR_INDEX_TORN;
+    /* In the extended layout a reader reads free-map pages for a while, and a
+     * busy writer may rewrite a copy it needs twice in that time (each commit
+     * writes the inactive copies): nothing wrong with the file, only a race.
+     * While the metadata generation moves between attempts the writer is
+     * making progress, so keep looking, within a bound; with no progress,
+     * five looks (about 10 ms) before believing it is damage. */
+    int limit = 5;
+    uint64_t seen = rep->generation[0] > rep->generation[1] ? rep->generation[0]
+                                                            : rep->generation[1];
     for (int attempt = 0;
-         p->read_only && attempt < 5 &&
+         p->read_only && attempt < limit &&
          ((rc > 0 && rc != MP_ENO_MEMORY) || (rc == MP_OK && (rep->flags & transient)));
          attempt++) {
         struct timespec nap = {0, 2 * 1000 * 1000};
@@ -716,6 +728,11 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
         dir_release(p);
         memset(rep, 0, sizeof *rep);
         rc = load_state(p, file_len, rep, page0_stale);
+        uint64_t now = rep->generation[0] > rep->generation[1] ? rep->generation[0]
+                                                               : rep->generation[1];
+        if (now != seen && limit < MAX_READER_ATTEMPTS)
+            limit = attempt + 6 < MAX_READER_ATTEMPTS ? attempt + 6 : MAX_READER_ATTEMPTS;
+        seen = now;
     }
     return rc;
 }
