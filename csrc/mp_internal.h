@@ -10,8 +10,10 @@
  *     total_pages and free_count equal that copy's fields, and the copy's
  *     generation is `generation`;
  *   - page 0 on disk names `active` and holds the directory index of `dirs`;
- *   - every page below total_pages is mapped at base + id * page_size, and the
- *     mapping never moves: growth maps more of the file into the reserved range;
+ *   - every page below total_pages is mapped at base + id * page_size; base
+ *     changes only when the file outgrows its reserved range, and the old
+ *     range stays mapped until the pager is released (os.c), so no address
+ *     handed out goes stale;
  *   - system[] has a bit for each directory page and protected backing page;
  *     each such page is also set in bits[].
  */
@@ -196,11 +198,21 @@ uint64_t summary_find_free(const mp_summary *s, const uint64_t *bits, const uint
 
 /* ---- os.c: every system call that touches the file or the mapping ---- */
 
+/* A range the file was mapped at before it outgrew it: still mapped, so that
+ * views handed out there stay valid, until the pager is released. */
+typedef struct {
+    uint8_t *base;
+    uint64_t len;
+} mp_region;
+
 /* The file's mapping and the I/O context every system call on it goes through. */
 typedef struct {
     uint8_t *base;
     uint64_t reserved;       /* bytes of address space reserved at base */
     uint64_t mapped;         /* bytes of the file mapped at base */
+    uint64_t limit;          /* the most bytes of the file ever mapped */
+    mp_region *retired;      /* earlier ranges, still mapped */
+    uint32_t retired_count;
     int writable;
     int fd;
     mp_io_hooks *io;         /* test hooks, or NULL */
@@ -210,7 +222,9 @@ int os_open_file(const char *path, int create, int read_only, int *out_fd);
 int os_close_file(int fd);
 int os_file_size(int fd, uint64_t *out);
 int os_lock(int fd, double timeout);
-int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m);
+/* Reserves address space for the file: want bytes (less if the address space
+ * is short, never less than need), for a file that may reach limit bytes. */
+int os_map_reserve(uint64_t want, uint64_t need, uint64_t limit, int writable, mp_map *m);
 int os_map_extend(mp_map *m, uint64_t new_len);
 void os_map_release(mp_map *m);
 int os_map_detach(mp_map *m);
@@ -253,7 +267,7 @@ struct mp_pager {
     uint32_t page_size;
     uint32_t log2;
     mp_map map;
-    uint64_t max_pages;      /* cap of the layout and of the reservation */
+    uint64_t max_pages;      /* the most pages a pager maps (16 TiB of them) */
     uint64_t total_pages;
     uint64_t free_count;
     uint64_t generation;

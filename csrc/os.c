@@ -6,18 +6,22 @@
  * one file keeps the platform differences (Linux, macOS) side by side, one
  * comment per difference, and gives fault injection a single place to hook.
  *
- * Invariants: the reserved range never moves and never shrinks while the
- * pager lives; [base, base + mapped) is always a MAP_SHARED mapping of the
- * file; the rest of the range is PROT_NONE, so a stray access faults instead of
- * touching another object. Growth replaces part of the PROT_NONE range with
- * MAP_FIXED, which swaps the pages atomically: addresses handed out earlier
- * stay valid.
+ * Invariants: [base, base + mapped) is always a MAP_SHARED mapping of the
+ * file; the rest of the reserved range is PROT_NONE, so a stray access faults
+ * instead of touching another object. Growth replaces part of the PROT_NONE
+ * range with MAP_FIXED, which swaps the pages atomically. When the file
+ * outgrows its range (address space is finite: a range is reserved for a
+ * multiple of the file, not for the largest file), it is mapped whole into a
+ * new, larger range, and the old range stays mapped until the pager is
+ * released: every address handed out stays valid, and both ranges show the
+ * same pages of the page cache.
  */
 #include "mp_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -128,25 +132,20 @@ int os_lock(int fd, double timeout)
     }
 }
 
-int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m)
+/* Address space only: PROT_NONE and MAP_NORESERVE cost no memory and no
+ * commit charge. Halves the request if the address space is short. */
+static int reserve_range(uint64_t want, uint64_t need, uint8_t **base, uint64_t *got)
 {
     uint64_t ps = os_page_size();
     if (need > want)
         want = need;
     want = (want + ps - 1) & ~(ps - 1);
-    /* Address space only: PROT_NONE and MAP_NORESERVE cost no memory and no
-     * commit charge. Halve the request if the address space is short. */
-    int injected = io_gate(m->io, MP_IO_MMAP);
-    if (injected)
-        return -injected;
     for (;;) {
         void *b = mmap(NULL, (size_t)want, PROT_NONE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (b != MAP_FAILED) {
-            m->base = b;
-            m->reserved = want;
-            m->mapped = 0;
-            m->writable = writable;
+            *base = b;
+            *got = want;
             return MP_OK;
         }
         if (want / 2 < need || want <= ps)
@@ -155,27 +154,83 @@ int os_map_reserve(uint64_t want, uint64_t need, int writable, mp_map *m)
     }
 }
 
-int os_map_extend(mp_map *m, uint64_t new_len)
+int os_map_reserve(uint64_t want, uint64_t need, uint64_t limit, int writable, mp_map *m)
 {
-    if (new_len <= m->mapped)
-        return MP_OK;
-    if (new_len > m->reserved)
-        return MP_EFILE_FULL;
     int injected = io_gate(m->io, MP_IO_MMAP);
     if (injected)
         return -injected;
-    uint64_t ps = os_page_size();
-    uint64_t start = m->mapped & ~(ps - 1);
+    if (want > limit)
+        want = limit;
+    int rc = reserve_range(want, need, &m->base, &m->reserved);
+    if (rc != MP_OK)
+        return rc;
+    m->mapped = 0;
+    m->limit = limit;
+    m->writable = writable;
+    return MP_OK;
+}
+
+static int map_file_at(const mp_map *m, uint8_t *at, uint64_t start, uint64_t end)
+{
     /* A reader maps the file private and writable: the views it hands out
      * are read-only, but Python code can reach the exporting buffer behind a
      * view (view.obj), and a write through it must not fault. With a private
      * mapping such a write lands in a private copy, never in the file. */
     int flags = (m->writable ? MAP_SHARED : MAP_PRIVATE | MAP_NORESERVE) | MAP_FIXED;
-    void *want = m->base + start;
-    void *got = mmap(want, (size_t)(new_len - start), PROT_READ | PROT_WRITE, flags, m->fd,
+    void *got = mmap(at + start, (size_t)(end - start), PROT_READ | PROT_WRITE, flags, m->fd,
                      (off_t)start);
-    if (got == MAP_FAILED)
-        return -errno;
+    return got == MAP_FAILED ? -errno : MP_OK;
+}
+
+/* The file outgrew its range: map it whole into a new range four times its
+ * size (or what the address space allows), and retire the old one. */
+static int relocate(mp_map *m, uint64_t new_len)
+{
+    uint64_t ps = os_page_size();
+    uint64_t want = new_len > m->limit / 4 ? m->limit : new_len * 4;
+    uint8_t *base;
+    uint64_t got;
+    int rc = reserve_range(want, new_len, &base, &got);
+    if (rc != MP_OK)
+        return rc;
+    mp_region *list = realloc(m->retired, sizeof *list * (m->retired_count + 1u));
+    if (!list || (rc = map_file_at(m, base, 0, new_len)) != MP_OK) {
+        if (list)
+            m->retired = list;
+        munmap(base, (size_t)got);
+        return list ? rc : MP_ENO_MEMORY;
+    }
+    m->retired = list;
+    /* The old range keeps what is mapped (views may point there); its
+     * reserved tail goes back to the address space. */
+    uint64_t keep = (m->mapped + ps - 1) & ~(ps - 1);
+    if (keep < m->reserved)
+        munmap(m->base + keep, (size_t)(m->reserved - keep));
+    if (keep > 0)
+        m->retired[m->retired_count++] = (mp_region){m->base, keep};
+    else
+        munmap(m->base, (size_t)m->reserved);
+    m->base = base;
+    m->reserved = got;
+    m->mapped = new_len;
+    return MP_OK;
+}
+
+int os_map_extend(mp_map *m, uint64_t new_len)
+{
+    if (new_len <= m->mapped)
+        return MP_OK;
+    if (new_len > m->limit)
+        return MP_EFILE_FULL;
+    int injected = io_gate(m->io, MP_IO_MMAP);
+    if (injected)
+        return -injected;
+    if (new_len > m->reserved)
+        return relocate(m, new_len);
+    uint64_t ps = os_page_size();
+    int rc = map_file_at(m, m->base, m->mapped & ~(ps - 1), new_len);
+    if (rc != MP_OK)
+        return rc;
     m->mapped = new_len;
     return MP_OK;
 }
@@ -184,15 +239,26 @@ int os_map_extend(mp_map *m, uint64_t new_len)
  * A mapping holds a reference to the open file description, and with it the
  * writer lock; a fork child uses this to let go of both while any views it
  * inherited stay valid memory (they read zeros from then on). */
-int os_map_detach(mp_map *m)
+static int detach_range(uint8_t *base, uint64_t len)
 {
-    if (!m->base || m->mapped == 0)
-        return MP_OK;
-    uint64_t ps = os_page_size();
-    uint64_t len = (m->mapped + ps - 1) & ~(ps - 1);
-    void *got = mmap(m->base, (size_t)len, PROT_READ | PROT_WRITE,
+    void *got = mmap(base, (size_t)len, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     return got == MAP_FAILED ? -errno : MP_OK;
+}
+
+int os_map_detach(mp_map *m)
+{
+    int rc = MP_OK;
+    for (uint32_t i = 0; i < m->retired_count; i++) {
+        int r = detach_range(m->retired[i].base, m->retired[i].len);
+        if (r != MP_OK)
+            rc = r;
+    }
+    if (!m->base || m->mapped == 0)
+        return rc;
+    uint64_t ps = os_page_size();
+    int r = detach_range(m->base, (m->mapped + ps - 1) & ~(ps - 1));
+    return r != MP_OK ? r : rc;
 }
 
 void os_map_release(mp_map *m)
@@ -202,6 +268,11 @@ void os_map_release(mp_map *m)
     (void)io_gate(m->io, MP_IO_MUNMAP);
     if (m->base)
         munmap(m->base, (size_t)m->reserved);
+    for (uint32_t i = 0; i < m->retired_count; i++)
+        munmap(m->retired[i].base, (size_t)m->retired[i].len);
+    free(m->retired);
+    m->retired = NULL;
+    m->retired_count = 0;
     m->base = NULL;
     m->reserved = m->mapped = 0;
 }

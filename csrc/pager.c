@@ -30,9 +30,16 @@
 #include <string.h>
 #include <time.h>
 
-/* Address space reserved per pager: the whole layout when it fits, else 16 TiB.
- * Reserving costs no memory, and it is what lets the mapping stay put. */
-static const uint64_t RESERVE_LIMIT = (uint64_t)1 << 44;
+/* The most of a file a pager maps: 16 TiB (2^32 pages of 4 KiB). A process
+ * has 128 TiB of address space on x86-64, so a pager does not reserve all of
+ * it at once: it reserves RESERVE_FACTOR times the file, at least
+ * RESERVE_MIN, and moves to a larger range when the file outgrows that one
+ * (os.c keeps the old range mapped, so no address handed out goes stale).
+ * Reserving costs no memory; a move costs one mmap, and happens only when the
+ * file has grown RESERVE_FACTOR-fold. */
+static const uint64_t MAP_LIMIT = (uint64_t)1 << 44;
+static const uint64_t RESERVE_MIN = (uint64_t)256 << 30;
+static const uint64_t RESERVE_FACTOR = 8;
 
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id)
 {
@@ -116,14 +123,16 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->chunk = fmt_chunk_pages(p->page_size);
     p->minor = MP_MINOR_V02;
     /* The extended layout has no cap of its own short of 2^32 chunks; what
-     * caps a file is the address range, reserved whole so it never moves. */
-    int rc = os_map_reserve(RESERVE_LIMIT, need_bytes, !read_only, &p->map);
+     * caps a file is the most a pager maps. */
+    uint64_t want = need_bytes > RESERVE_MIN / RESERVE_FACTOR ? need_bytes * RESERVE_FACTOR
+                                                              : RESERVE_MIN;
+    int rc = os_map_reserve(want, need_bytes, MAP_LIMIT, !read_only, &p->map);
     if (rc != MP_OK) {
         p->fd = -1;
         pager_destroy(p);
         return rc;
     }
-    p->max_pages = p->map.reserved / p->page_size;
+    p->max_pages = MAP_LIMIT / p->page_size;
     if (p->max_pages > p->chunk && p->max_pages % p->chunk < MP_LAYOUT_PAGES)
         p->max_pages -= p->max_pages % p->chunk;
     p->map_bytes = (size_t)(bitmap_words(p->max_pages) + 1) * sizeof(uint64_t);
@@ -721,7 +730,7 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
          * pages past the length seen before is not damage. */
         uint64_t size;
         if (os_file_size(p->fd, &size) == MP_OK) {
-            uint64_t len = size < p->map.reserved ? size : p->map.reserved;
+            uint64_t len = size < p->map.limit ? size : p->map.limit;
             if (len > p->map.mapped && os_map_extend(&p->map, len) == MP_OK)
                 file_len = len;
         }
@@ -782,12 +791,12 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         return MP_ECORRUPT_SUPERBLOCK;
     }
     mp_pager *p;
-    if ((rc = pager_new(fd, sb.page_size_log2, opts->read_only, (uint64_t)MP_INITIAL_PAGES * ps,
-                        opts->io_hooks, &p)) != MP_OK) {
+    if ((rc = pager_new(fd, sb.page_size_log2, opts->read_only,
+                        size < MAP_LIMIT ? size : MAP_LIMIT, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
-    uint64_t map_len = size < p->map.reserved ? size : p->map.reserved;
+    uint64_t map_len = size < p->map.limit ? size : p->map.limit;
     int page0_stale = 0;
     if ((rc = os_map_extend(&p->map, map_len)) != MP_OK ||
         (rc = load_with_retries(p, map_len, report, &page0_stale)) != MP_OK) {
@@ -900,7 +909,7 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
     int rc = os_file_size(p->fd, &size);
     if (rc != MP_OK)
         return rc;
-    uint64_t map_len = size < p->map.reserved ? size : p->map.reserved;
+    uint64_t map_len = size < p->map.limit ? size : p->map.limit;
     /* The mapping only grows: a view handed out earlier stays valid even if
      * the file shrank behind our back (its pages then read as zero or fault,
      * which no reader can prevent for a file it does not own). */

@@ -1,8 +1,9 @@
 """What every open pager shares: the handle, the mapping, views, reads, close.
 
-A pager's pages are handed out as slices of one memoryview over the whole
-address range the C core reserved for the file. That range never moves (growth
-maps more of the file into it), so a view stays valid as the file grows. The
+A pager's pages are handed out as slices of one memoryview over the address
+range the C core reserved for the file. Growth maps more of the file into it;
+a file that outgrows it is mapped into a larger range, and the old range stays
+mapped (both show the same pages), so a view stays valid as the file grows. The
 views are the buffer of a cffi object whose lifetime we watch through a weak
 reference: ``close()`` unmaps only when no view, slice of a view, or object
 built on one (a NumPy array, say) is left, and raises ``BufferError``
@@ -199,6 +200,14 @@ class _PagerBase:
         # buffer is watched through a weak reference: close() may unmap only
         # when all of them are gone.
         self._mv_len = self._page_count * self._page_size
+        base = ffi.new("uint8_t **")
+        reserved = ffi.new("uint64_t *")
+        raise_for_rc(lib.mp_pager_mapping(self._handle, base, reserved))
+        if base[0] != self._owner:
+            # The file outgrew its address range and was mapped whole into a
+            # larger one; the old range stays mapped for the views made there.
+            # The new owner keeps the old one (and so the pager) alive.
+            self._owner = ffi.gc(base[0], lambda _ptr, _older=self._owner: None)
         buf = ffi.buffer(self._owner, self._mv_len)
         self._exporters = [r for r in self._exporters if r() is not None]
         self._exporters.append(weakref.ref(buf))
@@ -342,7 +351,7 @@ class _PagerBase:
 
     @property
     def max_pages(self) -> int:
-        """The most pages this file can hold here (the reserved address range)."""
+        """The most pages this file can hold here: 16 TiB of pages, the most a pager maps."""
         with self._lock:
             self._usable()
             self._refresh_stats()

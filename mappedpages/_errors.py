@@ -60,7 +60,7 @@ class Unavailable(MappedPageError):
 
 
 class FileFull(MappedPageError):
-    """The file cannot grow further: past ``max_pages``, the address range reserved for it."""
+    """The file cannot grow further: past ``max_pages`` (16 TiB, the most a pager maps)."""
 
 
 class DirectoryFull(MappedPageError):
@@ -101,7 +101,7 @@ ERRORS: dict[int, tuple[type[Exception], str]] = {
     ),
     lib.MP_EFILE_FULL: (
         FileFull,
-        "the file cannot grow further (past max_pages, the address range reserved for it)",
+        "the file cannot grow further (past max_pages: 16 TiB, the most a pager maps)",
     ),
     lib.MP_EDIRECTORY_FULL: (
         DirectoryFull,

@@ -318,7 +318,7 @@ class Pager(_PagerBase):
                 # Checked before the id buffer is allocated, so a huge n costs nothing.
                 raise FileFull(
                     f"alloc_bulk({n}): the file can hold only {room} more pages "
-                    f"({self._max_pages} pages in all, the address range reserved for it)"
+                    f"({self._max_pages} pages in all: 16 TiB, the most a pager maps)"
                 )
             buf = ffi.new("uint64_t[]", n) if target is None else target
             self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf), "alloc_bulk")
