@@ -225,6 +225,12 @@ class _PagerBase:
         if self._page_count * self._page_size > self._mv_len:
             self._bind_views()
 
+    def _refreshed(self) -> None:
+        """Bring the cached counts up to date (the properties read them after)."""
+        with self._lock:
+            self._usable()
+            self._refresh_stats()
+
     def _load_system(self) -> None:
         # Directory and backing pages, kept in Python so that page() can
         # refuse them without a C call; updated by every protected operation.
@@ -332,10 +338,8 @@ class _PagerBase:
     @property
     def page_count(self) -> int:
         """Pages in the file, the three reserved ones included."""
-        with self._lock:
-            self._usable()
-            self._refresh_stats()
-            return self._page_count
+        self._refreshed()
+        return self._page_count
 
     @property
     def format_version(self) -> str:
@@ -344,26 +348,20 @@ class _PagerBase:
         A file moves to ``"0.3"`` when it grows past what v0.2 can describe
         (``(page_size - 28) * 8`` pages); the Rust crate refuses such a file.
         """
-        with self._lock:
-            self._usable()
-            self._refresh_stats()
-            return f"0.{self._format_minor}"
+        self._refreshed()
+        return f"0.{self._format_minor}"
 
     @property
     def max_pages(self) -> int:
         """The most pages this file can hold here: 16 TiB of pages, the most a pager maps."""
-        with self._lock:
-            self._usable()
-            self._refresh_stats()
-            return self._max_pages
+        self._refreshed()
+        return self._max_pages
 
     @property
     def free_page_count(self) -> int:
         """Pages that are neither allocated nor reserved."""
-        with self._lock:
-            self._usable()
-            self._refresh_stats()
-            return self._free_count
+        self._refreshed()
+        return self._free_count
 
     def allocated_pages(self) -> Iterator[PageId]:
         """Iterate over allocated regular page ids, ascending.

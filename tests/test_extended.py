@@ -393,6 +393,7 @@ def test_reader_refresh_follows_the_upgrade(tmp_path):
         try:
             assert r.format_version == "0.2"
             old_count = r.page_count
+            view = r.page(first[0])
             more = p.alloc_bulk(C + 100)
             assert p.format_version == "0.3"
             assert r.page_count == old_count  # the reader keeps its state until refresh()
@@ -404,6 +405,8 @@ def test_reader_refresh_follows_the_upgrade(tmp_path):
             assert_layout_refused(r, writer=False)
             write_tag(p, more[-1], salt=3)
             assert read_page(r, more[-1]) == tag(more[-1], PS, 3)
+            assert len(view) == PS  # a view taken before the upgrade is still valid
+            view.release()
         finally:
             force_close(r)
 

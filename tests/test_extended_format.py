@@ -281,25 +281,6 @@ def test_a_commit_that_reached_the_disk_in_part_is_rejected_by_its_seal(tmp_path
     assert_falls_back(path, state_before)
 
 
-def test_reader_refresh_follows_the_upgrade(tmp_path):
-    path = tmp_path / "x.mpp"
-    with Pager.create(path, PS) as w:
-        first = w.alloc_bulk(10)
-        r = ReadOnlyPager.open(path)
-        try:
-            assert r.format_version == "0.2"
-            view = r.page(first[0])
-            more = w.alloc_bulk(C)
-            r.refresh()
-            assert r.format_version == "0.3"
-            assert r.page_count == w.page_count
-            assert list(r.allocated_pages()) == first + more
-            assert len(view) == PS  # a view taken before the growth is still valid
-            view.release()
-        finally:
-            r.close()
-
-
 def test_many_free_map_pages_in_one_commit_share_one_fdatasync(tmp_path):
     path = tmp_path / "x.mpp"
     hooks = IoHooks()
