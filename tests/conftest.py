@@ -1,7 +1,7 @@
 """Shared helpers for the test suite.
 
 Besides the pytest fixtures, this module holds a small, independent reader of
-the v0.2 file layout (see shared/format/mappedpages-v0.2.md). Tests use it to
+the v0.2 file layout (see FORMAT.md). Tests use it to
 check what the pager leaves on disk without going through the pager itself,
 and to build damaged files byte by byte.
 """
@@ -31,7 +31,9 @@ if str(TESTS_DIR) not in sys.path:
 # Fixture location
 # --------------------------------------------------------------------------
 
-DEFAULT_FIXTURES_DIR = TESTS_DIR.parents[0].parent / "shared" / "fixtures" / "rust-v0.2"
+# The files the Rust crate wrote, with their manifests, live inside the repository
+# so that a clone and the sdist carry everything the tests need.
+DEFAULT_FIXTURES_DIR = TESTS_DIR / "fixtures" / "rust-v0.2"
 
 
 def fixtures_dir() -> Path:
@@ -43,8 +45,8 @@ def fixtures_dir() -> Path:
 def require_fixtures_dir() -> Path:
     d = fixtures_dir()
     assert d.is_dir(), (
-        f"fixture folder {d} is missing: expected shared/fixtures/rust-v0.2 beside the "
-        "repository, or MAPPEDPAGES_FIXTURES pointing at it"
+        f"fixture folder {d} is missing: expected tests/fixtures/rust-v0.2, "
+        "or MAPPEDPAGES_FIXTURES pointing at another copy"
     )
     return d
 

@@ -1,4 +1,4 @@
-"""The files written by the Rust crate mappedpages 0.2.0 (shared/fixtures/rust-v0.2).
+"""The files written by the Rust crate mappedpages 0.2.0 (tests/fixtures/rust-v0.2).
 
 Every fixture is copied to a temporary folder before it is opened: the shared
 folder is read-only, and a writer may repair page 0 of a damaged file.
