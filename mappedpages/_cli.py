@@ -926,10 +926,7 @@ def _rows(cells: list[_Cell], columns: int) -> list[list[_Cell]]:
     return [cells[i : i + columns] for i in range(0, len(cells), columns)]
 
 
-_FILL_LEGEND = (
-    "a run of regular pages is shaded by how many of its pages are in use (allocated or "
-    "protected backing): from the free colour (none) to the full colour (all)"
-)
+_FILL_LEGEND = "a run is shaded by how many of its pages are in use: none to all"
 
 
 def _mix(low: str, high: str, share: float) -> str:
@@ -949,7 +946,10 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
     """The file as an SVG picture: one square per page or run of pages, a legend and counts.
 
     Squares of one kind next to each other in a row share a tooltip naming
-    their pages. Written by hand: no dependency beyond the standard library.
+    their pages. A square for a run of regular pages is shaded from the free
+    colour to its kind's colour by how many of its pages are in use, and its
+    tooltip gives the count. Written by hand: no dependency beyond the
+    standard library.
     """
     kinds, per = cells_of(layout, max_cells)
     steps = len(_FILL_GLYPHS) - 1
@@ -969,6 +969,8 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
     unit = "page" if per == 1 else f"run of {per} pages"
     subtitle = _map_title(layout, f"square per {unit}")
     width = max(left + columns * pitch + 16, 16 + 9 * len(shown) + 16, 16 + 7 * len(subtitle))
+    if per > 1:
+        width = max(width, 16 + 10 * (steps + 1) + 8 + 7 * len(_FILL_LEGEND))
     height = legend_top + 20 * (len(KIND_NAMES) + (per > 1)) + 16
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>',
