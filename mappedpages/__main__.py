@@ -1,7 +1,8 @@
 """``python -m mappedpages``: the command-line tool.
 
 The commands (``info``, ``check``, ``map``, ``demo``, ``bench``) live in
-:mod:`mappedpages._cli`; ``python -m mappedpages --help`` lists them.
+:mod:`mappedpages._cli`; ``python -m mappedpages --help`` lists them and
+``python -m mappedpages --version`` prints the library's version.
 """
 
 from __future__ import annotations

@@ -21,8 +21,12 @@ Commands:
     One cell per page (or per run of pages in a large file), coloured by what
     the page is: reserved, metadata, free map and directory index (the
     extended layout's pages), directory, protected backing, allocated or free.
+    A cell for a run of regular pages shows how full the run is (how many of
+    its pages are allocated or protected backing), not its majority kind.
     In the terminal with block characters (and colour when the terminal has
-    it), or as an SVG picture with ``--svg OUT.svg``.
+    it), or as an SVG picture with ``--svg OUT.svg`` (OUT must not be empty).
+``--version``
+    Prints ``mappedpages`` and the library's version, and exits 0.
 ``demo``
     Creates a pager file in a temporary directory, allocates, writes, frees,
     reopens and verifies.
@@ -61,8 +65,9 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, TextIO, TypeVar
 
+from mappedpages import __version__
 from mappedpages._core import ffi, lib
 from mappedpages._errors import CorruptFileError, MappedPageError, RecoveryWarning
 from mappedpages._pager import Pager
@@ -107,6 +112,14 @@ _SVG_COLOURS = (
 _ANSI_COLOURS = ("90", "35", "95", "93", "33", "32", "34", "37")
 _GLYPHS = ("▚", "▞", "▜", "▙", "▒", "▓", "█", "░")
 _ASCII_GLYPHS = ("R", "M", "F", "I", "D", "P", "#", ".")
+# A cell that stands for a run of regular pages shows how full the run is: the
+# share of its pages in use (allocated or protected backing), from the free
+# glyph (none) to the allocated glyph (all). Partly full runs never round to
+# either end, so a half-full run looks neither full nor empty, and a run is
+# drawn from its own count, not from its majority kind (which turned an
+# every-other-page pattern into false stripes).
+_FILL_GLYPHS = "░▁▂▃▄▅▆▇█"
+_ASCII_FILL_GLYPHS = ".123456789#"  # tenths in use, as digits
 # Kinds a page of the layout itself can be (not handed out by alloc).
 _LAYOUT_KINDS = (RESERVED, METADATA, FREEMAP, DIRINDEX)
 
@@ -836,8 +849,10 @@ def cells_of(layout: Layout, max_cells: int) -> tuple[list[int], int]:
     A run that holds one of the pager's few pages of its own (reserved,
     metadata, directory, and an extended file's free-map and directory-index
     pages) shows it, so that none disappears in a large file; any other run
-    shows its most common kind. A run that holds a chunk's four layout pages
-    shows them as free map.
+    shows the kind of its pages in use (allocated or protected backing,
+    whichever it has more of), and free only when none is in use: how many are
+    in use is the cell's fill (``cell_fill``). A run that holds a chunk's four
+    layout pages shows them as free map.
     """
     n = layout.page_count
     per = max(1, math.ceil(n / max(1, max_cells)))
@@ -852,9 +867,43 @@ def cells_of(layout: Layout, max_cells: int) -> tuple[list[int], int]:
         )
         if rare is not None:
             out.append(rare)
+        elif ALLOCATED in chunk or PROTECTED in chunk:
+            out.append(max((ALLOCATED, PROTECTED), key=chunk.count))
         else:
-            out.append(max((PROTECTED, ALLOCATED, FREE), key=chunk.count))
+            out.append(FREE)
     return out, per
+
+
+def cell_fill(layout: Layout, per: int) -> list[tuple[int, int]]:
+    """Each run of ``per`` pages (as ``cells_of`` cuts them): (pages in use, pages in the run).
+
+    In use means allocated or protected backing: what a run of regular pages
+    is made of besides free pages.
+    """
+    kinds = layout.kinds
+    out = []
+    for start in range(0, layout.page_count, per):
+        chunk = bytes(kinds[start : start + per])
+        out.append((chunk.count(ALLOCATED) + chunk.count(PROTECTED), len(chunk)))
+    return out
+
+
+def fill_level(used: int, total: int, steps: int) -> int:
+    """``used`` of ``total`` pages as a level from 0 (none in use) to ``steps`` (all).
+
+    Only an empty run is level 0 and only a full one level ``steps``: a run
+    partly in use rounds to a level in between, never to either end.
+    """
+    if used <= 0 or total <= 0:
+        return 0
+    if used >= total:
+        return steps
+    return min(steps - 1, max(1, round(used * steps / total)))
+
+
+def _shows_fill(kind: int, per: int) -> bool:
+    """A cell shows its fill when it stands for a run of regular pages only."""
+    return per > 1 and kind in (ALLOCATED, PROTECTED, FREE)
 
 
 def _map_title(layout: Layout, unit: str) -> str:
@@ -870,8 +919,21 @@ def _map_title(layout: Layout, unit: str) -> str:
     )
 
 
-def _rows(cells: list[int], columns: int) -> list[list[int]]:
+_Cell = TypeVar("_Cell")
+
+
+def _rows(cells: list[_Cell], columns: int) -> list[list[_Cell]]:
     return [cells[i : i + columns] for i in range(0, len(cells), columns)]
+
+
+_FILL_LEGEND = "a run is shaded by how many of its pages are in use: none to all"
+
+
+def _mix(low: str, high: str, share: float) -> str:
+    """The colour ``share`` of the way from ``low`` to ``high`` (both ``#rrggbb``)."""
+    a = [int(low[i : i + 2], 16) for i in (1, 3, 5)]
+    b = [int(high[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(x + (y - x) * share):02x}" for x, y in zip(a, b))
 
 
 def _xml(text: str) -> str:
@@ -884,9 +946,18 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
     """The file as an SVG picture: one square per page or run of pages, a legend and counts.
 
     Squares of one kind next to each other in a row share a tooltip naming
-    their pages. Written by hand: no dependency beyond the standard library.
+    their pages. A square for a run of regular pages is shaded from the free
+    colour to its kind's colour by how many of its pages are in use, and its
+    tooltip gives the count. Written by hand: no dependency beyond the
+    standard library.
     """
-    cells, per = cells_of(layout, max_cells)
+    kinds, per = cells_of(layout, max_cells)
+    steps = len(_FILL_GLYPHS) - 1
+    fills = cell_fill(layout, per)
+    cells: list[tuple[int, int | None]] = [
+        (kind, fill_level(*fills[i], steps) if _shows_fill(kind, per) else None)
+        for i, kind in enumerate(kinds)
+    ]
     columns = max(1, min(columns, len(cells)))
     pitch, size = 12, 10
     label_w = 7 * len(str(layout.page_count)) + 10
@@ -898,7 +969,9 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
     unit = "page" if per == 1 else f"run of {per} pages"
     subtitle = _map_title(layout, f"square per {unit}")
     width = max(left + columns * pitch + 16, 16 + 9 * len(shown) + 16, 16 + 7 * len(subtitle))
-    height = legend_top + 20 * len(KIND_NAMES) + 16
+    if per > 1:
+        width = max(width, 16 + 10 * (steps + 1) + 8 + 7 * len(_FILL_LEGEND))
+    height = legend_top + 20 * (len(KIND_NAMES) + (per > 1)) + 16
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -918,21 +991,27 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
         )
         c = 0
         while c < len(row):
-            kind = row[c]
+            kind, level = row[c]
             end = c
-            while end < len(row) and row[end] == kind:
+            while end < len(row) and row[end] == (kind, level):
                 end += 1
             lo = (r * columns + c) * per
             hi = min((r * columns + end) * per, layout.page_count) - 1
             span = f"page {lo}" if lo == hi else f"pages {lo}-{hi}"
+            if level is None:
+                colour, what = _SVG_COLOURS[kind], KIND_NAMES[kind]
+            else:
+                used = layout.kinds.count(ALLOCATED, lo, hi + 1)
+                used += layout.kinds.count(PROTECTED, lo, hi + 1)
+                colour = _mix(_SVG_COLOURS[FREE], _SVG_COLOURS[kind], level / steps)
+                what = f"{used} of {hi + 1 - lo} pages in use"
+                if used:
+                    what += f" ({KIND_NAMES[kind]})"
             squares = "".join(
                 f'<rect x="{left + i * pitch}" y="{y}" width="{size}" height="{size}"/>'
                 for i in range(c, end)
             )
-            parts.append(
-                f'<g fill="{_SVG_COLOURS[kind]}"><title>{span}: {KIND_NAMES[kind]}</title>'
-                f"{squares}</g>"
-            )
+            parts.append(f'<g fill="{colour}"><title>{span}: {what}</title>{squares}</g>')
             c = end
     parts.append("</g>")
     parts.append('<g id="legend">')
@@ -945,6 +1024,17 @@ def render_svg(path: str, layout: Layout, max_cells: int = 4096, columns: int = 
         )
         parts.append(f'<text x="38" y="{y + 11}">{_xml(label)}: {n} page{"" if n == 1 else "s"}'
                      "</text>")
+    if per > 1:
+        # One swatch per fill level, from free (none in use) to allocated (all).
+        y = legend_top + 20 * len(KIND_NAMES)
+        for level in range(steps + 1):
+            colour = _mix(_SVG_COLOURS[FREE], _SVG_COLOURS[ALLOCATED], level / steps)
+            parts.append(
+                f'<rect x="{16 + 10 * level}" y="{y}" width="10" height="14" fill="{colour}"/>'
+            )
+        parts.append(
+            f'<text x="{16 + 10 * (steps + 1) + 8}" y="{y + 11}">{_xml(_FILL_LEGEND)}</text>'
+        )
     parts.append("</g>")
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
@@ -963,7 +1053,7 @@ def _glyphs(stream: TextIO, ascii_only: bool) -> tuple[str, ...]:
     if ascii_only:
         return _ASCII_GLYPHS
     try:
-        "".join(_GLYPHS).encode(getattr(stream, "encoding", None) or "ascii")
+        ("".join(_GLYPHS) + _FILL_GLYPHS).encode(getattr(stream, "encoding", None) or "ascii")
     except (UnicodeEncodeError, LookupError):
         return _ASCII_GLYPHS
     return _GLYPHS
@@ -978,8 +1068,20 @@ def render_text(
     colour: bool = False,
     glyphs: tuple[str, ...] = _GLYPHS,
 ) -> str:
-    """The file as lines of block characters, one per page or run of pages, with a legend."""
-    cells, per = cells_of(layout, max_cells)
+    """The file as lines of block characters, one per page or run of pages, with a legend.
+
+    A cell for a run of regular pages shows how full the run is (``fill_level``):
+    with block characters a bar from ``░`` (none in use) through ``▁``-``▇`` to
+    ``█`` (all); with ASCII letters ``.``, a digit for tenths in use, ``#``.
+    """
+    kinds, per = cells_of(layout, max_cells)
+    fill = _ASCII_FILL_GLYPHS if glyphs == _ASCII_GLYPHS else _FILL_GLYPHS
+    steps = len(fill) - 1
+    fills = cell_fill(layout, per)
+    cells = [
+        (kind, fill[fill_level(*fills[i], steps)] if _shows_fill(kind, per) else glyphs[kind])
+        for i, kind in enumerate(kinds)
+    ]
     columns = max(1, min(columns, len(cells)))
 
     def paint(kind: int, text: str) -> str:
@@ -993,14 +1095,19 @@ def render_text(
         c = 0
         while c < len(row):
             end = c
-            while end < len(row) and row[end] == row[c]:
+            while end < len(row) and row[end][0] == row[c][0]:
                 end += 1
-            text.append(paint(row[c], glyphs[row[c]] * (end - c)))
+            text.append(paint(row[c][0], "".join(g for _, g in row[c:end])))
             c = end
         lines.append(f"{r * columns * per:>{label}} " + "".join(text))
     legend = [
         f"{paint(k, glyphs[k])} {name} {layout.count(k)}" for k, name in enumerate(KIND_NAMES)
     ]
+    if per > 1:
+        how = "tenths" if fill == _ASCII_FILL_GLYPHS else "partly"
+        legend.append(
+            f"| runs by pages in use: {fill[0]} none, {fill[1:-1]} {how}, {fill[-1]} all"
+        )
     lines.append("  ".join(legend))
     return "\n".join(lines) + "\n"
 
@@ -1015,7 +1122,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         reader.close()
     for note in notes:
         print(f"{PROG}: recovered on open: {note}", file=sys.stderr)
-    if args.svg:
+    if args.svg is not None:
         svg = render_svg(args.file, layout, max_cells=args.cells or 4096)
         try:
             with open(args.svg, "w", encoding="utf-8") as fh:
@@ -1138,12 +1245,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- main
 
 
+def _svg_path(text: str) -> str:
+    """``--svg OUT``: a file name, never empty (an empty one is a mistake, not the terminal map)."""
+    if not text:
+        raise argparse.ArgumentTypeError("needs a file name to write the SVG picture to, not ''")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mappedpages`` command."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Inspect, check and picture mappedpages files; run the demo.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="format, page counts, metadata copies, directory, free space")
@@ -1168,7 +1283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("map", help="a picture of the file: in the terminal, or --svg OUT.svg")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--svg", metavar="OUT", help="write an SVG picture to OUT")
+    p.add_argument("--svg", metavar="OUT", type=_svg_path, help="write an SVG picture to OUT")
     p.add_argument(
         "--color",
         "--colour",

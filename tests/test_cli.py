@@ -88,6 +88,15 @@ def test_console_script_entry_point_is_main():
     assert main is cli.main
 
 
+def test_version(tmp_path):
+    import mappedpages
+
+    r = run("--version", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"mappedpages {mappedpages.__version__}\n"
+    assert r.stderr == ""
+
+
 # ---------------------------------------------------------------- info
 
 
@@ -472,6 +481,102 @@ def test_map_reports_recovery_on_stderr(tmp_path):
     r = run("map", path, "--ascii", cwd=tmp_path)
     assert r.returncode == 0
     assert "recovered on open" in r.stderr
+
+
+def make_alternating_file(path, n=4093):
+    """A 1 KiB-page file whose regular pages (3 to the end) are allocated every other page."""
+    with Pager.create(path, page_size=1024) as p:
+        ids = p.alloc_bulk(n)
+        p.free_bulk(ids[1::2])
+        count = p.page_count
+    assert ids[0] == 3 and count == 4096
+    return path, count
+
+
+def _cells(stdout):
+    return [line.rsplit(" ", 1)[1] for line in stdout.splitlines()[1:-1]]
+
+
+def test_map_every_other_page_is_uniformly_half_full(tmp_path):
+    path, count = make_alternating_file(tmp_path / "alt.mpp")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    # Runs of 16 pages: every run past the first holds 8 allocated pages. The
+    # majority rule drew them all full or, with an odd run length, in stripes.
+    r = run("map", path, "--width", "32", "--cells", count // 16, "--color", "never",
+            cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "run of 16 pages" in r.stdout.splitlines()[0]
+    cells = "".join(_cells(r.stdout))
+    assert len(cells) == count // 16
+    assert cells[0] == cli._GLYPHS[cli.RESERVED]  # the layout pages stay visible
+    assert set(cells[1:]) == {"▄"}  # half full, no stripes
+    legend = r.stdout.splitlines()[-1]
+    assert "runs by pages in use: ░ none, ▁▂▃▄▅▆▇ partly, █ all" in legend
+    # Odd runs (2 or 3 pages): 1 of 2 is half, 1 or 2 of 3 are a third and two thirds.
+    r = run("map", path, "--ascii", "--width", "64", "--cells", count // 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert set("".join(_cells(r.stdout))[2:]) == {"5"}
+    assert "runs by pages in use: . none, 123456789 tenths, # all" in r.stdout.splitlines()[-1]
+    # Runs of 41 pages hold 20 or 21 allocated: both half, not alternately full and empty.
+    r = run("map", path, "--ascii", "--width", "64", "--cells", 100, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cells = "".join(_cells(r.stdout))
+    assert cells[0] == "R" and set(cells[1:]) == {"5"}, cells
+
+
+def test_map_half_full_run_is_neither_full_nor_empty(tmp_path):
+    path = tmp_path / "half.mpp"
+    with Pager.create(path, page_size=1024) as p:
+        ids = p.alloc_bulk(4093)
+        # Pages 16-31 half allocated (the first half), 32-47 a single page,
+        # 48-63 all but one, 64-79 none, 80-95 all.
+        p.free_bulk([i for i in range(24, 80) if i not in (40, *range(48, 63))] + [ids[-1]])
+        assert p.page_count == 4096
+    r = run("map", path, "--ascii", "--width", "16", "--cells", 256, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cells = "".join(_cells(r.stdout))
+    assert cells[1:6] == "51" + "9" + ".#", cells
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    r = run("map", path, "--width", "16", "--cells", 256, "--color", "never",
+            cwd=tmp_path, env=env)
+    cells = "".join(_cells(r.stdout))
+    assert cells[1:6] == "▄▁▇░█", cells
+    out = tmp_path / "half.svg"
+    r = run("map", path, "--svg", out, "--cells", 256, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    root, squares, legend = _parse_svg(out)
+    assert len(squares) == 256
+    fills = {
+        g.find(f"{SVG_NS}title").text: g.get("fill")
+        for g in root.find(f"{SVG_NS}g[@id='pages']").findall(f"{SVG_NS}g")
+    }
+    half = fills["pages 16-31: 8 of 16 pages in use (allocated)"]
+    full = cli._SVG_COLOURS[cli.ALLOCATED]
+    empty = cli._SVG_COLOURS[cli.FREE]
+    assert half == cli._mix(empty, full, 0.5)
+    assert half not in (full, empty)
+    assert fills["pages 64-79: 0 of 16 pages in use"] == empty
+    full_from_80 = [t for t in fills if t.startswith("pages 80-")]  # one group to the end
+    assert len(full_from_80) == 1 and fills[full_from_80[0]] == full
+    assert any("shaded by how many of its pages are in use" in t for t in legend)
+
+
+def test_fill_level_never_rounds_a_partial_run_to_an_end():
+    assert cli.fill_level(0, 100, 8) == 0
+    assert cli.fill_level(1, 1000, 8) == 1
+    assert cli.fill_level(999, 1000, 8) == 7
+    assert cli.fill_level(1000, 1000, 8) == 8
+    assert cli.fill_level(50, 100, 8) == 4
+    assert cli.fill_level(50, 100, 10) == 5
+
+
+def test_map_svg_empty_name_is_an_error(tmp_path):
+    path = make_file(tmp_path / "f.mpp")
+    r = run("map", path, "--svg", "", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stdout == ""  # not the terminal map
+    assert "argument --svg" in r.stderr and "file name" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["f.mpp"]
 
 
 # ---------------------------------------------------------------- bad input
