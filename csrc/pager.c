@@ -1008,6 +1008,14 @@ int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
     return MP_OK;
 }
 
+/* A private array of n ids, or NULL when n ids do not fit in memory. */
+static uint64_t *id_list_new(uint64_t n)
+{
+    if (n > SIZE_MAX / sizeof(uint64_t))
+        return NULL;
+    return malloc((size_t)n * sizeof(uint64_t));
+}
+
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
@@ -1019,10 +1027,19 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
         return MP_EINVALID_ARGUMENT;
     if (n > p->max_pages)
         return MP_EFILE_FULL;
+    /* The ids live in the core's own list until the commit is done: the
+     * caller's buffer may change under us (another thread; or it is a view
+     * of a page this very call hands out and zeroes), so nothing is ever read
+     * back from it. It is written last, only on success. */
+    uint64_t *ids = id_list_new(n);
+    if (!ids)
+        return MP_ENO_MEMORY;
     /* All the growth happens first, so nothing below can fail before the
      * commit: either every page is taken in one commit or none is. */
-    if ((rc = pager_ensure_free(p, n)) != MP_OK)
+    if ((rc = pager_ensure_free(p, n)) != MP_OK) {
+        free(ids);
         return rc;
+    }
     uint64_t at = p->hint;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t id = find_allocatable(p, at);
@@ -1031,20 +1048,25 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
             id = find_allocatable(p, MP_RESERVED_PAGES);
             if (id >= p->total_pages) {
                 for (uint64_t j = 0; j < i; j++)
-                    bit_give(p, out_ids[j]);
+                    bit_give(p, ids[j]);
+                free(ids);
                 return MP_ECORRUPT_METADATA;
             }
         }
         bit_take(p, id);
-        out_ids[i] = id;
+        ids[i] = id;
         at = id + 1;
     }
     p->free_count -= n;
     p->hint = at;
     p->changed = 1;
     if (zero)
-        zero_pages(p, out_ids, n);
-    return pager_commit(p, MP_ORDER_DIR_FIRST);
+        zero_pages(p, ids, n);
+    rc = pager_commit(p, MP_ORDER_DIR_FIRST);
+    if (rc == MP_OK)
+        memcpy(out_ids, ids, (size_t)n * sizeof(uint64_t));
+    free(ids);
+    return rc;
 }
 
 /* Why a page may not be freed (or viewed), in the order the checks apply. */
@@ -1072,15 +1094,23 @@ int mp_pager_free(mp_pager *p, uint64_t id)
     return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
-int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
+int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
         return rc;
     if (n == 0)
         return MP_OK;
-    if (!ids)
+    if (!caller_ids)
         return MP_EINVALID_ARGUMENT;
+    /* One read of the caller's buffer, into memory the core owns: another
+     * thread may change that buffer at any moment (the GIL is released), and
+     * ids checked in one read and applied from a second would let it free a
+     * reserved page or set a bit far past the bitmap. */
+    uint64_t *ids = id_list_new(n);
+    if (!ids)
+        return MP_ENO_MEMORY;
+    memcpy(ids, caller_ids, (size_t)n * sizeof(uint64_t));
     /* Clearing each bit as it is checked makes a repeated id fail as a double
      * free; on any failure the bits cleared so far are set again. */
     for (uint64_t i = 0; i < n; i++) {
@@ -1088,6 +1118,7 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
         if (rc != MP_OK) {
             for (uint64_t j = 0; j < i; j++)
                 bitmap_set(p->bits, ids[j]);
+            free(ids);
             return rc;
         }
         bitmap_clear(p->bits, ids[i]);
@@ -1097,6 +1128,7 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
         bitmap_set(p->bits, ids[i]);
         pager_release_bit(p, ids[i]);
     }
+    free(ids);
     return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
