@@ -437,6 +437,9 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free
         else
             bitmap_clear(p->chunk_active, c);
         const uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)pick);
+        /* The maps grow with the chunks that check out, never with the
+         * claimed total: a hostile total costs only what the file holds. */
+        note_words_used(p, (c + 1) * p->chunk < total ? (c + 1) * p->chunk : total);
         fmt_chunk_load_bits(page, p->page_size, c, total, p->bits);
         *free += h[pick].free_count;
         if (h[pick].generation == gen)
@@ -490,7 +493,11 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
     return MP_OK;
 }
 
-/* Clears the in-memory maps and loads the chosen copy's state into them. */
+/* Clears the in-memory maps and loads the chosen copy's state into them.
+ * Only the words some earlier load or growth touched need clearing (the rest
+ * are still zero), and words_used rises only with what was loaded: a copy
+ * that claims more pages than it describes is refused before the cost of
+ * the pages it claims (load_chunks stops at the first chunk that fails). */
 static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
                      uint32_t *dir_blocks)
 {
@@ -507,8 +514,8 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     p->total_pages = h->total_pages;
     p->generation = h->generation;
     p->free_count = h->free_count;
-    note_words_used(p, p->total_pages);
     uint64_t in0 = p->total_pages < p->chunk ? p->total_pages : p->chunk;
+    note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
     *dir_blocks = 0;
     if (p->total_pages <= p->chunk)
@@ -700,13 +707,70 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
 
 /* At 2 ms apart, about half a second of a writer's progress. */
 #define MAX_READER_ATTEMPTS 200
+/* Looks without progress before a reader believes damage, and the most the
+ * pages 0-2 they copy may add up to: with huge pages the first verdict comes
+ * sooner, so refusing a file never costs many copies of its largest pages. */
+#define QUIET_LOOKS 5
+#define QUIET_COPY_BUDGET ((uint64_t)64 << 20)
+
+/* Whether a metadata copy's header could be one a writer wrote to a file of
+ * file_pages pages: a writer grows the file, durably, before a commit counts
+ * the new pages, so a committed total is never past the end of file. */
+static int header_plausible(const uint8_t *meta, uint64_t file_pages)
+{
+    uint64_t total = mp_load_u64(meta);
+    return total >= MP_RESERVED_PAGES && total <= file_pages;
+}
+
+/* Refuses, from the two 24-byte metadata headers, a file that no look could
+ * accept: neither copy claims a page count this file has. This costs nothing
+ * per page, where a full look copies pages 0-2 (3 GiB with 1 GiB pages). A
+ * writer only ever rewrites the copy that is not committed, so while a file
+ * is in use at least one header is plausible: a refusal here is final. */
+static int headers_refuse(mp_pager *p, mp_open_report *rep)
+{
+    uint64_t size;
+    if (os_file_size(p->fd, &size) != MP_OK)
+        return MP_OK; /* the full look decides */
+    uint64_t pages = size / p->page_size;
+    uint8_t head[2][MP_META_HEADER];
+    for (int c = 0; c < 2; c++)
+        memcpy(head[c], pager_page_ptr(p, 1 + (uint64_t)c), MP_META_HEADER);
+    if (header_plausible(head[0], pages) || header_plausible(head[1], pages))
+        return MP_OK;
+    memset(rep, 0, sizeof *rep);
+    for (int c = 0; c < 2; c++) {
+        rep->generation[c] = mp_load_u64(head[c] + 8);
+        rep->meta_problem[c] = MP_META_BAD_TOTAL;
+    }
+    return MP_ECORRUPT_METADATA;
+}
+
+/* Whether a failed look could be a writer's commit in progress rather than
+ * damage. Both metadata copies failing with intact CRCs cannot be: a commit
+ * writes one copy, whole, and a torn copy fails its CRC. */
+static int writer_may_explain(int rc, const mp_open_report *rep)
+{
+    if (rc != MP_ECORRUPT_METADATA)
+        return 1;
+    for (int c = 0; c < 2; c++) {
+        uint32_t why = rep->meta_problem[c];
+        if (why == MP_META_BAD_CRC || why == MP_META_BAD_TOTAL || why == MP_META_BAD_FREE_MAP)
+            return 1;
+    }
+    return 0;
+}
 
 /* A reader may look while a writer is rewriting page 0 or a directory page;
- * what it then sees can fail a CRC for a moment. Readers retry briefly. */
+ * what it then sees can fail a CRC for a moment. Readers retry briefly, and
+ * only what a commit in progress could explain. */
 static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
                              int *page0_stale)
 {
-    int rc = load_state(p, file_len, rep, page0_stale);
+    int rc = headers_refuse(p, rep);
+    if (rc != MP_OK)
+        return rc;
+    rc = load_state(p, file_len, rep, page0_stale);
     /* Damage a reader sees may be a writer's write in progress: look again a
      * few times before believing it (an error, or a copy to discard). */
     uint32_t transient = MP_REC_META_A_DAMAGED | MP_REC_META_B_DAMAGED | MP_REC_DIR_FALLBACK |
@@ -716,13 +780,21 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
      * writes the inactive copies): nothing wrong with the file, only a race.
      * While the metadata generation moves between attempts the writer is
      * making progress, so keep looking, within a bound; with no progress,
-     * five looks (about 10 ms) before believing it is damage. */
-    int limit = 5;
+     * five looks (about 10 ms) before believing it is damage, fewer when
+     * pages are so large that five copies of pages 0-2 would pass the budget. */
+    uint64_t look_bytes = (uint64_t)p->page_size * MP_RESERVED_PAGES;
+    int quiet = QUIET_COPY_BUDGET / look_bytes < QUIET_LOOKS
+                    ? (int)(QUIET_COPY_BUDGET / look_bytes)
+                    : QUIET_LOOKS;
+    if (quiet < 1)
+        quiet = 1;
+    int limit = quiet;
     uint64_t seen = rep->generation[0] > rep->generation[1] ? rep->generation[0]
                                                             : rep->generation[1];
     for (int attempt = 0;
          p->read_only && attempt < limit &&
-         ((rc > 0 && rc != MP_ENO_MEMORY) || (rc == MP_OK && (rep->flags & transient)));
+         ((rc > 0 && rc != MP_ENO_MEMORY && writer_may_explain(rc, rep)) ||
+          (rc == MP_OK && (rep->flags & transient)));
          attempt++) {
         struct timespec nap = {0, 2 * 1000 * 1000};
         nanosleep(&nap, NULL);
@@ -736,11 +808,14 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
         }
         dir_release(p);
         memset(rep, 0, sizeof *rep);
+        if ((rc = headers_refuse(p, rep)) != MP_OK)
+            return rc;
         rc = load_state(p, file_len, rep, page0_stale);
         uint64_t now = rep->generation[0] > rep->generation[1] ? rep->generation[0]
                                                                : rep->generation[1];
         if (now != seen && limit < MAX_READER_ATTEMPTS)
-            limit = attempt + 6 < MAX_READER_ATTEMPTS ? attempt + 6 : MAX_READER_ATTEMPTS;
+            limit = attempt + 1 + quiet < MAX_READER_ATTEMPTS ? attempt + 1 + quiet
+                                                              : MAX_READER_ATTEMPTS;
         seen = now;
     }
     return rc;
