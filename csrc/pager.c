@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 /* The most of a file a pager maps: 16 TiB (2^32 pages of 4 KiB). A process
@@ -904,6 +905,42 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     return MP_OK;
 }
 
+/* Writes the crate's fresh file into p's file (4 pages, page 3 free, both
+ * copies identical at generation 0, the selector on A, an empty sealed
+ * directory index) and makes its bytes durable. */
+static int write_fresh(mp_pager *p, uint64_t len)
+{
+    uint32_t ps = p->page_size;
+    p->total_pages = MP_INITIAL_PAGES;
+    p->free_count = 1;
+    p->generation = 0;
+    p->active = 0;
+    p->hint = MP_RESERVED_PAGES;
+    note_words_used(p, p->total_pages);
+    for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
+        bit_take(p, i);
+    uint8_t *buf = p->scratch;
+    int rc = os_grow_file(&p->map, 0, len, p->preallocate);
+    if (rc != MP_OK)
+        return rc;
+    memset(buf, 0, ps);
+    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
+    fmt_dir_index_write(buf, ps, 0, NULL);
+    if ((rc = os_write_all(p->fd, buf, ps, 0)) != MP_OK)
+        return rc;
+    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
+    if ((rc = os_write_all(p->fd, buf, ps, ps)) != MP_OK ||
+        (rc = os_write_all(p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
+        return rc;
+    return os_sync_file(&p->map);
+}
+
+/* The file is built whole under a temporary name beside path, made durable,
+ * and only then given its name (os_publish, which never replaces a file): a
+ * crash leaves either no file at path or a complete one, never a partial
+ * file that would neither open nor let create run again. The lock is taken
+ * on the temporary file's descriptor, which stays the same file under its
+ * final name. */
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
 {
     if (!path || !opts || !out || opts->durability < MP_DURABILITY_COMPAT ||
@@ -912,8 +949,13 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     uint32_t ps = opts->page_size;
     if (!valid_page_size(ps))
         return MP_EINVALID_PAGE_SIZE;
+    /* An early answer for the common case; os_publish gives the final one. */
+    struct stat st;
+    if (lstat(path, &st) == 0)
+        return -EEXIST;
+    char *tmp;
     int fd;
-    int rc = os_open_file(path, 1, 0, &fd);
+    int rc = os_create_temp(path, &tmp, &fd);
     if (rc != MP_OK)
         return rc;
     mp_pager *p = NULL;
@@ -921,45 +963,28 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     if ((rc = os_lock(fd, opts->lock_timeout)) != MP_OK ||
         (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
+        (void)os_unlink(tmp);
+        free(tmp);
+        return rc;
+    }
+    p->durability = opts->durability;
+    set_growth(p, opts);
+    if ((rc = write_fresh(p, len)) != MP_OK || (rc = os_publish(tmp, path)) != MP_OK) {
+        pager_destroy(p);
+        (void)os_unlink(tmp);
+        free(tmp);
+        return rc;
+    }
+    free(tmp);
+    /* The name must be durable before create returns, or a crash could
+     * leave no file behind a successful create. */
+    if ((rc = os_sync_dir_of(path)) != MP_OK || (rc = os_map_extend(&p->map, len)) != MP_OK) {
+        pager_destroy(p);
         (void)os_unlink(path);
         return rc;
     }
-    /* The crate's fresh file: 4 pages, page 3 free, both copies identical at
-     * generation 0, the selector on A, an empty sealed directory index. */
-    p->total_pages = MP_INITIAL_PAGES;
-    p->free_count = 1;
-    p->generation = 0;
-    p->active = 0;
-    p->hint = MP_RESERVED_PAGES;
-    p->durability = opts->durability;
-    set_growth(p, opts);
-    note_words_used(p, p->total_pages);
-    for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
-        bit_take(p, i);
-    uint8_t *buf = p->scratch;
-    if ((rc = os_grow_file(&p->map, 0, len, p->preallocate)) != MP_OK)
-        goto fail;
-    memset(buf, 0, ps);
-    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
-    fmt_dir_index_write(buf, ps, 0, NULL);
-    if ((rc = os_write_all(fd, buf, ps, 0)) != MP_OK)
-        goto fail;
-    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
-    if ((rc = os_write_all(fd, buf, ps, ps)) != MP_OK ||
-        (rc = os_write_all(fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
-        goto fail;
-    /* The file's bytes, then its name in the directory, must be durable
-     * before create returns: otherwise a crash could leave no file, or a file
-     * of zeros, behind a successful create. */
-    if ((rc = os_sync_file(&p->map)) != MP_OK || (rc = os_sync_dir_of(path)) != MP_OK ||
-        (rc = os_map_extend(&p->map, len)) != MP_OK)
-        goto fail;
     *out = p;
     return MP_OK;
-fail:
-    pager_destroy(p);
-    (void)os_unlink(path);
-    return rc;
 }
 
 int mp_pager_close(mp_pager *p)
