@@ -165,6 +165,11 @@ def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
         if bad is not None:
             raise OutOfBounds(f"{what} {bad} is out of bounds") from None
         raise
+    # array('Q') takes True as 1; bool is no id. Only 0 and 1 can be bools,
+    # so the Python-speed scan runs only when one of them is there.
+    if packed and min(packed) <= 1:
+        for v in values:
+            as_id(v, what)
     return packed, ffi.from_buffer("uint64_t[]", packed)
 
 
