@@ -1,10 +1,12 @@
 /*
  * os.c - every system call the core makes on the file or on its mapping.
  *
- * Owns: opening and locking the file, reserving address space and mapping the
- * file into it, growing the file, and the durability barriers. Keeping them in
- * one file keeps the platform differences (Linux, macOS) side by side, one
- * comment per difference, and gives fault injection a single place to hook.
+ * Owns: opening and locking the file, creating one under a temporary name and
+ * publishing it (link, never replacing a file), reserving address space and
+ * mapping the file into it, growing the file, and the durability barriers.
+ * Keeping them in one file keeps the platform differences (Linux, macOS) side
+ * by side, one comment per difference, and gives fault injection a single
+ * place to hook.
  *
  * Invariants: [base, base + mapped) is always a MAP_SHARED mapping of the
  * file; the rest of the reserved range is PROT_NONE, so a stray access faults
