@@ -54,8 +54,11 @@ def run_child(code: str, timeout: float = 120.0) -> subprocess.CompletedProcess[
 # --------------------------------------------------------------------------
 
 
-def test_free_bulk_buffer_changed_by_another_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["array", "numpy"])
+def test_free_bulk_buffer_changed_by_another_thread(tmp_path: Path, kind: str) -> None:
     """Ids swapped for 1, 2 and 2**40 during free_bulk: no signal, pages 0-2 never freed."""
+    if kind == "numpy":
+        pytest.importorskip("numpy")
     path = tmp_path / "race.mpp"
     run_child(
         f"""
@@ -70,7 +73,13 @@ def test_free_bulk_buffer_changed_by_another_thread(tmp_path: Path) -> None:
         bad = array("Q", ids)
         for i in range(0, N, 7):
             bad[i] = (1, 2, 1 << 40)[i % 3]
-        buf = array("Q", good)
+        if {kind!r} == "numpy":
+            import numpy
+            good = numpy.array(good, dtype=numpy.uint64)
+            bad = numpy.array(bad, dtype=numpy.uint64)
+            buf = good.copy()
+        else:
+            buf = array("Q", good)
         stop = False
 
         def mutate():
