@@ -256,15 +256,37 @@ def test_huge_page_superblock_refused_cheaply(tmp_path: Path, read_only: bool) -
 
 
 def test_damage_with_intact_crcs_is_not_retried_as_a_race(tmp_path: Path) -> None:
-    """Both copies valid by CRC but impossible: a reader refuses as a writer does."""
-    path = tmp_path / "bad.mpp"
-    mp.Pager.create(path, 1024).close()
+    """Both copies sealed by their CRCs but impossible: a reader looks once, as a writer does.
+
+    Each look copies pages 0-2 into fresh memory (16 MiB pages: 48 MiB, so
+    malloc maps it anew and every look shows in the page-fault count); a writer
+    never retries, so its count is what one look costs.
+    """
+    path = tmp_path / "sealed.mpp"
+    mp.Pager.create(path, 1 << 24).close()
     for copy in (0, 1):
         edit_meta(path, copy, free_count=99)
-    with pytest.raises(mp.CorruptMetadata):
-        mp.ReadOnlyPager.open(path)
-    with pytest.raises(mp.CorruptMetadata):
-        mp.Pager.open(path)
+    proc = run_child(
+        f"""
+        import resource
+        import mappedpages as mp
+
+        def faults(cls):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            try:
+                cls.open({str(path)!r})
+            except mp.CorruptMetadata:
+                pass
+            else:
+                raise AssertionError("opened")
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+        faults(mp.Pager)  # the file's pages come into the page cache once
+        print(faults(mp.Pager), faults(mp.ReadOnlyPager))
+        """
+    )
+    writer, reader = (int(v) for v in proc.stdout.split())
+    assert reader < 2 * writer + 1000, f"reader {reader} page faults, writer {writer}"
 
 
 # --------------------------------------------------------------------------
