@@ -255,17 +255,8 @@ def test_huge_page_superblock_refused_cheaply(tmp_path: Path, read_only: bool) -
     assert mib < RSS_BOUND_MB, f"refusing the file grew the process by {mib:.0f} MiB"
 
 
-def test_damage_with_intact_crcs_is_not_retried_as_a_race(tmp_path: Path) -> None:
-    """Both copies sealed by their CRCs but impossible: a reader looks once, as a writer does.
-
-    Each look copies pages 0-2 into fresh memory (16 MiB pages: 48 MiB, so
-    malloc maps it anew and every look shows in the page-fault count); a writer
-    never retries, so its count is what one look costs.
-    """
-    path = tmp_path / "sealed.mpp"
-    mp.Pager.create(path, 1 << 24).close()
-    for copy in (0, 1):
-        edit_meta(path, copy, free_count=99)
+def _reader_and_writer_faults(path: Path) -> tuple[int, int]:
+    """Page faults of refusing path: a writer's open (one look), then a reader's."""
     proc = run_child(
         f"""
         import resource
@@ -286,7 +277,33 @@ def test_damage_with_intact_crcs_is_not_retried_as_a_race(tmp_path: Path) -> Non
         """
     )
     writer, reader = (int(v) for v in proc.stdout.split())
+    return writer, reader
+
+
+# Each look copies pages 0-2 into fresh memory (16 MiB pages: 48 MiB, so malloc
+# maps it anew and every look shows in the page-fault count); a writer never
+# retries, so its count is what one look costs.
+BIG_PAGE = 1 << 24
+
+
+def test_damage_with_intact_crcs_is_not_retried_as_a_race(tmp_path: Path) -> None:
+    """Both copies sealed by their CRCs but impossible: a reader looks once, as a writer does."""
+    path = tmp_path / "sealed.mpp"
+    mp.Pager.create(path, BIG_PAGE).close()
+    for copy in (0, 1):
+        edit_meta(path, copy, free_count=99)
+    writer, reader = _reader_and_writer_faults(path)
     assert reader < 2 * writer + 1000, f"reader {reader} page faults, writer {writer}"
+
+
+def test_reader_retries_of_huge_pages_fit_a_budget(tmp_path: Path) -> None:
+    """Both copies fail their CRCs (a race could explain it): with 16 MiB pages, one retry."""
+    path = tmp_path / "torn.mpp"
+    mp.Pager.create(path, BIG_PAGE).close()
+    for copy in (0, 1):
+        edit_meta(path, copy, raw={100: 0x5A}, fix_crc=False)
+    writer, reader = _reader_and_writer_faults(path)
+    assert reader < 3 * writer + 1000, f"reader {reader} page faults, writer {writer}"
 
 
 # --------------------------------------------------------------------------
