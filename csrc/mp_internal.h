@@ -240,6 +240,13 @@ int os_shrink_file(const mp_map *m, uint64_t len);
 int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got);
 int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset);
 int os_unlink(const char *path);
+/* A new, empty file beside path under a name of its own (".<name>.<pid>.
+ * <random>.tmp"), for a file that must appear whole or not at all. *out_tmp
+ * is malloc'd; the caller unlinks and frees it. */
+int os_create_temp(const char *path, char **out_tmp, int *out_fd);
+/* Gives the file at tmp the name path, failing with -EEXIST (and changing
+ * nothing) if path exists; tmp is gone afterwards on success. */
+int os_publish(const char *tmp, const char *path);
 uint64_t os_page_size(void);
 
 /* ---- pager.c ---- */

@@ -1,10 +1,12 @@
 /*
  * os.c - every system call the core makes on the file or on its mapping.
  *
- * Owns: opening and locking the file, reserving address space and mapping the
- * file into it, growing the file, and the durability barriers. Keeping them in
- * one file keeps the platform differences (Linux, macOS) side by side, one
- * comment per difference, and gives fault injection a single place to hook.
+ * Owns: opening and locking the file, creating one under a temporary name and
+ * publishing it (link, never replacing a file), reserving address space and
+ * mapping the file into it, growing the file, and the durability barriers.
+ * Keeping them in one file keeps the platform differences (Linux, macOS) side
+ * by side, one comment per difference, and gives fault injection a single
+ * place to hook.
  *
  * Invariants: [base, base + mapped) is always a MAP_SHARED mapping of the
  * file; the rest of the reserved range is PROT_NONE, so a stray access faults
@@ -25,7 +27,11 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -96,6 +102,77 @@ int os_close_file(int fd)
 int os_unlink(const char *path)
 {
     return unlink(path) == 0 ? MP_OK : -errno;
+}
+
+/* The temporary name keeps at most this much of the final name, so that the
+ * prefix and suffix never push it past the file system's limit (255). */
+#define TEMP_NAME_KEEP 200
+
+int os_create_temp(const char *path, char **out_tmp, int *out_fd)
+{
+    size_t n = strlen(path);
+    const char *slash = strrchr(path, '/');
+    size_t dir_len = slash ? (size_t)(slash - path) + 1 : 0;
+    size_t base_len = n - dir_len;
+    if (base_len == 0)
+        return -EISDIR;
+    if (base_len > TEMP_NAME_KEEP)
+        base_len = TEMP_NAME_KEEP;
+    size_t cap = dir_len + base_len + 64;
+    char *tmp = malloc(cap);
+    if (!tmp)
+        return MP_ENO_MEMORY;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    /* Not secret, only unlikely to collide; O_EXCL settles any collision. */
+    uint64_t seed = (uint64_t)now.tv_nsec * 0x9E3779B97F4A7C15u ^ (uint64_t)now.tv_sec ^
+                    (uint64_t)(uintptr_t)tmp;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        snprintf(tmp, cap, "%.*s.%.*s.%ld.%08x.tmp", (int)dir_len, path, (int)base_len,
+                 path + dir_len, (long)getpid(), (unsigned)(seed >> 32));
+        int fd;
+        do {
+            fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        } while (fd < 0 && errno == EINTR);
+        if (fd >= 0) {
+            *out_tmp = tmp;
+            *out_fd = fd;
+            return MP_OK;
+        }
+        if (errno != EEXIST) {
+            int e = errno;
+            free(tmp);
+            return -e;
+        }
+    }
+    free(tmp);
+    return -EEXIST;
+}
+
+/* link() fails with EEXIST rather than replace a file, which is what create
+ * promises; a file system without hard links gets the same promise from
+ * renameat2(RENAME_NOREPLACE) (renamex_np(RENAME_EXCL) on macOS). */
+int os_publish(const char *tmp, const char *path)
+{
+    if (link(tmp, path) == 0) {
+        (void)unlink(tmp);
+        return MP_OK;
+    }
+    int e = errno;
+    if (e != EPERM && e != ENOTSUP && e != EOPNOTSUPP && e != EMLINK && e != ENOSYS)
+        return -e;
+#if defined(__APPLE__)
+    if (renamex_np(tmp, path, RENAME_EXCL) == 0)
+        return MP_OK;
+    return -errno;
+#elif defined(SYS_renameat2)
+    if (syscall(SYS_renameat2, AT_FDCWD, tmp, AT_FDCWD, path, 1 /* RENAME_NOREPLACE */) == 0)
+        return MP_OK;
+    return -errno;
+#else
+    return -e;
+#endif
 }
 
 int os_file_size(int fd, uint64_t *out)

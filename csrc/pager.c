@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 /* The most of a file a pager maps: 16 TiB (2^32 pages of 4 KiB). A process
@@ -437,6 +438,9 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free
         else
             bitmap_clear(p->chunk_active, c);
         const uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)pick);
+        /* The maps grow with the chunks that check out, never with the
+         * claimed total: a hostile total costs only what the file holds. */
+        note_words_used(p, (c + 1) * p->chunk < total ? (c + 1) * p->chunk : total);
         fmt_chunk_load_bits(page, p->page_size, c, total, p->bits);
         *free += h[pick].free_count;
         if (h[pick].generation == gen)
@@ -490,7 +494,11 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
     return MP_OK;
 }
 
-/* Clears the in-memory maps and loads the chosen copy's state into them. */
+/* Clears the in-memory maps and loads the chosen copy's state into them.
+ * Only the words some earlier load or growth touched need clearing (the rest
+ * are still zero), and words_used rises only with what was loaded: a copy
+ * that claims more pages than it describes is refused before the cost of
+ * the pages it claims (load_chunks stops at the first chunk that fails). */
 static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
                      uint32_t *dir_blocks)
 {
@@ -507,8 +515,8 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     p->total_pages = h->total_pages;
     p->generation = h->generation;
     p->free_count = h->free_count;
-    note_words_used(p, p->total_pages);
     uint64_t in0 = p->total_pages < p->chunk ? p->total_pages : p->chunk;
+    note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
     *dir_blocks = 0;
     if (p->total_pages <= p->chunk)
@@ -700,13 +708,70 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
 
 /* At 2 ms apart, about half a second of a writer's progress. */
 #define MAX_READER_ATTEMPTS 200
+/* Looks without progress before a reader believes damage, and the most the
+ * pages 0-2 they copy may add up to: with huge pages the first verdict comes
+ * sooner, so refusing a file never costs many copies of its largest pages. */
+#define QUIET_LOOKS 5
+#define QUIET_COPY_BUDGET ((uint64_t)64 << 20)
+
+/* Whether a metadata copy's header could be one a writer wrote to a file of
+ * file_pages pages: a writer grows the file, durably, before a commit counts
+ * the new pages, so a committed total is never past the end of file. */
+static int header_plausible(const uint8_t *meta, uint64_t file_pages)
+{
+    uint64_t total = mp_load_u64(meta);
+    return total >= MP_RESERVED_PAGES && total <= file_pages;
+}
+
+/* Refuses, from the two 24-byte metadata headers, a file that no look could
+ * accept: neither copy claims a page count this file has. This costs nothing
+ * per page, where a full look copies pages 0-2 (3 GiB with 1 GiB pages). A
+ * writer only ever rewrites the copy that is not committed, so while a file
+ * is in use at least one header is plausible: a refusal here is final. */
+static int headers_refuse(mp_pager *p, mp_open_report *rep)
+{
+    uint64_t size;
+    if (os_file_size(p->fd, &size) != MP_OK)
+        return MP_OK; /* the full look decides */
+    uint64_t pages = size / p->page_size;
+    uint8_t head[2][MP_META_HEADER];
+    for (int c = 0; c < 2; c++)
+        memcpy(head[c], pager_page_ptr(p, 1 + (uint64_t)c), MP_META_HEADER);
+    if (header_plausible(head[0], pages) || header_plausible(head[1], pages))
+        return MP_OK;
+    memset(rep, 0, sizeof *rep);
+    for (int c = 0; c < 2; c++) {
+        rep->generation[c] = mp_load_u64(head[c] + 8);
+        rep->meta_problem[c] = MP_META_BAD_TOTAL;
+    }
+    return MP_ECORRUPT_METADATA;
+}
+
+/* Whether a failed look could be a writer's commit in progress rather than
+ * damage. Both metadata copies failing with intact CRCs cannot be: a commit
+ * writes one copy, whole, and a torn copy fails its CRC. */
+static int writer_may_explain(int rc, const mp_open_report *rep)
+{
+    if (rc != MP_ECORRUPT_METADATA)
+        return 1;
+    for (int c = 0; c < 2; c++) {
+        uint32_t why = rep->meta_problem[c];
+        if (why == MP_META_BAD_CRC || why == MP_META_BAD_TOTAL || why == MP_META_BAD_FREE_MAP)
+            return 1;
+    }
+    return 0;
+}
 
 /* A reader may look while a writer is rewriting page 0 or a directory page;
- * what it then sees can fail a CRC for a moment. Readers retry briefly. */
+ * what it then sees can fail a CRC for a moment. Readers retry briefly, and
+ * only what a commit in progress could explain. */
 static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
                              int *page0_stale)
 {
-    int rc = load_state(p, file_len, rep, page0_stale);
+    int rc = headers_refuse(p, rep);
+    if (rc != MP_OK)
+        return rc;
+    rc = load_state(p, file_len, rep, page0_stale);
     /* Damage a reader sees may be a writer's write in progress: look again a
      * few times before believing it (an error, or a copy to discard). */
     uint32_t transient = MP_REC_META_A_DAMAGED | MP_REC_META_B_DAMAGED | MP_REC_DIR_FALLBACK |
@@ -716,13 +781,21 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
      * writes the inactive copies): nothing wrong with the file, only a race.
      * While the metadata generation moves between attempts the writer is
      * making progress, so keep looking, within a bound; with no progress,
-     * five looks (about 10 ms) before believing it is damage. */
-    int limit = 5;
+     * five looks (about 10 ms) before believing it is damage, fewer when
+     * pages are so large that five copies of pages 0-2 would pass the budget. */
+    uint64_t look_bytes = (uint64_t)p->page_size * MP_RESERVED_PAGES;
+    int quiet = QUIET_COPY_BUDGET / look_bytes < QUIET_LOOKS
+                    ? (int)(QUIET_COPY_BUDGET / look_bytes)
+                    : QUIET_LOOKS;
+    if (quiet < 1)
+        quiet = 1;
+    int limit = quiet;
     uint64_t seen = rep->generation[0] > rep->generation[1] ? rep->generation[0]
                                                             : rep->generation[1];
     for (int attempt = 0;
          p->read_only && attempt < limit &&
-         ((rc > 0 && rc != MP_ENO_MEMORY) || (rc == MP_OK && (rep->flags & transient)));
+         ((rc > 0 && rc != MP_ENO_MEMORY && writer_may_explain(rc, rep)) ||
+          (rc == MP_OK && (rep->flags & transient)));
          attempt++) {
         struct timespec nap = {0, 2 * 1000 * 1000};
         nanosleep(&nap, NULL);
@@ -736,11 +809,14 @@ static int load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep
         }
         dir_release(p);
         memset(rep, 0, sizeof *rep);
+        if ((rc = headers_refuse(p, rep)) != MP_OK)
+            return rc;
         rc = load_state(p, file_len, rep, page0_stale);
         uint64_t now = rep->generation[0] > rep->generation[1] ? rep->generation[0]
                                                                : rep->generation[1];
         if (now != seen && limit < MAX_READER_ATTEMPTS)
-            limit = attempt + 6 < MAX_READER_ATTEMPTS ? attempt + 6 : MAX_READER_ATTEMPTS;
+            limit = attempt + 1 + quiet < MAX_READER_ATTEMPTS ? attempt + 1 + quiet
+                                                              : MAX_READER_ATTEMPTS;
         seen = now;
     }
     return rc;
@@ -829,6 +905,42 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     return MP_OK;
 }
 
+/* Writes the crate's fresh file into p's file (4 pages, page 3 free, both
+ * copies identical at generation 0, the selector on A, an empty sealed
+ * directory index) and makes its bytes durable. */
+static int write_fresh(mp_pager *p, uint64_t len)
+{
+    uint32_t ps = p->page_size;
+    p->total_pages = MP_INITIAL_PAGES;
+    p->free_count = 1;
+    p->generation = 0;
+    p->active = 0;
+    p->hint = MP_RESERVED_PAGES;
+    note_words_used(p, p->total_pages);
+    for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
+        bit_take(p, i);
+    uint8_t *buf = p->scratch;
+    int rc = os_grow_file(&p->map, 0, len, p->preallocate);
+    if (rc != MP_OK)
+        return rc;
+    memset(buf, 0, ps);
+    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
+    fmt_dir_index_write(buf, ps, 0, NULL);
+    if ((rc = os_write_all(p->fd, buf, ps, 0)) != MP_OK)
+        return rc;
+    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
+    if ((rc = os_write_all(p->fd, buf, ps, ps)) != MP_OK ||
+        (rc = os_write_all(p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
+        return rc;
+    return os_sync_file(&p->map);
+}
+
+/* The file is built whole under a temporary name beside path, made durable,
+ * and only then given its name (os_publish, which never replaces a file): a
+ * crash leaves either no file at path or a complete one, never a partial
+ * file that would neither open nor let create run again. The lock is taken
+ * on the temporary file's descriptor, which stays the same file under its
+ * final name. */
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
 {
     if (!path || !opts || !out || opts->durability < MP_DURABILITY_COMPAT ||
@@ -837,8 +949,13 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     uint32_t ps = opts->page_size;
     if (!valid_page_size(ps))
         return MP_EINVALID_PAGE_SIZE;
+    /* An early answer for the common case; os_publish gives the final one. */
+    struct stat st;
+    if (lstat(path, &st) == 0)
+        return -EEXIST;
+    char *tmp;
     int fd;
-    int rc = os_open_file(path, 1, 0, &fd);
+    int rc = os_create_temp(path, &tmp, &fd);
     if (rc != MP_OK)
         return rc;
     mp_pager *p = NULL;
@@ -846,45 +963,28 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     if ((rc = os_lock(fd, opts->lock_timeout)) != MP_OK ||
         (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
+        (void)os_unlink(tmp);
+        free(tmp);
+        return rc;
+    }
+    p->durability = opts->durability;
+    set_growth(p, opts);
+    if ((rc = write_fresh(p, len)) != MP_OK || (rc = os_publish(tmp, path)) != MP_OK) {
+        pager_destroy(p);
+        (void)os_unlink(tmp);
+        free(tmp);
+        return rc;
+    }
+    free(tmp);
+    /* The name must be durable before create returns, or a crash could
+     * leave no file behind a successful create. */
+    if ((rc = os_sync_dir_of(path)) != MP_OK || (rc = os_map_extend(&p->map, len)) != MP_OK) {
+        pager_destroy(p);
         (void)os_unlink(path);
         return rc;
     }
-    /* The crate's fresh file: 4 pages, page 3 free, both copies identical at
-     * generation 0, the selector on A, an empty sealed directory index. */
-    p->total_pages = MP_INITIAL_PAGES;
-    p->free_count = 1;
-    p->generation = 0;
-    p->active = 0;
-    p->hint = MP_RESERVED_PAGES;
-    p->durability = opts->durability;
-    set_growth(p, opts);
-    note_words_used(p, p->total_pages);
-    for (uint64_t i = 0; i < MP_RESERVED_PAGES; i++)
-        bit_take(p, i);
-    uint8_t *buf = p->scratch;
-    if ((rc = os_grow_file(&p->map, 0, len, p->preallocate)) != MP_OK)
-        goto fail;
-    memset(buf, 0, ps);
-    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
-    fmt_dir_index_write(buf, ps, 0, NULL);
-    if ((rc = os_write_all(fd, buf, ps, 0)) != MP_OK)
-        goto fail;
-    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
-    if ((rc = os_write_all(fd, buf, ps, ps)) != MP_OK ||
-        (rc = os_write_all(fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
-        goto fail;
-    /* The file's bytes, then its name in the directory, must be durable
-     * before create returns: otherwise a crash could leave no file, or a file
-     * of zeros, behind a successful create. */
-    if ((rc = os_sync_file(&p->map)) != MP_OK || (rc = os_sync_dir_of(path)) != MP_OK ||
-        (rc = os_map_extend(&p->map, len)) != MP_OK)
-        goto fail;
     *out = p;
     return MP_OK;
-fail:
-    pager_destroy(p);
-    (void)os_unlink(path);
-    return rc;
 }
 
 int mp_pager_close(mp_pager *p)
@@ -1008,6 +1108,14 @@ int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
     return MP_OK;
 }
 
+/* A private array of n ids, or NULL when n ids do not fit in memory. */
+static uint64_t *id_list_new(uint64_t n)
+{
+    if (n > SIZE_MAX / sizeof(uint64_t))
+        return NULL;
+    return malloc((size_t)n * sizeof(uint64_t));
+}
+
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
@@ -1019,10 +1127,19 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
         return MP_EINVALID_ARGUMENT;
     if (n > p->max_pages)
         return MP_EFILE_FULL;
+    /* The ids live in the core's own list until the commit is done: the
+     * caller's buffer may change under us (another thread; or it is a view
+     * of a page this very call hands out and zeroes), so nothing is ever read
+     * back from it. It is written last, only on success. */
+    uint64_t *ids = id_list_new(n);
+    if (!ids)
+        return MP_ENO_MEMORY;
     /* All the growth happens first, so nothing below can fail before the
      * commit: either every page is taken in one commit or none is. */
-    if ((rc = pager_ensure_free(p, n)) != MP_OK)
+    if ((rc = pager_ensure_free(p, n)) != MP_OK) {
+        free(ids);
         return rc;
+    }
     uint64_t at = p->hint;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t id = find_allocatable(p, at);
@@ -1031,20 +1148,25 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
             id = find_allocatable(p, MP_RESERVED_PAGES);
             if (id >= p->total_pages) {
                 for (uint64_t j = 0; j < i; j++)
-                    bit_give(p, out_ids[j]);
+                    bit_give(p, ids[j]);
+                free(ids);
                 return MP_ECORRUPT_METADATA;
             }
         }
         bit_take(p, id);
-        out_ids[i] = id;
+        ids[i] = id;
         at = id + 1;
     }
     p->free_count -= n;
     p->hint = at;
     p->changed = 1;
     if (zero)
-        zero_pages(p, out_ids, n);
-    return pager_commit(p, MP_ORDER_DIR_FIRST);
+        zero_pages(p, ids, n);
+    rc = pager_commit(p, MP_ORDER_DIR_FIRST);
+    if (rc == MP_OK)
+        memcpy(out_ids, ids, (size_t)n * sizeof(uint64_t));
+    free(ids);
+    return rc;
 }
 
 /* Why a page may not be freed (or viewed), in the order the checks apply. */
@@ -1072,15 +1194,23 @@ int mp_pager_free(mp_pager *p, uint64_t id)
     return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
-int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
+int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
         return rc;
     if (n == 0)
         return MP_OK;
-    if (!ids)
+    if (!caller_ids)
         return MP_EINVALID_ARGUMENT;
+    /* One read of the caller's buffer, into memory the core owns: another
+     * thread may change that buffer at any moment (the GIL is released), and
+     * ids checked in one read and applied from a second would let it free a
+     * reserved page or set a bit far past the bitmap. */
+    uint64_t *ids = id_list_new(n);
+    if (!ids)
+        return MP_ENO_MEMORY;
+    memcpy(ids, caller_ids, (size_t)n * sizeof(uint64_t));
     /* Clearing each bit as it is checked makes a repeated id fail as a double
      * free; on any failure the bits cleared so far are set again. */
     for (uint64_t i = 0; i < n; i++) {
@@ -1088,6 +1218,7 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
         if (rc != MP_OK) {
             for (uint64_t j = 0; j < i; j++)
                 bitmap_set(p->bits, ids[j]);
+            free(ids);
             return rc;
         }
         bitmap_clear(p->bits, ids[i]);
@@ -1097,6 +1228,7 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
         bitmap_set(p->bits, ids[i]);
         pager_release_bit(p, ids[i]);
     }
+    free(ids);
     return pager_commit(p, MP_ORDER_META_FIRST);
 }
 

@@ -37,6 +37,10 @@ void dir_release(mp_pager *p)
     if (!p->dirs)
         return;
     for (uint32_t i = 0; i < p->dir_capacity; i++) {
+        /* A block never used is left unwritten: with huge pages the table
+         * is large, and only reading it keeps its memory unallocated. */
+        if (!p->dirs[i].entries && !p->dirs[i].writer_open && !p->dirs[i].dirty)
+            continue;
         free(p->dirs[i].entries);
         free(p->dirs[i].writer_open);
         p->dirs[i].entries = NULL;

@@ -56,9 +56,15 @@ if hasattr(os, "register_at_fork"):
 
 
 def as_id(value: object, what: str = "page id") -> int:
-    """Return ``value`` as an int id, or raise TypeError for a non-integer."""
+    """Return ``value`` as an int id, or raise TypeError for a non-integer.
+
+    ``bool`` is refused too: ``True`` is an int to Python, but never an id or
+    a size a caller meant.
+    """
     if type(value) is int:
         return value
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not bool ({value!r})")
     if not hasattr(type(value), "__index__"):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     return operator.index(value)  # type: ignore[arg-type]

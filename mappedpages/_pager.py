@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
@@ -68,9 +69,13 @@ def _options(
     preallocate: bool = True,
 ) -> Any:
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
-        raise TypeError("lock_timeout must be a number of seconds")
+        raise TypeError(
+            f"lock_timeout must be a number of seconds, not {type(lock_timeout).__name__}"
+        )
+    if not math.isfinite(lock_timeout):
+        raise ValueError(f"lock_timeout must be a finite number of seconds, not {lock_timeout}")
     if lock_timeout < 0:
-        raise ValueError("lock_timeout must not be negative")
+        raise ValueError(f"lock_timeout must not be negative, not {lock_timeout}")
     if not isinstance(durability, str):
         raise TypeError("durability must be 'compat', 'fast' or 'none'")
     if durability not in DURABILITY_MODES:
@@ -89,10 +94,42 @@ def _options(
     return opts
 
 
+def _file_page_size(raw: bytes) -> int | None:
+    """The page size a file's superblock names, or None if it names none."""
+    try:
+        with open(raw, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"MPPG":
+        return None
+    log2 = int.from_bytes(head[8:12], "little")
+    return 1 << log2 if 10 <= log2 <= 30 else None
+
+
+def raise_for_open(rc: int, text: str, raw: bytes, page_size: int) -> None:
+    """Raise for an open's return code; a page-size mismatch names both sizes."""
+    if rc == lib.MP_EINVALID_PAGE_SIZE and page_size:
+        found = _file_page_size(raw)
+        if found is not None and found != page_size:
+            raise InvalidPageSize(
+                f"{text}: the file's page size is {found}, not page_size={page_size}"
+            )
+    raise_for_rc(rc, text, text)
+
+
 _U64_FORMATS = frozenset(
     {"Q", "<Q", "=Q", "@Q"}
     | ({"L", "<L", "=L", "@L"} if ffi.sizeof("unsigned long") == 8 else set())
 )
+
+
+def _has_buffer(obj: object) -> bool:
+    try:
+        memoryview(obj).release()  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
 
 
 def _u64_buffer(obj: Any, writable: bool) -> Any:
@@ -128,6 +165,11 @@ def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
         if bad is not None:
             raise OutOfBounds(f"{what} {bad} is out of bounds") from None
         raise
+    # array('Q') takes True as 1; bool is no id. Only 0 and 1 can be bools,
+    # so the Python-speed scan runs only when one of them is there.
+    if packed and min(packed) <= 1:
+        for v in values:
+            as_id(v, what)
     return packed, ffi.from_buffer("uint64_t[]", packed)
 
 
@@ -209,7 +251,7 @@ class Pager(_PagerBase):
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
         opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
-        raise_for_rc(lib.mp_pager_open(raw, opts, out, report), text, text)
+        raise_for_open(lib.mp_pager_open(raw, opts, out, report), text, raw, size)
         pager = cls(out[0], text)
         pager._durability = durability
         pager._open_report = report_dict(report)
@@ -305,6 +347,15 @@ class Pager(_PagerBase):
         n = as_id(n, "n")
         if n < 0:
             raise ValueError("n must not be negative")
+        if out is not None and (
+            isinstance(out, (list, tuple, range, str, bytes)) or not _has_buffer(out)
+        ):
+            # Checked before anything changes: a caller passing out= expects
+            # None back, and would leak the pages of a returned list.
+            raise TypeError(
+                "out must be a writable buffer of unsigned 64-bit integers "
+                f"(array('Q'), a NumPy uint64 array), not {type(out).__name__}"
+            )
         with self._lock:
             handle = self._usable()
             target = None if out is None else _u64_buffer(out, writable=True)
@@ -425,7 +476,11 @@ class Pager(_PagerBase):
             super().close()
 
     def lock(self) -> Any:
-        """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls."""
+        """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls.
+
+        A closed pager raises ``ValueError``.
+        """
+        self._usable()
         return self._lock
 
     # ------------------------------------------------------------- protected

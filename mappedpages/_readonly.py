@@ -14,12 +14,11 @@ from typing import Any
 from mappedpages._base import (
     _PagerBase,
     fspath_bytes,
-    raise_for_rc,
     report_dict,
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
-from mappedpages._pager import _check_page_size, _options
+from mappedpages._pager import _check_page_size, _options, raise_for_open
 from mappedpages._types import PageId
 
 
@@ -33,7 +32,9 @@ class ReadOnlyPager(_PagerBase):
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
-        raise_for_rc(lib.mp_pager_open(raw, _options(size, 0.0, True), out, report), text, text)
+        raise_for_open(
+            lib.mp_pager_open(raw, _options(size, 0.0, True), out, report), text, raw, size
+        )
         pager = cls(out[0], text)
         pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)
