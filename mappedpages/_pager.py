@@ -28,7 +28,13 @@ from mappedpages._base import (
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
-from mappedpages._errors import FileFull, InvalidPageSize, OutOfBounds, WriterOpen
+from mappedpages._errors import (
+    FileFull,
+    InvalidPageSize,
+    OutOfBounds,
+    ReservedPage,
+    WriterOpen,
+)
 from mappedpages._protected import ProtectedWriter
 from mappedpages._types import PageId, ProtectedPageId
 
@@ -225,6 +231,9 @@ class Pager(_PagerBase):
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
         )
+        # The live SubPageAllocators on this pager: free() and free_bulk()
+        # refuse the pages they hold (weak: a collected allocator holds none).
+        self._subs: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ------------------------------------------------------------- pages
 
@@ -272,7 +281,11 @@ class Pager(_PagerBase):
             lock.release()
 
     def free(self, page_id: PageId) -> None:
-        """Free one page. One durable commit (see ``durability``)."""
+        """Free one page. One durable commit (see ``durability``).
+
+        A page a live :class:`SubPageAllocator` holds raises
+        :class:`ReservedPage` and stays allocated.
+        """
         if type(page_id) is not int:
             page_id = PageId(as_id(page_id))
         lock = self._lock
@@ -282,6 +295,8 @@ class Pager(_PagerBase):
                 self._usable()
             if page_id < 0 or page_id >= _U64_LIMIT:
                 raise OutOfBounds(f"page {page_id} is out of bounds")
+            if self._subs:
+                self._refuse_held(ffi.new("uint64_t[1]", [page_id]), 1)
             rc = _free(self._handle, page_id)
             if rc:
                 self._check(rc, f"free page {page_id}")
@@ -333,8 +348,9 @@ class Pager(_PagerBase):
 
         ``ids`` is any iterable of ints, or a buffer of unsigned 64-bit
         integers (read in place, no Python object per page). Every id is
-        checked first (a repeated id is a :class:`DoubleFree`); if any is bad,
-        nothing is freed.
+        checked first (a repeated id is a :class:`DoubleFree`, a page a live
+        :class:`SubPageAllocator` holds a :class:`ReservedPage`); if any is
+        bad, nothing is freed.
         """
         arr = _u64_buffer(ids, writable=False)
         if arr is not None:
@@ -346,8 +362,29 @@ class Pager(_PagerBase):
             handle = self._usable()
             if not count:
                 return
+            if self._subs:
+                self._refuse_held(arr, count)
             self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
             self._refresh_stats()
+
+    def _refuse_held(self, pages: Any, count: int) -> None:
+        """Raise ReservedPage if a live SubPageAllocator holds one of ``pages``.
+
+        Such a page would go back to the pager while its sub-pages are in use,
+        and the pager would hand it out again.
+        """
+        where = ffi.new("uint64_t *")
+        for sub in list(self._subs):
+            handle = sub._handle
+            if handle is None:
+                continue
+            self._check(lib.mp_subpage_find_held(handle, pages, count, where))
+            if where[0] < count:
+                page = int(pages[where[0]])
+                raise ReservedPage(
+                    f"page {page} is held by a SubPageAllocator (sub_size {sub.sub_size}); "
+                    "free its sub-pages through the allocator, or detach it first"
+                )
 
     def sync(self) -> None:
         """Flush every page's data to disk (msync of the mapping, then fsync).
