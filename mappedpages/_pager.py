@@ -416,6 +416,12 @@ class Pager(_PagerBase):
         page allocated or freed, no protected write visible. Nested blocks join
         the outermost one. Pages freed in a transaction are not reused before
         it commits, and a protected page can be written once per transaction.
+
+        A :class:`ProtectedWriter` opened in the block must be committed or
+        discarded before the block ends: if one is still open, the whole
+        transaction is rolled back and :class:`WriterOpen` is raised (when
+        the block raised, it is rolled back and its own exception propagates).
+        Either way the writers opened in the block are discarded.
         """
         with self._lock:
             handle = self._usable()
@@ -433,6 +439,15 @@ class Pager(_PagerBase):
                 raise
             self._txn_depth -= 1
             if outer:
+                left_open = sorted(set(self._writers.keys()) - self._txn_writers_before)
+                if left_open:
+                    # Committing would silently leave their writes out.
+                    self._txn_abort()
+                    raise WriterOpen(
+                        f"the transaction ended with a writer still open on protected "
+                        f"page(s) {', '.join(map(str, left_open))}; it was rolled back "
+                        "(commit or discard each writer opened in the block before it ends)"
+                    )
                 rc = lib.mp_txn_commit(self._handle)
                 if rc != 0:
                     self._txn_abort()
@@ -454,11 +469,19 @@ class Pager(_PagerBase):
     def close(self) -> None:
         """Unmap the file and release it; idempotent (see the base class).
 
-        Not allowed inside a transaction block (``ValueError``).
+        Not allowed inside a transaction block (``ValueError``), nor while a
+        :class:`ProtectedWriter` is open (``BufferError``, as for a view: its
+        staged bytes would be lost).
         """
         with self._lock:
             if self._txn_depth and self._mv is not None:
                 raise ValueError("close() inside a transaction; leave the block first")
+            if self._mv is not None and len(self._writers):
+                pids = ", ".join(map(str, sorted(self._writers.keys())))
+                raise BufferError(
+                    f"cannot close a pager while a ProtectedWriter is open on protected "
+                    f"page(s) {pids}; commit or discard it first"
+                )
             super().close()
 
     def lock(self) -> Any:
@@ -548,9 +571,18 @@ class Pager(_PagerBase):
     def _writer_finish(self, writer: ProtectedWriter, commit: bool) -> None:
         with self._lock:
             handle = self._usable()
-            self._writers.pop(writer.pid, None)
+            pid = writer.pid
+            if commit and self._writers.get(pid) is writer:
+                # The staged copy is the backing page the directory does not
+                # name; the writer's bytes go there just before the C commit
+                # flushes it (or, in a transaction, queues it for one flush).
+                active = ffi.new("uint64_t *")
+                self._check(lib.mp_protected_page(handle, pid, active), f"protected page {pid}")
+                a, b = self._backing(pid)
+                self._view(b if int(active[0]) == a else a, readonly=False)[:] = writer._buf
+            self._writers.pop(pid, None)
             fn = lib.mp_protected_commit if commit else lib.mp_protected_discard
-            self._check(fn(handle, writer.pid), f"protected page {writer.pid}")
+            self._check(fn(handle, pid), f"protected page {pid}")
 
     # ------------------------------------------------------------- asyncio
 

@@ -14,6 +14,9 @@ memory, cancelled async calls, and messages that name the values involved.
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from conftest import pager_state, read_image
@@ -25,6 +28,7 @@ from mappedpages import (
     Pager,
     ReservedPage,
     SubPageAllocator,
+    WriterOpen,
 )
 
 PS = 4096
@@ -143,3 +147,192 @@ def test_sub_size_bool_is_a_type_error(new_pager, size):
     with pytest.raises(TypeError, match="bool"):
         SubPageAllocator(new_pager, size)
     assert len(new_pager._subs) == 0
+
+
+# --------------------------------------------------------------------------
+# Protected writers stage in library memory
+# --------------------------------------------------------------------------
+
+
+def both_backing_copies(p: Pager, pid: int) -> tuple[bytes, bytes]:
+    """The bytes of both pages behind a protected page, read from the file."""
+    a, b = p._backing(pid)
+    with open(p.path, "rb") as f:
+        f.seek(a * p.page_size)
+        first = f.read(p.page_size)
+        f.seek(b * p.page_size)
+        return first, f.read(p.page_size)
+
+
+def committed(p: Pager, pid: int) -> bytes:
+    return bytes(p.protected_page(pid))
+
+
+def test_a_slice_written_after_commit_reaches_nothing(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    w = p.write_protected(pid)
+    head = w.page[:16]
+    head[:] = b"A" * 16
+    w.commit()
+    assert committed(p, pid)[:16] == b"A" * 16
+    backing = both_backing_copies(p, pid)
+    head[:] = b"B" * 16  # the writer is spent: this lands in its own buffer
+    assert committed(p, pid)[:16] == b"A" * 16
+    assert p.verify_protected(pid)
+    assert both_backing_copies(p, pid) == backing
+    # The next writer starts from the committed content, not the stray bytes.
+    w2 = p.write_protected(pid)
+    assert bytes(w2.page[:16]) == b"A" * 16
+    head[:] = b"C" * 16
+    assert bytes(w2.page[:16]) == b"A" * 16
+    w2.page[16:20] = b"next"
+    w2.commit()
+    assert committed(p, pid)[:20] == b"A" * 16 + b"next"
+    assert p.verify_protected(pid)
+
+
+def test_a_slice_written_after_discard_reaches_nothing(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    w = p.write_protected(pid)
+    whole = w.page[:]
+    whole[:4] = b"gone"
+    w.discard()
+    backing = both_backing_copies(p, pid)
+    whole[:4] = b"late"
+    assert committed(p, pid) == bytes(PS)
+    assert both_backing_copies(p, pid) == backing
+    w2 = p.write_protected(pid)
+    assert bytes(w2.page[:4]) == bytes(4)
+    w2.discard()
+
+
+def test_the_writer_page_is_not_the_file_until_commit(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    w = p.write_protected(pid)
+    w.page[:5] = b"early"
+    # Nothing written through the writer is in the mapping or the file yet.
+    assert all(copy[:5] == bytes(5) for copy in both_backing_copies(p, pid))
+    assert committed(p, pid)[:5] == bytes(5)
+    w.commit()
+    assert committed(p, pid)[:5] == b"early"
+
+
+def test_a_slice_written_after_a_transaction_commit_reaches_nothing(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    with p.transaction():
+        w = p.write_protected(pid)
+        view = w.page[8:12]
+        view[:] = b"txn!"
+        w.commit()
+        view[:] = b"bad1"  # after the writer's commit, before the block's
+    view[:] = b"bad2"
+    assert committed(p, pid)[8:12] == b"txn!"
+    assert p.verify_protected(pid)
+    p.close()
+    with Pager.open(p.path) as again:
+        assert committed(again, pid)[8:12] == b"txn!"
+        assert again.verify_protected(pid)
+
+
+def test_a_slice_outlives_the_pager_without_harm(tmp_path):
+    """Written after commit and after close: before, this wrote into the
+    committed copy, or into unmapped memory once the pager was closed."""
+    script = textwrap.dedent(
+        f"""
+        import gc
+        from mappedpages import Pager
+        p = Pager.create({str(tmp_path / "s.mpp")!r})
+        pid = p.alloc_protected()
+        w = p.write_protected(pid)
+        keep = w.page[:]
+        keep[:3] = b"one"
+        w.commit()
+        p.close()
+        gc.collect()
+        keep[:] = b"x" * len(keep)
+        with Pager.open(p.path) as q:
+            assert bytes(q.protected_page(pid)[:3]) == b"one", bytes(q.protected_page(pid)[:3])
+            assert q.verify_protected(pid)
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.strip() == "ok"
+
+
+def test_close_with_an_open_writer_is_refused(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    w = p.write_protected(pid)
+    with pytest.raises(BufferError, match=f"ProtectedWriter is open on protected page.*{pid}"):
+        p.close()
+    w.discard()
+    p.close()
+
+
+def test_a_transaction_ending_with_an_open_writer_rolls_back(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    other = p.alloc_protected()
+    before = full_state(p)
+    with pytest.raises(WriterOpen, match=f"protected page\\(s\\) {pid}; it was rolled back"):
+        with p.transaction():
+            p.alloc_bulk(3)
+            with p.write_protected(other) as done:
+                done.page[:4] = b"done"
+            w = p.write_protected(pid)
+            w.page[:4] = b"open"
+    # Everything in the block is undone, the committed writer's page included.
+    assert full_state(p) == before
+    assert committed(p, other)[:4] == bytes(4)
+    assert committed(p, pid)[:4] == bytes(4)
+    assert w.spent
+    with pytest.raises(ValueError):
+        w.commit()
+    # Both pages can be written again.
+    for page in (pid, other):
+        with p.write_protected(page) as again:
+            again.page[:3] = b"new"
+        assert committed(p, page)[:3] == b"new"
+
+
+def test_a_raising_block_with_an_open_writer_keeps_its_exception(new_pager):
+    p = new_pager
+    pid = p.alloc_protected()
+    before = full_state(p)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with p.transaction():
+            p.alloc()
+            w = p.write_protected(pid)
+            w.page[:4] = b"open"
+            raise Boom
+    assert full_state(p) == before
+    assert w.spent
+    assert committed(p, pid)[:4] == bytes(4)
+
+
+def test_writers_opened_before_the_block_or_finished_in_it_are_fine(new_pager):
+    p = new_pager
+    a, b = p.alloc_protected(), p.alloc_protected()
+    outside = p.write_protected(a)
+    with p.transaction():
+        with p.transaction():
+            inner = p.write_protected(b)  # opened in a nested block ...
+        inner.page[:2] = b"in"
+        inner.commit()  # ... and committed in the outer one
+    assert committed(p, b)[:2] == b"in"
+    assert not outside.spent
+    outside.page[:3] = b"out"
+    outside.commit()
+    assert committed(p, a)[:3] == b"out"
