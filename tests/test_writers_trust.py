@@ -13,10 +13,12 @@ memory, cancelled async calls, and messages that name the values involved.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from conftest import pager_state, read_image
@@ -336,3 +338,150 @@ def test_writers_opened_before_the_block_or_finished_in_it_are_fine(new_pager):
     outside.page[:3] = b"out"
     outside.commit()
     assert committed(p, a)[:3] == b"out"
+
+
+# --------------------------------------------------------------------------
+# Cancelled *_async calls leave nothing allocated
+# --------------------------------------------------------------------------
+
+
+def roomy_pager(path, pages: int) -> Pager:
+    """A pager whose file already has room for ``pages`` more pages, so an
+    allocation and its undo leave every count as it was."""
+    p = Pager.create(path, durability="none")
+    p.free_bulk(p.alloc_bulk(pages))
+    p.sync()
+    return p
+
+
+def counts(p: Pager) -> tuple:
+    return (
+        p.page_count,
+        p.free_page_count,
+        list(p.allocated_pages()),
+        list(p.allocated_protected_pages()),
+    )
+
+
+def test_a_timed_out_alloc_bulk_async_allocates_nothing(tmp_path):
+    p = roomy_pager(tmp_path / "a.mpp", 200_000)
+    try:
+        before = counts(p)
+
+        async def main():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(p.alloc_bulk_async(200_000), 0.001)
+
+        asyncio.run(main())  # returns once the default executor is done
+        assert counts(p) == before
+    finally:
+        p.close()
+    with Pager.open(tmp_path / "a.mpp") as again:
+        assert counts(again) == before
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("alloc_async", ()),
+        ("alloc_bulk_async", (50,)),
+        ("alloc_protected_async", ()),
+        ("alloc_protected_bulk_async", (3,)),
+    ],
+)
+def test_cancelled_while_running_is_undone(tmp_path, name, args):
+    """The call is already in its worker thread (waiting for the pager's lock)
+    when it is cancelled: it runs, then its effect is taken back."""
+    p = roomy_pager(tmp_path / "c.mpp", 64)
+    try:
+        p.write_protected(p.alloc_protected()).discard()  # a directory block exists
+        before = counts(p)
+        p.sync()
+        started = threading.Event()
+        real = getattr(p, name.removesuffix("_async"))
+
+        def spy(*a):
+            started.set()
+            return real(*a)
+
+        setattr(p, name.removesuffix("_async"), spy)
+
+        async def main():
+            with p.lock():
+                task = asyncio.create_task(getattr(p, name)(*args))
+                while not started.is_set():
+                    await asyncio.sleep(0.001)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            # The lock is free: the worker allocates, sees the cancellation and undoes.
+
+        asyncio.run(main())
+        assert counts(p) == before
+    finally:
+        p.close()
+
+
+def test_cancelled_after_the_worker_finished_is_undone(tmp_path):
+    """The worker handed its result over, but the loop had not resumed the
+    caller before the cancellation: the caller's side undoes it."""
+    import time
+
+    p = roomy_pager(tmp_path / "d.mpp", 64)
+    try:
+        before = counts(p)
+
+        async def main():
+            task = asyncio.create_task(p.alloc_bulk_async(10))
+            await asyncio.sleep(0)  # the call is submitted to the executor
+            deadline = time.monotonic() + 30
+            while p.free_page_count == before[1] and time.monotonic() < deadline:
+                time.sleep(0.01)  # block the loop: the result cannot be delivered
+            time.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert counts(p) == before
+    finally:
+        p.close()
+
+
+def test_an_uncancelled_async_call_keeps_its_result(tmp_path):
+    p = roomy_pager(tmp_path / "e.mpp", 64)
+    try:
+
+        async def main():
+            return await asyncio.wait_for(p.alloc_bulk_async(5), 60)
+
+        ids = asyncio.run(main())
+        assert list(p.allocated_pages()) == sorted(ids)
+    finally:
+        p.close()
+
+
+def test_a_free_async_cancelled_before_it_started_does_not_run(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = roomy_pager(tmp_path / "f.mpp", 64)
+    try:
+        page = p.alloc()
+        gate = threading.Event()
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(1))
+            busy = loop.run_in_executor(None, gate.wait)  # the one worker is taken
+            task = asyncio.create_task(p.free_async(page))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gate.set()
+            await busy
+
+        asyncio.run(main())
+        assert list(p.allocated_pages()) == [page]
+    finally:
+        p.close()
