@@ -232,9 +232,11 @@ class Pager(_PagerBase):
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
         )
-        # The live SubPageAllocators on this pager: free() and free_bulk()
-        # refuse the pages they hold (weak: a collected allocator holds none).
-        self._subs: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The live SubPageAllocators on this pager, by id(): free() and
+        # free_bulk() refuse the pages they hold. Weak references (a collected
+        # allocator holds none) in a plain dict, whose emptiness free() can
+        # test at C speed.
+        self._subs: dict[int, weakref.ref[Any]] = {}
 
     # ------------------------------------------------------------- pages
 
@@ -375,11 +377,11 @@ class Pager(_PagerBase):
         and the pager would hand it out again.
         """
         where = ffi.new("uint64_t *")
-        for sub in list(self._subs):
-            handle = sub._handle
-            if handle is None:
+        for ref in list(self._subs.values()):
+            sub = ref()
+            if sub is None or sub._handle is None:
                 continue
-            self._check(lib.mp_subpage_find_held(handle, pages, count, where))
+            self._check(lib.mp_subpage_find_held(sub._handle, pages, count, where))
             if where[0] < count:
                 page = int(pages[where[0]])
                 raise ReservedPage(

@@ -14,6 +14,7 @@ may be stored in pages and used again after a reopen.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,8 +116,10 @@ class SubPageAllocator:
             # The C state never touches the pager when destroyed, so it may be
             # collected before or after the pager, in any order.
             self._handle = ffi.gc(raw[0], lib.mp_subpage_destroy)
-            # The pager refuses to free the pages a live allocator holds.
-            pager._subs.add(self)
+            # The pager refuses to free the pages a live allocator holds; the
+            # entry goes when the allocator is released or collected.
+            subs, key = pager._subs, id(self)
+            subs[key] = weakref.ref(self, lambda _ref: subs.pop(key, None))
 
     @classmethod
     def restore(cls, pager: Pager, sub_size: int, live_ids: Iterable[int]) -> SubPageAllocator:
@@ -177,7 +180,9 @@ class SubPageAllocator:
         pager = self._pager
         handle, self._handle, self._pager = self._handle, None, None
         if pager is not None:
-            pager._subs.discard(self)
+            ref = pager._subs.get(id(self))
+            if ref is not None and ref() is self:
+                del pager._subs[id(self)]
         if handle is not None:
             ffi.release(handle)
 
@@ -191,8 +196,9 @@ class SubPageAllocator:
         pages = sorted({v // slots for v in values})
         arr = ffi.new("uint64_t[]", pages)
         where = ffi.new("uint64_t *")
-        for other in list(pager._subs):
-            if other is self or other._handle is None:
+        for ref in list(pager._subs.values()):
+            other = ref()
+            if other is None or other is self or other._handle is None:
                 continue
             pager._check(lib.mp_subpage_find_held(other._handle, arr, len(pages), where))
             if where[0] < len(pages):

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from array import array
 
 import pytest
 from conftest import pager_state, read_image
@@ -81,6 +82,9 @@ def test_pager_free_bulk_refuses_a_page_an_allocator_holds(new_pager):
     before = full_state(p)
     with pytest.raises(ReservedPage, match="page 3 is held by a SubPageAllocator"):
         p.free_bulk(mine + [3])
+    assert full_state(p) == before
+    with pytest.raises(ReservedPage, match="page 3 is held"):
+        p.free_bulk(array("Q", [3] + mine))  # a buffer, read in place
     assert full_state(p) == before
     p.free_bulk(mine)  # the pages nobody else holds still free
     assert list(p.allocated_pages()) == [3]
