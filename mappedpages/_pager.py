@@ -596,26 +596,30 @@ class Pager(_PagerBase):
 
         A caller that stops waiting (cancellation, ``asyncio.wait_for``'s
         timeout) would otherwise never learn what the call did. So: a call not
-        started yet does not run; one already running finishes, and then
-        ``undo(result)`` takes its effect back, in the worker thread; one that
-        finished just before the cancellation arrived is undone here.
+        started yet (queued, or waiting for the pager's lock) does not run; one
+        already running finishes, and then ``undo(result)`` takes its effect
+        back in the worker thread, before the lock is let go; one that finished
+        just before the cancellation arrived is undone here.
         """
         loop = asyncio.get_running_loop()
         handoff = _Handoff()
 
         def work() -> Any:
-            with handoff.lock:
-                if handoff.abandoned:
-                    return None
-            result = fn(*args)
-            with handoff.lock:
-                if not handoff.abandoned:
-                    handoff.delivered = True
-                    handoff.result = result
-                    return result
-            if undo is not None:
-                _undo_quietly(undo, result)
-            return None
+            # The pager's lock is held from the call through its undo, so no
+            # other thread sees what a cancelled call allocated.
+            with self._lock:
+                with handoff.lock:
+                    if handoff.abandoned:
+                        return None
+                result = fn(*args)
+                with handoff.lock:
+                    if not handoff.abandoned:
+                        handoff.delivered = True
+                        handoff.result = result
+                        return result
+                if undo is not None:
+                    _undo_quietly(undo, result)
+                return None
 
         try:
             result: _T = await loop.run_in_executor(None, work)
@@ -640,8 +644,9 @@ class Pager(_PagerBase):
     async def free_async(self, page_id: PageId) -> None:
         """Awaitable :meth:`free`; runs off the event loop.
 
-        Cancelled before it started, it does not run; cancelled while it runs,
-        it still frees the page (a free cannot be taken back).
+        Cancelled before it started (queued, or waiting for the pager), it does
+        not run; cancelled while it runs, it still frees the page (a free
+        cannot be taken back).
         """
         await self._run(self.free, page_id)
 

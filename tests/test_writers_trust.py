@@ -384,7 +384,7 @@ def test_a_timed_out_alloc_bulk_async_allocates_nothing(tmp_path):
         assert counts(again) == before
 
 
-@pytest.mark.parametrize(
+ALLOCATIONS = pytest.mark.parametrize(
     "name, args",
     [
         ("alloc_async", ()),
@@ -393,34 +393,97 @@ def test_a_timed_out_alloc_bulk_async_allocates_nothing(tmp_path):
         ("alloc_protected_bulk_async", (3,)),
     ],
 )
+
+
+class SpyLock:
+    """Stands for a pager's lock and tells when a worker thread asks for it."""
+
+    def __init__(self, real, waiting: threading.Event) -> None:
+        self.real, self.waiting = real, waiting
+
+    def acquire(self, *a, **k):
+        if threading.current_thread() is not threading.main_thread():
+            self.waiting.set()
+        return self.real.acquire(*a, **k)
+
+    def release(self):
+        self.real.release()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@ALLOCATIONS
 def test_cancelled_while_running_is_undone(tmp_path, name, args):
-    """The call is already in its worker thread (waiting for the pager's lock)
-    when it is cancelled: it runs, then its effect is taken back."""
+    """The call is inside the synchronous method when it is cancelled: it
+    finishes, then the worker takes its effect back before it lets go of the
+    pager's lock."""
     p = roomy_pager(tmp_path / "c.mpp", 64)
     try:
         p.write_protected(p.alloc_protected()).discard()  # a directory block exists
         before = counts(p)
-        p.sync()
-        started = threading.Event()
-        real = getattr(p, name.removesuffix("_async"))
+        ran, gate = threading.Event(), threading.Event()
+        method = name.removesuffix("_async")
+        real = getattr(p, method)
 
         def spy(*a):
-            started.set()
+            ran.set()
+            gate.wait(30)
             return real(*a)
 
-        setattr(p, name.removesuffix("_async"), spy)
+        async def main():
+            task = asyncio.create_task(getattr(p, name)(*args))
+            while not ran.is_set():
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gate.set()
+
+        setattr(p, method, spy)
+        try:
+            asyncio.run(main())  # returns once the worker is done
+        finally:
+            delattr(p, method)
+        assert counts(p) == before
+    finally:
+        p.close()
+
+
+@ALLOCATIONS
+def test_cancelled_while_waiting_for_the_lock_does_not_run(tmp_path, name, args):
+    p = roomy_pager(tmp_path / "w.mpp", 64)
+    try:
+        before = counts(p)
+        waiting, ran = threading.Event(), threading.Event()
+        real_lock = p._lock
+        method = name.removesuffix("_async")
+        real = getattr(p, method)
+
+        def spy(*a):
+            ran.set()
+            return real(*a)
 
         async def main():
-            with p.lock():
+            with real_lock:
                 task = asyncio.create_task(getattr(p, name)(*args))
-                while not started.is_set():
+                while not waiting.is_set():
                     await asyncio.sleep(0.001)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-            # The lock is free: the worker allocates, sees the cancellation and undoes.
 
-        asyncio.run(main())
+        p._lock = SpyLock(real_lock, waiting)
+        setattr(p, method, spy)
+        try:
+            asyncio.run(main())
+        finally:
+            p._lock = real_lock
+            delattr(p, method)
+        assert not ran.is_set()
         assert counts(p) == before
     finally:
         p.close()
@@ -487,5 +550,31 @@ def test_a_free_async_cancelled_before_it_started_does_not_run(tmp_path):
 
         asyncio.run(main())
         assert list(p.allocated_pages()) == [page]
+    finally:
+        p.close()
+
+
+def test_a_free_async_cancelled_while_waiting_for_the_lock_does_not_run(tmp_path):
+    p = roomy_pager(tmp_path / "g.mpp", 64)
+    try:
+        pages = p.alloc_bulk(3)
+        waiting = threading.Event()
+        real_lock = p._lock
+
+        async def main():
+            with real_lock:
+                task = asyncio.create_task(p.free_bulk_async(pages))
+                while not waiting.is_set():
+                    await asyncio.sleep(0.001)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+        p._lock = SpyLock(real_lock, waiting)
+        try:
+            asyncio.run(main())
+        finally:
+            p._lock = real_lock
+        assert list(p.allocated_pages()) == pages
     finally:
         p.close()
