@@ -45,7 +45,9 @@ enum mp_error {
     MP_EINVALID_ARGUMENT = 14,
     MP_ENO_MEMORY = 15,
     MP_EREAD_ONLY = 16,
-    MP_ENO_WRITER = 17
+    MP_ENO_WRITER = 17,
+    MP_ESUBPAGE_OWNED = 18          /* the pager handed a sub-page allocator a page it
+                                       already holds (freed in the pager behind its back) */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -214,6 +216,10 @@ int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out);
  * least mp_sub_stats.big_pages. */
 int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_masks,
                     uint64_t capacity, uint64_t *out_n);
+/* The index of the first of `pages` (big page ids) that the allocator holds,
+ * or n when it holds none of them. Reads only the allocator's own memory. */
+int mp_subpage_find_held(const mp_subpage *s, const uint64_t *pages, uint64_t n,
+                         uint64_t *out_index);
 
 /* CDEF-END */
 

@@ -318,11 +318,10 @@ int mp_subpage_alloc(mp_subpage *s, uint64_t *out_id)
         return rc;
     if (lookup(s, page)) {
         /* The pager handed out a page we hold, so the caller freed it in the
-         * pager behind our back. Undo our checkout and refuse; nothing else
-         * makes this call fail with MP_EINVALID_ARGUMENT, so the caller can
-         * tell this misuse apart. */
+         * pager behind our back. Undo our checkout and refuse with a code of
+         * its own, so the caller can tell this misuse apart. */
         (void)mp_pager_free(s->p, page);
-        return MP_EINVALID_ARGUMENT;
+        return MP_ESUBPAGE_OWNED;
     }
     sp_rec *r = insert(s, page);
     avail_push(s, r);
@@ -397,7 +396,7 @@ int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids)
                  * pager behind our back. */
                 (void)mp_pager_free_bulk(s->p, pages, fresh);
                 free(pages);
-                return MP_EINVALID_ARGUMENT;
+                return MP_ESUBPAGE_OWNED;
             }
         }
     }
@@ -596,5 +595,19 @@ int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_mask
         k++;
     }
     *out_n = k;
+    return MP_OK;
+}
+
+int mp_subpage_find_held(const mp_subpage *s, const uint64_t *pages, uint64_t n,
+                         uint64_t *out_index)
+{
+    if (!s || !out_index || (n > 0 && !pages))
+        return MP_EINVALID_ARGUMENT;
+    /* Only our own table is read, so this needs no usable pager: the Python
+     * layer asks every live allocator before it lets the pager free a page. */
+    uint64_t i = 0;
+    while (i < n && !lookup(s, pages[i]))
+        i++;
+    *out_index = i;
     return MP_OK;
 }

@@ -48,7 +48,7 @@ class OutOfBounds(MappedPageError, IndexError):
 
 
 class ReservedPage(MappedPageError):
-    """The page belongs to the pager itself (pages 0-2, directory or backing pages)."""
+    """The page belongs to the pager (pages 0-2, directory, backing) or to a SubPageAllocator."""
 
 
 class DoubleFree(MappedPageError):
@@ -68,7 +68,7 @@ class DirectoryFull(MappedPageError):
 
 
 class WriterOpen(MappedPageError):
-    """A writer is open on that protected page."""
+    """A writer is open on that protected page, or was left open when its transaction ended."""
 
 
 class Locked(MappedPageError, BlockingIOError):
@@ -113,6 +113,11 @@ ERRORS: dict[int, tuple[type[Exception], str]] = {
     lib.MP_ENO_MEMORY: (MemoryError, "out of memory"),
     lib.MP_EREAD_ONLY: (Unavailable, "the pager is read-only"),
     lib.MP_ENO_WRITER: (ValueError, "no writer is open on this protected page"),
+    lib.MP_ESUBPAGE_OWNED: (
+        ValueError,
+        "the pager handed out a page a SubPageAllocator holds; it was freed in the pager "
+        "while sub-pages in it were in use",
+    ),
 }
 
 

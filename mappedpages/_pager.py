@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
+import threading
+import warnings
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
@@ -29,7 +30,13 @@ from mappedpages._base import (
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
-from mappedpages._errors import FileFull, InvalidPageSize, OutOfBounds, WriterOpen
+from mappedpages._errors import (
+    FileFull,
+    InvalidPageSize,
+    OutOfBounds,
+    ReservedPage,
+    WriterOpen,
+)
 from mappedpages._protected import ProtectedWriter
 from mappedpages._types import PageId, ProtectedPageId
 
@@ -267,6 +274,11 @@ class Pager(_PagerBase):
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
         )
+        # The live SubPageAllocators on this pager, by id(): free() and
+        # free_bulk() refuse the pages they hold. Weak references (a collected
+        # allocator holds none) in a plain dict, whose emptiness free() can
+        # test at C speed.
+        self._subs: dict[int, weakref.ref[Any]] = {}
 
     # ------------------------------------------------------------- pages
 
@@ -314,7 +326,11 @@ class Pager(_PagerBase):
             lock.release()
 
     def free(self, page_id: PageId) -> None:
-        """Free one page. One durable commit (see ``durability``)."""
+        """Free one page. One durable commit (see ``durability``).
+
+        A page a live :class:`SubPageAllocator` holds raises
+        :class:`ReservedPage` and stays allocated.
+        """
         if type(page_id) is not int:
             page_id = PageId(as_id(page_id))
         lock = self._lock
@@ -324,6 +340,8 @@ class Pager(_PagerBase):
                 self._usable()
             if page_id < 0 or page_id >= _U64_LIMIT:
                 raise OutOfBounds(f"page {page_id} is out of bounds")
+            if self._subs:
+                self._refuse_held(ffi.new("uint64_t[1]", [page_id]), 1)
             rc = _free(self._handle, page_id)
             if rc:
                 self._check(rc, f"free page {page_id}")
@@ -384,8 +402,9 @@ class Pager(_PagerBase):
 
         ``ids`` is any iterable of ints, or a buffer of unsigned 64-bit
         integers (read in place, no Python object per page). Every id is
-        checked first (a repeated id is a :class:`DoubleFree`); if any is bad,
-        nothing is freed.
+        checked first (a repeated id is a :class:`DoubleFree`, a page a live
+        :class:`SubPageAllocator` holds a :class:`ReservedPage`); if any is
+        bad, nothing is freed.
         """
         arr = _u64_buffer(ids, writable=False)
         if arr is not None:
@@ -397,8 +416,29 @@ class Pager(_PagerBase):
             handle = self._usable()
             if not count:
                 return
+            if self._subs:
+                self._refuse_held(arr, count)
             self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
             self._refresh_stats()
+
+    def _refuse_held(self, pages: Any, count: int) -> None:
+        """Raise ReservedPage if a live SubPageAllocator holds one of ``pages``.
+
+        Such a page would go back to the pager while its sub-pages are in use,
+        and the pager would hand it out again.
+        """
+        where = ffi.new("uint64_t *")
+        for ref in list(self._subs.values()):
+            sub = ref()
+            if sub is None or sub._handle is None:
+                continue
+            self._check(lib.mp_subpage_find_held(sub._handle, pages, count, where))
+            if where[0] < count:
+                page = int(pages[where[0]])
+                raise ReservedPage(
+                    f"page {page} is held by a SubPageAllocator (sub_size {sub.sub_size}); "
+                    "free its sub-pages through the allocator, or detach it first"
+                )
 
     def sync(self) -> None:
         """Flush every page's data to disk (msync of the mapping, then fsync).
@@ -430,6 +470,12 @@ class Pager(_PagerBase):
         page allocated or freed, no protected write visible. Nested blocks join
         the outermost one. Pages freed in a transaction are not reused before
         it commits, and a protected page can be written once per transaction.
+
+        A :class:`ProtectedWriter` opened in the block must be committed or
+        discarded before the block ends: if one is still open, the whole
+        transaction is rolled back and :class:`WriterOpen` is raised (when
+        the block raised, it is rolled back and its own exception propagates).
+        Either way the writers opened in the block are discarded.
         """
         with self._lock:
             handle = self._usable()
@@ -447,6 +493,15 @@ class Pager(_PagerBase):
                 raise
             self._txn_depth -= 1
             if outer:
+                left_open = sorted(set(self._writers.keys()) - self._txn_writers_before)
+                if left_open:
+                    # Committing would silently leave their writes out.
+                    self._txn_abort()
+                    raise WriterOpen(
+                        f"the transaction ended with a writer still open on protected "
+                        f"page(s) {', '.join(map(str, left_open))}; it was rolled back "
+                        "(commit or discard each writer opened in the block before it ends)"
+                    )
                 rc = lib.mp_txn_commit(self._handle)
                 if rc != 0:
                     self._txn_abort()
@@ -468,11 +523,19 @@ class Pager(_PagerBase):
     def close(self) -> None:
         """Unmap the file and release it; idempotent (see the base class).
 
-        Not allowed inside a transaction block (``ValueError``).
+        Not allowed inside a transaction block (``ValueError``), nor while a
+        :class:`ProtectedWriter` is open (``BufferError``, as for a view: its
+        staged bytes would be lost).
         """
         with self._lock:
             if self._txn_depth and self._mv is not None:
                 raise ValueError("close() inside a transaction; leave the block first")
+            if self._mv is not None and len(self._writers):
+                pids = ", ".join(map(str, sorted(self._writers.keys())))
+                raise BufferError(
+                    f"cannot close a pager while a ProtectedWriter is open on protected "
+                    f"page(s) {pids}; commit or discard it first"
+                )
             super().close()
 
     def lock(self) -> Any:
@@ -566,44 +629,149 @@ class Pager(_PagerBase):
     def _writer_finish(self, writer: ProtectedWriter, commit: bool) -> None:
         with self._lock:
             handle = self._usable()
-            self._writers.pop(writer.pid, None)
+            pid = writer.pid
+            if commit and self._writers.get(pid) is writer:
+                # The staged copy is the backing page the directory does not
+                # name; the writer's bytes go there just before the C commit
+                # flushes it (or, in a transaction, queues it for one flush).
+                active = ffi.new("uint64_t *")
+                self._check(lib.mp_protected_page(handle, pid, active), f"protected page {pid}")
+                a, b = self._backing(pid)
+                self._view(b if int(active[0]) == a else a, readonly=False)[:] = writer._buf
+            self._writers.pop(pid, None)
             fn = lib.mp_protected_commit if commit else lib.mp_protected_discard
-            self._check(fn(handle, writer.pid), f"protected page {writer.pid}")
+            self._check(fn(handle, pid), f"protected page {pid}")
 
     # ------------------------------------------------------------- asyncio
 
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+    async def _run(
+        self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None
+    ) -> _T:
+        """Run ``fn(*args)`` in the loop's default executor and await it.
+
+        A caller that stops waiting (cancellation, ``asyncio.wait_for``'s
+        timeout) would otherwise never learn what the call did. So: a call not
+        started yet (queued, or waiting for the pager's lock) does not run; one
+        already running finishes, and then ``undo(result)`` takes its effect
+        back in the worker thread, before the lock is let go; one that finished
+        just before the cancellation arrived is undone here.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(fn, *args))
+        handoff = _Handoff()
+
+        def work() -> Any:
+            # The pager's lock is held from the call through its undo, so no
+            # other thread sees what a cancelled call allocated.
+            with self._lock:
+                with handoff.lock:
+                    if handoff.abandoned:
+                        return None
+                result = fn(*args)
+                with handoff.lock:
+                    if not handoff.abandoned:
+                        handoff.delivered = True
+                        handoff.result = result
+                        return result
+                if undo is not None:
+                    _undo_quietly(undo, result)
+                return None
+
+        try:
+            result: _T = await loop.run_in_executor(None, work)
+            return result
+        except asyncio.CancelledError:
+            with handoff.lock:
+                handoff.abandoned = True
+                delivered = handoff.delivered
+            if delivered and undo is not None:
+                # Rare: the worker finished while the cancellation was on its
+                # way. One commit on the loop's thread beats a leaked page.
+                _undo_quietly(undo, handoff.result)
+            raise
 
     async def alloc_async(self, zero: bool = False) -> PageId:
-        """Awaitable :meth:`alloc`; runs off the event loop."""
-        return await self._run(self.alloc, zero)
+        """Awaitable :meth:`alloc`; runs off the event loop.
+
+        Cancelled, it allocates nothing: the page is freed again if it was.
+        """
+        return await self._run(self.alloc, zero, undo=self.free)
 
     async def free_async(self, page_id: PageId) -> None:
-        """Awaitable :meth:`free`; runs off the event loop."""
+        """Awaitable :meth:`free`; runs off the event loop.
+
+        Cancelled before it started (queued, or waiting for the pager), it does
+        not run; cancelled while it runs, it still frees the page (a free
+        cannot be taken back).
+        """
         await self._run(self.free, page_id)
 
     async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[PageId]:
-        """Awaitable :meth:`alloc_bulk`; runs off the event loop."""
-        return await self._run(self.alloc_bulk, n, zero)
+        """Awaitable :meth:`alloc_bulk`; runs off the event loop.
+
+        Cancelled, it allocates nothing: the pages are freed again if they were.
+        """
+        return await self._run(self.alloc_bulk, n, zero, undo=self.free_bulk)
 
     async def free_bulk_async(self, ids: Iterable[PageId]) -> None:
-        """Awaitable :meth:`free_bulk`; runs off the event loop."""
+        """Awaitable :meth:`free_bulk`; runs off the event loop.
+
+        Cancelled while it runs, it still frees the pages (see :meth:`free_async`).
+        """
         await self._run(self.free_bulk, list(ids))
 
     async def alloc_protected_async(self) -> ProtectedPageId:
-        """Awaitable :meth:`alloc_protected`; runs off the event loop."""
-        return await self._run(self.alloc_protected)
+        """Awaitable :meth:`alloc_protected`; runs off the event loop.
+
+        Cancelled, it allocates nothing: the page is freed again if it was.
+        """
+        return await self._run(self.alloc_protected, undo=self.free_protected)
 
     async def free_protected_async(self, pid: ProtectedPageId) -> None:
-        """Awaitable :meth:`free_protected`; runs off the event loop."""
+        """Awaitable :meth:`free_protected`; runs off the event loop.
+
+        Cancelled while it runs, it still frees the page (see :meth:`free_async`).
+        """
         await self._run(self.free_protected, pid)
 
     async def alloc_protected_bulk_async(self, n: int) -> list[ProtectedPageId]:
-        """Awaitable :meth:`alloc_protected_bulk`; runs off the event loop."""
-        return await self._run(self.alloc_protected_bulk, n)
+        """Awaitable :meth:`alloc_protected_bulk`; runs off the event loop.
+
+        Cancelled, it allocates nothing: the pages are freed again if they were.
+        """
+        return await self._run(self.alloc_protected_bulk, n, undo=self.free_protected_bulk)
 
     async def free_protected_bulk_async(self, pids: Iterable[ProtectedPageId]) -> None:
-        """Awaitable :meth:`free_protected_bulk`; runs off the event loop."""
+        """Awaitable :meth:`free_protected_bulk`; runs off the event loop.
+
+        Cancelled while it runs, it still frees the pages (see :meth:`free_async`).
+        """
         await self._run(self.free_protected_bulk, list(pids))
+
+
+class _Handoff:
+    """What an executor call and the coroutine awaiting it agree on, under a lock.
+
+    ``abandoned``: the coroutine was cancelled; ``delivered``: the worker
+    handed ``result`` over before that, so undoing it is the coroutine's job.
+    """
+
+    __slots__ = ("lock", "abandoned", "delivered", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.delivered = False
+        self.result: Any = None
+
+
+def _undo_quietly(undo: Callable[[Any], object], result: Any) -> None:
+    """Take back a cancelled call's effect; a failure can only be reported."""
+    try:
+        undo(result)
+    except Exception as exc:  # nobody awaits this any more: warn instead
+        warnings.warn(
+            f"a cancelled mappedpages call could not be undone ({exc!r}); "
+            "what it allocated stays allocated",
+            RuntimeWarning,
+            stacklevel=2,
+        )

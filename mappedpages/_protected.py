@@ -1,9 +1,12 @@
 """ProtectedWriter: one staged update of a protected page.
 
-A protected page is backed by two physical pages. The writer's view is the
-inactive one, filled with a copy of the committed content when the writer
-opens; commit flushes it and flips the directory entry, so after a crash the
-page is entirely the old or entirely the new content.
+A protected page is backed by two physical pages. The writer's view is over a
+buffer the writer owns, filled with a copy of the committed content when the
+writer opens; commit copies it into the inactive page, flushes that and flips
+the directory entry, so after a crash the page is entirely the old or entirely
+the new content. The view never points into the file: a slice of it kept past
+commit or discard writes only into the spent buffer, never into a committed
+copy.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ if TYPE_CHECKING:
 class ProtectedWriter:
     """A staged copy of a protected page; commit it or discard it, once."""
 
-    def __init__(self, pager: Pager, pid: int, view: memoryview) -> None:
+    def __init__(self, pager: Pager, pid: int, content: memoryview) -> None:
         self._pager = pager
         self._pid = pid
-        self._view: memoryview | None = view
+        # The staged bytes live here, not in the mapping, until commit copies
+        # them in: what a caller's slice writes after that reaches no page.
+        self._buf = bytearray(content)
+        self._view: memoryview | None = memoryview(self._buf)
 
     @property
     def pid(self) -> int:

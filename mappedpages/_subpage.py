@@ -14,12 +14,13 @@ may be stored in pages and used again after a reopen.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 from mappedpages._base import _U64_LIMIT, as_id
 from mappedpages._core import ffi, lib
-from mappedpages._errors import FileFull, OutOfBounds
+from mappedpages._errors import FileFull, OutOfBounds, ReservedPage
 from mappedpages._pager import Pager
 
 # Bound once: these run on every single-sub-page call.
@@ -29,6 +30,8 @@ _check = lib.mp_subpage_check
 
 
 def _check_sub_size(sub_size: object, page_size: int) -> int:
+    if isinstance(sub_size, bool):
+        raise TypeError("sub_size must be an int, not bool")
     size = as_id(sub_size, "sub_size")
     if size <= 0 or size & (size - 1):
         raise ValueError(f"sub_size must be a power of two, not {size}")
@@ -51,12 +54,43 @@ def _sub_id(value: object) -> int:
 
 
 def _raise_alloc_error(pager: Pager, rc: int, context: str) -> None:
-    if rc == lib.MP_EINVALID_ARGUMENT:
+    if rc == lib.MP_ESUBPAGE_OWNED:
         raise ValueError(
             f"{context}: the pager handed out a page this allocator holds; it was "
-            "freed with Pager.free while sub-pages in it were in use"
+            "freed in the pager while sub-pages in it were in use"
         )
     pager._check(rc, context)
+
+
+def _restore_error(pager: Pager, values: list[int], slots: int) -> Exception:
+    """Name the first id of ``values`` that restore refused, and why.
+
+    Checked in the order the C core checks them, so the id named is the one
+    it stopped at: the page first, then a repeat of an earlier id.
+    """
+    handle = pager._handle
+    found = ffi.new("uint64_t[1]")
+    count = ffi.new("uint64_t *")
+    seen: set[int] = set()
+    for sub_id in values:
+        page = sub_id // slots
+        where = f"restore: sub-page id {sub_id} lies in page {page}"
+        rc = lib.mp_pager_check_page(handle, page)
+        if rc == lib.MP_EOUT_OF_BOUNDS:
+            return OutOfBounds(f"{where}, past the end of the file ({pager._page_count} pages)")
+        if rc == lib.MP_ERESERVED_PAGE:
+            return OutOfBounds(
+                f"{where}, which is reserved (pages 0-2, a layout or directory page, "
+                "or a protected page's backing page), not a regular page"
+            )
+        pager._check(rc, "restore")
+        pager._check(lib.mp_pager_list_pages(handle, lib.MP_KIND_ALLOCATED, page, found, 1, count))
+        if int(count[0]) == 0 or int(found[0]) != page:
+            return OutOfBounds(f"{where}, which is free in the pager")
+        if sub_id in seen:
+            return ValueError(f"restore: sub-page id {sub_id} is given twice")
+        seen.add(sub_id)
+    return ValueError("restore: the ids were refused")
 
 
 class SubPageAllocator:
@@ -82,15 +116,21 @@ class SubPageAllocator:
             # The C state never touches the pager when destroyed, so it may be
             # collected before or after the pager, in any order.
             self._handle = ffi.gc(raw[0], lib.mp_subpage_destroy)
+            # The pager refuses to free the pages a live allocator holds; the
+            # entry goes when the allocator is released or collected.
+            subs, key = pager._subs, id(self)
+            subs[key] = weakref.ref(self, lambda _ref: subs.pop(key, None))
 
     @classmethod
     def restore(cls, pager: Pager, sub_size: int, live_ids: Iterable[int]) -> SubPageAllocator:
         """Rebuild an allocator after a reopen from the sub-page ids known to be live.
 
         Every id's big page must be an allocated regular page of ``pager``
-        (else :class:`OutOfBounds`); an id given twice raises ``ValueError``.
-        Nothing changes on error. Big pages the caller once held but that
-        have no live id left stay allocated in the pager: free them there.
+        (else :class:`OutOfBounds`) that no other live allocator on ``pager``
+        holds (else :class:`ReservedPage`); an id given twice raises
+        ``ValueError``. The message names the id refused. Nothing changes on
+        error. Big pages the caller once held but that have no live id left
+        stay allocated in the pager: free them there.
         """
         alloc = cls(pager, sub_size)
         try:
@@ -104,7 +144,11 @@ class SubPageAllocator:
                 arr = ffi.new("uint64_t[]", values)
                 with pager._lock:
                     _, handle = alloc._usable()
-                    pager._check(lib.mp_subpage_restore(handle, arr, len(values)), "restore")
+                    rc = lib.mp_subpage_restore(handle, arr, len(values))
+                    if rc in (lib.MP_EOUT_OF_BOUNDS, lib.MP_EINVALID_ARGUMENT):
+                        raise _restore_error(pager, values, alloc._slots)
+                    pager._check(rc, "restore")
+                    alloc._refuse_shared(values)
         except BaseException:
             alloc._release()
             raise
@@ -133,9 +177,37 @@ class SubPageAllocator:
         return pager, handle
 
     def _release(self) -> None:
+        pager = self._pager
         handle, self._handle, self._pager = self._handle, None, None
+        if pager is not None:
+            ref = pager._subs.get(id(self))
+            if ref is not None and ref() is self:
+                del pager._subs[id(self)]
         if handle is not None:
             ffi.release(handle)
+
+    def _refuse_shared(self, values: list[int]) -> None:
+        """Raise ReservedPage if another live allocator holds a page of ``values``.
+
+        Two allocators holding one page would hand out the same sub-pages.
+        """
+        pager, _ = self._usable()
+        slots = self._slots
+        pages = sorted({v // slots for v in values})
+        arr = ffi.new("uint64_t[]", pages)
+        where = ffi.new("uint64_t *")
+        for ref in list(pager._subs.values()):
+            other = ref()
+            if other is None or other is self or other._handle is None:
+                continue
+            pager._check(lib.mp_subpage_find_held(other._handle, arr, len(pages), where))
+            if where[0] < len(pages):
+                page = pages[where[0]]
+                sub_id = next(v for v in values if v // slots == page)
+                raise ReservedPage(
+                    f"restore: sub-page id {sub_id} lies in page {page}, which another "
+                    f"SubPageAllocator on this pager holds (sub_size {other.sub_size})"
+                )
 
     def _list(self) -> list[tuple[int, int]]:
         """(big page id, in-use mask) of every big page held."""
