@@ -23,6 +23,7 @@ from mappedpages._base import (
     _PagerBase,
     as_id,
     fspath_bytes,
+    open_error,
     raise_for_rc,
     report_dict,
     warn_recovery,
@@ -87,6 +88,12 @@ def _options(
     opts.grow_step = grow_step
     opts.sparse = 0 if preallocate else 1
     return opts
+
+
+def _salvage_flag(salvage: bool) -> int:
+    if not isinstance(salvage, bool):
+        raise TypeError(f"salvage must be True or False, not {type(salvage).__name__}")
+    return 1 if salvage else 0
 
 
 _U64_FORMATS = frozenset(
@@ -177,13 +184,22 @@ class Pager(_PagerBase):
         durability: str = "compat",
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
+        salvage: bool = False,
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
         When ``page_size`` is given and differs from the file's, raises
         :class:`InvalidPageSize`. A missing file raises ``FileNotFoundError``.
-        Damage that open can recover from is repaired and reported with a
-        :class:`RecoveryWarning`; anything else raises a ``CorruptFileError``.
+        Damage that open can recover from without discarding acknowledged
+        state is repaired and reported with a :class:`RecoveryWarning` (a
+        metadata copy that fails its CRC or checks is passed over for the other
+        copy, as a torn commit requires); anything else raises a
+        ``CorruptFileError`` and changes nothing: a file cut shorter than its
+        newest commit raises :class:`FileTruncated`, a directory block with
+        no copy inside the file :class:`CorruptProtectedDirectory`.
+        ``salvage=True`` discards what cannot be kept instead (rolls a cut
+        file back to the older metadata copy, empties such directory blocks),
+        and the warning lists exactly what was discarded.
         The file is locked for this pager's life: another writer, in this
         process or another, gets :class:`Locked` at once, or after waiting up
         to ``lock_timeout`` seconds.
@@ -209,7 +225,8 @@ class Pager(_PagerBase):
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
         opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
-        raise_for_rc(lib.mp_pager_open(raw, opts, out, report), text, text)
+        opts.salvage = _salvage_flag(salvage)
+        open_error(lib.mp_pager_open(raw, opts, out, report), report, text)
         pager = cls(out[0], text)
         pager._durability = durability
         pager._open_report = report_dict(report)
