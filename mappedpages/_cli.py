@@ -279,7 +279,7 @@ def open_reader(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RecoveryWarning)
         try:
-            reader = ReadOnlyPager.open(path, salvage=salvage)
+            reader = ReadOnlyPager.open(path, salvage=True) if salvage else ReadOnlyPager.open(path)
         except CorruptFileError as exc:
             salvageable = isinstance(exc, (FileTruncated, CorruptProtectedDirectory))
             raise Damaged(path, _damage_detail(exc, sb, path), salvageable) from None
