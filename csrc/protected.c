@@ -26,6 +26,11 @@
  *     it recorded for its active page, or it is dropped as stale (fixture e12).
  *   - A staged copy is flushed before the directory names it, so a committed
  *     protected page is always whole.
+ *   - Open discards nothing acknowledged on its own: after a fallback to the
+ *     older metadata copy, page 0's directory (newer than that bitmap) keeps
+ *     what it proves (dir_adopt_current); a block with no copy inside the file
+ *     is damage no crash leaves (an append grows the file first), refused
+ *     unless the caller asked to salvage.
  */
 #include "mp_internal.h"
 
