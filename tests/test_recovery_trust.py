@@ -228,6 +228,31 @@ def test_check_names_the_cut_and_repair_salvages(cut, tmp_path):
         assert p.page_count == 4
 
 
+def test_both_copies_past_the_end(tmp_path):
+    """No copy fits: nothing to roll back to, with or without salvage; check
+    names the cut instead of "both metadata copies are damaged"."""
+    path = tmp_path / "both.mpp"
+    with Pager.create(path, page_size=1024) as p:
+        p.alloc_bulk(20)  # grows the file to 32 pages
+        p.alloc()  # a second commit: both copies count 32 pages
+    img = read_image(path)
+    assert [m.total_pages for m in img.metas] == [32, 32]
+    os.truncate(path, 20 * 1024)
+    exc = refuses(path, FileTruncated)
+    assert "20480 bytes" in str(exc) and "32768 bytes" in str(exc), str(exc)
+    before = digest(path)
+    with pytest.raises(FileTruncated):
+        Pager.open(path, salvage=True)
+    assert digest(path) == before
+    r = cli("check", path, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "the file was cut" in r.stdout and "both metadata copies" not in r.stdout, r.stdout
+    assert "--repair" not in r.stdout, r.stdout
+    r = cli("check", "--repair", path, cwd=tmp_path)
+    assert r.returncode == 1
+    assert digest(path) == before
+
+
 # ------------------------------------------------------ protected pages
 
 
