@@ -126,8 +126,8 @@ def truncated_message(report: Any) -> str:
     pages = int(report.cut_pages)
     gen = int(report.cut_generation)
     text = (
-        f"file is {int(report.file_bytes)} bytes but its newest commit (generation {gen}) "
-        f"counts {pages * size} bytes ({pages} pages of {size}): the file was cut"
+        f"file is {int(report.file_bytes)} bytes but its newest commit counts "
+        f"{pages * size} bytes ({pages} pages of {size}): the file was cut"
     )
     names = ("A (page 1)", "B (page 2)")
     older = [
@@ -139,10 +139,13 @@ def truncated_message(report: Any) -> str:
         c = older[0]
         return (
             f"{text}; open with salvage=True to roll back to metadata copy {names[c]} at "
-            f"generation {int(report.generation[c])}, discarding generation {gen}, or restore "
-            "the file's missing end"
+            f"generation {int(report.generation[c])}, discarding generation {gen} (the newest "
+            "commit), or restore the file's missing end"
         )
-    return f"{text}; no older metadata copy fits in it either: restore the file's missing end"
+    return (
+        f"{text}; no older metadata copy fits in it either (the newest commit is generation "
+        f"{gen}): restore the file's missing end"
+    )
 
 
 def open_error(rc: int, report: Any, path: str) -> None:
