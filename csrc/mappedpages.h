@@ -46,8 +46,10 @@ enum mp_error {
     MP_ENO_MEMORY = 15,
     MP_EREAD_ONLY = 16,
     MP_ENO_WRITER = 17,
-    MP_ESUBPAGE_OWNED = 18          /* the pager handed a sub-page allocator a page it
+    MP_ESUBPAGE_OWNED = 18,         /* the pager handed a sub-page allocator a page it
                                        already holds (freed in the pager behind its back) */
+    MP_EFILE_TRUNCATED = 19         /* a valid newest commit counts pages past the end of the
+                                       file: the file was cut (open with salvage to roll back) */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -61,8 +63,14 @@ enum mp_recovery {
     MP_REC_DIR_ENTRY_DROPPED = 64,  /* a directory entry failed its checks and was dropped */
     MP_REC_DIR_BLOCK_DROPPED = 128, /* an unfinished trailing directory block was dropped */
     MP_REC_PAGE0_REWRITTEN = 256,   /* a writer rewrote page 0 to name the chosen state */
-    MP_REC_DIR_INDEX_TORN = 512     /* page 0's directory index was caught mid-rewrite and
+    MP_REC_DIR_INDEX_TORN = 512,    /* page 0's directory index was caught mid-rewrite and
                                        read as the state its CRC matches */
+    MP_REC_CUT_ROLLED_BACK = 1024,  /* salvage: the newest commit reached past the end of a cut
+                                       file; rolled back to the older copy */
+    MP_REC_PROTECTED_KEPT = 2048,   /* after a metadata fallback, current protected pages had
+                                       their pages marked allocated again and were kept */
+    MP_REC_SALVAGE_DROPPED = 4096   /* salvage: directory blocks with no copy in the file were
+                                       emptied, their protected pages discarded */
 };
 
 /* Why a metadata copy was judged damaged (mp_open_report.meta_problem[]). */
@@ -73,7 +81,8 @@ enum mp_meta_problem {
     MP_META_BAD_RESERVED = 3,       /* pages 0-2 not marked allocated */
     MP_META_BITS_PAST_END = 4,      /* a bit set at or past total_pages */
     MP_META_BAD_FREE_COUNT = 5,     /* free_count disagrees with the bitmap */
-    MP_META_BAD_FREE_MAP = 6        /* extended layout: a free-map page is missing or damaged */
+    MP_META_BAD_FREE_MAP = 6,       /* extended layout: a free-map page is missing or damaged */
+    MP_META_PAST_END = 7            /* valid, but counts pages past the end of the file */
 };
 
 /* When a commit is durable (mp_options.durability). */
@@ -122,6 +131,9 @@ typedef struct {
     int durability;           /* mp_durability */
     uint64_t grow_step;       /* bytes added per growth once doubling reaches it; 0 = 1 GiB */
     int sparse;               /* grow with ftruncate only (no posix_fallocate) */
+    int salvage;              /* open only: discard acknowledged state that cannot be kept
+                                 (a cut file, directory blocks with no copy in the file)
+                                 instead of failing */
 } mp_options;
 
 typedef struct {
@@ -133,6 +145,13 @@ typedef struct {
     uint32_t dir_fallbacks;   /* directory blocks read from their inactive copy */
     uint32_t dropped_entries; /* directory entries dropped */
     uint32_t dropped_blocks;  /* trailing directory blocks dropped */
+    /* Also filled when open fails with MP_EFILE_TRUNCATED, to say why. */
+    uint32_t page_size;
+    uint64_t file_bytes;      /* the file's length as open found it */
+    uint64_t cut_pages;       /* pages the newest commit counts past a cut end, or 0 */
+    uint64_t cut_generation;  /* that commit's generation */
+    uint32_t kept_protected;  /* protected pages kept after a metadata fallback */
+    uint32_t salvaged_blocks; /* salvage: directory blocks emptied (no copy in the file) */
 } mp_open_report;
 
 typedef struct {

@@ -319,6 +319,9 @@ struct mp_pager {
     uint64_t *index_active;  /* 1 = copy B holds the committed index page */
     uint32_t dir_committed;  /* directory blocks in the committed state */
     int ext_committed;       /* the committed state is past v0.2's cap */
+    int salvage;             /* open may discard acknowledged state it cannot keep */
+    int meta_fell_back;      /* open chose the older metadata copy: the newer one failed */
+    uint64_t file_pages;     /* whole pages in the file as open found it */
 };
 
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
@@ -347,6 +350,11 @@ uint64_t pager_dir_block_limit(const mp_pager *p);
 /* Pages allocation can still hand out: free ones (not pending) plus what
  * growth up to max_pages adds, net of new chunks' layout pages. */
 uint64_t pager_room(const mp_pager *p);
+/* Marks a free page allocated (open's repairs). */
+void pager_claim_bit(mp_pager *p, uint64_t id);
+/* Counts the file's pages up to total (v0.2 layout, open's repairs): the
+ * pages were in the file already, and come in free. */
+void pager_count_pages(mp_pager *p, uint64_t total);
 /* Makes room for n directory blocks in p->dirs and p->refs. */
 int dir_reserve(mp_pager *p, uint64_t n);
 
@@ -363,6 +371,9 @@ int pager_clear_leftovers(mp_pager *p);
 
 /* Loads the directory named by p->refs[0..count) from the committed copies. */
 int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);
+/* After a fallback to the older metadata copy (v0.2 layout): marks allocated
+ * the pages of the current directory that the older bitmap does not count. */
+int dir_adopt_current(mp_pager *p, mp_open_report *rep, uint32_t count);
 int block_unfinished(const mp_pager *p, const mp_dir_ref *r);
 void dir_release(mp_pager *p);
 int dir_write_dirty(mp_pager *p);

@@ -537,6 +537,53 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     return MP_OK;
 }
 
+/* Validates one metadata copy. A copy that passes every check but counts
+ * pages past the end of the file is told apart from an impossible one: growth
+ * is durable before any commit counts it (rule 3), so no crash leaves such a
+ * copy behind; only a file cut after the commit does. */
+static void check_copy(const mp_pager *p, const uint8_t *page, uint64_t file_pages,
+                       uint64_t max_total, mp_meta_header *h)
+{
+    fmt_meta_check(page, p->page_size, max_total, max_total, h);
+    if (h->problem == MP_META_OK && h->total_pages > file_pages)
+        h->problem = MP_META_PAST_END;
+}
+
+/* The copy that shows the file was cut, or -1: a copy past the end that is at
+ * least as new as any copy that fits. An older copy past the end loses
+ * nothing when passed over: the newest state fits. */
+static int cut_copy(const mp_meta_header *h)
+{
+    int cut = -1;
+    for (int c = 0; c < 2; c++) {
+        const mp_meta_header *other = &h[c ^ 1];
+        if (h[c].problem != MP_META_PAST_END)
+            continue;
+        if (other->problem == MP_META_OK && other->generation > h[c].generation)
+            continue;
+        if (cut < 0 || h[c].generation > h[cut].generation)
+            cut = c;
+    }
+    return cut;
+}
+
+void pager_claim_bit(mp_pager *p, uint64_t id)
+{
+    bit_take(p, id);
+    p->free_count--;
+    p->changed = 1;
+}
+
+void pager_count_pages(mp_pager *p, uint64_t total)
+{
+    if (total <= p->total_pages)
+        return;
+    note_words_used(p, total);
+    p->free_count += total - p->total_pages;
+    p->total_pages = total;
+    p->changed = 1;
+}
+
 static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
                       mp_open_report *rep, int *page0_stale)
 {
@@ -551,14 +598,24 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     uint64_t max_total = p->minor == MP_MINOR_EXTENDED ? p->max_pages
                          : p->chunk < p->max_pages ? p->chunk : p->max_pages;
     uint64_t file_pages = file_len / p->page_size;
+    rep->page_size = p->page_size;
+    rep->file_bytes = file_len;
+    p->file_pages = file_pages;
     mp_meta_header h[2];
     for (int c = 0; c < 2; c++) {
-        fmt_meta_check(snap + (1 + (uint64_t)c) * p->page_size, p->page_size, file_pages,
-                       max_total, &h[c]);
+        check_copy(p, snap + (1 + (uint64_t)c) * p->page_size, file_pages, max_total, &h[c]);
         rep->generation[c] = h[c].generation;
         rep->meta_problem[c] = h[c].problem;
     }
     int ok0 = h[0].problem == MP_META_OK, ok1 = h[1].problem == MP_META_OK;
+    int cut = cut_copy(h);
+    if (cut >= 0) {
+        rep->cut_pages = h[cut].total_pages;
+        rep->cut_generation = h[cut].generation;
+        /* Rolling back discards acknowledged commits: only when asked. */
+        if (!p->salvage || h[cut ^ 1].problem != MP_META_OK)
+            return MP_EFILE_TRUNCATED;
+    }
     if (!ok0 && !ok1)
         return MP_ECORRUPT_METADATA;
     rep->selector = sb.selector;
@@ -597,6 +654,10 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
         rep->flags |= MP_REC_META_A_DAMAGED;
     if (!ok1)
         rep->flags |= MP_REC_META_B_DAMAGED;
+    if (cut >= 0)
+        rep->flags |= MP_REC_CUT_ROLLED_BACK;
+    /* The other copy failed: it may have been the newer one. */
+    p->meta_fell_back = chosen ? !ok0 : !ok1;
     int extended = p->total_pages > p->chunk;
     /* Page 0 names a copy only for the crate, which cannot read an extended
      * file: there its selector is not kept current. */
@@ -613,6 +674,10 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
 
     p->active = chosen;
     p->changed = p->index_changed = p->meta_unwritten = 0;
+    /* A writer makes a salvage rollback durable: its commit overwrites the
+     * copy past the end, which would otherwise stop the next open again. */
+    if (cut >= 0)
+        p->changed = 1;
     p->hint = MP_RESERVED_PAGES;
     if (p->sum.mem)
         summary_rebuild(&p->sum, p->bits, p->pending, p->words_used);
@@ -648,6 +713,10 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     p->page0_stale = *page0_stale;
     p->dir_committed = count;
     p->ext_committed = 0;
+    /* Page 0's directory is committed apart from the bitmap, so after a
+     * fallback it may be newer than the bitmap chosen: keep what it proves. */
+    if (p->meta_fell_back && count > 0 && (rc = dir_adopt_current(p, rep, count)) != MP_OK)
+        return rc;
     return dir_load(p, rep, count);
 }
 
@@ -739,6 +808,15 @@ static int headers_refuse(mp_pager *p, mp_open_report *rep)
         memcpy(head[c], pager_page_ptr(p, 1 + (uint64_t)c), MP_META_HEADER);
     if (header_plausible(head[0], pages) || header_plausible(head[1], pages))
         return MP_OK;
+    /* A copy that counts pages past the end may be a whole commit of a file
+     * that was cut: the full look tells it from damage by its CRC, and names
+     * the cut (FileTruncated) instead of calling the copies damaged. Its cost
+     * is still three pages, whatever the count claims. */
+    for (int c = 0; c < 2; c++) {
+        uint64_t total = mp_load_u64(head[c]);
+        if (total > pages && total <= p->max_pages)
+            return MP_OK;
+    }
     memset(rep, 0, sizeof *rep);
     for (int c = 0; c < 2; c++) {
         rep->generation[c] = mp_load_u64(head[c] + 8);
@@ -872,6 +950,7 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         (void)os_close_file(fd);
         return rc;
     }
+    p->salvage = opts->salvage != 0;
     uint64_t map_len = size < p->map.limit ? size : p->map.limit;
     int page0_stale = 0;
     if ((rc = os_map_extend(&p->map, map_len)) != MP_OK ||

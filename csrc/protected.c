@@ -26,6 +26,11 @@
  *     it recorded for its active page, or it is dropped as stale (fixture e12).
  *   - A staged copy is flushed before the directory names it, so a committed
  *     protected page is always whole.
+ *   - Open discards nothing acknowledged on its own: after a fallback to the
+ *     older metadata copy, page 0's directory (newer than that bitmap) keeps
+ *     what it proves (dir_adopt_current); a block with no copy inside the file
+ *     is damage no crash leaves (an append grows the file first), refused
+ *     unless the caller asked to salvage.
  */
 #include "mp_internal.h"
 
@@ -159,14 +164,178 @@ int block_unfinished(const mp_pager *p, const mp_dir_ref *r)
     return r->page_a != r->page_b;
 }
 
+/* A page an entry or block of the current directory may be given back:
+ * inside the file and the v0.2 layout, past the reserved pages. */
+static int adoptable(uint64_t id, uint64_t limit)
+{
+    return id >= MP_RESERVED_PAGES && id < limit;
+}
+
+/* Marks id allocated if the bitmap does not count it; 1 if it did so. */
+static int adopt_page(mp_pager *p, uint64_t id)
+{
+    if (id < p->total_pages && bitmap_get(p->bits, id))
+        return 0;
+    pager_claim_bit(p, id);
+    return 1;
+}
+
+/* Entries of block r's active copy (into entries) that the directory proves
+ * current: in-use, both pages adoptable, and the active page matching the CRC
+ * the entry recorded. Returns the highest page the block and they need plus
+ * one, or 0 when the block's own pages cannot be given back. */
+static uint64_t block_need(mp_pager *p, const mp_dir_ref *r, uint64_t limit,
+                           mp_dir_entry *entries)
+{
+    if (!adoptable(r->page_a, limit) || !adoptable(r->page_b, limit) ||
+        r->page_a == r->page_b)
+        return 0;
+    uint64_t need = (r->page_a > r->page_b ? r->page_a : r->page_b) + 1;
+    /* An active copy that does not parse proves no entry current. */
+    if (dir_page_read(p, ref_page(r, r->active), entries) != MP_OK)
+        memset(entries, 0, p->epp * sizeof *entries);
+    for (uint32_t s = 0; s < p->epp; s++) {
+        mp_dir_entry *e = &entries[s];
+        if (!e->in_use)
+            continue;
+        if (!adoptable(e->page_a, limit) || !adoptable(e->page_b, limit) ||
+            e->page_a == e->page_b ||
+            mp_crc32(pager_page_ptr(p, e->active_slot ? e->page_b : e->page_a),
+                     p->page_size) != e->crc) {
+            e->in_use = 0; /* left to dir_load's checks */
+            continue;
+        }
+        uint64_t top = (e->page_a > e->page_b ? e->page_a : e->page_b) + 1;
+        if (top > need)
+            need = top;
+    }
+    return need;
+}
+
+/* The metadata copy open chose is the older one (the newer failed), while page
+ * 0's directory, committed apart from the bitmap, is current: its blocks, and
+ * the entries of their active copies whose page still matches the recorded
+ * CRC, were acknowledged. Rather than drop them because the older bitmap does
+ * not count their pages, those pages are counted and marked allocated again
+ * (pages the older bitmap counts already are taken as theirs); dir_load's
+ * checks then see them as whole. */
+int dir_adopt_current(mp_pager *p, mp_open_report *rep, uint32_t count)
+{
+    uint64_t limit = p->file_pages < p->chunk ? p->file_pages : p->chunk;
+    mp_dir_entry *entries = calloc(p->epp, sizeof *entries);
+    if (!entries)
+        return MP_ENO_MEMORY;
+    uint64_t need = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t n = block_need(p, &p->refs[i], limit, entries);
+        need = n > need ? n : need;
+    }
+    /* The pages were counted by the commit that was lost: the file holds
+     * them, and the pages of it nothing claims come back free. */
+    if (need > p->total_pages)
+        pager_count_pages(p, limit);
+    for (uint32_t i = 0; i < count; i++) {
+        const mp_dir_ref *r = &p->refs[i];
+        if (block_need(p, r, limit, entries) == 0)
+            continue;
+        (void)adopt_page(p, r->page_a);
+        (void)adopt_page(p, r->page_b);
+        for (uint32_t s = 0; s < p->epp; s++) {
+            const mp_dir_entry *e = &entries[s];
+            if (!e->in_use)
+                continue;
+            int kept = adopt_page(p, e->page_a);
+            kept |= adopt_page(p, e->page_b);
+            if (kept) {
+                rep->kept_protected++;
+                rep->flags |= MP_REC_PROTECTED_KEPT;
+            }
+        }
+    }
+    free(entries);
+    return MP_OK;
+}
+
+/* A copy of a directory block that can exist: inside the file and not one of
+ * the layout's own pages. */
+static int copy_exists(const mp_pager *p, uint64_t id)
+{
+    return page_in_file(p, id);
+}
+
+/* Reads block i from the copy that exists and parses, falling back to the
+ * inactive copy (and noting it) when the active one does not. */
+static int block_read(mp_pager *p, mp_open_report *rep, uint32_t i)
+{
+    mp_dir_ref *r = &p->refs[i];
+    int have[2] = {copy_exists(p, r->page_a), copy_exists(p, r->page_b)};
+    if (!have[0] && !have[1]) {
+        /* Both copies lie past the end of the file or on the layout's pages:
+         * no crash leaves that (an append grows the file first). */
+        if (!p->salvage)
+            return MP_ECORRUPT_PROTECTED_DIRECTORY;
+        rep->salvaged_blocks++;
+        rep->flags |= MP_REC_SALVAGE_DROPPED;
+        p->dirs[i].dirty = 1;
+        return MP_OK;
+    }
+    int rc = have[r->active] ? dir_page_read(p, ref_page(r, r->active), p->dirs[i].entries)
+                             : MP_ECORRUPT_PROTECTED_DIRECTORY;
+    if (rc == MP_OK) {
+        /* The inactive copy is the one the next change writes. */
+        if (!have[!r->active]) {
+            rep->dir_fallbacks++;
+            rep->flags |= MP_REC_DIR_FALLBACK;
+        }
+        return MP_OK;
+    }
+    if (!have[!r->active] ||
+        dir_page_read(p, ref_page(r, !r->active), p->dirs[i].entries) != MP_OK)
+        return MP_ECORRUPT_PROTECTED_DIRECTORY;
+    r->active ^= 1u;
+    /* dirty doubles as "read from the fallback copy" until the entries below
+     * are checked. */
+    p->dirs[i].dirty = 1;
+    dir_ref_changed(p, i);
+    rep->dir_fallbacks++;
+    rep->flags |= MP_REC_DIR_FALLBACK;
+    return MP_OK;
+}
+
+/* A writer gives a block a new page for each copy that cannot exist, so that
+ * no later change writes past the file or over the layout; the block is
+ * rewritten there by open's commit. */
+static int block_replace_missing(mp_pager *p, uint32_t i)
+{
+    mp_dir_ref *r = &p->refs[i];
+    for (int w = 0; w < 2; w++) {
+        if (copy_exists(p, ref_page(r, w)))
+            continue;
+        uint64_t id;
+        int rc = pager_take_lowest(p, &id);
+        if (rc != MP_OK)
+            return rc;
+        bitmap_set(p->system, id);
+        if (w)
+            r->page_b = id;
+        else
+            r->page_a = id;
+        p->dirs[i].dirty = 1;
+        dir_ref_changed(p, i);
+    }
+    return MP_OK;
+}
+
 int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
 {
     int rc;
     /* A trailing block whose pages are not allocated is an append that did
-     * not reach its bitmap commit: the block was never acknowledged. */
+     * not reach its bitmap commit: the block was never acknowledged. An
+     * append grows the file before it, so such a block lies in the file. */
     while (count > 0) {
         const mp_dir_ref *r = &p->refs[count - 1];
-        if (!block_unfinished(p, r))
+        if (!block_unfinished(p, r) || !copy_exists(p, r->page_a) ||
+            !copy_exists(p, r->page_b))
             break;
         count--;
         rep->dropped_blocks++;
@@ -177,6 +346,8 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
         const mp_dir_ref *r = &p->refs[i];
         for (int w = 0; w < 2; w++) {
             uint64_t id = ref_page(r, w);
+            if (!copy_exists(p, id))
+                continue; /* block_read decides */
             if (!page_usable_for(p, id) || !bitmap_get(p->bits, id) || bitmap_get(p->system, id))
                 return MP_ECORRUPT_DIRECTORY_INDEX;
             bitmap_set(p->system, id);
@@ -188,20 +359,8 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
     for (uint32_t i = 0; i < count; i++) {
         if ((rc = block_init(p, i)) != MP_OK)
             return rc;
-        mp_dir_ref *r = &p->refs[i];
-        rc = dir_page_read(p, ref_page(r, r->active), p->dirs[i].entries);
-        if (rc != MP_OK) {
-            rc = dir_page_read(p, ref_page(r, !r->active), p->dirs[i].entries);
-            if (rc != MP_OK)
-                return MP_ECORRUPT_PROTECTED_DIRECTORY;
-            r->active ^= 1u;
-            /* dirty doubles as "read from the fallback copy" until the
-             * entries below are checked. */
-            p->dirs[i].dirty = 1;
-            dir_ref_changed(p, i);
-            rep->dir_fallbacks++;
-            rep->flags |= MP_REC_DIR_FALLBACK;
-        }
+        if ((rc = block_read(p, rep, i)) != MP_OK)
+            return rc;
     }
     for (uint32_t i = 0; i < count; i++) {
         int from_fallback = p->dirs[i].dirty;
@@ -224,6 +383,11 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
             p->protected_count++;
         }
     }
+    p->system_count = bitmap_count_set(p->system, p->total_pages);
+    /* Readers never write, so they keep the missing copies named. */
+    for (uint32_t i = 0; i < count && !p->read_only; i++)
+        if ((rc = block_replace_missing(p, i)) != MP_OK)
+            return rc;
     p->system_count = bitmap_count_set(p->system, p->total_pages);
     return MP_OK;
 }

@@ -22,7 +22,14 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 from mappedpages._core import ffi, lib
-from mappedpages._errors import OutOfBounds, RecoveryWarning, ReservedPage, Unavailable, raise_for
+from mappedpages._errors import (
+    FileTruncated,
+    OutOfBounds,
+    RecoveryWarning,
+    ReservedPage,
+    Unavailable,
+    raise_for,
+)
 from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
@@ -35,6 +42,7 @@ _META_PROBLEMS = {
     lib.MP_META_BITS_PAST_END: "it marks pages past its page count",
     lib.MP_META_BAD_FREE_COUNT: "its free count disagrees with its bitmap",
     lib.MP_META_BAD_FREE_MAP: "a free-map page it needs is missing or damaged",
+    lib.MP_META_PAST_END: "it counts pages past the end of the file",
 }
 
 # Pagers alive in this process, so a fork child can mark them unusable.
@@ -94,6 +102,9 @@ def report_dict(report: Any) -> dict[str, Any]:
         "dir_block_dropped": lib.MP_REC_DIR_BLOCK_DROPPED,
         "page0_rewritten": lib.MP_REC_PAGE0_REWRITTEN,
         "dir_index_torn": lib.MP_REC_DIR_INDEX_TORN,
+        "cut_rolled_back": lib.MP_REC_CUT_ROLLED_BACK,
+        "protected_kept": lib.MP_REC_PROTECTED_KEPT,
+        "salvage_dropped": lib.MP_REC_SALVAGE_DROPPED,
     }
     return {
         "flags": sorted(name for name, bit in names.items() if flags & bit),
@@ -107,7 +118,47 @@ def report_dict(report: Any) -> dict[str, Any]:
         "dir_fallbacks": int(report.dir_fallbacks),
         "dropped_entries": int(report.dropped_entries),
         "dropped_blocks": int(report.dropped_blocks),
+        "file_bytes": int(report.file_bytes),
+        "cut_pages": int(report.cut_pages),
+        "cut_generation": int(report.cut_generation),
+        "kept_protected": int(report.kept_protected),
+        "salvaged_blocks": int(report.salvaged_blocks),
     }
+
+
+def truncated_message(report: Any) -> str:
+    """Why open refused a cut file: the committed length and the actual length."""
+    size = int(report.page_size)
+    pages = int(report.cut_pages)
+    gen = int(report.cut_generation)
+    text = (
+        f"file is {int(report.file_bytes)} bytes but its newest commit counts "
+        f"{pages * size} bytes ({pages} pages of {size}): the file was cut"
+    )
+    names = ("A (page 1)", "B (page 2)")
+    older = [
+        c
+        for c in (0, 1)
+        if int(report.meta_problem[c]) == lib.MP_META_OK and int(report.generation[c]) < gen
+    ]
+    if older:
+        c = older[0]
+        return (
+            f"{text}; open with salvage=True to roll back to metadata copy {names[c]} at "
+            f"generation {int(report.generation[c])}, discarding generation {gen} (the newest "
+            "commit), or restore the file's missing end"
+        )
+    return (
+        f"{text}; no older metadata copy fits in it either (the newest commit is generation "
+        f"{gen}): restore the file's missing end"
+    )
+
+
+def open_error(rc: int, report: Any, path: str) -> None:
+    """Raise for a failed open (a cut file with the lengths in the message); nothing for 0."""
+    if rc == lib.MP_EFILE_TRUNCATED:
+        raise FileTruncated(f"{path}: {truncated_message(report)}")
+    raise_for_rc(rc, path, path)
 
 
 def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
@@ -149,6 +200,33 @@ def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
         warnings.warn(
             f"{path}: {report.dropped_entries} protected-page directory entr(y/ies) did not "
             "match the file (an interrupted alloc/free, or a stale copy) and were dropped",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+    if flags & lib.MP_REC_CUT_ROLLED_BACK:
+        chosen = report.chosen_copy
+        warnings.warn(
+            f"{path}: salvage: the file is {report.file_bytes} bytes, shorter than its newest "
+            f"commit (generation {report.cut_generation}, {report.cut_pages} pages of "
+            f"{report.page_size}); rolled back to metadata copy {names[chosen]} at generation "
+            f"{report.generation[chosen]}, discarding generation {report.cut_generation}: "
+            f"every allocation and free it made, and its count of {report.cut_pages} pages",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+    if flags & lib.MP_REC_PROTECTED_KEPT:
+        warnings.warn(
+            f"{path}: {report.kept_protected} protected page(s) named by the current directory "
+            "were not counted by the older metadata copy in use; their content matches its "
+            "recorded CRC, so their pages were marked allocated again and the pages kept",
+            RecoveryWarning,
+            stacklevel=stacklevel,
+        )
+    if flags & lib.MP_REC_SALVAGE_DROPPED:
+        warnings.warn(
+            f"{path}: salvage: {report.salvaged_blocks} protected-page directory block(s) had "
+            "no copy inside the file (both past its end or on reserved pages); emptied, "
+            "discarding every protected page they held",
             RecoveryWarning,
             stacklevel=stacklevel,
         )

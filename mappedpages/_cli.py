@@ -16,7 +16,10 @@ Commands:
     cannot be read at all (missing, not a pager file, no permission).
     ``--repair`` then opens the file as a writer, which rewrites page 0 to
     name the state in use and commits the directory repairs open made, and
-    nothing more.
+    nothing more. A file that open refuses because keeping it would need
+    acknowledged state it no longer has (a file cut shorter than its newest
+    commit, a directory block with no copy inside the file) is opened with
+    ``salvage=True`` instead, and every thing that discards is printed.
 ``map FILE``
     One cell per page (or per run of pages in a large file), coloured by what
     the page is: reserved, metadata, free map and directory index (the
@@ -69,7 +72,13 @@ from typing import Any, Callable, TextIO, TypeVar
 
 from mappedpages import __version__
 from mappedpages._core import ffi, lib
-from mappedpages._errors import CorruptFileError, MappedPageError, RecoveryWarning
+from mappedpages._errors import (
+    CorruptFileError,
+    CorruptProtectedDirectory,
+    FileTruncated,
+    MappedPageError,
+    RecoveryWarning,
+)
 from mappedpages._pager import Pager
 from mappedpages._readonly import ReadOnlyPager
 from mappedpages._types import ProtectedPageId
@@ -148,12 +157,14 @@ class CliError(Exception):
 class Damaged(CliError):
     """The file is a pager file that the library refuses to open: damaged beyond recovery."""
 
-    def __init__(self, path: str, detail: str) -> None:
+    def __init__(self, path: str, detail: str, salvageable: bool = False) -> None:
         super().__init__(
             EXIT_PROBLEMS,
             f"{_display(path)}: damaged: {detail} (`mappedpages check` lists the problems)",
         )
         self.detail = detail
+        # Open refused to discard acknowledged state; a salvaging open may not.
+        self.salvageable = salvageable
 
 
 # ---------------------------------------------------------------- reading
@@ -270,7 +281,9 @@ def _damage_detail(exc: CorruptFileError, sb: Superblock, path: str) -> str:
     return text
 
 
-def open_reader(path: str, sb: Superblock) -> tuple[ReadOnlyPager, list[str]]:
+def open_reader(
+    path: str, sb: Superblock, salvage: bool = False
+) -> tuple[ReadOnlyPager, list[str]]:
     """Open ``path`` read-only; return the reader and the recovery warnings, path stripped.
 
     A file the library finds damaged beyond recovery raises CliError(1);
@@ -279,9 +292,10 @@ def open_reader(path: str, sb: Superblock) -> tuple[ReadOnlyPager, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RecoveryWarning)
         try:
-            reader = ReadOnlyPager.open(path)
+            reader = ReadOnlyPager.open(path, salvage=True) if salvage else ReadOnlyPager.open(path)
         except CorruptFileError as exc:
-            raise Damaged(path, _damage_detail(exc, sb, path)) from None
+            salvageable = isinstance(exc, (FileTruncated, CorruptProtectedDirectory))
+            raise Damaged(path, _damage_detail(exc, sb, path), salvageable) from None
         except OSError as exc:
             raise _os_error(path, exc) from None
         except (MappedPageError, ValueError) as exc:
@@ -668,6 +682,8 @@ class CheckResult:
     repairable: bool
     summary: list[str]
     notes: list[str] = field(default_factory=list)
+    # What a salvaging open would discard, when only salvage opens the file.
+    salvage: list[str] = field(default_factory=list)
 
 
 def check_file(path: str) -> CheckResult:
@@ -685,7 +701,8 @@ def check_file(path: str) -> CheckResult:
     try:
         reader, found = open_reader(path, sb)
     except Damaged as exc:
-        return CheckResult([exc.detail], False, summary)
+        discards = salvage_preview(path, sb) if exc.salvageable else []
+        return CheckResult([exc.detail], bool(discards), summary, salvage=discards)
     problems = list(found)
     try:
         report = reader._open_report
@@ -756,6 +773,39 @@ def check_file(path: str) -> CheckResult:
     return CheckResult(problems, repairable, summary, notes)
 
 
+def salvage_discards(report: dict[str, Any]) -> list[str]:
+    """What a salvaging open discarded, from its report, one line each."""
+    done = []
+    flags = set(report.get("flags", ()))
+    if "cut_rolled_back" in flags:
+        chosen = report.get("chosen_copy", "A")
+        gen = report.get("generation", {}).get(chosen)
+        done.append(
+            f"generation {report['cut_generation']} (the newest commit, counting "
+            f"{report['cut_pages']} pages; the file is {report['file_bytes']} bytes): every "
+            f"allocation and free it made; the file is rolled back to metadata copy {chosen} "
+            f"at generation {gen}"
+        )
+    if "salvage_dropped" in flags:
+        done.append(
+            f"{report['salvaged_blocks']} protected-page directory block(s) with no copy inside "
+            "the file, and every protected page they held"
+        )
+    return done
+
+
+def salvage_preview(path: str, sb: Superblock) -> list[str]:
+    """What ``check --repair`` would discard: a salvaging reader's report (nothing written)."""
+    try:
+        reader, _ = open_reader(path, sb, salvage=True)
+    except CliError:
+        return []
+    try:
+        return salvage_discards(reader._open_report)
+    finally:
+        reader.close()
+
+
 def _report_check(path: str, result: CheckResult, out: TextIO) -> None:
     print(f"{_display(path)}:", file=out)
     for line in result.summary:
@@ -770,13 +820,17 @@ def _report_check(path: str, result: CheckResult, out: TextIO) -> None:
         print("ok: no problems found", file=out)
 
 
-def repair_file(path: str) -> list[str]:
-    """Open ``path`` as a writer, which repairs page 0 and the directory; say what it did."""
+def repair_file(path: str, salvage: bool = False) -> list[str]:
+    """Open ``path`` as a writer, which repairs page 0 and the directory; say what it did.
+
+    With ``salvage``, the open may discard acknowledged state it cannot keep;
+    each thing discarded is a line starting with ``discarded:``.
+    """
     with warnings.catch_warnings():
         # What open found was reported by the check before; here only what it changed counts.
         warnings.simplefilter("ignore", RecoveryWarning)
         try:
-            pager = Pager.open(path)
+            pager = Pager.open(path, salvage=salvage)
         except OSError as exc:
             if isinstance(exc, BlockingIOError):
                 raise CliError(
@@ -793,7 +847,12 @@ def repair_file(path: str) -> list[str]:
     finally:
         pager.close()
     flags = set(report.get("flags", ()))
-    done = []
+    done = [f"discarded: {line}" for line in salvage_discards(report)]
+    if report.get("kept_protected"):
+        done.append(
+            f"{report['kept_protected']} protected page(s) newer than the metadata copy in "
+            "use kept: their pages marked allocated again"
+        )
     if report.get("dir_fallbacks"):
         done.append(
             f"{report['dir_fallbacks']} damaged directory page(s) rewritten from their good copy"
@@ -822,16 +881,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not result.problems:
         return EXIT_OK
     if not args.repair:
-        if result.repairable:
+        if result.salvage:
+            print("run `mappedpages check --repair` to open with salvage, which discards "
+                  "acknowledged state:", file=sys.stdout)
+            for line in result.salvage:
+                print(f"  would discard: {line}", file=sys.stdout)
+        elif result.repairable:
             print("run `mappedpages check --repair` to rewrite page 0 as a writer's open "
                   "would", file=sys.stdout)
         return EXIT_PROBLEMS
     if not result.repairable:
         print("repair: nothing here that a writer's open repairs; the file is unchanged")
         return EXIT_PROBLEMS
-    done = repair_file(args.file)
+    done = repair_file(args.file, salvage=bool(result.salvage))
     for line in done:
-        print(f"repaired: {line}")
+        if line.startswith("discarded: "):
+            print(line)
+        else:
+            print(f"repaired: {line}")
     if not done:
         print("repair: the writer's open found nothing to change")
     after = check_file(args.file)
@@ -1277,7 +1344,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair",
         action="store_true",
         help="open as a writer, which rewrites page 0 to name the state in use and commits "
-        "the directory repairs open makes; nothing more",
+        "the directory repairs open makes; a file open refuses (cut short, a directory block "
+        "with no copy in the file) is opened with salvage, printing all it discards",
     )
     p.set_defaults(func=cmd_check)
 

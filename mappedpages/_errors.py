@@ -35,6 +35,17 @@ class CorruptMetadata(CorruptFileError):
     """Neither metadata copy (page 1 or page 2) is valid."""
 
 
+class FileTruncated(CorruptFileError):
+    """The file is shorter than its newest commit: it was cut after the commit.
+
+    Growth is made durable before any commit counts it, so no crash leaves a
+    valid commit reaching past the end of the file. The message gives the
+    committed length and the actual length in bytes. Nothing was changed;
+    ``Pager.open(path, salvage=True)`` (or ``mappedpages check --repair``)
+    rolls back to the older metadata copy, discarding the newest commit.
+    """
+
+
 class CorruptDirectoryIndex(CorruptFileError):
     """Page 0's directory index (the protected-page block references) is damaged."""
 
@@ -117,6 +128,10 @@ ERRORS: dict[int, tuple[type[Exception], str]] = {
         ValueError,
         "the pager handed out a page a SubPageAllocator holds; it was freed in the pager "
         "while sub-pages in it were in use",
+    ),
+    lib.MP_EFILE_TRUNCATED: (
+        FileTruncated,
+        "the file is shorter than its newest commit: it was cut",
     ),
 }
 

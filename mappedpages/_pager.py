@@ -25,6 +25,7 @@ from mappedpages._base import (
     _PagerBase,
     as_id,
     fspath_bytes,
+    open_error,
     raise_for_rc,
     report_dict,
     warn_recovery,
@@ -114,7 +115,7 @@ def _file_page_size(raw: bytes) -> int | None:
     return 1 << log2 if 10 <= log2 <= 30 else None
 
 
-def raise_for_open(rc: int, text: str, raw: bytes, page_size: int) -> None:
+def raise_for_open(rc: int, report: Any, text: str, raw: bytes, page_size: int) -> None:
     """Raise for an open's return code; a page-size mismatch names both sizes."""
     if rc == lib.MP_EINVALID_PAGE_SIZE and page_size:
         found = _file_page_size(raw)
@@ -122,7 +123,13 @@ def raise_for_open(rc: int, text: str, raw: bytes, page_size: int) -> None:
             raise InvalidPageSize(
                 f"{text}: the file's page size is {found}, not page_size={page_size}"
             )
-    raise_for_rc(rc, text, text)
+    open_error(rc, report, text)
+
+
+def _salvage_flag(salvage: bool) -> int:
+    if not isinstance(salvage, bool):
+        raise TypeError(f"salvage must be True or False, not {type(salvage).__name__}")
+    return 1 if salvage else 0
 
 
 _U64_FORMATS = frozenset(
@@ -226,13 +233,22 @@ class Pager(_PagerBase):
         durability: str = "compat",
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
+        salvage: bool = False,
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
         When ``page_size`` is given and differs from the file's, raises
         :class:`InvalidPageSize`. A missing file raises ``FileNotFoundError``.
-        Damage that open can recover from is repaired and reported with a
-        :class:`RecoveryWarning`; anything else raises a ``CorruptFileError``.
+        Damage that open can recover from without discarding acknowledged
+        state is repaired and reported with a :class:`RecoveryWarning` (a
+        metadata copy that fails its CRC or checks is passed over for the other
+        copy, as a torn commit requires); anything else raises a
+        ``CorruptFileError`` and changes nothing: a file cut shorter than its
+        newest commit raises :class:`FileTruncated`, a directory block with
+        no copy inside the file :class:`CorruptProtectedDirectory`.
+        ``salvage=True`` discards what cannot be kept instead (rolls a cut
+        file back to the older metadata copy, empties such directory blocks),
+        and the warning lists exactly what was discarded.
         The file is locked for this pager's life: another writer, in this
         process or another, gets :class:`Locked` at once, or after waiting up
         to ``lock_timeout`` seconds.
@@ -258,7 +274,8 @@ class Pager(_PagerBase):
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
         opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
-        raise_for_open(lib.mp_pager_open(raw, opts, out, report), text, raw, size)
+        opts.salvage = _salvage_flag(salvage)
+        raise_for_open(lib.mp_pager_open(raw, opts, out, report), report, text, raw, size)
         pager = cls(out[0], text)
         pager._durability = durability
         pager._open_report = report_dict(report)

@@ -18,7 +18,7 @@ from mappedpages._base import (
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
-from mappedpages._pager import _check_page_size, _options, raise_for_open
+from mappedpages._pager import _check_page_size, _options, _salvage_flag, raise_for_open
 from mappedpages._types import PageId
 
 
@@ -26,15 +26,21 @@ class ReadOnlyPager(_PagerBase):
     """A read-only pager over a file that a writer may be changing."""
 
     @classmethod
-    def open(cls, path: Any, page_size: int | None = None) -> ReadOnlyPager:
-        """Open a pager file read-only; errors as for :meth:`Pager.open`."""
+    def open(
+        cls, path: Any, page_size: int | None = None, *, salvage: bool = False
+    ) -> ReadOnlyPager:
+        """Open a pager file read-only; errors as for :meth:`Pager.open`.
+
+        ``salvage=True`` reads the state :meth:`Pager.open` with salvage would
+        keep, in memory only: a reader never changes the file.
+        """
         size = _check_page_size(page_size, allow_none=True)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
-        raise_for_open(
-            lib.mp_pager_open(raw, _options(size, 0.0, True), out, report), text, raw, size
-        )
+        opts = _options(size, 0.0, True)
+        opts.salvage = _salvage_flag(salvage)
+        raise_for_open(lib.mp_pager_open(raw, opts, out, report), report, text, raw, size)
         pager = cls(out[0], text)
         pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)

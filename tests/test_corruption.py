@@ -69,12 +69,12 @@ def state_of(p):
     return (p.page_size, p.page_count, p.free_page_count, list(p.allocated_pages()))
 
 
-def open_and_check(path, state, warn, page_size=None):
+def open_and_check(path, state, warn, page_size=None, salvage=False):
     """Open PATH, compare its state, check data pages, close. warn: True = a
     RecoveryWarning is required, False = forbidden, None = either."""
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        p = Pager.open(path, page_size=page_size)
+        p = Pager.open(path, page_size=page_size, salvage=salvage)
     try:
         assert state_of(p) == state
         for i in state[3]:
@@ -277,12 +277,29 @@ INVALIDATING = {
 }
 
 
-@pytest.mark.parametrize("damage", sorted(INVALIDATING))
+# A valid copy whose page count reaches past the end of the file: no crash
+# leaves one (growth is durable before the commit that counts it), so when it
+# is the newest copy the file was cut, and open refuses unless salvaging.
+PAST_FILE = ("total_past_file", "total_past_file_by_one")
+
+
+@pytest.mark.parametrize("damage", sorted(set(INVALIDATING) - set(PAST_FILE)))
 def test_newest_copy_invalid_falls_back(base, damage):
     INVALIDATING[damage](base, NEW_IDX)
     img = read_image(base)
     assert img.metas[NEW_IDX].problems(PS, img.file_len), "the edit should invalidate the copy"
     open_and_check(base, OLD_STATE, warn=True)
+
+
+@pytest.mark.parametrize("damage", PAST_FILE)
+def test_newest_copy_past_file_is_a_cut_file(base, damage):
+    INVALIDATING[damage](base, NEW_IDX)
+    img = read_image(base)
+    assert img.metas[NEW_IDX].problems(PS, img.file_len), "the edit should invalidate the copy"
+    open_fails(base, mappedpages.FileTruncated)
+    open_and_check(base, OLD_STATE, warn=True, salvage=True)
+    # the salvage is durable: a plain open now finds the rolled-back state
+    open_and_check(base, OLD_STATE, warn=None)
 
 
 @pytest.mark.parametrize("damage", sorted(INVALIDATING))
@@ -297,7 +314,8 @@ def test_older_copy_invalid_keeps_newest(base, damage):
 def test_both_copies_invalid(base, damage):
     INVALIDATING[damage](base, NEW_IDX)
     INVALIDATING[damage](base, OLD_IDX)
-    open_fails(base, mappedpages.CorruptMetadata)
+    exc = mappedpages.FileTruncated if damage in PAST_FILE else mappedpages.CorruptMetadata
+    open_fails(base, exc)
 
 
 def test_mixed_damage_both_invalid(base):
@@ -473,7 +491,7 @@ def test_truncated_below_four_pages(base, size):
 
 def test_truncated_inside_last_page(base):
     os.truncate(base, 16 * PS - 1)
-    open_fails(base, mappedpages.CorruptMetadata)
+    open_fails(base, mappedpages.FileTruncated)
 
 
 def test_truncated_below_newest_total(tmp_path):
@@ -491,7 +509,8 @@ def test_truncated_below_newest_total(tmp_path):
     img = read_image(path)
     newest = max(img.metas, key=lambda m: m.generation)
     assert newest.total_pages == 16
-    open_and_check(path, (PS, 8, 0, [3, 4, 5, 6, 7]), warn=True)
+    open_fails(path, mappedpages.FileTruncated)
+    open_and_check(path, (PS, 8, 0, [3, 4, 5, 6, 7]), warn=True, salvage=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = Pager.open(path)
@@ -538,7 +557,7 @@ def test_huge_total_in_both_copies_no_crash(base):
 def test_total_past_file_in_both_copies(base):
     for i in (0, 1):
         edit_meta(base, i, total_pages=64, free_count=read_image(base).metas[i].free_count + 48)
-    open_fails(base, mappedpages.CorruptMetadata)
+    open_fails(base, mappedpages.FileTruncated)
 
 
 def test_file_of_pages_all_ff(tmp_path):

@@ -599,7 +599,42 @@ def test_dir_index_ref_page_impossible(dfile, which, value):
         value = b if which == "a" else a
     elif value == "free":
         value = next(i for i in range(3, total) if i not in meta["bits"])
+    if value < 3 or value >= total:
+        _one_copy_outside(dfile, which, value)
+        return
     _damage(dfile, lambda path: _set_ref(path, 0, **{f"page_{which}": value}))
+
+
+def _one_copy_outside(path, which, value) -> None:
+    """A block copy named on a reserved page or past the end of the file: no
+    crash leaves that, but the other copy is still good, so open reads it, with
+    a warning (its entries checked as any fallback's), and a writer gives the
+    block a new page for the missing copy."""
+    _, _, active = dir_refs(path)[0]
+    was_active = (which == "a") == (active == 0)
+    before_protected = snapshot(path)[1]
+    _set_ref(path, 0, **{f"page_{which}": value})
+    r, rec = open_recording(path, ReadOnlyPager)
+    try:
+        assert rec, "a block copy outside the file was passed over without a RecoveryWarning"
+        seen = {pid: read_protected(r, pid) for pid in r.allocated_protected_pages()}
+        if not was_active:
+            assert seen == before_protected, "the block's good active copy must be read"
+        for pid in seen:
+            assert r.verify_protected(pid)
+    finally:
+        force_close(r)
+    p, rec = open_recording(path)
+    try:
+        assert rec
+        na, nb, _ = dir_refs(path)[0]
+        assert value not in (na, nb) and 3 <= min(na, nb) and max(na, nb) < p.page_count
+        kept = {pid: read_protected(p, pid) for pid in p.allocated_protected_pages()}
+        assert kept == seen
+    finally:
+        force_close(p)
+    with open_quiet(path) as p:
+        assert {pid: read_protected(p, pid) for pid in p.allocated_protected_pages()} == seen
 
 
 def test_dir_index_two_blocks_share_a_page(made):
