@@ -982,6 +982,18 @@ int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes
     return MP_OK;
 }
 
+/* The pager's descriptor, for a reader's Python layer to map the file again
+ * read-only (its views come from there: see _readonly.py). */
+int mp_pager_fd(const mp_pager *p, int *out_fd)
+{
+    if (!p || !out_fd)
+        return MP_EINVALID_ARGUMENT;
+    if (p->fd < 0)
+        return MP_EUNAVAILABLE;
+    *out_fd = p->fd;
+    return MP_OK;
+}
+
 /* ------------------------------------------------------------ alloc/free */
 
 static void zero_pages(mp_pager *p, const uint64_t *ids, uint64_t n)

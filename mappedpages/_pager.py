@@ -417,10 +417,12 @@ class Pager(_PagerBase):
     def close(self) -> None:
         """Unmap the file and release it; idempotent (see the base class).
 
-        Not allowed inside a transaction block (``ValueError``).
+        Not allowed inside a transaction block (``ValueError``), except in a
+        fork child, where it always succeeds (the thread that was inside the
+        block at fork time does not exist there).
         """
         with self._lock:
-            if self._txn_depth and self._mv is not None:
+            if self._txn_depth and self._mv is not None and not self._forked:
                 raise ValueError("close() inside a transaction; leave the block first")
             super().close()
 
