@@ -255,6 +255,8 @@ typedef struct {
     mp_dir_entry *entries;   /* entries_per_page entries */
     uint8_t *writer_open;    /* one MP_WRITER_* value per slot */
     int dirty;               /* in-memory entries differ from the active copy */
+    uint32_t read_crc;       /* stored CRC of the copy last read: a reader checks
+                                it did not change under it (pager.c) */
 } mp_dir_block;
 
 /* The order of the two commits of a change to both the bitmap (metadata

@@ -134,11 +134,13 @@ static int entry_verdict(const mp_pager *p, const mp_dir_entry *e, int from_fall
 }
 
 /* Parses a directory page from a private copy (a reader may be racing a
- * writer that rewrites the page). */
-static int dir_page_read(mp_pager *p, uint64_t id, mp_dir_entry *entries)
+ * writer that rewrites the page), and notes the copy's stored CRC: a reader
+ * checks afterwards that the page still holds it (pager.c, load_state). */
+static int dir_page_read(mp_pager *p, uint64_t id, mp_dir_block *block)
 {
     memcpy(p->scratch, pager_page_ptr(p, id), p->page_size);
-    return fmt_dir_page_read(p->scratch, p->page_size, entries);
+    block->read_crc = mp_load_u32(p->scratch + p->page_size - 4);
+    return fmt_dir_page_read(p->scratch, p->page_size, block->entries);
 }
 
 /* A block appended to page 0 whose pages no committed bitmap counts yet
@@ -185,9 +187,9 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count)
         if ((rc = block_init(p, i)) != MP_OK)
             return rc;
         mp_dir_ref *r = &p->refs[i];
-        rc = dir_page_read(p, ref_page(r, r->active), p->dirs[i].entries);
+        rc = dir_page_read(p, ref_page(r, r->active), &p->dirs[i]);
         if (rc != MP_OK) {
-            rc = dir_page_read(p, ref_page(r, !r->active), p->dirs[i].entries);
+            rc = dir_page_read(p, ref_page(r, !r->active), &p->dirs[i]);
             if (rc != MP_OK)
                 return MP_ECORRUPT_PROTECTED_DIRECTORY;
             r->active ^= 1u;
