@@ -415,14 +415,28 @@ static int reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loade
     return 0;
 }
 
+/* A reader keeps looking while the writer commits under it, this long at most
+ * (then -EAGAIN: the writer never paused long enough for a copy of pages 0-2
+ * and the directory, which takes microseconds); and while what it sees is a
+ * commit in progress with nothing moving, this long (then what it sees is
+ * taken as a crash's leftover, and reported like one). A dropped entry is
+ * looked at again by load_with_retries as well, a dropped block only here. */
+static const double READER_MOVING_LIMIT = 5.0;
+static const double READER_ENTRY_LIMIT = 0.05;
+static const double READER_BLOCK_LIMIT = 0.25;
+
 /* What a reader sees between the two commit points of a v0.2 protected alloc
  * or free: a directory entry or block whose pages the bitmap does not count
  * (yet, or any more). From a writer, who holds the lock, that is what a crash
- * left; beside a live writer it is a commit in progress. */
-static int reader_saw_a_commit_in_progress(const mp_open_report *rep)
+ * left; beside a live writer it is a commit in progress. Returns how long to
+ * wait for it with nothing moving, or 0 when it is not that. */
+static double reader_saw_a_commit_in_progress(const mp_open_report *rep)
 {
-    return (rep->flags & MP_REC_DIR_FALLBACK) == 0 &&
-           (rep->flags & (MP_REC_DIR_BLOCK_DROPPED | MP_REC_DIR_ENTRY_DROPPED)) != 0;
+    if (rep->flags & MP_REC_DIR_FALLBACK)
+        return 0;
+    if (rep->flags & MP_REC_DIR_BLOCK_DROPPED)
+        return READER_BLOCK_LIMIT;
+    return (rep->flags & MP_REC_DIR_ENTRY_DROPPED) ? READER_ENTRY_LIMIT : 0;
 }
 
 static double seconds_since(const struct timespec *t0)
@@ -431,14 +445,6 @@ static double seconds_since(const struct timespec *t0)
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
-
-/* A reader keeps looking while the writer commits under it, this long at most
- * (then -EAGAIN: the writer never paused long enough for a copy of pages 0-2
- * and the directory, which takes microseconds); and while what it sees is a
- * commit in progress with nothing moving, this long (then what it sees is
- * taken as a crash's leftover, and reported like one). */
-static const double READER_MOVING_LIMIT = 5.0;
-static const double READER_IN_PROGRESS_LIMIT = 0.05;
 
 /* Works on a private copy of pages 0-2: a reader shares the file with a
  * writer that may rewrite them while they are being read, and each page must
@@ -467,8 +473,7 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
                 rc = -EAGAIN;
                 break;
             }
-        } else if (rc != MP_OK || !reader_saw_a_commit_in_progress(rep) ||
-                   seconds_since(&still) > READER_IN_PROGRESS_LIMIT) {
+        } else if (rc != MP_OK || !(seconds_since(&still) < reader_saw_a_commit_in_progress(rep))) {
             break;
         } else {
             /* The writer is between two flushes: give it a moment. */

@@ -507,6 +507,42 @@ def test_refresh_during_a_directory_append_looks_again_instead_of_warning(tmp_pa
     w.close()
 
 
+def test_a_crashed_append_is_still_reported_by_a_reader(tmp_path):
+    """With no writer to finish it, the reader looks for a moment, then reports the leftover."""
+    path = tmp_path / "crashed.mpp"
+    epp = (4096 - 12) // 30
+
+    def child():
+        hooks = IoHooks()
+        w = create_pager(path, page_size=4096, hooks=hooks)
+        for _ in range(epp):
+            w.alloc_protected()
+        armed = {"on": True}
+
+        def die_after_page0(kind, offset, length):
+            if armed["on"] and offset == 0:
+                os._exit(0)  # a crash between the append's page 0 and its bitmap commit
+
+        hooks.set_barrier_callback(die_after_page0)
+        w.alloc_protected()
+        return "no crash"
+
+    out, sig = in_child(child)
+    assert (out, sig) == (None, 0)
+    start = time.monotonic()
+    with pytest.warns(RecoveryWarning, match="unfinished protected-page directory block"):
+        r = ReadOnlyPager.open(path)
+    waited = time.monotonic() - start
+    assert len(list(r.allocated_protected_pages())) == epp
+    r.close()
+    assert waited < 5, f"a reader of a crashed file waited {waited:.2f} s"
+    with pytest.warns(RecoveryWarning, match="unfinished protected-page directory block"):
+        Pager.open(path).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecoveryWarning)
+        ReadOnlyPager.open(path).close()  # repaired by the writer
+
+
 WRITER = textwrap.dedent(
     """
     import sys, time
