@@ -389,6 +389,8 @@ int mp_pager_forget(mp_pager *p)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
+    if (p->no_io)
+        return MP_OK; /* forgotten at an earlier fork already */
     p->no_io = 1;
     p->poisoned = 1;
     if (!p->read_only)

@@ -45,6 +45,10 @@ _META_PROBLEMS = {
 
 # Pagers alive in this process, so a fork child can mark them unusable.
 _LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
+# Open C handles, by the object that owns each (and closes it when collected):
+# a pager object may be gone while views keep its handle, mapping and lock
+# alive, and a fork child must let go of those too.
+_HANDLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _after_fork_in_child() -> None:
@@ -53,10 +57,10 @@ def _after_fork_in_child() -> None:
         # A thread of the parent may have held the lock at fork time; it does
         # not exist here, so the child gets a fresh lock (and then Unavailable).
         pager._lock = threading.RLock()
-        if pager._mv is not None:
-            # Never writes again; inherited views turn read-only but keep
-            # reading the file (a store through one faults in the child).
-            lib.mp_pager_forget(pager._handle)
+    for handle in list(_HANDLES.values()):
+        # Never writes again; inherited views turn read-only but keep reading
+        # the file (a store through one faults in the child).
+        lib.mp_pager_forget(handle)
 
 
 if hasattr(os, "register_at_fork"):
@@ -187,6 +191,8 @@ class _PagerBase:
         # The buffer keeps `owner` alive, and `owner` closes the C pager when
         # collected: so the mapping outlives every view, whatever the order.
         self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_close(raw))
+        _HANDLES[self._owner] = raw
+        self._first_owner = weakref.ref(self._owner)
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
         self._stats = ffi.new("mp_stats *")
@@ -468,7 +474,7 @@ class _PagerBase:
                 # mapping then goes with the last of them.
                 _LIVE.discard(self)
                 if not views_alive:
-                    ffi.release(self._owner)
+                    self._release()
                 return
             if views_alive:
                 self._mv_len = 0
@@ -478,8 +484,15 @@ class _PagerBase:
             # release the file either way.
             rc = lib.mp_pager_finish(self._handle)
             _LIVE.discard(self)
-            ffi.release(self._owner)
+            self._release()
             self._check(rc, "close")
+
+    def _release(self) -> None:
+        # The handle is closed now: a later fork must not touch it.
+        first = self._first_owner()
+        if first is not None:
+            _HANDLES.pop(first, None)
+        ffi.release(self._owner)
 
     def __enter__(self: Any) -> Any:
         return self

@@ -259,6 +259,34 @@ def test_live_fork_child_with_views_lets_another_writer_in(tmp_path):
     assert os.WEXITSTATUS(status) == 0, "the child's view did not show the new writer's data"
 
 
+@pytest.mark.skipif(not LINUX, reason="reads /proc/self/maps")
+def test_fork_child_lets_go_of_a_dropped_pager_whose_views_live(tmp_path):
+    """The Pager object is gone, its views keep the handle: the child must let go of it too."""
+    import gc
+
+    path = tmp_path / "dropped.mpp"
+    p = Pager.create(path)
+    pid = p.alloc()
+    held = [p.page(pid)]
+    stamp(held[0], 77)
+    del p
+    gc.collect()
+
+    def child():
+        return {"stamp": read_stamp(held[0]), "perms": mapping_perms(path), "fds": fds_on(path)}
+
+    out, sig = in_child(child)
+    assert sig == 0
+    assert out["stamp"] == 77
+    assert out["perms"] and all(x == "r--s" for x in out["perms"]), out["perms"]
+    assert out["fds"] == [], "the child holds the dropped writer's descriptor (and its lock)"
+    stamp(held[0], 78)  # the parent still writes through it
+    held.clear()
+    gc.collect()
+    with Pager.open(path) as again:
+        assert read_stamp(again.page(pid)) == 78
+
+
 @pytest.mark.skipif(not LINUX, reason="reopens the file through /proc/self/fd")
 def test_fork_child_views_survive_a_deleted_file(writer):
     p, ids = writer
