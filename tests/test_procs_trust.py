@@ -602,8 +602,10 @@ WRITER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("page_size", [1024, 4096])
-def test_refresh_beside_a_busy_writer_only_sees_committed_states(tmp_path, page_size):
+@pytest.mark.parametrize(
+    ("page_size", "regular"), [(1024, 8), (4096, 8), (1024, 8000)], ids=["1k", "4k", "extended"]
+)
+def test_refresh_beside_a_busy_writer_only_sees_committed_states(tmp_path, page_size, regular):
     """Stress: every refreshed state is one the writer committed, with no warning.
 
     The writer rewrites a group of protected pages spread over several directory
@@ -617,7 +619,8 @@ def test_refresh_beside_a_busy_writer_only_sees_committed_states(tmp_path, page_
     with Pager.create(path, page_size=page_size) as p:
         pids = p.alloc_protected_bulk(2 * epp + 1)
         group = [pids[0], pids[epp // 2], pids[epp], pids[2 * epp]]
-        p.alloc_bulk(8)
+        p.alloc_bulk(regular)  # 8000 pages of 1 KiB: past v0.2, the extended layout
+        assert p.format_version == ("0.3" if regular > 1000 else "0.2")
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path), ",".join(map(str, group)), "3"],
         stdout=subprocess.PIPE,
@@ -635,7 +638,7 @@ def test_refresh_beside_a_busy_writer_only_sees_committed_states(tmp_path, page_
                 refreshes += 1
                 live = set(r.allocated_protected_pages())
                 assert set(group) <= live
-                assert len(list(r.allocated_pages())) == 8
+                assert len(list(r.allocated_pages())) == regular
                 values = [read_stamp(r.protected_page(pid)) for pid in group]
                 if all(r.verify_protected(pid) for pid in group):
                     verified += 1
