@@ -67,6 +67,9 @@ class ReadOnlyPager(_PagerBase):
 
         Growth is picked up; views taken earlier stay valid. On a validation
         error the reader keeps its previous state and the error is raised.
+        The new state is one the writer committed: a commit made while the
+        reader read, or one in progress, makes it look again (no warning);
+        ``OSError`` (``EAGAIN``) only if the writer never pauses for 5 s.
         """
         with self._lock:
             handle = self._usable()
