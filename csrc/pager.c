@@ -416,11 +416,12 @@ static int reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loade
 }
 
 /* A reader keeps looking while the writer commits under it, this long at most
- * (then -EAGAIN: the writer never paused long enough for a copy of pages 0-2
- * and the directory, which takes microseconds); and while what it sees is a
- * commit in progress with nothing moving, this long (then what it sees is
- * taken as a crash's leftover, and reported like one). A dropped entry is
- * looked at again by load_with_retries as well, a dropped block only here. */
+ * (then -EAGAIN: the writer never paused for a whole look, which takes
+ * microseconds, or longer for a file whose free map spans many pages, read
+ * whole by each look); and while what it sees is a commit in progress with
+ * nothing moving, this long (then what it sees is taken as a crash's
+ * leftover, and reported like one). A dropped entry is looked at again by
+ * load_with_retries as well, a dropped block only here. */
 static const double READER_MOVING_LIMIT = 5.0;
 static const double READER_ENTRY_LIMIT = 0.05;
 static const double READER_BLOCK_LIMIT = 0.25;

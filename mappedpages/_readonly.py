@@ -69,7 +69,8 @@ class ReadOnlyPager(_PagerBase):
         error the reader keeps its previous state and the error is raised.
         The new state is one the writer committed: a commit made while the
         reader read, or one in progress, makes it look again (no warning);
-        ``OSError`` (``EAGAIN``) only if the writer never pauses for 5 s.
+        ``OSError`` (``EAGAIN``) only if, for 5 s, the writer commits again
+        before each look is done.
         """
         with self._lock:
             handle = self._usable()
