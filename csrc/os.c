@@ -9,14 +9,15 @@
  * Invariants: [base, base + mapped) is always a MAP_SHARED mapping of the
  * file, writable for a writer and PROT_READ for a reader (so no store through
  * a reader's mapping can reach the file, or land in a private copy that stops
- * following it); the rest of the reserved range is PROT_NONE, so a stray access faults
- * instead of touching another object. Growth replaces part of the PROT_NONE
- * range with MAP_FIXED, which swaps the pages atomically. When the file
- * outgrows its range (address space is finite: a range is reserved for a
- * multiple of the file, not for the largest file), it is mapped whole into a
- * new, larger range, and the old range stays mapped until the pager is
+ * following it); the rest of the reserved range is PROT_NONE, so a stray
+ * access faults instead of touching another object. Growth replaces part of
+ * the PROT_NONE range with MAP_FIXED, which swaps the pages atomically. When
+ * the file outgrows its range (address space is finite: a range is reserved
+ * for a multiple of the file, not for the largest file), it is mapped whole
+ * into a new, larger range, and the old range stays mapped until the pager is
  * released: every address handed out stays valid, and both ranges show the
- * same pages of the page cache.
+ * same pages of the page cache. In a fork child every range is mapped again
+ * read-only from a new open file description (os_map_share_read_only).
  */
 #include "mp_internal.h"
 
@@ -278,7 +279,10 @@ static int reopen_read_only(int fd, int *out_fd)
  * fd; on failure the range becomes zero memory instead. */
 static int share_range(uint8_t *base, uint64_t len, int fd)
 {
-    if (fd >= 0 && mmap(base, (size_t)len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) != MAP_FAILED)
+    void *got = MAP_FAILED;
+    if (fd >= 0)
+        got = mmap(base, (size_t)len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (got != MAP_FAILED)
         return MP_OK;
     int rc = fd >= 0 ? -errno : -EBADF;
     (void)detach_range(base, len);

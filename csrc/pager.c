@@ -474,7 +474,8 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
                 rc = -EAGAIN;
                 break;
             }
-        } else if (rc != MP_OK || !(seconds_since(&still) < reader_saw_a_commit_in_progress(rep))) {
+        } else if (rc != MP_OK ||
+                   !(seconds_since(&still) < reader_saw_a_commit_in_progress(rep))) {
             break;
         } else {
             /* The writer is between two flushes: give it a moment. */
