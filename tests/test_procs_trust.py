@@ -18,9 +18,11 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -300,6 +302,47 @@ def test_fork_child_views_survive_a_deleted_file(writer):
     out, sig = in_child(child)
     assert sig == 0, f"the child died of signal {sig}"
     assert out == "02020202"
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux permission check on /proc/self/fd")
+def test_fork_child_views_read_zeros_when_the_file_cannot_open_again():
+    """The documented fallback: no read permission, so the views become zero memory.
+
+    Never unmapped memory, never a signal. Runs in a child interpreter, as an
+    unprivileged user when the tests run as root (root may open anything).
+    """
+    # Not under tmp_path: pytest keeps its folders private to the user.
+    folder = Path(tempfile.mkdtemp(prefix="mappedpages-procs-"))
+    os.chmod(folder, 0o777)
+    code = textwrap.dedent(
+        f"""
+        import os
+        import mappedpages  # imported first: the unprivileged user may not read it
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        path = {str(folder / "locked.mpp")!r}
+        p = mappedpages.Pager.create(path)
+        pid = p.alloc()
+        view = p.page(pid)
+        view[:4] = b"data"
+        os.chmod(path, 0)
+        child = os.fork()
+        if child == 0:
+            os._exit(7 if bytes(view[:4]) == bytes(4) else 8)
+        _, status = os.waitpid(child, 0)
+        print(os.WIFSIGNALED(status) and os.WTERMSIG(status), os.WEXITSTATUS(status))
+        print(bytes(view[:4]).decode())
+        """
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.stdout.split() == ["False", "7", "data"], proc.stdout
 
 
 def test_fork_child_write_through_inherited_view_never_reaches_the_file(writer):
