@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 import warnings
+from array import array
 from pathlib import Path
 
 import pytest
@@ -458,6 +459,45 @@ def test_reader_maps_read_only_shared_also_after_growth(writer):
         assert perms.count("rw-s") == 1
         assert all(x in ("rw-s", "r--s") for x in perms), perms
         assert not any(x.endswith("p") for x in perms), "a private (copy-on-write) mapping"
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc/self/maps")
+def test_moved_ranges_stay_read_only_for_readers_and_fork_children(tmp_path):
+    """Past the first reserved range (256 GiB, sparse): a reader's new range is r--s,
+    and a fork child maps the writer's old and new ranges again, read-only."""
+    path = tmp_path / "far.mpp"
+    big = 65536
+    w = Pager.create(path, big, preallocate=False, grow_step=1 << 40, durability="none")
+    first = w.alloc()
+    old = w.page(first)
+    stamp(old, 5)
+    r = ReadOnlyPager.open(path)
+    n = (256 << 30) // big + 10
+    ids = array("Q", bytes(8 * n))
+    w.alloc_bulk(n, out=ids)
+    far = ids[-1]
+    new = w.page(far)
+    stamp(new, 6)
+    w.sync()  # "none": the state reaches the file at sync
+    r.refresh()
+    assert bytes(r.page(far)[:8]) == (6).to_bytes(8, "little")
+    perms = mapping_perms(path)
+    assert all(x in ("rw-s", "r--s") for x in perms), perms
+    assert perms.count("r--s") >= 2  # the reader's core mapping and its view mapping
+
+    def child():
+        return [read_stamp(old), read_stamp(new), mapping_perms(path)]
+
+    try:
+        out, sig = in_child(child)
+        assert sig == 0
+        assert out[:2] == [5, 6], "a view in the old or the new range lost the file"
+        assert out[2] and all(x == "r--s" for x in out[2]), out[2]
+    finally:
+        old.release()
+        new.release()
+        r.close()
+        w.close()
 
 
 def test_reader_buffers_are_read_only_and_writes_raise_type_error(writer):
