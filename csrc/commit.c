@@ -382,14 +382,19 @@ int mp_pager_finish(mp_pager *p)
 /* For a fork child: never write again, and drop this process's references to
  * the open file description (its descriptor and its mapping), so the writer
  * lock, which belongs to that description, goes away when the parent closes,
- * whatever the child does. Views the child holds stay readable memory. */
+ * whatever the child does. Views the child holds keep reading the file, from
+ * a read-only mapping of a new description (os.c); a reader's mapping is
+ * read-only and lockless already, and is kept. */
 int mp_pager_forget(mp_pager *p)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
+    if (p->no_io)
+        return MP_OK; /* forgotten at an earlier fork already */
     p->no_io = 1;
     p->poisoned = 1;
-    (void)os_map_detach(&p->map);
+    if (!p->read_only)
+        (void)os_map_share_read_only(&p->map);
     if (p->fd >= 0) {
         (void)os_close_file(p->fd);
         p->fd = p->map.fd = -1;

@@ -191,6 +191,7 @@ int mp_pager_close(mp_pager *p);
 int mp_pager_refresh(mp_pager *p, mp_open_report *report);
 int mp_pager_stats(const mp_pager *p, mp_stats *out);
 int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes);
+int mp_pager_fd(const mp_pager *p, int *out_fd);
 int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id);
 int mp_pager_free(mp_pager *p, uint64_t id);
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids);

@@ -227,7 +227,9 @@ int os_lock(int fd, double timeout);
 int os_map_reserve(uint64_t want, uint64_t need, uint64_t limit, int writable, mp_map *m);
 int os_map_extend(mp_map *m, uint64_t new_len);
 void os_map_release(mp_map *m);
-int os_map_detach(mp_map *m);
+/* Fork child: maps every range of the file again, read-only, from a new open
+ * file description (zero memory if the file cannot be opened again). */
+int os_map_share_read_only(mp_map *m);
 int os_flush_range(const mp_map *m, uint64_t offset, uint64_t len);
 int os_sync_file(const mp_map *m);
 int os_sync_dir_of(const char *path);
@@ -260,6 +262,8 @@ typedef struct {
     mp_dir_entry *entries;   /* entries_per_page entries */
     uint8_t *writer_open;    /* one MP_WRITER_* value per slot */
     int dirty;               /* in-memory entries differ from the active copy */
+    uint32_t read_crc;       /* stored CRC of the copy last read: a reader checks
+                                it did not change under it (pager.c) */
 } mp_dir_block;
 
 /* The order of the two commits of a change to both the bitmap (metadata

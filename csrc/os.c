@@ -9,20 +9,24 @@
  * place to hook.
  *
  * Invariants: [base, base + mapped) is always a MAP_SHARED mapping of the
- * file; the rest of the reserved range is PROT_NONE, so a stray access faults
- * instead of touching another object. Growth replaces part of the PROT_NONE
- * range with MAP_FIXED, which swaps the pages atomically. When the file
- * outgrows its range (address space is finite: a range is reserved for a
- * multiple of the file, not for the largest file), it is mapped whole into a
- * new, larger range, and the old range stays mapped until the pager is
+ * file, writable for a writer and PROT_READ for a reader (so no store through
+ * a reader's mapping can reach the file, or land in a private copy that stops
+ * following it); the rest of the reserved range is PROT_NONE, so a stray
+ * access faults instead of touching another object. Growth replaces part of
+ * the PROT_NONE range with MAP_FIXED, which swaps the pages atomically. When
+ * the file outgrows its range (address space is finite: a range is reserved
+ * for a multiple of the file, not for the largest file), it is mapped whole
+ * into a new, larger range, and the old range stays mapped until the pager is
  * released: every address handed out stays valid, and both ranges show the
- * same pages of the page cache.
+ * same pages of the page cache. In a fork child every range is mapped again
+ * read-only from a new open file description (os_map_share_read_only).
  */
 #include "mp_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -249,12 +253,10 @@ int os_map_reserve(uint64_t want, uint64_t need, uint64_t limit, int writable, m
 
 static int map_file_at(const mp_map *m, uint8_t *at, uint64_t start, uint64_t end)
 {
-    /* A reader maps the file private and writable: the views it hands out
-     * are read-only, but Python code can reach the exporting buffer behind a
-     * view (view.obj), and a write through it must not fault. With a private
-     * mapping such a write lands in a private copy, never in the file. */
-    int flags = (m->writable ? MAP_SHARED : MAP_PRIVATE | MAP_NORESERVE) | MAP_FIXED;
-    void *got = mmap(at + start, (size_t)(end - start), PROT_READ | PROT_WRITE, flags, m->fd,
+    /* A reader maps without PROT_WRITE: the Python layer hands out its pages
+     * only through read-only buffers, so nothing can store through it. */
+    int prot = m->writable ? PROT_READ | PROT_WRITE : PROT_READ;
+    void *got = mmap(at + start, (size_t)(end - start), prot, MAP_SHARED | MAP_FIXED, m->fd,
                      (off_t)start);
     return got == MAP_FAILED ? -errno : MP_OK;
 }
@@ -312,10 +314,9 @@ int os_map_extend(mp_map *m, uint64_t new_len)
     return MP_OK;
 }
 
-/* Replaces the file mapping with anonymous zero memory at the same addresses.
- * A mapping holds a reference to the open file description, and with it the
- * writer lock; a fork child uses this to let go of both while any views it
- * inherited stay valid memory (they read zeros from then on). */
+/* Replaces a range with anonymous zero memory at the same addresses: the
+ * fallback when the file cannot be mapped again, so that no address a view
+ * may hold is ever left unmapped. */
 static int detach_range(uint8_t *base, uint64_t len)
 {
     void *got = mmap(base, (size_t)len, PROT_READ | PROT_WRITE,
@@ -323,19 +324,77 @@ static int detach_range(uint8_t *base, uint64_t len)
     return got == MAP_FAILED ? -errno : MP_OK;
 }
 
-int os_map_detach(mp_map *m)
+/* A new open file description of the file behind fd, read-only. It is opened
+ * through the descriptor (not the path, which may name another file by now,
+ * or none) and checked to be the same file. */
+static int reopen_read_only(int fd, int *out_fd)
 {
-    int rc = MP_OK;
+    struct stat was, now;
+    if (fd < 0 || fstat(fd, &was) != 0)
+        return -EBADF;
+    int nfd = -1;
+#if defined(__APPLE__)
+    char path[PATH_MAX];
+    if (fcntl(fd, F_GETPATH, path) != -1)
+        nfd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+#else
+    char path[64];
+    (void)snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    nfd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+#endif
+    if (nfd < 0)
+        return errno ? -errno : -ENOENT;
+    if (fstat(nfd, &now) != 0 || now.st_dev != was.st_dev || now.st_ino != was.st_ino) {
+        close(nfd);
+        return -ESTALE;
+    }
+    *out_fd = nfd;
+    return MP_OK;
+}
+
+/* Maps [base, base + len) to the file from offset 0 again, read-only, from
+ * fd; on failure the range becomes zero memory instead. */
+static int share_range(uint8_t *base, uint64_t len, int fd)
+{
+    void *got = MAP_FAILED;
+    if (fd >= 0)
+        got = mmap(base, (size_t)len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (got != MAP_FAILED)
+        return MP_OK;
+    int rc = fd >= 0 ? -errno : -EBADF;
+    (void)detach_range(base, len);
+    return rc;
+}
+
+/* A fork child inherits the writer's descriptor and mapping, and both hold a
+ * reference to the open file description that carries the writer lock (an
+ * flock). Here every range the file is mapped at is mapped again, read-only
+ * and shared, from a new open file description that holds no lock, at the
+ * same addresses: views the child inherited keep showing the file, including
+ * what the parent writes later, and once the caller closes the inherited
+ * descriptor the child holds nothing of the locked description. Should the
+ * file not open again (no /proc, no permission), the ranges become zero
+ * memory; either way no address is left unmapped. */
+int os_map_share_read_only(mp_map *m)
+{
+    int fd = -1;
+    int rc = reopen_read_only(m->fd, &fd);
     for (uint32_t i = 0; i < m->retired_count; i++) {
-        int r = detach_range(m->retired[i].base, m->retired[i].len);
-        if (r != MP_OK)
+        int r = share_range(m->retired[i].base, m->retired[i].len, fd);
+        if (r != MP_OK && rc == MP_OK)
             rc = r;
     }
-    if (!m->base || m->mapped == 0)
-        return rc;
-    uint64_t ps = os_page_size();
-    int r = detach_range(m->base, (m->mapped + ps - 1) & ~(ps - 1));
-    return r != MP_OK ? r : rc;
+    if (m->base && m->mapped > 0) {
+        uint64_t ps = os_page_size();
+        int r = share_range(m->base, (m->mapped + ps - 1) & ~(ps - 1), fd);
+        if (r != MP_OK && rc == MP_OK)
+            rc = r;
+    }
+    /* The mappings hold their own reference to the new description. */
+    if (fd >= 0)
+        close(fd);
+    m->writable = 0;
+    return rc;
 }
 
 void os_map_release(mp_map *m)

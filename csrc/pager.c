@@ -393,17 +393,104 @@ void pager_release_bit(mp_pager *p, uint64_t id)
 static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
                       mp_open_report *rep, int *page0_stale);
 
+/* After a reader loaded: did a writer commit while it read? Every commit a
+ * reader can see changes pages 0-2 (page 0 for the directory, a metadata copy,
+ * with a higher generation, for the rest), except that page 0 may come back
+ * to the very bytes it had (a protected write that flips a block and one that
+ * flips it back); then the directory copy read in between was rewritten, and
+ * a rewritten copy has a new stored CRC. A directory copy is only rewritten
+ * once page 0 names the other one, so if neither changed, every page read was
+ * as loaded at the moment pages 0-2 were read again: one committed state. */
+static int reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded)
+{
+    /* The rereads below must not be done before the reads of the load. */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (memcmp(snap, pager_page_ptr(p, 0), (size_t)p->page_size * MP_RESERVED_PAGES) != 0)
+        return 1;
+    for (uint32_t i = 0; loaded && i < p->dir_count; i++) {
+        const mp_dir_ref *r = &p->refs[i];
+        uint64_t id = r->active ? r->page_b : r->page_a;
+        /* A block salvage emptied names no page in the file: nothing was read. */
+        if (id >= p->map.mapped / p->page_size)
+            continue;
+        const uint8_t *page = pager_page_ptr(p, id);
+        if (mp_load_u32(page + p->page_size - 4) != p->dirs[i].read_crc)
+            return 1;
+    }
+    return 0;
+}
+
+/* A reader keeps looking while the writer commits under it, this long at most
+ * (then -EAGAIN: the writer never paused for a whole look, which takes
+ * microseconds, or longer for a file whose free map spans many pages, read
+ * whole by each look); and while what it sees is a commit in progress with
+ * nothing moving, this long (then what it sees is taken as a crash's
+ * leftover, and reported like one). A dropped entry is looked at again by
+ * load_with_retries as well, a dropped block only here. */
+static const double READER_MOVING_LIMIT = 5.0;
+static const double READER_ENTRY_LIMIT = 0.05;
+static const double READER_BLOCK_LIMIT = 0.25;
+
+/* What a reader sees between the two commit points of a v0.2 protected alloc
+ * or free: a directory entry or block whose pages the bitmap does not count
+ * (yet, or any more). From a writer, who holds the lock, that is what a crash
+ * left; beside a live writer it is a commit in progress. Returns how long to
+ * wait for it with nothing moving, or 0 when it is not that. */
+static double reader_saw_a_commit_in_progress(const mp_open_report *rep)
+{
+    if (rep->flags & MP_REC_DIR_FALLBACK)
+        return 0;
+    if (rep->flags & MP_REC_DIR_BLOCK_DROPPED)
+        return READER_BLOCK_LIMIT;
+    return (rep->flags & MP_REC_DIR_ENTRY_DROPPED) ? READER_ENTRY_LIMIT : 0;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
 /* Works on a private copy of pages 0-2: a reader shares the file with a
  * writer that may rewrite them while they are being read, and each page must
- * be checked and used as one consistent version. */
+ * be checked and used as one consistent version. A reader also checks, once
+ * it has loaded, that the writer committed nothing meanwhile, and otherwise
+ * looks again: the state it keeps is one the writer committed, never the
+ * bitmap of one commit with a directory page of a later one. */
 static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *page0_stale)
 {
     uint64_t bytes = (uint64_t)p->page_size * MP_RESERVED_PAGES;
     uint8_t *snap = malloc(bytes);
     if (!snap)
         return MP_ENO_MEMORY;
-    memcpy(snap, pager_page_ptr(p, 0), bytes);
-    int rc = load_pages(p, snap, file_len, rep, page0_stale);
+    struct timespec start, still;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    still = start;
+    int rc;
+    for (;;) {
+        memcpy(snap, pager_page_ptr(p, 0), bytes);
+        rc = load_pages(p, snap, file_len, rep, page0_stale);
+        if (!p->read_only || rc == MP_ENO_MEMORY)
+            break;
+        if (reader_saw_a_commit(p, snap, rc == MP_OK)) {
+            clock_gettime(CLOCK_MONOTONIC, &still);
+            if (seconds_since(&start) > READER_MOVING_LIMIT) {
+                rc = -EAGAIN;
+                break;
+            }
+        } else if (rc != MP_OK ||
+                   !(seconds_since(&still) < reader_saw_a_commit_in_progress(rep))) {
+            break;
+        } else {
+            /* The writer is between two flushes: give it a moment. */
+            struct timespec nap = {0, 500 * 1000};
+            nanosleep(&nap, NULL);
+        }
+        dir_release(p);
+        memset(rep, 0, sizeof *rep);
+        *page0_stale = 0;
+    }
     free(snap);
     return rc;
 }
@@ -1158,6 +1245,18 @@ int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes
         return MP_EINVALID_ARGUMENT;
     *base = p->map.base;
     *reserved_bytes = p->map.reserved;
+    return MP_OK;
+}
+
+/* The pager's descriptor, for a reader's Python layer to map the file again
+ * read-only (its views come from there: see _readonly.py). */
+int mp_pager_fd(const mp_pager *p, int *out_fd)
+{
+    if (!p || !out_fd)
+        return MP_EINVALID_ARGUMENT;
+    if (p->fd < 0)
+        return MP_EUNAVAILABLE;
+    *out_fd = p->fd;
     return MP_OK;
 }
 

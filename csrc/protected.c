@@ -143,11 +143,21 @@ static int entry_verdict(const mp_pager *p, const mp_dir_entry *e, int from_fall
 }
 
 /* Parses a directory page from a private copy (a reader may be racing a
- * writer that rewrites the page). */
-static int dir_page_read(mp_pager *p, uint64_t id, mp_dir_entry *entries)
+ * writer that rewrites the page), and notes the copy's stored CRC: a reader
+ * checks afterwards that the page still holds it (pager.c, load_state). */
+static int dir_page_entries(mp_pager *p, uint64_t id, mp_dir_entry *entries, uint32_t *crc)
 {
     memcpy(p->scratch, pager_page_ptr(p, id), p->page_size);
+    if (crc)
+        *crc = mp_load_u32(p->scratch + p->page_size - 4);
     return fmt_dir_page_read(p->scratch, p->page_size, entries);
+}
+
+/* Reads a block's page, keeping its stored CRC so a reader can tell later
+ * whether the page changed under it. */
+static int dir_page_read(mp_pager *p, uint64_t id, mp_dir_block *block)
+{
+    return dir_page_entries(p, id, block->entries, &block->read_crc);
 }
 
 /* A block appended to page 0 whose pages no committed bitmap counts yet
@@ -192,7 +202,7 @@ static uint64_t block_need(mp_pager *p, const mp_dir_ref *r, uint64_t limit,
         return 0;
     uint64_t need = (r->page_a > r->page_b ? r->page_a : r->page_b) + 1;
     /* An active copy that does not parse proves no entry current. */
-    if (dir_page_read(p, ref_page(r, r->active), entries) != MP_OK)
+    if (dir_page_entries(p, ref_page(r, r->active), entries, NULL) != MP_OK)
         memset(entries, 0, p->epp * sizeof *entries);
     for (uint32_t s = 0; s < p->epp; s++) {
         mp_dir_entry *e = &entries[s];
@@ -279,7 +289,7 @@ static int block_read(mp_pager *p, mp_open_report *rep, uint32_t i)
         p->dirs[i].dirty = 1;
         return MP_OK;
     }
-    int rc = have[r->active] ? dir_page_read(p, ref_page(r, r->active), p->dirs[i].entries)
+    int rc = have[r->active] ? dir_page_read(p, ref_page(r, r->active), &p->dirs[i])
                              : MP_ECORRUPT_PROTECTED_DIRECTORY;
     if (rc == MP_OK) {
         /* The inactive copy is the one the next change writes. */
@@ -290,7 +300,7 @@ static int block_read(mp_pager *p, mp_open_report *rep, uint32_t i)
         return MP_OK;
     }
     if (!have[!r->active] ||
-        dir_page_read(p, ref_page(r, !r->active), p->dirs[i].entries) != MP_OK)
+        dir_page_read(p, ref_page(r, !r->active), &p->dirs[i]) != MP_OK)
         return MP_ECORRUPT_PROTECTED_DIRECTORY;
     r->active ^= 1u;
     /* dirty doubles as "read from the fallback copy" until the entries below

@@ -4,11 +4,17 @@ A pager's pages are handed out as slices of one memoryview over the address
 range the C core reserved for the file. Growth maps more of the file into it;
 a file that outgrows it is mapped into a larger range, and the old range stays
 mapped (both show the same pages), so a view stays valid as the file grows. The
-views are the buffer of a cffi object whose lifetime we watch through a weak
-reference: ``close()`` unmaps only when no view, slice of a view, or object
-built on one (a NumPy array, say) is left, and raises ``BufferError``
+views are the buffer of an exporter object (a cffi buffer over the writer's
+mapping; a read-only ``mmap`` for a reader) whose lifetime we watch through a
+weak reference: ``close()`` unmaps only when no view, slice of a view, or
+object built on one (a NumPy array, say) is left, and raises ``BufferError``
 otherwise, as ``mmap.close()`` does. If the pager object is dropped while views
 live, the C handle is released when the last view goes.
+
+After ``fork()`` the child's pagers refuse every call (``Unavailable``), and
+the core maps the file again at the same addresses, read-only and from a new
+open file description: views the child inherited keep showing the file, and
+the child holds nothing of the writer's lock.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ _META_PROBLEMS = {
 
 # Pagers alive in this process, so a fork child can mark them unusable.
 _LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
+# Open C handles, by the object that owns each (and closes it when collected):
+# a pager object may be gone while views keep its handle, mapping and lock
+# alive, and a fork child must let go of those too.
+_HANDLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _after_fork_in_child() -> None:
@@ -55,8 +65,10 @@ def _after_fork_in_child() -> None:
         # A thread of the parent may have held the lock at fork time; it does
         # not exist here, so the child gets a fresh lock (and then Unavailable).
         pager._lock = threading.RLock()
-        if pager._mv is not None:
-            lib.mp_pager_forget(pager._handle)
+    for handle in list(_HANDLES.values()):
+        # Never writes again; inherited views turn read-only but keep reading
+        # the file (a store through one faults in the child).
+        lib.mp_pager_forget(handle)
 
 
 if hasattr(os, "register_at_fork"):
@@ -263,6 +275,8 @@ class _PagerBase:
         # The buffer keeps `owner` alive, and `owner` closes the C pager when
         # collected: so the mapping outlives every view, whatever the order.
         self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_close(raw))
+        _HANDLES[self._owner] = raw
+        self._first_owner = weakref.ref(self._owner)
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
         self._stats = ffi.new("mp_stats *")
@@ -292,11 +306,15 @@ class _PagerBase:
             # larger one; the old range stays mapped for the views made there.
             # The new owner keeps the old one (and so the pager) alive.
             self._owner = ffi.gc(base[0], lambda _ptr, _older=self._owner: None)
-        buf = ffi.buffer(self._owner, self._mv_len)
+        buf = self._exporter(self._mv_len)
         self._exporters = [r for r in self._exporters if r() is not None]
         self._exporters.append(weakref.ref(buf))
         self._mv = memoryview(buf)
-        self._ro = self._mv.toreadonly()
+        self._ro = self._mv if self._mv.readonly else self._mv.toreadonly()
+
+    def _exporter(self, length: int) -> Any:
+        """The object whose buffer the views are slices of (``view.obj``)."""
+        return ffi.buffer(self._owner, length)
 
     def _refresh_stats(self) -> None:
         stats = self._stats
@@ -521,7 +539,9 @@ class _PagerBase:
 
         Raises ``BufferError``, and leaves the pager open, while views of its
         pages are alive (as ``mmap.close()`` does). Closing does not flush data
-        written through views: call ``sync()`` first for that.
+        written through views: call ``sync()`` first for that. In a fork child
+        closing an inherited pager always succeeds: it writes nothing, and the
+        mapping is released with the last inherited view.
         """
         with self._lock:
             if self._mv is None:
@@ -530,16 +550,33 @@ class _PagerBase:
             self._mv.release()
             self._ro.release()
             self._mv = self._ro = None
-            if any(r() is not None for r in self._exporters):
+            views_alive = any(r() is not None for r in self._exporters)
+            if self._forked:
+                # A fork child never writes and holds no lock (the fork handler
+                # let go of both), so its close always succeeds. Views it
+                # inherited may be alive (they are the parent's objects too): the
+                # mapping then goes with the last of them.
+                _LIVE.discard(self)
+                if not views_alive:
+                    self._release()
+                return
+            if views_alive:
                 self._mv_len = 0
                 self._bind_views()
                 raise BufferError("cannot close a pager while views of its pages exist")
             # Write what a lazy durability mode deferred; report a failure, but
             # release the file either way.
-            rc = 0 if self._forked else lib.mp_pager_finish(self._handle)
+            rc = lib.mp_pager_finish(self._handle)
             _LIVE.discard(self)
-            ffi.release(self._owner)
+            self._release()
             self._check(rc, "close")
+
+    def _release(self) -> None:
+        # The handle is closed now: a later fork must not touch it.
+        first = self._first_owner()
+        if first is not None:
+            _HANDLES.pop(first, None)
+        ffi.release(self._owner)
 
     def __enter__(self: Any) -> Any:
         return self

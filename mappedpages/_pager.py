@@ -542,12 +542,14 @@ class Pager(_PagerBase):
 
         Not allowed inside a transaction block (``ValueError``), nor while a
         :class:`ProtectedWriter` is open (``BufferError``, as for a view: its
-        staged bytes would be lost).
+        staged bytes would be lost), except in a fork child, where it always
+        succeeds (the thread that was inside the block at fork time does not
+        exist there).
         """
         with self._lock:
-            if self._txn_depth and self._mv is not None:
+            if self._txn_depth and self._mv is not None and not self._forked:
                 raise ValueError("close() inside a transaction; leave the block first")
-            if self._mv is not None and len(self._writers):
+            if self._mv is not None and len(self._writers) and not self._forked:
                 pids = ", ".join(map(str, sorted(self._writers.keys())))
                 raise BufferError(
                     f"cannot close a pager while a ProtectedWriter is open on protected "
