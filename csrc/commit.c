@@ -220,6 +220,9 @@ static void pending_clear(mp_pager *p)
 {
     if (p->pending_count == 0)
         return;
+    /* Durable now; readers.c releases the pages no live reader can see. */
+    if (readers_settle(p))
+        return;
     for (uint64_t w = p->pending_lo; w <= p->pending_hi; w++) {
         if (!p->pending[w])
             continue;
@@ -393,6 +396,7 @@ int mp_pager_forget(mp_pager *p)
         return MP_OK; /* forgotten at an earlier fork already */
     p->no_io = 1;
     p->poisoned = 1;
+    readers_forget(p, 0);
     if (!p->read_only)
         (void)os_map_share_read_only(&p->map);
     if (p->fd >= 0) {

@@ -48,8 +48,9 @@ enum mp_error {
     MP_ENO_WRITER = 17,
     MP_ESUBPAGE_OWNED = 18,         /* the pager handed a sub-page allocator a page it
                                        already holds (freed in the pager behind its back) */
-    MP_EFILE_TRUNCATED = 19         /* a valid newest commit counts pages past the end of the
+    MP_EFILE_TRUNCATED = 19,        /* a valid newest commit counts pages past the end of the
                                        file: the file was cut (open with salvage to roll back) */
+    MP_EREADERS_FULL = 20           /* every slot of the reader table is held by a live reader */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -240,6 +241,33 @@ int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_mask
  * or n when it holds none of them. Reads only the allocator's own memory. */
 int mp_subpage_find_held(const mp_subpage *s, const uint64_t *pages, uint64_t n,
                          uint64_t *out_index);
+
+/* Reader snapshots (readers.c). The reader table is a separate file beside
+ * the data file (FORMAT.md, "Reader table"). A writer attaches to it once,
+ * after open; from then on it defers the reuse of freed pages that a live
+ * reader's snapshot may still have allocated. */
+int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers);
+/* Pages freed, durable, and held back for live readers. */
+int mp_readers_pinned(mp_pager *p, uint64_t *out_count);
+/* Times the writer read the table to release pins (tests of its cache). */
+int mp_readers_scans(const mp_pager *p, uint64_t *out_count);
+/* A reader takes a slot (MP_EREADERS_FULL when none is free) and makes sure
+ * its state is one the writer cannot reuse pages of. */
+int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *report);
+/* The reader's slot, or -1 when it holds none. */
+int mp_reader_slot(const mp_pager *p, int64_t *out_slot);
+/* Moves a reader to the newest commit; *out_changed says whether it moved.
+ * Costs a comparison of pages 0-2 when nothing was committed. */
+int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed);
+/* The live readers (dead slots are cleared on the way). */
+int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_t *out_pages,
+                    uint64_t *out_start_ns, uint64_t capacity, uint64_t *out_n);
+/* A reader of the writer's latest commit on a new descriptor of the same
+ * file (not opened again by name), registered in the table. */
+int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
+                      mp_open_report *report);
+/* The CRC a protected page's directory entry records for its content. */
+int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc);
 
 /* CDEF-END */
 

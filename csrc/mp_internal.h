@@ -326,6 +326,7 @@ struct mp_pager {
     int salvage;             /* open may discard acknowledged state it cannot keep */
     int meta_fell_back;      /* open chose the older metadata copy: the newer one failed */
     uint64_t file_pages;     /* whole pages in the file as open found it */
+    struct mp_readers *rd;   /* reader table and pins (readers.c), or NULL */
 };
 
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
@@ -385,5 +386,25 @@ void dir_flip_dirty(mp_pager *p);
 int dir_any_dirty(const mp_pager *p);
 /* Block b's reference changed: its index page must be rewritten. */
 void dir_ref_changed(mp_pager *p, uint64_t b);
+
+/* ---- readers.c: the reader table, pinned pages, reader fingerprints ---- */
+
+typedef struct mp_readers mp_readers;
+/* Opens the data file on fd (already locked for a writer); owns fd. */
+int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report *report);
+/* Did the writer commit since pages 0-2 read as snap? (pager.c) */
+int pager_reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded);
+/* A freed page: returns 1 when it is held back (pending) for readers. */
+int readers_pin(mp_pager *p, uint64_t id);
+/* The frees so far are durable: returns 1 when readers.c took over the
+ * pending map (then pages are released as readers allow). */
+int readers_settle(mp_pager *p);
+/* After a rollback reloaded the committed state: pin the durable frees again. */
+void readers_after_reload(mp_pager *p);
+/* A reader loaded the state pages 0-2 read as in snap. */
+void readers_note_loaded(mp_pager *p, const uint8_t *snap);
+/* Lets go of the table (clearing the slot only when clear is set). */
+void readers_forget(mp_pager *p, int clear);
+void readers_release(mp_pager *p);
 
 #endif /* MP_INTERNAL_H */

@@ -89,6 +89,7 @@ static void pager_destroy(mp_pager *p)
 {
     if (!p)
         return;
+    readers_release(p);
     dir_release(p);
     os_map_release(&p->map);
     os_free_zeroed(p->bits, p->map_bytes);
@@ -368,7 +369,10 @@ void pager_release_bit(mp_pager *p, uint64_t id)
     bitmap_clear(p->bits, id);
     p->free_count++;
     p->changed = 1;
-    if (p->txn_depth > 0 || p->durability == MP_DURABILITY_NONE) {
+    /* With a reader table the page is also held back for readers whose
+     * snapshot has it allocated (readers.c). */
+    int pinned = readers_pin(p, id);
+    if (p->txn_depth > 0 || p->durability == MP_DURABILITY_NONE || pinned) {
         /* Until the free is durable the page belongs to the durable state; a
          * new owner's writes must not reach it before then. */
         if (!bitmap_get(p->pending, id)) {
@@ -401,7 +405,7 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
  * a rewritten copy has a new stored CRC. A directory copy is only rewritten
  * once page 0 names the other one, so if neither changed, every page read was
  * as loaded at the moment pages 0-2 were read again: one committed state. */
-static int reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded)
+int pager_reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded)
 {
     /* The rereads below must not be done before the reads of the load. */
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -473,7 +477,7 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
         rc = load_pages(p, snap, file_len, rep, page0_stale);
         if (!p->read_only || rc == MP_ENO_MEMORY)
             break;
-        if (reader_saw_a_commit(p, snap, rc == MP_OK)) {
+        if (pager_reader_saw_a_commit(p, snap, rc == MP_OK)) {
             clock_gettime(CLOCK_MONOTONIC, &still);
             if (seconds_since(&start) > READER_MOVING_LIMIT) {
                 rc = -EAGAIN;
@@ -491,6 +495,9 @@ static int load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *
         memset(rep, 0, sizeof *rep);
         *page0_stale = 0;
     }
+    /* What an idle refresh compares against (readers.c). */
+    if (rc == MP_OK && p->read_only)
+        readers_note_loaded(p, snap);
     free(snap);
     return rc;
 }
@@ -842,6 +849,7 @@ int pager_load_committed(mp_pager *p, mp_open_report *rep)
             p->dirs[b].writer_open[s] = MP_WRITER_OPEN;
     }
     free(pids);
+    readers_after_reload(p);
     return MP_OK;
 }
 
@@ -994,6 +1002,7 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     int rc = open_checked(path, opts, &want_size);
     if (rc != MP_OK)
         return rc;
+    (void)want_size; /* checked here, used by pager_open_fd */
     if (!out || !report || opts->durability < MP_DURABILITY_COMPAT ||
         opts->durability > MP_DURABILITY_NONE)
         return MP_EINVALID_ARGUMENT;
@@ -1007,6 +1016,13 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         (void)os_close_file(fd);
         return rc;
     }
+    return pager_open_fd(fd, opts, out, report);
+}
+
+int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report *report)
+{
+    uint32_t want_size = opts->page_size;
+    int rc;
     uint64_t size;
     uint8_t head[MP_SB_SIZE];
     size_t got = 0;

@@ -505,6 +505,15 @@ int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
     return rc;
 }
 
+int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc)
+{
+    mp_dir_entry *e;
+    int rc = lookup_live(p, pid, out_crc, &e);
+    if (rc == MP_OK)
+        *out_crc = e->crc;
+    return rc;
+}
+
 int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
                          uint64_t *out_page_b)
 {

@@ -50,6 +50,7 @@ from mappedpages._errors import (
     Locked,
     MappedPageError,
     OutOfBounds,
+    ReadersFull,
     RecoveryWarning,
     ReservedPage,
     Unavailable,
@@ -57,6 +58,7 @@ from mappedpages._errors import (
 )
 from mappedpages._pager import Pager
 from mappedpages._protected import ProtectedWriter
+from mappedpages._readers import ReaderInfo
 from mappedpages._readonly import ReadOnlyPager
 from mappedpages._subpage import SubPageAllocator
 from mappedpages._types import PageId, ProtectedPageId, SubPageId
@@ -84,6 +86,8 @@ __all__ = [
     "SubPageAllocator",
     "ProtectedWriter",
     "ReadOnlyPager",
+    "ReaderInfo",
+    "ReadersFull",
     "RecoveryWarning",
     "ReservedPage",
     "Unavailable",

@@ -36,6 +36,7 @@ from mappedpages._errors import (
     Unavailable,
     raise_for,
 )
+from mappedpages._readers import ReaderInfo, list_readers
 from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
@@ -505,6 +506,17 @@ class _PagerBase:
             ok = ffi.new("int *")
             self._check(lib.mp_protected_verify(handle, pid, ok), f"protected page {pid}")
             return bool(ok[0])
+
+    def readers(self) -> list[ReaderInfo]:
+        """The live snapshot readers of this file, oldest generation first.
+
+        Each is a :class:`ReaderInfo` (pid, generation, age in seconds, page
+        count); slots left by processes that died are cleared on the way.
+        A pager that holds no reader table (a reader opened with
+        ``snapshot=False``) lists none.
+        """
+        with self._lock:
+            return list_readers(self._usable())
 
     def _run_view(self, first_page: object, count: object, readonly: bool) -> memoryview:
         first = as_id(first_page)

@@ -86,6 +86,10 @@ class Locked(MappedPageError, BlockingIOError):
     """Another writer holds the file's lock."""
 
 
+class ReadersFull(MappedPageError):
+    """Every slot of the reader table is held by a live reader (see ``max_readers``)."""
+
+
 class RecoveryWarning(UserWarning):
     """Open found damage and recovered from it (what was discarded is in the message)."""
 
@@ -132,6 +136,10 @@ ERRORS: dict[int, tuple[type[Exception], str]] = {
     lib.MP_EFILE_TRUNCATED: (
         FileTruncated,
         "the file is shorter than its newest commit: it was cut",
+    ),
+    lib.MP_EREADERS_FULL: (
+        ReadersFull,
+        "every slot of the reader table is held by a live reader (the writer's max_readers)",
     ),
 }
 

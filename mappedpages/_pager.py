@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import threading
 import warnings
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from mappedpages._base import (
     _U64_LIMIT,
@@ -39,7 +40,17 @@ from mappedpages._errors import (
     WriterOpen,
 )
 from mappedpages._protected import ProtectedWriter
+from mappedpages._readers import (
+    DEFAULT_MAX_READERS,
+    check_max_readers,
+    pinned_pages,
+    table_error,
+    table_path,
+)
 from mappedpages._types import PageId, ProtectedPageId
+
+if TYPE_CHECKING:
+    from mappedpages._readonly import ReadOnlyPager
 
 _T = TypeVar("_T")
 _alloc = lib.mp_pager_alloc
@@ -205,23 +216,37 @@ class Pager(_PagerBase):
         durability: str = "compat",
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
+        max_readers: int = DEFAULT_MAX_READERS,
     ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
         ``page_size`` must be a power of two of at least 1024 (else
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
-        lock is taken as for :meth:`open`; ``durability``, ``grow_step`` and
-        ``preallocate`` as for :meth:`open`.
+        lock is taken as for :meth:`open`; ``durability``, ``grow_step``,
+        ``preallocate`` and ``max_readers`` as for :meth:`open`.
         """
         size = _check_page_size(page_size, allow_none=False)
+        readers = check_max_readers(max_readers)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
         opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
         raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
+        pager._attach_readers(raw, readers)
         return pager
+
+    def _attach_readers(self, raw: bytes, max_readers: int) -> None:
+        # The reader table: from here on a page freed is not handed out again
+        # while a live reader's snapshot may have it allocated.
+        rc = lib.mp_readers_attach(self._handle, table_path(raw), max_readers)
+        if rc != 0:
+            self.close()
+            err = table_error(rc, self._path)
+            if err is not None:
+                raise err
+            raise_for_rc(rc, "reader table", self._path)
 
     @classmethod
     def open(
@@ -234,6 +259,7 @@ class Pager(_PagerBase):
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
         salvage: bool = False,
+        max_readers: int = DEFAULT_MAX_READERS,
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
@@ -268,8 +294,16 @@ class Pager(_PagerBase):
         (``posix_fallocate``), so a full disk is an ``OSError`` here;
         ``preallocate=False`` grows the file sparsely, and then a write through
         a view to a page on a full disk kills the process with ``SIGBUS``.
+
+        ``max_readers`` (default 126) bounds the reader table beside the file
+        (``<path>-readers``, created with the file's permission bits): a
+        snapshot reader past it gets :class:`ReadersFull`; 0 admits none. A
+        page freed is not handed out again while a live reader's snapshot
+        has it allocated (see :attr:`pinned_free_pages`); a table that cannot
+        be created or written raises ``PermissionError``.
         """
         size = _check_page_size(page_size, allow_none=True)
+        readers = check_max_readers(max_readers)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
         report = ffi.new("mp_open_report *")
@@ -278,6 +312,7 @@ class Pager(_PagerBase):
         raise_for_open(lib.mp_pager_open(raw, opts, out, report), report, text, raw, size)
         pager = cls(out[0], text)
         pager._durability = durability
+        pager._attach_readers(raw, readers)
         pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)
         return pager
@@ -556,6 +591,40 @@ class Pager(_PagerBase):
                     f"page(s) {pids}; commit or discard it first"
                 )
             super().close()
+
+    # ------------------------------------------------------------ readers
+
+    @property
+    def pinned_free_pages(self) -> int:
+        """Pages freed (durably) but not handed out again: a live reader's snapshot has them.
+
+        They are reused once every reader that holds a commit in which they
+        were allocated has refreshed past it or closed; until then the file
+        grows instead. See :meth:`readers`.
+        """
+        with self._lock:
+            return pinned_pages(self._usable())
+
+    def snapshot(self) -> ReadOnlyPager:
+        """Return a reader of the latest commit, for threads that read while others write.
+
+        The same type and guarantee as :meth:`ReadOnlyPager.open` with
+        ``snapshot=True``, on a new descriptor of this pager's file (the path
+        is not opened again). Inside a transaction it shows the commit before
+        the transaction; in ``"none"`` mode the commits made so far are
+        written first. Raises :class:`ReadersFull` when the table is full.
+        """
+        from mappedpages._readonly import ReadOnlyPager
+
+        with self._lock:
+            handle = self._usable()
+            out = ffi.new("mp_pager **")
+            report = ffi.new("mp_open_report *")
+            raw = os.fsencode(self._path)
+            self._check(lib.mp_pager_snapshot(handle, table_path(raw), out, report), "snapshot")
+        reader = ReadOnlyPager(out[0], self._path)
+        reader._became_snapshot()
+        return reader
 
     def lock(self) -> Any:
         """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls.

@@ -1,0 +1,678 @@
+/*
+ * readers.c - reader snapshots: the reader table beside the file, and the
+ * writer's deferral of page reuse under live readers.
+ *
+ * Owns: the file "<path>-readers" (its layout is FORMAT.md's "Reader table"),
+ * a reader's slot in it, the writer's list of pinned pages (freed, durable,
+ * but possibly still allocated in a live reader's snapshot) and a reader's
+ * fingerprint of the state it loaded (what makes an idle refresh cheap).
+ *
+ * The table: a 64-byte header, then `capacity` slots of 64 bytes. A slot is
+ * held by one reader for its life, under an fcntl lock on the slot's bytes
+ * (an open-file-description lock where the system has them, so it belongs to
+ * the reader's own descriptor: other readers in the same process, threads
+ * and fork children do not disturb it). The lock is the only proof of life:
+ * a slot whose bytes say "used" but whose lock can be taken belonged to a
+ * process that died, and whoever takes the lock clears it.
+ *
+ * Invariants, and the reasoning behind them:
+ *   - A page freed while the writer's newest written generation was C was
+ *     allocated in generations <= C only. It is handed out again only once
+ *     its free is durable and every live slot holds a generation > C.
+ *   - A slot's generation is never above the generation of the state its
+ *     reader holds: a reader claims its slot with generation 0 (pins all)
+ *     before it checks that the state it loaded is still the newest, and
+ *     publishes a newer generation only after loading it. So a lower slot
+ *     value only ever pins more.
+ *   - Writer: it stores its commit (the metadata copy), then scans; reader:
+ *     it stores its slot, then checks the commit. A full fence on each side
+ *     (and the system calls around them) means one of them sees the other:
+ *     either the scan sees the slot (and pins), or the reader sees the newer
+ *     commit (and loads it). Hence the bound the writer caches, the least of
+ *     the live slots' generations and its own at the time of the scan, stays
+ *     a bound on every reader that registers later, and the table is read
+ *     only when a pinned page would be released and that bound forbids it.
+ *   - Nothing read from the table is trusted beyond its own slot: sizes are
+ *     clamped, and a slot with a wild generation only pins more pages.
+ */
+#include "mp_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RD_MAGIC "MPREADRS"
+#define RD_VERSION 1u
+#define RD_HEADER 64u
+#define RD_SLOT 64u
+#define RD_DEFAULT_MAX 126u
+#define RD_MAX_SLOTS 65536u
+
+typedef struct {
+    uint64_t id;
+    uint64_t gen;            /* the writer's written generation when freed */
+} rd_pin;
+
+struct mp_readers {
+    int fd;                  /* the table, or -1 */
+    int64_t slot;            /* a reader's slot, or -1 */
+    /* writer */
+    rd_pin *pins;            /* FIFO, ordered by gen */
+    uint64_t head, durable, tail, cap;
+    uint64_t bound;          /* no live or future reader holds a generation below */
+    uint32_t scans;          /* table reads, for tests of the cached bound */
+    /* reader */
+    uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
+    int fp_valid;
+};
+
+/* ---------------------------------------------------------------- locks */
+
+#if defined(F_OFD_SETLK)
+#define RD_SETLK F_OFD_SETLK
+#define RD_SETLKW F_OFD_SETLKW
+#define RD_OFD 1
+#else
+/* Classic fcntl locks belong to the process, not the descriptor: a second
+ * reader in the same process could take a slot the first holds, and closing
+ * any descriptor of the table drops all of the process's locks. So without
+ * open-file-description locks a slot whose pid is this process is treated
+ * as live whatever its lock says (see slot_dead). */
+#define RD_SETLK F_SETLK
+#define RD_SETLKW F_SETLKW
+#define RD_OFD 0
+#endif
+
+static int range_lock(int fd, short type, uint64_t off, uint64_t len, int wait)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)off;
+    fl.l_len = (off_t)len;
+    for (;;) {
+        if (fcntl(fd, wait ? RD_SETLKW : RD_SETLK, &fl) == 0)
+            return MP_OK;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EACCES)
+            return MP_ELOCKED;
+        return -errno;
+    }
+}
+
+static uint64_t slot_off(uint64_t i)
+{
+    return RD_HEADER + i * RD_SLOT;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- table */
+
+static mp_readers *rd_get(mp_pager *p)
+{
+    if (!p->rd) {
+        p->rd = calloc(1, sizeof *p->rd);
+        if (p->rd) {
+            p->rd->fd = -1;
+            p->rd->slot = -1;
+        }
+    }
+    return p->rd;
+}
+
+/* Slots in use may be read up to `capacity`; readers take them below limit. */
+static int table_header(int fd, uint32_t *capacity, uint32_t *limit)
+{
+    uint8_t h[RD_HEADER];
+    size_t got = 0;
+    int rc = os_pread_all(fd, h, sizeof h, 0, &got);
+    if (rc != MP_OK)
+        return rc;
+    if (got < RD_HEADER || memcmp(h, RD_MAGIC, 8) != 0 || mp_load_u32(h + 8) != RD_VERSION)
+        return MP_EINVALID_ARGUMENT;
+    uint32_t cap = mp_load_u32(h + 12), lim = mp_load_u32(h + 16);
+    uint64_t size;
+    if ((rc = os_file_size(fd, &size)) != MP_OK)
+        return rc;
+    /* Never trust the header past what the file holds. */
+    uint64_t fits = size < RD_HEADER ? 0 : (size - RD_HEADER) / RD_SLOT;
+    if (cap > fits)
+        cap = (uint32_t)fits;
+    if (cap > RD_MAX_SLOTS)
+        cap = RD_MAX_SLOTS;
+    *capacity = cap;
+    *limit = lim < cap ? lim : cap;
+    return MP_OK;
+}
+
+static int table_write_header(int fd, uint32_t capacity, uint32_t limit)
+{
+    uint8_t h[RD_HEADER];
+    memset(h, 0, sizeof h);
+    memcpy(h, RD_MAGIC, 8);
+    mp_store_u32(h + 8, RD_VERSION);
+    mp_store_u32(h + 12, capacity);
+    mp_store_u32(h + 16, limit);
+    return os_write_all(fd, h, sizeof h, 0);
+}
+
+/* Opens (creating it with the data file's permission bits) the table, and
+ * makes sure it has a header. `want` >= 0: a writer's max_readers, which
+ * becomes the limit (and the capacity, if larger); -1: a reader's default. */
+static int table_open(const mp_pager *p, const char *path, int64_t want, int *out_fd)
+{
+    struct stat st;
+    if (p->fd < 0 || fstat(p->fd, &st) != 0)
+        return p->fd < 0 ? MP_EUNAVAILABLE : -errno;
+    mode_t mode = st.st_mode & 0666;
+    int created = 1;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0 && errno == EEXIST) {
+        created = 0;
+        fd = open(path, O_RDWR | O_CLOEXEC);
+    }
+    if (fd < 0)
+        return -errno;
+    /* The umask must not narrow what the data file's readers may do. */
+    if (created)
+        (void)fchmod(fd, mode);
+    int rc = range_lock(fd, F_WRLCK, 0, RD_HEADER, 1);
+    if (rc != MP_OK) {
+        close(fd);
+        return rc;
+    }
+    uint32_t cap = 0, lim = 0;
+    int have = table_header(fd, &cap, &lim) == MP_OK;
+    uint32_t w = want < 0 ? RD_DEFAULT_MAX : (uint32_t)want;
+    if (!have || (want >= 0 && (w > cap || w != lim))) {
+        uint32_t ncap = have && cap > w ? cap : w;
+        if (ftruncate(fd, (off_t)slot_off(ncap)) != 0 && (rc = -errno) != MP_OK)
+            goto out;
+        rc = table_write_header(fd, ncap, want < 0 && have ? lim : w);
+    }
+out:
+    (void)range_lock(fd, F_UNLCK, 0, RD_HEADER, 0);
+    if (rc != MP_OK) {
+        close(fd);
+        return rc;
+    }
+    *out_fd = fd;
+    return MP_OK;
+}
+
+/* A slot that says "used" and whose lock we just took: its holder is gone. */
+static int slot_clear(int fd, uint64_t i)
+{
+    uint8_t z[RD_SLOT];
+    memset(z, 0, sizeof z);
+    return os_write_all(fd, z, sizeof z, slot_off(i));
+}
+
+/* Slot i's holder is gone (and the slot is cleared), or it lives. */
+static int slot_dead(int fd, uint64_t i, uint64_t pid)
+{
+    if (!RD_OFD && pid == (uint64_t)getpid())
+        return 0;
+    if (range_lock(fd, F_WRLCK, slot_off(i), RD_SLOT, 0) != MP_OK)
+        return 0;
+    (void)slot_clear(fd, i);
+    (void)range_lock(fd, F_UNLCK, slot_off(i), RD_SLOT, 0);
+    return 1;
+}
+
+typedef struct {
+    uint64_t pid, gen, pages, start;
+} rd_entry;
+
+/* Reads the live slots (clearing dead ones) into out[0..*n), at most cap. */
+static int table_scan(int fd, rd_entry *out, uint64_t cap, uint64_t *n, uint64_t *oldest)
+{
+    uint32_t capacity, limit;
+    int rc = table_header(fd, &capacity, &limit);
+    if (rc != MP_OK)
+        return rc;
+    size_t len = (size_t)capacity * RD_SLOT;
+    uint8_t stackbuf[RD_SLOT * 128];
+    uint8_t *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
+    if (!buf)
+        return MP_ENO_MEMORY;
+    size_t got = 0;
+    rc = os_pread_all(fd, buf, len, RD_HEADER, &got);
+    uint64_t k = 0, low = UINT64_MAX;
+    for (uint64_t i = 0; rc == MP_OK && i < got / RD_SLOT; i++) {
+        const uint8_t *s = buf + i * RD_SLOT;
+        uint64_t pid = mp_load_u64(s);
+        if (pid == 0 || slot_dead(fd, i, pid))
+            continue;
+        uint64_t gen = mp_load_u64(s + 8);
+        if (gen < low)
+            low = gen;
+        if (out && k < cap) {
+            out[k].pid = pid;
+            out[k].gen = gen;
+            out[k].pages = mp_load_u64(s + 16);
+            out[k].start = mp_load_u64(s + 24);
+        }
+        k++;
+    }
+    if (buf != stackbuf)
+        free(buf);
+    if (rc == MP_OK) {
+        if (n)
+            *n = k < cap ? k : cap;
+        if (oldest)
+            *oldest = low;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------- writer: pinning */
+
+int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!table_path || p->read_only || max_readers < 0 || max_readers > RD_MAX_SLOTS)
+        return MP_EINVALID_ARGUMENT;
+    if (p->rd && p->rd->fd >= 0)
+        return MP_EINVALID_ARGUMENT;
+    mp_readers *rd = rd_get(p);
+    if (!rd)
+        return MP_ENO_MEMORY;
+    int fd;
+    if ((rc = table_open(p, table_path, max_readers, &fd)) != MP_OK)
+        return rc;
+    rd->fd = fd;
+    rd->bound = 0;
+    return MP_OK;
+}
+
+static int pinning(const mp_pager *p)
+{
+    return p->rd && p->rd->fd >= 0 && !p->read_only;
+}
+
+int readers_pin(mp_pager *p, uint64_t id)
+{
+    if (!pinning(p))
+        return 0;
+    mp_readers *rd = p->rd;
+    if (rd->tail == rd->cap) {
+        if (rd->head > 0) {
+            /* Slide the live part down rather than grow. */
+            memmove(rd->pins, rd->pins + rd->head, (size_t)(rd->tail - rd->head) * sizeof *rd->pins);
+            rd->tail -= rd->head;
+            rd->durable -= rd->head;
+            rd->head = 0;
+        }
+        if (rd->tail == rd->cap) {
+            uint64_t ncap = rd->cap ? rd->cap * 2 : 256;
+            rd_pin *np = realloc(rd->pins, (size_t)ncap * sizeof *np);
+            if (!np)
+                return 1; /* stays pending until the pager closes: never unsafe */
+            rd->pins = np;
+            rd->cap = ncap;
+        }
+    }
+    rd->pins[rd->tail].id = id;
+    rd->pins[rd->tail].gen = p->generation;
+    rd->tail++;
+    return 1;
+}
+
+static void unpin(mp_pager *p, uint64_t id)
+{
+    if (!bitmap_get(p->pending, id) || bitmap_get(p->bits, id))
+        return;
+    bitmap_clear(p->pending, id);
+    p->pending_count--;
+    uint64_t w = id >> 6;
+    if (p->sum.mem)
+        summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    if (id < p->hint)
+        p->hint = id;
+}
+
+/* Releases the durable pins no live reader can see; reads the table only when
+ * the cached bound holds the oldest pin back. */
+static int release_pins(mp_pager *p)
+{
+    mp_readers *rd = p->rd;
+    if (rd->head == rd->durable)
+        return MP_OK;
+    if (rd->pins[rd->head].gen >= rd->bound) {
+        uint64_t oldest;
+        /* The commit being released must be visible before the slots are read. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        int rc = table_scan(rd->fd, NULL, 0, NULL, &oldest);
+        if (rc != MP_OK)
+            return rc; /* keep them pinned: the file grows, nothing breaks */
+        rd->scans++;
+        rd->bound = oldest < p->generation ? oldest : p->generation;
+    }
+    while (rd->head < rd->durable && rd->pins[rd->head].gen < rd->bound) {
+        unpin(p, rd->pins[rd->head].id);
+        rd->head++;
+    }
+    if (rd->head == rd->tail)
+        rd->head = rd->durable = rd->tail = 0;
+    return MP_OK;
+}
+
+int readers_settle(mp_pager *p)
+{
+    if (!pinning(p))
+        return 0;
+    p->rd->durable = p->rd->tail;
+    (void)release_pins(p);
+    return 1;
+}
+
+void readers_after_reload(mp_pager *p)
+{
+    if (!pinning(p))
+        return;
+    mp_readers *rd = p->rd;
+    /* Frees after the last durable point were rolled back: their pages are
+     * allocated again. The durable ones are free in the reloaded state, and
+     * pinned again. */
+    rd->tail = rd->durable;
+    for (uint64_t i = rd->head; i < rd->durable; i++) {
+        uint64_t id = rd->pins[i].id;
+        if (bitmap_get(p->bits, id) || bitmap_get(p->pending, id))
+            continue;
+        bitmap_set(p->pending, id);
+        uint64_t w = id >> 6;
+        if (p->pending_count == 0 || w < p->pending_lo)
+            p->pending_lo = w;
+        if (p->pending_count == 0 || w > p->pending_hi)
+            p->pending_hi = w;
+        p->pending_count++;
+        if (p->sum.mem)
+            summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    }
+}
+
+int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_count)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t n = 0;
+    if (pinning(p)) {
+        /* Look again first, so the count is of pages readers hold now. */
+        if (p->txn_depth == 0)
+            (void)release_pins(p);
+        n = p->rd->durable - p->rd->head;
+    }
+    *out_count = n;
+    return MP_OK;
+}
+
+int mp_readers_scans(const mp_pager *p, uint64_t *out_count)
+{
+    if (!p || !out_count)
+        return MP_EINVALID_ARGUMENT;
+    *out_count = p->rd ? p->rd->scans : 0;
+    return MP_OK;
+}
+
+/* ------------------------------------------------------ reader: its slot */
+
+static int slot_write(int fd, int64_t slot, uint64_t gen, uint64_t pages, uint64_t start)
+{
+    uint8_t s[RD_SLOT];
+    memset(s, 0, sizeof s);
+    mp_store_u64(s, (uint64_t)getpid());
+    mp_store_u64(s + 8, gen);
+    mp_store_u64(s + 16, pages);
+    mp_store_u64(s + 24, start);
+    return os_write_all(fd, s, sizeof s, slot_off((uint64_t)slot));
+}
+
+static int publish(mp_pager *p)
+{
+    mp_readers *rd = p->rd;
+    if (!rd || rd->slot < 0)
+        return MP_OK;
+    /* Only the generation and page count change; pid and start stay. */
+    uint8_t v[16];
+    mp_store_u64(v, p->generation);
+    mp_store_u64(v + 8, p->total_pages);
+    return os_write_all(rd->fd, v, sizeof v, slot_off((uint64_t)rd->slot) + 8);
+}
+
+void readers_note_loaded(mp_pager *p, const uint8_t *snap)
+{
+    if (!p->read_only)
+        return;
+    mp_readers *rd = rd_get(p);
+    if (!rd)
+        return;
+    size_t bytes = (size_t)p->page_size * MP_RESERVED_PAGES;
+    if (!rd->fingerprint && !(rd->fingerprint = malloc(bytes))) {
+        rd->fp_valid = 0;
+        return;
+    }
+    memcpy(rd->fingerprint, snap, bytes);
+    rd->fp_valid = 1;
+}
+
+/* The writer committed nothing since the reader's state was loaded. */
+static int unchanged(const mp_pager *p)
+{
+    return p->rd && p->rd->fp_valid && !pager_reader_saw_a_commit(p, p->rd->fingerprint, 1);
+}
+
+/* A digest of what a reader's state names: a different one is a new commit
+ * (in the v0.2 layout a protected write commits through page 0 alone, with
+ * no new metadata generation). */
+static uint32_t state_digest(const mp_pager *p)
+{
+    uint8_t g[16];
+    mp_store_u64(g, p->generation);
+    mp_store_u64(g + 8, p->total_pages);
+    uint32_t c = mp_crc32(g, sizeof g);
+    for (uint32_t i = 0; i < p->dir_count; i++) {
+        uint8_t r[21];
+        mp_store_u64(r, p->refs[i].page_a);
+        mp_store_u64(r + 8, p->refs[i].page_b);
+        r[16] = p->refs[i].active;
+        mp_store_u32(r + 17, p->dirs[i].read_crc);
+        c = mp_crc32_update(c, r, sizeof r);
+    }
+    return c;
+}
+
+int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed)
+{
+    if (!p || !report || !out_changed)
+        return MP_EINVALID_ARGUMENT;
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!p->read_only)
+        return MP_EINVALID_ARGUMENT;
+    if (unchanged(p)) {
+        memset(report, 0, sizeof *report);
+        *out_changed = 0;
+        return MP_OK;
+    }
+    uint32_t before = state_digest(p);
+    if ((rc = mp_pager_refresh(p, report)) != MP_OK)
+        return rc;
+    /* Published only now: until here the slot's older generation held the
+     * pages of both states. */
+    (void)publish(p);
+    *out_changed = state_digest(p) != before;
+    return MP_OK;
+}
+
+int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *report)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!table_path || !report || !p->read_only)
+        return MP_EINVALID_ARGUMENT;
+    mp_readers *rd = rd_get(p);
+    if (!rd)
+        return MP_ENO_MEMORY;
+    if (rd->slot >= 0)
+        return MP_OK;
+    int fd;
+    if ((rc = table_open(p, table_path, -1, &fd)) != MP_OK)
+        return rc;
+    uint32_t capacity, limit;
+    if ((rc = table_header(fd, &capacity, &limit)) != MP_OK) {
+        close(fd);
+        return rc;
+    }
+    int64_t slot = -1;
+    for (uint32_t i = 0; i < limit && slot < 0; i++) {
+        if (range_lock(fd, F_WRLCK, slot_off(i), RD_SLOT, 0) != MP_OK)
+            continue;
+        uint8_t s[8];
+        size_t got = 0;
+        if (os_pread_all(fd, s, sizeof s, slot_off(i), &got) == MP_OK && got == sizeof s &&
+            mp_load_u64(s) != 0 && !RD_OFD && mp_load_u64(s) == (uint64_t)getpid()) {
+            /* Without descriptor locks our own process's slots look free. */
+            continue;
+        }
+        /* Generation 0 pins everything until the state is known current. */
+        if (slot_write(fd, i, 0, p->total_pages, now_ns()) != MP_OK) {
+            (void)range_lock(fd, F_UNLCK, slot_off(i), RD_SLOT, 0);
+            continue;
+        }
+        slot = i;
+    }
+    if (slot < 0) {
+        close(fd);
+        return MP_EREADERS_FULL;
+    }
+    rd->fd = fd;
+    rd->slot = slot;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    memset(report, 0, sizeof *report);
+    if (!unchanged(p)) {
+        /* The writer committed after our load and may have reused pages of
+         * that state before it could see the slot: load again. */
+        if ((rc = mp_pager_refresh(p, report)) != MP_OK) {
+            readers_forget(p, 1);
+            return rc;
+        }
+    }
+    (void)publish(p);
+    return MP_OK;
+}
+
+int mp_reader_slot(const mp_pager *p, int64_t *out_slot)
+{
+    if (!p || !out_slot)
+        return MP_EINVALID_ARGUMENT;
+    *out_slot = p->rd ? p->rd->slot : -1;
+    return MP_OK;
+}
+
+int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_t *out_pages,
+                    uint64_t *out_start_ns, uint64_t capacity, uint64_t *out_n)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_pids || !out_gens || !out_pages || !out_start_ns || !out_n)
+        return MP_EINVALID_ARGUMENT;
+    if (!p->rd || p->rd->fd < 0) {
+        *out_n = 0;
+        return MP_OK;
+    }
+    rd_entry *e = capacity ? calloc((size_t)capacity, sizeof *e) : NULL;
+    if (capacity && !e)
+        return MP_ENO_MEMORY;
+    uint64_t n = 0;
+    rc = table_scan(p->rd->fd, e, capacity, &n, NULL);
+    if (rc == MP_OK) {
+        for (uint64_t i = 0; i < n; i++) {
+            out_pids[i] = e[i].pid;
+            out_gens[i] = e[i].gen;
+            out_pages[i] = e[i].pages;
+            out_start_ns[i] = e[i].start;
+        }
+        *out_n = n;
+    }
+    free(e);
+    return rc;
+}
+
+void readers_forget(mp_pager *p, int clear)
+{
+    mp_readers *rd = p->rd;
+    if (!rd)
+        return;
+    if (rd->fd >= 0) {
+        /* A fork child closes its copy of the descriptor without clearing:
+         * the slot and its lock are the parent's (the lock lives on while
+         * the parent's descriptor does). */
+        if (clear && rd->slot >= 0)
+            (void)slot_clear(rd->fd, (uint64_t)rd->slot);
+        close(rd->fd);
+        rd->fd = -1;
+    }
+    rd->slot = -1;
+}
+
+void readers_release(mp_pager *p)
+{
+    if (!p->rd)
+        return;
+    readers_forget(p, !p->no_io);
+    free(p->rd->pins);
+    free(p->rd->fingerprint);
+    free(p->rd);
+    p->rd = NULL;
+}
+
+int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
+                      mp_open_report *report)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!table_path || !out || !report)
+        return MP_EINVALID_ARGUMENT;
+    /* "none" mode keeps its commits in memory: write them, so the snapshot
+     * is of the commit the writer's caller last made. */
+    if (!p->read_only && p->txn_depth == 0 && (rc = pager_settle_deferred(p)) != MP_OK)
+        return rc;
+    int fd = fcntl(p->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    mp_options opts;
+    memset(&opts, 0, sizeof opts);
+    opts.read_only = 1;
+    opts.io_hooks = p->map.io;
+    mp_pager *r;
+    if ((rc = pager_open_fd(fd, &opts, &r, report)) != MP_OK)
+        return rc; /* pager_open_fd closed fd */
+    if ((rc = mp_reader_register(r, table_path, report)) != MP_OK) {
+        (void)mp_pager_close(r);
+        return rc;
+    }
+    *out = r;
+    return MP_OK;
+}
