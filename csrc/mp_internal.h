@@ -399,6 +399,9 @@ int readers_pin(mp_pager *p, uint64_t id);
 /* The frees so far are durable: returns 1 when readers.c took over the
  * pending map (then pages are released as readers allow). */
 int readers_settle(mp_pager *p);
+/* Releases pins readers no longer need; force tests every slot's lock (before
+ * the file grows for them). Returns 1 when pages were released. */
+int readers_reclaim(mp_pager *p, int force);
 /* After a rollback reloaded the committed state: pin the durable frees again. */
 void readers_after_reload(mp_pager *p);
 /* A reader loaded the state pages 0-2 read as in snap. */

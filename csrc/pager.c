@@ -315,6 +315,8 @@ int pager_grow_at_least(mp_pager *p, uint64_t pages)
  * stops at the layout's cap. Fails with nothing changed when n cannot fit. */
 int pager_ensure_free(mp_pager *p, uint64_t n)
 {
+    /* Readers that moved on free their pins, so the lowest page comes next. */
+    (void)readers_reclaim(p, 0);
     /* Pages freed by a commit that is not durable yet are not reusable. */
     uint64_t usable = p->free_count - p->pending_count;
     if (usable >= n)
@@ -325,6 +327,12 @@ int pager_ensure_free(mp_pager *p, uint64_t n)
         int rc = pager_bring_page0_up_to_date(p);
         if (rc != MP_OK)
             return rc;
+        usable = p->free_count - p->pending_count;
+        if (usable >= n)
+            return MP_OK;
+    }
+    /* Before growing for pinned pages, test whether their readers live. */
+    if (readers_reclaim(p, 1)) {
         usable = p->free_count - p->pending_count;
         if (usable >= n)
             return MP_OK;

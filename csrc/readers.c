@@ -65,6 +65,7 @@ struct mp_readers {
     uint64_t head, durable, tail, cap;
     uint64_t bound;          /* no live or future reader holds a generation below */
     uint32_t scans;          /* table reads, for tests of the cached bound */
+    uint64_t live_checked;   /* when slots' locks were last tested (monotonic ns) */
     /* reader */
     uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
     int fp_valid;
@@ -237,7 +238,8 @@ typedef struct {
 } rd_entry;
 
 /* Reads the live slots (clearing dead ones) into out[0..*n), at most cap. */
-static int table_scan(int fd, rd_entry *out, uint64_t cap, uint64_t *n, uint64_t *oldest)
+static int table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint64_t *n,
+                      uint64_t *oldest)
 {
     uint32_t capacity, limit;
     int rc = table_header(fd, &capacity, &limit);
@@ -254,7 +256,7 @@ static int table_scan(int fd, rd_entry *out, uint64_t cap, uint64_t *n, uint64_t
     for (uint64_t i = 0; rc == MP_OK && i < got / RD_SLOT; i++) {
         const uint8_t *s = buf + i * RD_SLOT;
         uint64_t pid = mp_load_u64(s);
-        if (pid == 0 || slot_dead(fd, i, pid))
+        if (pid == 0 || (check_live && slot_dead(fd, i, pid)))
             continue;
         uint64_t gen = mp_load_u64(s + 8);
         if (gen < low)
@@ -346,20 +348,34 @@ static void unpin(mp_pager *p, uint64_t id)
         p->hint = id;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Testing a slot's lock is a system call per live slot: done at most this
+ * often while pins wait, and always before the file grows for them. */
+static const uint64_t LIVENESS_EVERY_NS = 10u * 1000u * 1000u;
+
 /* Releases the durable pins no live reader can see; reads the table only when
  * the cached bound holds the oldest pin back. */
-static int release_pins(mp_pager *p)
+static int release_pins(mp_pager *p, int force)
 {
     mp_readers *rd = p->rd;
     if (rd->head == rd->durable)
         return MP_OK;
     if (rd->pins[rd->head].gen >= rd->bound) {
-        uint64_t oldest;
+        uint64_t oldest, now = mono_ns();
+        int live = force || now - rd->live_checked >= LIVENESS_EVERY_NS;
         /* The commit being released must be visible before the slots are read. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        int rc = table_scan(rd->fd, NULL, 0, NULL, &oldest);
+        int rc = table_scan(rd->fd, live, NULL, 0, NULL, &oldest);
         if (rc != MP_OK)
             return rc; /* keep them pinned: the file grows, nothing breaks */
+        if (live)
+            rd->live_checked = now;
         rd->scans++;
         rd->bound = oldest < p->generation ? oldest : p->generation;
     }
@@ -377,8 +393,17 @@ int readers_settle(mp_pager *p)
     if (!pinning(p))
         return 0;
     p->rd->durable = p->rd->tail;
-    (void)release_pins(p);
+    (void)release_pins(p, 0);
     return 1;
+}
+
+int readers_reclaim(mp_pager *p, int force)
+{
+    if (!pinning(p) || p->rd->head == p->rd->durable)
+        return 0;
+    uint64_t before = p->pending_count;
+    (void)release_pins(p, force);
+    return p->pending_count != before;
 }
 
 void readers_after_reload(mp_pager *p)
@@ -417,7 +442,7 @@ int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
     if (pinning(p)) {
         /* Look again first, so the count is of pages readers hold now. */
         if (p->txn_depth == 0)
-            (void)release_pins(p);
+            (void)release_pins(p, 0);
         n = p->rd->durable - p->rd->head;
     }
     *out_count = n;
@@ -568,14 +593,16 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
     rd->fd = fd;
     rd->slot = slot;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    memset(report, 0, sizeof *report);
     if (!unchanged(p)) {
         /* The writer committed after our load and may have reused pages of
-         * that state before it could see the slot: load again. */
-        if ((rc = mp_pager_refresh(p, report)) != MP_OK) {
+         * that state before it could see the slot: load again (and report
+         * what this load found, not the first's). */
+        mp_open_report again;
+        if ((rc = mp_pager_refresh(p, &again)) != MP_OK) {
             readers_forget(p, 1);
             return rc;
         }
+        *report = again;
     }
     (void)publish(p);
     return MP_OK;
@@ -605,7 +632,7 @@ int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_
     if (capacity && !e)
         return MP_ENO_MEMORY;
     uint64_t n = 0;
-    rc = table_scan(p->rd->fd, e, capacity, &n, NULL);
+    rc = table_scan(p->rd->fd, 1, e, capacity, &n, NULL);
     if (rc == MP_OK) {
         for (uint64_t i = 0; i < n; i++) {
             out_pids[i] = e[i].pid;

@@ -14,6 +14,9 @@ they show that commit's content however often the writer rewrites them.
 from __future__ import annotations
 
 import errno
+import mmap
+import os
+import tempfile
 import time
 import zlib
 from typing import Any, NamedTuple
@@ -95,17 +98,41 @@ def list_readers(handle: Any) -> list[ReaderInfo]:
     return out
 
 
+def _read_only_buffer(data: bytes) -> Any:
+    """A read-only mapping holding ``data``: writes through it raise ``TypeError``.
+
+    Views of a reader's protected copies must behave as its page views do
+    (their ``obj`` refuses writes), so the copies live in a read-only ``mmap``
+    of an anonymous file rather than in a ``bytes`` object.
+    """
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("mappedpages-snapshot", getattr(os, "MFD_CLOEXEC", 0))
+    else:  # pragma: no cover - systems without memfd
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115
+        fd = os.dup(tmp.fileno())
+        tmp.close()
+    try:
+        os.ftruncate(fd, len(data))
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
+        return mmap.mmap(fd, len(data), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+
+
 def copy_protected(
     handle: Any, ro: memoryview, page_size: int, pids: list[int]
-) -> tuple[dict[int, tuple[bytes, int]], bool]:
+) -> tuple[dict[int, tuple[memoryview, int]], bool]:
     """Copy the committed content of each protected page, with its recorded CRC.
 
-    Returns the copies and whether all matched their CRC (a mismatch means
-    the writer rewrote a copy since the reader's commit, or damage).
+    Returns read-only views of the copies with the CRCs, and whether all
+    matched (a mismatch means the writer rewrote a copy since the reader's
+    commit, or damage).
     """
     page = ffi.new("uint64_t *")
     crc = ffi.new("uint32_t *")
-    copies: dict[int, tuple[bytes, int]] = {}
+    found: list[tuple[int, bytes, int]] = []
     ok = True
     for pid in pids:
         if lib.mp_protected_page(handle, pid, page) != 0:
@@ -117,11 +144,16 @@ def copy_protected(
         want = int(crc[0])
         if zlib.crc32(data) != want:
             ok = False
-        copies[pid] = (data, want)
+        found.append((pid, data, want))
+    copies: dict[int, tuple[memoryview, int]] = {}
+    if found:
+        whole = memoryview(_read_only_buffer(b"".join(d for _, d, _ in found)))
+        for i, (pid, _, want) in enumerate(found):
+            copies[pid] = (whole[i * page_size : (i + 1) * page_size], want)
     return copies, ok
 
 
-def protected_matches(copy: tuple[bytes, int]) -> bool:
+def protected_matches(copy: tuple[memoryview, int]) -> bool:
     """Whether a snapshot copy matches the CRC its directory entry recorded."""
     return zlib.crc32(copy[0]) == copy[1]
 

@@ -45,7 +45,7 @@ class ReadOnlyPager(_PagerBase):
         super().__init__(handle, path)
         self._snapshot = False
         # Protected pages of the snapshot's commit, copied when it was loaded.
-        self._copies: dict[int, tuple[bytes, int]] = {}
+        self._copies: dict[int, tuple[memoryview, int]] = {}
         self._refresh_report = ffi.new("mp_open_report *")
         self._changed = ffi.new("int *")
 
@@ -160,7 +160,7 @@ class ReadOnlyPager(_PagerBase):
             return super().protected_page(pid)
         view = super().protected_page(pid)  # checks the id and that it is in use
         copy = self._copies.get(int(as_id(pid, "protected page id")))
-        return memoryview(copy[0]) if copy is not None else view
+        return copy[0] if copy is not None else view
 
     def verify_protected(self, pid: ProtectedPageId) -> bool:
         """Check a protected page's content against the CRC its directory entry records."""
