@@ -3,7 +3,8 @@
  *
  * Owns: the in-memory state of an open pager and the prototypes that connect
  * format.c (bytes on disk), bitmap.c (the free map in memory), os.c (system
- * calls and the mapping), pager.c, protected.c and subpage.c.
+ * calls and the mapping), pager.c, recover.c, grow.c, alloc.c, commit.c,
+ * txn.c, directory.c, protected.c and subpage.c.
  *
  * Invariants of an open writable pager, kept between calls:
  *   - bits[] equals the bitmap of the committed metadata copy `active`,
@@ -306,7 +307,7 @@ int os_create_temp(const char *path, char **out_tmp, int *out_fd);
 int os_publish(const char *tmp, const char *path);
 uint64_t os_page_size(void);
 
-/* ---- pager.c ---- */
+/* ---- pager.c (lifetime), recover.c (open), grow.c, alloc.c ---- */
 
 /* writer_open values: no writer, a writer open, written in this transaction. */
 #define MP_WRITER_NONE 0u
@@ -318,7 +319,7 @@ typedef struct {
     uint8_t *writer_open;    /* one MP_WRITER_* value per slot */
     int dirty;               /* in-memory entries differ from the active copy */
     uint32_t read_crc;       /* stored CRC of the copy last read: a reader checks
-                                it did not change under it (pager.c) */
+                                it did not change under it (recover.c) */
 } mp_dir_block;
 
 /* The order of the two commits of a change to both the bitmap (metadata
@@ -394,13 +395,32 @@ static inline int pager_extended(const mp_pager *p)
     return p->total_pages > p->chunk;
 }
 
+/* pager.c: lifetime */
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id);
-int pager_ensure_free(mp_pager *p, uint64_t n);
-int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 int pager_flush_page(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
+
+/* alloc.c */
+int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
+
+/* recover.c */
 int pager_load_committed(mp_pager *p, mp_open_report *rep);
+/* Loads the committed state into p, a reader retrying while a writer
+ * commits under it. */
+int pager_load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
+                            int *page0_stale);
+
+/* grow.c */
+int pager_ensure_free(mp_pager *p, uint64_t n);
+/* The in-memory maps cover pages below total. */
+void pager_note_words_used(mp_pager *p, uint64_t total);
+/* Page id's word of bits or pending changed: keep the summary and the dirty
+ * free-map pages in step. */
+void pager_map_changed(mp_pager *p, uint64_t id);
+/* Marks id allocated (or free) in bits[], keeping those in step. */
+void pager_bit_take(mp_pager *p, uint64_t id);
+void pager_bit_give(mp_pager *p, uint64_t id);
 /* Grows the file to at least `pages` pages (the directory's need in the
  * extended layout); FileFull past the cap. */
 int pager_grow_at_least(mp_pager *p, uint64_t pages);
@@ -414,10 +434,8 @@ void pager_claim_bit(mp_pager *p, uint64_t id);
 /* Counts the file's pages up to total (v0.2 layout, open's repairs): the
  * pages were in the file already, and come in free. */
 void pager_count_pages(mp_pager *p, uint64_t total);
-/* Makes room for n directory blocks in p->dirs and p->refs. */
-int dir_reserve(mp_pager *p, uint64_t n);
 
-/* ---- commit.c ---- */
+/* ---- commit.c, txn.c ---- */
 
 int pager_commit(mp_pager *p, int order);
 int pager_write_page0(mp_pager *p, int flush);
@@ -426,7 +444,12 @@ int pager_settle_deferred(mp_pager *p);
 /* Zeroes copies left by a commit that never reached its commit point. */
 int pager_clear_leftovers(mp_pager *p);
 
-/* ---- protected.c ---- */
+/* ---- directory.c, protected.c ---- */
+
+/* Makes room for n directory blocks in p->dirs and p->refs. */
+int dir_reserve(mp_pager *p, uint64_t n);
+/* Allocates block b's in-memory entries (all free). */
+int dir_block_init(mp_pager *p, uint32_t b);
 
 /* Loads the directory named by p->refs[0..count) from the committed copies. */
 int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);
