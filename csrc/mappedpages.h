@@ -203,7 +203,9 @@ typedef struct {
     uint64_t page_count;
     uint64_t free_count;
     uint64_t generation;
-    uint64_t max_pages;       /* the most pages this file can hold in its layout */
+    uint64_t max_pages;       /* the most pages this file can grow to: the most a pager
+                                 maps (a v0.2 file moves to the extended layout past
+                                 v0.2's cap) */
     uint64_t protected_count;
     uint64_t dir_blocks;
     uint64_t system_pages;    /* directory pages plus protected backing pages */
@@ -245,7 +247,6 @@ int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start,
 int mp_pager_sync(mp_pager *p);
 int mp_pager_finish(mp_pager *p);
 int mp_pager_forget(mp_pager *p);
-int mp_pager_set_durability(mp_pager *p, int durability);
 int mp_txn_begin(mp_pager *p);
 int mp_txn_commit(mp_pager *p);
 int mp_txn_abort(mp_pager *p);
@@ -273,7 +274,6 @@ int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids);
 int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset);
-int mp_subpage_live_count(const mp_subpage *s, uint64_t *out);
 int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out);
 /* Every big page held and its in-use mask, in no order; capacity must be at
  * least mp_sub_stats.big_pages. */

@@ -557,14 +557,6 @@ int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
     return MP_OK;
 }
 
-int mp_subpage_live_count(const mp_subpage *s, uint64_t *out)
-{
-    if (!s || !out)
-        return MP_EINVALID_ARGUMENT;
-    *out = s->live;
-    return MP_OK;
-}
-
 int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out)
 {
     if (!s || !out)
