@@ -48,8 +48,11 @@ enum mp_error {
     MP_ENO_WRITER = 17,
     MP_ESUBPAGE_OWNED = 18,         /* the pager handed a sub-page allocator a page it
                                        already holds (freed in the pager behind its back) */
-    MP_EFILE_TRUNCATED = 19         /* a valid newest commit counts pages past the end of the
+    MP_EFILE_TRUNCATED = 19,        /* a valid newest commit counts pages past the end of the
                                        file: the file was cut (open with salvage to roll back) */
+    MP_EINTERNAL = 20,              /* pager_check found a broken invariant (a bug); the
+                                       pager is poisoned */
+    MP_ERROR_CODES = 21             /* one past the last code */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -134,6 +137,15 @@ int mp_layout_page_kind(uint32_t page_size, uint64_t id, int *out_kind);
 int mp_layout_chunk_page(uint32_t page_size, uint64_t chunk, int kind, uint64_t *out_id);
 /* The pages of the layout (0-2 and the chunks' first four) below total pages. */
 int mp_layout_pages_below(uint32_t page_size, uint64_t total, uint64_t *out_n);
+
+/* The message of an MP_E* code (a static string); MP_EINVALID_ARGUMENT for a code that
+ * is not one (a negative errno is the operating system's: strerror). */
+int mp_strerror(int code, const char **out);
+/* The name of one mp_recovery bit ("meta_a_damaged", ...); MP_EINVALID_ARGUMENT
+ * unless flag is exactly one known bit. */
+int mp_recovery_flag_name(uint32_t flag, const char **out);
+/* What an mp_meta_problem value means ("its CRC does not match", ...). */
+int mp_meta_problem_text(uint32_t problem, const char **out);
 
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
