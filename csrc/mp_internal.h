@@ -406,6 +406,10 @@ int pager_flush_page(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
 
 /* alloc.c */
+/* A copy of the caller's n ids in memory the core owns (malloc'd), or NULL:
+ * a caller's buffer is read once, since another thread may change it while
+ * the core validates and applies it (the GIL is released). */
+uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
 

@@ -295,16 +295,11 @@ int mp_protected_free(mp_pager *p, uint64_t pid)
     return mp_protected_free_bulk(p, &pid, 1);
 }
 
-int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
+/* Frees pids[0..n), a copy the core owns: validated first, then applied. */
+static int free_bulk_owned(mp_pager *p, const uint64_t *pids, uint64_t n)
 {
-    int rc = pager_usable(p, 1);
+    int rc = pager_prepare_dir_commit(p);
     if (rc != MP_OK)
-        return rc;
-    if (n == 0)
-        return MP_OK;
-    if (!pids)
-        return MP_EINVALID_ARGUMENT;
-    if ((rc = pager_prepare_dir_commit(p)) != MP_OK)
         return rc;
     /* Validate everything first; in_use is cleared as each id passes so a
      * repeated id fails as a double free, and restored on failure. */
@@ -335,6 +330,24 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
             release_entry(p, b, e);
     }
     return pager_commit(p, MP_ORDER_META_FIRST);
+}
+
+int mp_protected_free_bulk(mp_pager *p, const uint64_t *caller_pids, uint64_t n)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (n == 0)
+        return MP_OK;
+    if (!caller_pids)
+        return MP_EINVALID_ARGUMENT;
+    /* Read once: the ids validated are the ids applied (pager_ids_copy). */
+    uint64_t *pids = pager_ids_copy(caller_pids, n);
+    if (!pids)
+        return MP_ENO_MEMORY;
+    rc = free_bulk_owned(p, pids, n);
+    free(pids);
+    return rc;
 }
 
 /* ------------------------------------------------------------ writers */
