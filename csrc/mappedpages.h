@@ -50,7 +50,10 @@ enum mp_error {
                                        already holds (freed in the pager behind its back) */
     MP_EFILE_TRUNCATED = 19,        /* a valid newest commit counts pages past the end of the
                                        file: the file was cut (open with salvage to roll back) */
-    MP_EREADERS_FULL = 20           /* every slot of the reader table is held by a live reader */
+    MP_EINTERNAL = 20,              /* pager_check found a broken invariant (a bug); the
+                                       pager is poisoned */
+    MP_EREADERS_FULL = 21,          /* every slot of the reader table is held by a live reader */
+    MP_ERROR_CODES = 22             /* one past the last code */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -92,6 +95,58 @@ enum mp_durability {
     MP_DURABILITY_FAST = 1,         /* one flush: durable; page 0 brought up to date lazily */
     MP_DURABILITY_NONE = 2          /* no flush: durable at sync/close; still crash-consistent */
 };
+
+/* Kinds of page by position in a file's layout (mp_layout_page_kind). Chunk c >= 1 of
+ * the extended layout starts with its free-map page (copies A, B) and directory-index
+ * page c - 1 (copies A, B); every other page from 3 on is a data page. */
+enum mp_layout_page {
+    MP_PAGE_SUPERBLOCK = 0,         /* page 0: superblock, selector, directory index */
+    MP_PAGE_META_A = 1,             /* page 1 */
+    MP_PAGE_META_B = 2,             /* page 2 */
+    MP_PAGE_FREE_MAP_A = 3,         /* chunk c >= 1: page c * chunk_pages */
+    MP_PAGE_FREE_MAP_B = 4,         /* c * chunk_pages + 1 */
+    MP_PAGE_INDEX_A = 5,            /* c * chunk_pages + 2: directory-index page c - 1 */
+    MP_PAGE_INDEX_B = 6,            /* c * chunk_pages + 3 */
+    MP_PAGE_DATA = 7                /* a page allocation may hand out */
+};
+
+/* The geometry of both layouts at one page size (format.c owns it; FORMAT.md). */
+typedef struct {
+    uint32_t page_size;
+    uint32_t reserved_pages;          /* 3: pages 0-2 */
+    uint64_t bits_per_map_page;       /* pages one metadata bitmap or free-map page covers */
+    uint64_t chunk_pages;             /* pages per chunk of the extended layout (the same) */
+    uint64_t v02_max_pages;           /* the most pages of a v0.2 file (chunk 0 alone) */
+    uint64_t max_pages;               /* the most pages a pager maps (extended layout) */
+    uint32_t layout_pages_per_chunk;  /* 4: free-map A/B, directory-index A/B */
+    uint32_t dir_entries_per_page;    /* protected-page entries per directory page */
+    uint32_t dir_refs_per_index;      /* directory blocks page 0 or one index page names */
+    uint32_t meta_header_bytes;       /* 24: bitmap offset in a metadata page */
+    uint32_t chunk_header_bytes;      /* 24: bitmap/refs offset in free-map and index pages */
+    uint32_t dir_index_offset;        /* 20: directory index offset in page 0 */
+    uint32_t dir_ref_bytes;           /* 17 */
+    uint32_t dir_entry_bytes;         /* 30 */
+    uint32_t dir_page_header_bytes;   /* 8 */
+} mp_layout;
+
+/* MP_EINVALID_PAGE_SIZE unless page_size is a power of two in [1 KiB, 1 GiB]. */
+int mp_layout_get(uint32_t page_size, mp_layout *out);
+/* The mp_layout_page kind of page id (by position; any id below max_pages). */
+int mp_layout_page_kind(uint32_t page_size, uint64_t id, int *out_kind);
+/* The page id of layout page `kind` (MP_PAGE_FREE_MAP_A..MP_PAGE_INDEX_B) of chunk
+ * c >= 1; directory-index page k lives in chunk k + 1. */
+int mp_layout_chunk_page(uint32_t page_size, uint64_t chunk, int kind, uint64_t *out_id);
+/* The pages of the layout (0-2 and the chunks' first four) below total pages. */
+int mp_layout_pages_below(uint32_t page_size, uint64_t total, uint64_t *out_n);
+
+/* The message of an MP_E* code (a static string); MP_EINVALID_ARGUMENT for a code that
+ * is not one (a negative errno is the operating system's: strerror). */
+int mp_strerror(int code, const char **out);
+/* The name of one mp_recovery bit ("meta_a_damaged", ...); MP_EINVALID_ARGUMENT
+ * unless flag is exactly one known bit. */
+int mp_recovery_flag_name(uint32_t flag, const char **out);
+/* What an mp_meta_problem value means ("its CRC does not match", ...). */
+int mp_meta_problem_text(uint32_t problem, const char **out);
 
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
@@ -161,7 +216,9 @@ typedef struct {
     uint64_t page_count;
     uint64_t free_count;
     uint64_t generation;
-    uint64_t max_pages;       /* the most pages this file can hold in its layout */
+    uint64_t max_pages;       /* the most pages this file can grow to: the most a pager
+                                 maps (a v0.2 file moves to the extended layout past
+                                 v0.2's cap) */
     uint64_t protected_count;
     uint64_t dir_blocks;
     uint64_t system_pages;    /* directory pages plus protected backing pages */
@@ -203,7 +260,6 @@ int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start,
 int mp_pager_sync(mp_pager *p);
 int mp_pager_finish(mp_pager *p);
 int mp_pager_forget(mp_pager *p);
-int mp_pager_set_durability(mp_pager *p, int durability);
 int mp_txn_begin(mp_pager *p);
 int mp_txn_commit(mp_pager *p);
 int mp_txn_abort(mp_pager *p);
@@ -231,7 +287,6 @@ int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids);
 int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset);
-int mp_subpage_live_count(const mp_subpage *s, uint64_t *out);
 int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out);
 /* Every big page held and its in-use mask, in no order; capacity must be at
  * least mp_sub_stats.big_pages. */

@@ -684,7 +684,8 @@ int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
         return MP_EINVALID_ARGUMENT;
     /* "none" mode keeps its commits in memory: write them, so the snapshot
      * is of the commit the writer's caller last made. */
-    if (!p->read_only && p->txn_depth == 0 && (rc = pager_settle_deferred(p)) != MP_OK)
+    if (!p->read_only && p->txn_depth == 0 && p->meta_unwritten &&
+        (rc = pager_settle_deferred(p)) != MP_OK)
         return rc;
     int fd = fcntl(p->fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0)

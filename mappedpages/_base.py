@@ -34,7 +34,9 @@ from mappedpages._errors import (
     RecoveryWarning,
     ReservedPage,
     Unavailable,
+    meta_problem_text,
     raise_for,
+    recovery_flag_names,
 )
 from mappedpages._readers import ReaderInfo, list_readers
 from mappedpages._types import PageId, ProtectedPageId
@@ -42,15 +44,6 @@ from mappedpages._types import PageId, ProtectedPageId
 _U64_LIMIT = 1 << 64
 _CHUNK = 4096
 
-_META_PROBLEMS = {
-    lib.MP_META_BAD_CRC: "its CRC does not match",
-    lib.MP_META_BAD_TOTAL: "its page count is impossible or past the end of the file",
-    lib.MP_META_BAD_RESERVED: "pages 0-2 are not marked allocated",
-    lib.MP_META_BITS_PAST_END: "it marks pages past its page count",
-    lib.MP_META_BAD_FREE_COUNT: "its free count disagrees with its bitmap",
-    lib.MP_META_BAD_FREE_MAP: "a free-map page it needs is missing or damaged",
-    lib.MP_META_PAST_END: "it counts pages past the end of the file",
-}
 
 # Pagers alive in this process, so a fork child can mark them unusable.
 _LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
@@ -104,28 +97,13 @@ def fspath_bytes(path: object) -> tuple[str, bytes]:
 def report_dict(report: Any) -> dict[str, Any]:
     """What open found, as plain data (for tools such as ``python -m mappedpages info``)."""
     flags = int(report.flags)
-    names = {
-        "meta_a_damaged": lib.MP_REC_META_A_DAMAGED,
-        "meta_b_damaged": lib.MP_REC_META_B_DAMAGED,
-        "selector_invalid": lib.MP_REC_SELECTOR_INVALID,
-        "selector_stale": lib.MP_REC_SELECTOR_STALE,
-        "meta_checksum_mismatch": lib.MP_REC_META_CHECKSUM,
-        "dir_fallback": lib.MP_REC_DIR_FALLBACK,
-        "dir_entry_dropped": lib.MP_REC_DIR_ENTRY_DROPPED,
-        "dir_block_dropped": lib.MP_REC_DIR_BLOCK_DROPPED,
-        "page0_rewritten": lib.MP_REC_PAGE0_REWRITTEN,
-        "dir_index_torn": lib.MP_REC_DIR_INDEX_TORN,
-        "cut_rolled_back": lib.MP_REC_CUT_ROLLED_BACK,
-        "protected_kept": lib.MP_REC_PROTECTED_KEPT,
-        "salvage_dropped": lib.MP_REC_SALVAGE_DROPPED,
-    }
     return {
-        "flags": sorted(name for name, bit in names.items() if flags & bit),
+        "flags": recovery_flag_names(flags),
         "chosen_copy": "AB"[int(report.chosen_copy)],
         "generation": {"A": int(report.generation[0]), "B": int(report.generation[1])},
         "problem": {
-            "A": _META_PROBLEMS.get(int(report.meta_problem[0])),
-            "B": _META_PROBLEMS.get(int(report.meta_problem[1])),
+            "A": meta_problem_text(int(report.meta_problem[0])),
+            "B": meta_problem_text(int(report.meta_problem[1])),
         },
         "selector": int(report.selector),
         "dir_fallbacks": int(report.dir_fallbacks),
@@ -180,7 +158,7 @@ def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
     names = ("A (page 1)", "B (page 2)")
     for copy, flag in ((0, lib.MP_REC_META_A_DAMAGED), (1, lib.MP_REC_META_B_DAMAGED)):
         if flags & flag:
-            problem = _META_PROBLEMS.get(report.meta_problem[copy], "it is invalid")
+            problem = meta_problem_text(int(report.meta_problem[copy])) or "it is invalid"
             chosen = report.chosen_copy
             warnings.warn(
                 f"{path}: metadata copy {names[copy]} was discarded because {problem}; "
@@ -267,8 +245,12 @@ class _PagerBase:
         raise_for_rc(lib.mp_pager_stats(handle, stats))
         self._page_size = int(stats.page_size)
         # Pages per free-map chunk: in the extended layout each chunk past the
-        # first starts with four layout pages, refused like reserved ones.
-        self._chunk = int(stats.chunk_pages)
+        # first starts with its layout pages, refused like reserved ones. The
+        # geometry comes from the core (format.c owns it).
+        lay = ffi.new("mp_layout *")
+        raise_for_rc(lib.mp_layout_get(self._page_size, lay))
+        self._chunk = int(lay.chunk_pages)
+        self._layout_pages = int(lay.layout_pages_per_chunk)
         base = ffi.new("uint8_t **")
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
@@ -353,7 +335,7 @@ class _PagerBase:
         if (
             type(page_id) is int
             and 3 <= page_id < self._page_count
-            and (page_id < self._chunk or page_id % self._chunk >= 4)
+            and (page_id < self._chunk or page_id % self._chunk >= self._layout_pages)
             and page_id not in self._system
             and mv is not None
             and not self._forked
@@ -534,9 +516,9 @@ class _PagerBase:
                 raise ReservedPage(f"pages 0-2 are reserved (asked from page {first})")
             if self._system and any(i in self._system for i in range(first, first + n)):
                 raise ReservedPage(f"pages {first}..{first + n - 1} include pager pages")
-            # The first chunk whose layout pages (its first four) end past `first`.
-            chunk = self._chunk
-            if chunk * max(1, (first + chunk - 4) // chunk) < first + n:
+            # The first chunk whose layout pages end past `first`.
+            chunk, lp = self._chunk, self._layout_pages
+            if chunk * max(1, (first + chunk - lp) // chunk) < first + n:
                 raise ReservedPage(
                     f"pages {first}..{first + n - 1} include layout pages of the extended "
                     "layout (the first four of each chunk)"
