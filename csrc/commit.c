@@ -287,10 +287,8 @@ static int commit_extended(mp_pager *p)
     return MP_OK;
 }
 
-int pager_commit(mp_pager *p, int order)
+static int commit_now(mp_pager *p, int order)
 {
-    if (p->txn_depth > 0)
-        return MP_OK;
     if (pager_extended(p))
         return commit_extended(p);
     int rc;
@@ -333,6 +331,15 @@ int pager_commit(mp_pager *p, int order)
     }
     pending_clear(p);
     return MP_OK;
+}
+
+int pager_commit(mp_pager *p, int order)
+{
+    if (p->txn_depth > 0)
+        return MP_OK;
+    int rc = commit_now(p, order);
+    /* Check builds: every committed state passes the invariants (check.c). */
+    return rc == MP_OK ? pager_check(p) : rc;
 }
 
 int pager_settle_deferred(mp_pager *p)

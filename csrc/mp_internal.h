@@ -445,6 +445,20 @@ void pager_claim_bit(mp_pager *p, uint64_t id);
  * pages were in the file already, and come in free. */
 void pager_count_pages(mp_pager *p, uint64_t total);
 
+/* ---- check.c ---- */
+
+/* Checks the pager's invariants (check.c); on a violation poisons the pager
+ * and returns MP_EINTERNAL. A no-op unless MAPPEDPAGES_CHECK is defined. */
+#ifdef MAPPEDPAGES_CHECK
+int pager_check(mp_pager *p);
+#else
+static inline int pager_check(mp_pager *p)
+{
+    (void)p;
+    return MP_OK;
+}
+#endif
+
 /* ---- commit.c, txn.c ---- */
 
 int pager_commit(mp_pager *p, int order);
