@@ -321,6 +321,12 @@ int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_
  * file (not opened again by name), registered in the table. */
 int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
                       mp_open_report *report);
+/* For `info`: the live readers recorded in a table, looked at read-only (dead
+ * slots are skipped, not cleared), the pages its writer last said it holds
+ * back for them, and that writer's pid (0 when none is attached). */
+int mp_readers_inspect(const char *table_path, uint64_t *out_pids, uint64_t *out_gens,
+                       uint64_t *out_pages, uint64_t *out_start_ns, uint64_t capacity,
+                       uint64_t *out_n, uint64_t *out_pinned, uint64_t *out_writer_pid);
 /* The CRC a protected page's directory entry records for its content. */
 int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc);
 

@@ -66,6 +66,7 @@ struct mp_readers {
     uint64_t bound;          /* no live or future reader holds a generation below */
     uint32_t scans;          /* table reads, for tests of the cached bound */
     uint64_t live_checked;   /* when slots' locks were last tested (monotonic ns) */
+    uint64_t published;      /* the pinned count last written to the header */
     /* reader */
     uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
     int fp_valid;
@@ -280,6 +281,31 @@ static int table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint6
     return rc;
 }
 
+/* The writer's fields of the header, for `info` in other processes: its pid
+ * (0 when no writer holds the table) and the pages it holds back. */
+#define RD_HEAD_PINNED 24u
+#define RD_HEAD_WRITER 32u
+
+static void publish_pinned(mp_pager *p)
+{
+    mp_readers *rd = p->rd;
+    uint64_t n = rd->durable - rd->head;
+    if (n == rd->published)
+        return;
+    uint8_t v[8];
+    mp_store_u64(v, n);
+    if (os_write_all(rd->fd, v, sizeof v, RD_HEAD_PINNED) == MP_OK)
+        rd->published = n;
+}
+
+static void publish_writer(int fd, uint64_t pid)
+{
+    uint8_t v[16];
+    mp_store_u64(v, 0);
+    mp_store_u64(v + 8, pid);
+    (void)os_write_all(fd, v, sizeof v, RD_HEAD_PINNED);
+}
+
 /* ------------------------------------------------------- writer: pinning */
 
 int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
@@ -299,6 +325,8 @@ int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
         return rc;
     rd->fd = fd;
     rd->bound = 0;
+    rd->published = 0;
+    publish_writer(fd, (uint64_t)getpid());
     return MP_OK;
 }
 
@@ -394,6 +422,7 @@ int readers_settle(mp_pager *p)
         return 0;
     p->rd->durable = p->rd->tail;
     (void)release_pins(p, 0);
+    publish_pinned(p);
     return 1;
 }
 
@@ -403,6 +432,7 @@ int readers_reclaim(mp_pager *p, int force)
         return 0;
     uint64_t before = p->pending_count;
     (void)release_pins(p, force);
+    publish_pinned(p);
     return p->pending_count != before;
 }
 
@@ -667,6 +697,8 @@ void readers_release(mp_pager *p)
 {
     if (!p->rd)
         return;
+    if (pinning(p) && !p->no_io)
+        publish_writer(p->rd->fd, 0);
     readers_forget(p, !p->no_io);
     free(p->rd->pins);
     free(p->rd->fingerprint);
@@ -703,4 +735,57 @@ int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
     }
     *out = r;
     return MP_OK;
+}
+
+int mp_readers_inspect(const char *table_path, uint64_t *out_pids, uint64_t *out_gens,
+                       uint64_t *out_pages, uint64_t *out_start_ns, uint64_t capacity,
+                       uint64_t *out_n, uint64_t *out_pinned, uint64_t *out_writer_pid)
+{
+    if (!table_path || !out_pids || !out_gens || !out_pages || !out_start_ns || !out_n ||
+        !out_pinned || !out_writer_pid)
+        return MP_EINVALID_ARGUMENT;
+    int fd = open(table_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    uint32_t cap, limit;
+    uint8_t h[RD_HEADER];
+    size_t got = 0;
+    int rc = table_header(fd, &cap, &limit);
+    if (rc == MP_OK)
+        rc = os_pread_all(fd, h, sizeof h, 0, &got);
+    uint64_t k = 0;
+    for (uint32_t i = 0; rc == MP_OK && i < cap && k < capacity; i++) {
+        uint8_t s[RD_SLOT];
+        if ((rc = os_pread_all(fd, s, sizeof s, slot_off(i), &got)) != MP_OK || got < RD_SLOT)
+            break;
+        if (mp_load_u64(s) == 0)
+            continue;
+        /* Only look: a slot no lock holds is dead, and is left for a
+         * process that may write the table to clear. */
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_RDLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = (off_t)slot_off(i);
+        fl.l_len = RD_SLOT;
+#if RD_OFD
+        int cmd = F_OFD_GETLK;
+#else
+        int cmd = F_GETLK;
+#endif
+        if (fcntl(fd, cmd, &fl) == 0 && fl.l_type == F_UNLCK)
+            continue;
+        out_pids[k] = mp_load_u64(s);
+        out_gens[k] = mp_load_u64(s + 8);
+        out_pages[k] = mp_load_u64(s + 16);
+        out_start_ns[k] = mp_load_u64(s + 24);
+        k++;
+    }
+    if (rc == MP_OK) {
+        *out_n = k;
+        *out_pinned = mp_load_u64(h + RD_HEAD_PINNED);
+        *out_writer_pid = mp_load_u64(h + RD_HEAD_WRITER);
+    }
+    close(fd);
+    return rc;
 }

@@ -80,6 +80,7 @@ from mappedpages._errors import (
     RecoveryWarning,
 )
 from mappedpages._pager import Pager
+from mappedpages._readers import inspect_table
 from mappedpages._readonly import ReadOnlyPager
 from mappedpages._types import ProtectedPageId
 
@@ -292,7 +293,7 @@ def open_reader(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RecoveryWarning)
         try:
-            reader = ReadOnlyPager.open(path, salvage=True) if salvage else ReadOnlyPager.open(path)
+            reader = ReadOnlyPager.open(path, snapshot=False, salvage=salvage)
         except CorruptFileError as exc:
             salvageable = isinstance(exc, (FileTruncated, CorruptProtectedDirectory))
             raise Damaged(path, _damage_detail(exc, sb, path), salvageable) from None
@@ -544,7 +545,49 @@ def info_data(path: str) -> dict[str, Any]:
         "fragmentation": round(fragmentation, 4),
         "recovered_on_open": notes,
         "conflicts": layout.conflicts,
+        "reader_table": _reader_table_data(path),
     }
+
+
+def _reader_table_data(path: str) -> dict[str, Any] | None:
+    """``info``'s view of the reader table beside the file (None when there is none)."""
+    try:
+        table = inspect_table(path)
+    except (OSError, MappedPageError) as exc:
+        return {"error": str(exc)}
+    if table is None:
+        return None
+    table["readers"] = [r._asdict() for r in table["readers"]]
+    return table
+
+
+def _reader_table_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``info``'s lines on snapshot readers: who holds which commit, what it costs."""
+    table = data.get("reader_table")
+    if table is None:
+        return [("readers", "none (no reader table)")]
+    if "error" in table:
+        return [("readers", f"reader table unreadable: {table['error']}")]
+    readers = table["readers"]
+    rows = []
+    if not readers:
+        rows.append(("readers", "none live"))
+    for r in readers:
+        rows.append(
+            (
+                "reader",
+                f"pid {r['pid']}, generation {r['generation']}, age {r['age']:.1f} s, "
+                f"{r['page_count']} pages",
+            )
+        )
+    who = f"writer pid {table['writer_pid']}" if table["writer_pid"] else "no writer open"
+    rows.append(
+        (
+            "pinned free pages",
+            f"{table['pinned_free_pages']} (freed, held back for readers; {who})",
+        )
+    )
+    return rows
 
 
 def _print_info(data: dict[str, Any], out: TextIO) -> None:
@@ -651,6 +694,7 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
             f"{data['fragmentation'] * 100:.1f}% (1 - largest free run / free pages)",
         )
     )
+    rows.extend(_reader_table_rows(data))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)

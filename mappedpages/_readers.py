@@ -14,6 +14,7 @@ they show that commit's content however often the writer rewrites them.
 from __future__ import annotations
 
 import errno
+import hashlib
 import mmap
 import os
 import tempfile
@@ -45,9 +46,21 @@ class ReaderInfo(NamedTuple):
     """The file's page count in its snapshot."""
 
 
+_NAME_MAX = 255
+_SUFFIX = b"-readers"
+
+
 def table_path(raw: bytes) -> bytes:
-    """The reader table's path for a data file's path."""
-    return raw + b"-readers"
+    """The reader table's path for a data file's path: ``<path>-readers``.
+
+    When that name would pass the file system's 255-byte limit, the table is
+    ``.mp-<hash of the name>-readers`` in the same folder instead.
+    """
+    folder, name = os.path.split(raw)
+    if len(name) + len(_SUFFIX) <= _NAME_MAX:
+        return raw + _SUFFIX
+    digest = hashlib.sha256(name).hexdigest()[:24].encode()
+    return os.path.join(folder, b".mp-" + digest + _SUFFIX)
 
 
 def check_max_readers(max_readers: object) -> int:
@@ -62,7 +75,7 @@ def check_max_readers(max_readers: object) -> int:
 def table_error(rc: int, path: str) -> Exception | None:
     """A ``PermissionError`` naming the table for a permission failure, else None."""
     if rc < 0 and -rc in _PERMISSION_ERRNOS:
-        table = path + "-readers"
+        table = os.fsdecode(table_path(os.fsencode(path)))
         return PermissionError(
             -rc,
             f"the reader table {table!r} cannot be created or written; open with "
@@ -168,3 +181,39 @@ def pinned_pages(handle: Any) -> int:
         raise_for(rc, "pinned_free_pages")
     return int(out[0])
 
+
+
+def inspect_table(path: str) -> dict[str, Any] | None:
+    """What the reader table beside ``path`` says, looked at read-only.
+
+    Returns None when there is no table; else ``readers`` (live ones, as
+    :class:`ReaderInfo`), ``pinned_free_pages`` (as its writer last
+    published it) and ``writer_pid`` (0 when no writer holds the table).
+    """
+    raw = table_path(os.fsencode(path))
+    cap = MAX_READERS_LIMIT
+    pids = ffi.new("uint64_t[]", cap)
+    gens = ffi.new("uint64_t[]", cap)
+    pages = ffi.new("uint64_t[]", cap)
+    start = ffi.new("uint64_t[]", cap)
+    n = ffi.new("uint64_t *")
+    pinned = ffi.new("uint64_t *")
+    writer = ffi.new("uint64_t *")
+    rc = lib.mp_readers_inspect(raw, pids, gens, pages, start, cap, n, pinned, writer)
+    if rc == -errno.ENOENT:
+        return None
+    if rc != 0:
+        from mappedpages._errors import raise_for
+
+        raise_for(rc, "reader table", os.fsdecode(raw))
+    now = time.time_ns()
+    readers = [
+        ReaderInfo(int(pids[i]), int(gens[i]), max(0, now - int(start[i])) / 1e9, int(pages[i]))
+        for i in range(int(n[0]))
+    ]
+    readers.sort(key=lambda r: (r.generation, r.pid))
+    return {
+        "readers": readers,
+        "pinned_free_pages": int(pinned[0]),
+        "writer_pid": int(writer[0]),
+    }

@@ -576,7 +576,7 @@ def test_map_svg_empty_name_is_an_error(tmp_path):
     assert r.returncode == 2
     assert r.stdout == ""  # not the terminal map
     assert "argument --svg" in r.stderr and "file name" in r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["f.mpp"]
+    assert sorted(os.listdir(tmp_path)) == ["f.mpp", "f.mpp-readers"]  # the reader table
 
 
 # ---------------------------------------------------------------- bad input
@@ -649,7 +649,7 @@ def test_permission_denied(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mappedpages: {path}: permission denied"]
     monkeypatch.undo()
-    monkeypatch.setattr(cli.ReadOnlyPager, "open", classmethod(lambda cls, p: refuse()))
+    monkeypatch.setattr(cli.ReadOnlyPager, "open", classmethod(lambda cls, p, **kw: refuse()))
     assert cli.main(["info", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mappedpages: {path}: permission denied"]

@@ -643,3 +643,33 @@ TestSnapshotModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# ------------------------------------------------------------------- info
+
+
+def test_info_shows_readers_and_pinned_pages(tmp_path):
+    path = tmp_path / "info.mpp"
+
+    def info() -> tuple[str, dict]:
+        run = [sys.executable, "-m", "mappedpages", "info", str(path)]
+        text = subprocess.run(run, capture_output=True, text=True, timeout=60)
+        assert text.returncode == 0, text.stderr
+        js = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60)
+        return text.stdout, json.loads(js.stdout)["reader_table"]
+
+    with Pager.create(path) as w:
+        ids = w.alloc_bulk(4)
+        with ReadOnlyPager.open(path) as r:
+            w.free_bulk(ids[:3])
+            text, table = info()
+            assert f"pid {os.getpid()}, generation {r.generation}" in text
+            assert "pinned free pages  3" in text
+            assert table["pinned_free_pages"] == 3 and table["writer_pid"] == os.getpid()
+            assert [x["generation"] for x in table["readers"]] == [r.generation]
+        w.alloc()  # the writer looks again, and publishes what it still holds
+        text, table = info()
+        assert "readers            none live" in text
+        assert table["pinned_free_pages"] == 0 and table["readers"] == []
+    _, table = info()
+    assert table["writer_pid"] == 0
