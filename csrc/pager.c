@@ -173,6 +173,27 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
     return MP_OK;
 }
 
+/* A writer's open: clears what an unfinished commit left, commits the
+ * repairs open made and brings page 0 in line with the chosen state. */
+static int commit_repairs(mp_pager *p, mp_open_report *report)
+{
+    /* Copies an unfinished commit left must go before this writer's commits
+     * raise the generation to theirs. */
+    int rc = pager_clear_leftovers(p);
+    if (rc != MP_OK)
+        return rc;
+    if (!(p->changed || p->page0_stale || p->index_changed || dir_any_dirty(p)))
+        return MP_OK;
+    /* So that the crate, which follows page 0, reads the same state. */
+    if (p->changed || p->index_changed || dir_any_dirty(p))
+        rc = pager_commit(p, MP_ORDER_DIR_FIRST);
+    if (rc == MP_OK && p->page0_stale)
+        rc = pager_write_page0(p, 1);
+    if (rc == MP_OK)
+        report->flags |= MP_REC_PAGE0_REWRITTEN;
+    return rc;
+}
+
 int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
                   mp_open_report *report)
 {
@@ -241,25 +262,9 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     }
     p->durability = opts->durability;
     set_growth(p, opts);
-    /* Copies an unfinished commit left must go before this writer's commits
-     * raise the generation to theirs. */
-    if (!p->read_only && (rc = pager_clear_leftovers(p)) != MP_OK) {
+    if (!p->read_only && (rc = commit_repairs(p, report)) != MP_OK) {
         pager_destroy(p);
         return rc;
-    }
-    if (!p->read_only && (p->changed || p->page0_stale || p->index_changed || dir_any_dirty(p))) {
-        /* A writer commits the repairs open made to the directory, and brings
-         * page 0 in line with the chosen state, so that the crate, which
-         * follows page 0, reads the same state. */
-        if (p->changed || p->index_changed || dir_any_dirty(p))
-            rc = pager_commit(p, MP_ORDER_DIR_FIRST);
-        if (rc == MP_OK && p->page0_stale)
-            rc = pager_write_page0(p, 1);
-        if (rc != MP_OK) {
-            pager_destroy(p);
-            return rc;
-        }
-        report->flags |= MP_REC_PAGE0_REWRITTEN;
     }
     *out = p;
     return MP_OK;
