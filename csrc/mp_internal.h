@@ -494,7 +494,49 @@ void dir_ref_changed(mp_pager *p, uint64_t b);
 
 /* ---- readers.c: the reader table, pinned pages, reader fingerprints ---- */
 
-typedef struct mp_readers mp_readers;
+#define RD_HEADER 64u       /* the reader table's header, then its slots */
+#define RD_SLOT 64u
+#define RD_MAX_SLOTS 65536u
+/* The writer's fields of the header, for `info` in other processes: the pages
+ * it holds back for readers, and its pid (0 when no writer holds the table). */
+#define RD_HEAD_PINNED 24u
+#define RD_HEAD_WRITER 32u
+
+typedef struct {
+    uint64_t id;
+    uint64_t gen;            /* the writer's written generation when freed */
+} rd_pin;
+
+/* A pager's reader-table state: a writer's pins, or a reader's slot and the
+ * fingerprint of the state it loaded. */
+typedef struct mp_readers {
+    int fd;                  /* the table, or -1 */
+    int64_t slot;            /* a reader's slot, or -1 */
+    /* writer (pins.c) */
+    rd_pin *pins;            /* FIFO, ordered by gen */
+    uint64_t head, durable, tail, cap;
+    uint64_t bound;          /* no live or future reader holds a generation below */
+    uint32_t scans;          /* table reads, for tests of the cached bound */
+    uint64_t live_checked;   /* when slots' locks were last tested (monotonic ns) */
+    uint64_t published;      /* the pinned count last written to the header */
+    /* reader (readers.c) */
+    uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
+    int fp_valid;
+} mp_readers;
+
+typedef struct {
+    uint64_t pid, gen, pages, start;
+} rd_entry;
+
+/* p->rd, allocated on first use (NULL when out of memory). */
+mp_readers *readers_get(mp_pager *p);
+/* Opens (creating) the table: want >= 0 is a writer's max_readers, -1 a reader. */
+int readers_table_open(const mp_pager *p, const char *path, int64_t want, int *out_fd);
+/* The live slots (dead ones cleared when check_live), and their least generation. */
+int readers_table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint64_t *n,
+                       uint64_t *oldest);
+/* Frees a writer's pins and tells the table no writer holds it. */
+void pins_release(mp_pager *p);
 /* Opens the data file on fd (already locked for a writer); owns fd. */
 int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report *report);
 /* Did the writer commit since pages 0-2 read as snap? (pager.c) */

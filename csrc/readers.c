@@ -1,11 +1,11 @@
 /*
- * readers.c - reader snapshots: the reader table beside the file, and the
- * writer's deferral of page reuse under live readers.
+
+
  *
  * Owns: the file "<path>-readers" (its layout is FORMAT.md's "Reader table"),
- * a reader's slot in it, the writer's list of pinned pages (freed, durable,
- * but possibly still allocated in a live reader's snapshot) and a reader's
- * fingerprint of the state it loaded (what makes an idle refresh cheap).
+ * a reader's slot in it, and a reader's fingerprint of the state it loaded
+ * (what makes an idle refresh cheap). The writer's side, the pages it holds
+ * back for readers, is pins.c's.
  *
  * The table: a 64-byte header, then `capacity` slots of 64 bytes. A slot is
  * held by one reader for its life, under an fcntl lock on the slot's bytes
@@ -47,30 +47,7 @@
 
 #define RD_MAGIC "MPREADRS"
 #define RD_VERSION 1u
-#define RD_HEADER 64u
-#define RD_SLOT 64u
 #define RD_DEFAULT_MAX 126u
-#define RD_MAX_SLOTS 65536u
-
-typedef struct {
-    uint64_t id;
-    uint64_t gen;            /* the writer's written generation when freed */
-} rd_pin;
-
-struct mp_readers {
-    int fd;                  /* the table, or -1 */
-    int64_t slot;            /* a reader's slot, or -1 */
-    /* writer */
-    rd_pin *pins;            /* FIFO, ordered by gen */
-    uint64_t head, durable, tail, cap;
-    uint64_t bound;          /* no live or future reader holds a generation below */
-    uint32_t scans;          /* table reads, for tests of the cached bound */
-    uint64_t live_checked;   /* when slots' locks were last tested (monotonic ns) */
-    uint64_t published;      /* the pinned count last written to the header */
-    /* reader */
-    uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
-    int fp_valid;
-};
 
 /* ---------------------------------------------------------------- locks */
 
@@ -122,7 +99,7 @@ static uint64_t now_ns(void)
 
 /* ---------------------------------------------------------------- table */
 
-static mp_readers *rd_get(mp_pager *p)
+mp_readers *readers_get(mp_pager *p)
 {
     if (!p->rd) {
         p->rd = calloc(1, sizeof *p->rd);
@@ -173,7 +150,7 @@ static int table_write_header(int fd, uint32_t capacity, uint32_t limit)
 /* Opens (creating it with the data file's permission bits) the table, and
  * makes sure it has a header. `want` >= 0: a writer's max_readers, which
  * becomes the limit (and the capacity, if larger); -1: a reader's default. */
-static int table_open(const mp_pager *p, const char *path, int64_t want, int *out_fd)
+int readers_table_open(const mp_pager *p, const char *path, int64_t want, int *out_fd)
 {
     struct stat st;
     if (p->fd < 0 || fstat(p->fd, &st) != 0)
@@ -234,13 +211,9 @@ static int slot_dead(int fd, uint64_t i, uint64_t pid)
     return 1;
 }
 
-typedef struct {
-    uint64_t pid, gen, pages, start;
-} rd_entry;
-
 /* Reads the live slots (clearing dead ones) into out[0..*n), at most cap. */
-static int table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint64_t *n,
-                      uint64_t *oldest)
+int readers_table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint64_t *n,
+                       uint64_t *oldest)
 {
     uint32_t capacity, limit;
     int rc = table_header(fd, &capacity, &limit);
@@ -281,212 +254,6 @@ static int table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint6
     return rc;
 }
 
-/* The writer's fields of the header, for `info` in other processes: its pid
- * (0 when no writer holds the table) and the pages it holds back. */
-#define RD_HEAD_PINNED 24u
-#define RD_HEAD_WRITER 32u
-
-static void publish_pinned(mp_pager *p)
-{
-    mp_readers *rd = p->rd;
-    uint64_t n = rd->durable - rd->head;
-    if (n == rd->published)
-        return;
-    uint8_t v[8];
-    mp_store_u64(v, n);
-    if (os_write_all(rd->fd, v, sizeof v, RD_HEAD_PINNED) == MP_OK)
-        rd->published = n;
-}
-
-static void publish_writer(int fd, uint64_t pid)
-{
-    uint8_t v[16];
-    mp_store_u64(v, 0);
-    mp_store_u64(v + 8, pid);
-    (void)os_write_all(fd, v, sizeof v, RD_HEAD_PINNED);
-}
-
-/* ------------------------------------------------------- writer: pinning */
-
-int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
-{
-    int rc = pager_usable(p, 0);
-    if (rc != MP_OK)
-        return rc;
-    if (!table_path || p->read_only || max_readers < 0 || max_readers > RD_MAX_SLOTS)
-        return MP_EINVALID_ARGUMENT;
-    if (p->rd && p->rd->fd >= 0)
-        return MP_EINVALID_ARGUMENT;
-    mp_readers *rd = rd_get(p);
-    if (!rd)
-        return MP_ENO_MEMORY;
-    int fd;
-    if ((rc = table_open(p, table_path, max_readers, &fd)) != MP_OK)
-        return rc;
-    rd->fd = fd;
-    rd->bound = 0;
-    rd->published = 0;
-    publish_writer(fd, (uint64_t)getpid());
-    return MP_OK;
-}
-
-static int pinning(const mp_pager *p)
-{
-    return p->rd && p->rd->fd >= 0 && !p->read_only;
-}
-
-int readers_pin(mp_pager *p, uint64_t id)
-{
-    if (!pinning(p))
-        return 0;
-    mp_readers *rd = p->rd;
-    if (rd->tail == rd->cap) {
-        if (rd->head > 0) {
-            /* Slide the live part down rather than grow. */
-            memmove(rd->pins, rd->pins + rd->head, (size_t)(rd->tail - rd->head) * sizeof *rd->pins);
-            rd->tail -= rd->head;
-            rd->durable -= rd->head;
-            rd->head = 0;
-        }
-        if (rd->tail == rd->cap) {
-            uint64_t ncap = rd->cap ? rd->cap * 2 : 256;
-            rd_pin *np = realloc(rd->pins, (size_t)ncap * sizeof *np);
-            if (!np)
-                return 1; /* stays pending until the pager closes: never unsafe */
-            rd->pins = np;
-            rd->cap = ncap;
-        }
-    }
-    rd->pins[rd->tail].id = id;
-    rd->pins[rd->tail].gen = p->generation;
-    rd->tail++;
-    return 1;
-}
-
-static void unpin(mp_pager *p, uint64_t id)
-{
-    if (!bitmap_get(p->pending, id) || bitmap_get(p->bits, id))
-        return;
-    bitmap_clear(p->pending, id);
-    p->pending_count--;
-    uint64_t w = id >> 6;
-    if (p->sum.mem)
-        summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
-    if (id < p->hint)
-        p->hint = id;
-}
-
-static uint64_t mono_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-/* Testing a slot's lock is a system call per live slot: done at most this
- * often while pins wait, and always before the file grows for them. */
-static const uint64_t LIVENESS_EVERY_NS = 10u * 1000u * 1000u;
-
-/* Releases the durable pins no live reader can see; reads the table only when
- * the cached bound holds the oldest pin back. */
-static int release_pins(mp_pager *p, int force)
-{
-    mp_readers *rd = p->rd;
-    if (rd->head == rd->durable)
-        return MP_OK;
-    if (rd->pins[rd->head].gen >= rd->bound) {
-        uint64_t oldest, now = mono_ns();
-        int live = force || now - rd->live_checked >= LIVENESS_EVERY_NS;
-        /* The commit being released must be visible before the slots are read. */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        int rc = table_scan(rd->fd, live, NULL, 0, NULL, &oldest);
-        if (rc != MP_OK)
-            return rc; /* keep them pinned: the file grows, nothing breaks */
-        if (live)
-            rd->live_checked = now;
-        rd->scans++;
-        rd->bound = oldest < p->generation ? oldest : p->generation;
-    }
-    while (rd->head < rd->durable && rd->pins[rd->head].gen < rd->bound) {
-        unpin(p, rd->pins[rd->head].id);
-        rd->head++;
-    }
-    if (rd->head == rd->tail)
-        rd->head = rd->durable = rd->tail = 0;
-    return MP_OK;
-}
-
-int readers_settle(mp_pager *p)
-{
-    if (!pinning(p))
-        return 0;
-    p->rd->durable = p->rd->tail;
-    (void)release_pins(p, 0);
-    publish_pinned(p);
-    return 1;
-}
-
-int readers_reclaim(mp_pager *p, int force)
-{
-    if (!pinning(p) || p->rd->head == p->rd->durable)
-        return 0;
-    uint64_t before = p->pending_count;
-    (void)release_pins(p, force);
-    publish_pinned(p);
-    return p->pending_count != before;
-}
-
-void readers_after_reload(mp_pager *p)
-{
-    if (!pinning(p))
-        return;
-    mp_readers *rd = p->rd;
-    /* Frees after the last durable point were rolled back: their pages are
-     * allocated again. The durable ones are free in the reloaded state, and
-     * pinned again. */
-    rd->tail = rd->durable;
-    for (uint64_t i = rd->head; i < rd->durable; i++) {
-        uint64_t id = rd->pins[i].id;
-        if (bitmap_get(p->bits, id) || bitmap_get(p->pending, id))
-            continue;
-        bitmap_set(p->pending, id);
-        uint64_t w = id >> 6;
-        if (p->pending_count == 0 || w < p->pending_lo)
-            p->pending_lo = w;
-        if (p->pending_count == 0 || w > p->pending_hi)
-            p->pending_hi = w;
-        p->pending_count++;
-        if (p->sum.mem)
-            summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
-    }
-}
-
-int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
-{
-    int rc = pager_usable(p, 0);
-    if (rc != MP_OK)
-        return rc;
-    if (!out_count)
-        return MP_EINVALID_ARGUMENT;
-    uint64_t n = 0;
-    if (pinning(p)) {
-        /* Look again first, so the count is of pages readers hold now. */
-        if (p->txn_depth == 0)
-            (void)release_pins(p, 0);
-        n = p->rd->durable - p->rd->head;
-    }
-    *out_count = n;
-    return MP_OK;
-}
-
-int mp_readers_scans(const mp_pager *p, uint64_t *out_count)
-{
-    if (!p || !out_count)
-        return MP_EINVALID_ARGUMENT;
-    *out_count = p->rd ? p->rd->scans : 0;
-    return MP_OK;
-}
-
 /* ------------------------------------------------------ reader: its slot */
 
 static int slot_write(int fd, int64_t slot, uint64_t gen, uint64_t pages, uint64_t start)
@@ -516,7 +283,7 @@ void readers_note_loaded(mp_pager *p, const uint8_t *snap)
 {
     if (!p->read_only)
         return;
-    mp_readers *rd = rd_get(p);
+    mp_readers *rd = readers_get(p);
     if (!rd)
         return;
     size_t bytes = (size_t)p->page_size * MP_RESERVED_PAGES;
@@ -585,13 +352,13 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
         return rc;
     if (!table_path || !report || !p->read_only)
         return MP_EINVALID_ARGUMENT;
-    mp_readers *rd = rd_get(p);
+    mp_readers *rd = readers_get(p);
     if (!rd)
         return MP_ENO_MEMORY;
     if (rd->slot >= 0)
         return MP_OK;
     int fd;
-    if ((rc = table_open(p, table_path, -1, &fd)) != MP_OK)
+    if ((rc = readers_table_open(p, table_path, -1, &fd)) != MP_OK)
         return rc;
     uint32_t capacity, limit;
     if ((rc = table_header(fd, &capacity, &limit)) != MP_OK) {
@@ -662,7 +429,7 @@ int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_
     if (capacity && !e)
         return MP_ENO_MEMORY;
     uint64_t n = 0;
-    rc = table_scan(p->rd->fd, 1, e, capacity, &n, NULL);
+    rc = readers_table_scan(p->rd->fd, 1, e, capacity, &n, NULL);
     if (rc == MP_OK) {
         for (uint64_t i = 0; i < n; i++) {
             out_pids[i] = e[i].pid;
@@ -697,10 +464,8 @@ void readers_release(mp_pager *p)
 {
     if (!p->rd)
         return;
-    if (pinning(p) && !p->no_io)
-        publish_writer(p->rd->fd, 0);
+    pins_release(p);
     readers_forget(p, !p->no_io);
-    free(p->rd->pins);
     free(p->rd->fingerprint);
     free(p->rd);
     p->rd = NULL;

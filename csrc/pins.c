@@ -1,0 +1,236 @@
+/*
+ * pins.c - the writer's side of reader snapshots: pages freed while a live
+ * reader's commit may still have them allocated are held back ("pinned").
+ *
+ * Owns: the FIFO of pinned pages, the cached bound on the readers' oldest
+ * generation, and the writer's fields of the reader table's header (its pid
+ * and the pinned count, for `info` in other processes). The table itself,
+ * its slots and their locks are readers.c's.
+ *
+ * Invariants (the reasoning is readers.c's, at the top):
+ *   - Every page in the FIFO is free in bits[] and set in pending[], so
+ *     allocation skips it; pending_count counts it.
+ *   - Entries are in the order freed, so by the writer's written generation
+ *     when freed (gen); those before `durable` were made durable by a commit.
+ *   - An entry is released only if durable and gen < bound, where bound is at
+ *     most the oldest live slot's generation and the writer's generation when
+ *     the table was last read: no reader, now or later, has it allocated.
+ */
+#include "mp_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The pinned count, in the header for `info`; written only when it changed. */
+static void publish_pinned(mp_pager *p)
+{
+    mp_readers *rd = p->rd;
+    uint64_t n = rd->durable - rd->head;
+    if (n == rd->published)
+        return;
+    uint8_t v[8];
+    mp_store_u64(v, n);
+    if (os_write_all(rd->fd, v, sizeof v, RD_HEAD_PINNED) == MP_OK)
+        rd->published = n;
+}
+
+/* The writer's pid in the header (0: none), with a pinned count of 0. */
+static void publish_writer(int fd, uint64_t pid)
+{
+    uint8_t v[16];
+    mp_store_u64(v, 0);
+    mp_store_u64(v + 8, pid);
+    (void)os_write_all(fd, v, sizeof v, RD_HEAD_PINNED);
+}
+
+/* ------------------------------------------------------- writer: pinning */
+
+int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!table_path || p->read_only || max_readers < 0 || max_readers > RD_MAX_SLOTS)
+        return MP_EINVALID_ARGUMENT;
+    if (p->rd && p->rd->fd >= 0)
+        return MP_EINVALID_ARGUMENT;
+    mp_readers *rd = readers_get(p);
+    if (!rd)
+        return MP_ENO_MEMORY;
+    int fd;
+    if ((rc = readers_table_open(p, table_path, max_readers, &fd)) != MP_OK)
+        return rc;
+    rd->fd = fd;
+    rd->bound = 0;
+    rd->published = 0;
+    publish_writer(fd, (uint64_t)getpid());
+    return MP_OK;
+}
+
+static int pinning(const mp_pager *p)
+{
+    return p->rd && p->rd->fd >= 0 && !p->read_only;
+}
+
+int readers_pin(mp_pager *p, uint64_t id)
+{
+    if (!pinning(p))
+        return 0;
+    mp_readers *rd = p->rd;
+    if (rd->tail == rd->cap) {
+        if (rd->head > 0) {
+            /* Slide the live part down rather than grow. */
+            memmove(rd->pins, rd->pins + rd->head, (size_t)(rd->tail - rd->head) * sizeof *rd->pins);
+            rd->tail -= rd->head;
+            rd->durable -= rd->head;
+            rd->head = 0;
+        }
+        if (rd->tail == rd->cap) {
+            uint64_t ncap = rd->cap ? rd->cap * 2 : 256;
+            rd_pin *np = realloc(rd->pins, (size_t)ncap * sizeof *np);
+            if (!np)
+                return 1; /* stays pending until the pager closes: never unsafe */
+            rd->pins = np;
+            rd->cap = ncap;
+        }
+    }
+    rd->pins[rd->tail].id = id;
+    rd->pins[rd->tail].gen = p->generation;
+    rd->tail++;
+    return 1;
+}
+
+static void unpin(mp_pager *p, uint64_t id)
+{
+    if (!bitmap_get(p->pending, id) || bitmap_get(p->bits, id))
+        return;
+    bitmap_clear(p->pending, id);
+    p->pending_count--;
+    uint64_t w = id >> 6;
+    if (p->sum.mem)
+        summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    if (id < p->hint)
+        p->hint = id;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Testing a slot's lock is a system call per live slot: done at most this
+ * often while pins wait, and always before the file grows for them. */
+static const uint64_t LIVENESS_EVERY_NS = 10u * 1000u * 1000u;
+
+/* Releases the durable pins no live reader can see; reads the table only when
+ * the cached bound holds the oldest pin back. */
+static int release_pins(mp_pager *p, int force)
+{
+    mp_readers *rd = p->rd;
+    if (rd->head == rd->durable)
+        return MP_OK;
+    if (rd->pins[rd->head].gen >= rd->bound) {
+        uint64_t oldest, now = mono_ns();
+        int live = force || now - rd->live_checked >= LIVENESS_EVERY_NS;
+        /* The commit being released must be visible before the slots are read. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        int rc = readers_table_scan(rd->fd, live, NULL, 0, NULL, &oldest);
+        if (rc != MP_OK)
+            return rc; /* keep them pinned: the file grows, nothing breaks */
+        if (live)
+            rd->live_checked = now;
+        rd->scans++;
+        rd->bound = oldest < p->generation ? oldest : p->generation;
+    }
+    while (rd->head < rd->durable && rd->pins[rd->head].gen < rd->bound) {
+        unpin(p, rd->pins[rd->head].id);
+        rd->head++;
+    }
+    if (rd->head == rd->tail)
+        rd->head = rd->durable = rd->tail = 0;
+    return MP_OK;
+}
+
+int readers_settle(mp_pager *p)
+{
+    if (!pinning(p))
+        return 0;
+    p->rd->durable = p->rd->tail;
+    (void)release_pins(p, 0);
+    publish_pinned(p);
+    return 1;
+}
+
+int readers_reclaim(mp_pager *p, int force)
+{
+    if (!pinning(p) || p->rd->head == p->rd->durable)
+        return 0;
+    uint64_t before = p->pending_count;
+    (void)release_pins(p, force);
+    publish_pinned(p);
+    return p->pending_count != before;
+}
+
+void readers_after_reload(mp_pager *p)
+{
+    if (!pinning(p))
+        return;
+    mp_readers *rd = p->rd;
+    /* Frees after the last durable point were rolled back: their pages are
+     * allocated again. The durable ones are free in the reloaded state, and
+     * pinned again. */
+    rd->tail = rd->durable;
+    for (uint64_t i = rd->head; i < rd->durable; i++) {
+        uint64_t id = rd->pins[i].id;
+        if (bitmap_get(p->bits, id) || bitmap_get(p->pending, id))
+            continue;
+        bitmap_set(p->pending, id);
+        uint64_t w = id >> 6;
+        if (p->pending_count == 0 || w < p->pending_lo)
+            p->pending_lo = w;
+        if (p->pending_count == 0 || w > p->pending_hi)
+            p->pending_hi = w;
+        p->pending_count++;
+        if (p->sum.mem)
+            summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    }
+}
+
+int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!out_count)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t n = 0;
+    if (pinning(p)) {
+        /* Look again first, so the count is of pages readers hold now. */
+        if (p->txn_depth == 0)
+            (void)release_pins(p, 0);
+        n = p->rd->durable - p->rd->head;
+    }
+    *out_count = n;
+    return MP_OK;
+}
+
+int mp_readers_scans(const mp_pager *p, uint64_t *out_count)
+{
+    if (!p || !out_count)
+        return MP_EINVALID_ARGUMENT;
+    *out_count = p->rd ? p->rd->scans : 0;
+    return MP_OK;
+}
+
+void pins_release(mp_pager *p)
+{
+    if (pinning(p) && !p->no_io)
+        publish_writer(p->rd->fd, 0);
+    free(p->rd->pins);
+    p->rd->pins = NULL;
+    p->rd->head = p->rd->durable = p->rd->tail = p->rd->cap = 0;
+}
