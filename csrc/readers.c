@@ -1,6 +1,6 @@
 /*
-
-
+ * readers.c - reader snapshots: the reader table beside the file, a reader's
+ * slot in it, and what a reader compares to refresh cheaply.
  *
  * Owns: the file "<path>-readers" (its layout is FORMAT.md's "Reader table"),
  * a reader's slot in it, and a reader's fingerprint of the state it loaded
