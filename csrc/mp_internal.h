@@ -532,9 +532,10 @@ typedef struct {
 mp_readers *readers_get(mp_pager *p);
 /* Opens (creating) the table: want >= 0 is a writer's max_readers, -1 a reader. */
 int readers_table_open(const mp_pager *p, const char *path, int64_t want, int *out_fd);
-/* The live slots (dead ones cleared when check_live), and their least generation. */
-int readers_table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint64_t *n,
-                       uint64_t *oldest);
+/* The live slots (dead ones cleared when check_live; own, the caller's slot or
+ * -1, is live), and their least generation. */
+int readers_table_scan(int fd, int64_t own, int check_live, rd_entry *out, uint64_t cap,
+                       uint64_t *n, uint64_t *oldest);
 /* Frees a writer's pins and tells the table no writer holds it. */
 void pins_release(mp_pager *p);
 /* Opens the data file on fd (already locked for a writer); owns fd. */

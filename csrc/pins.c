@@ -138,7 +138,7 @@ static int release_pins(mp_pager *p, int force)
         int live = force || now - rd->live_checked >= LIVENESS_EVERY_NS;
         /* The commit being released must be visible before the slots are read. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        int rc = readers_table_scan(rd->fd, live, NULL, 0, NULL, &oldest);
+        int rc = readers_table_scan(rd->fd, -1, live, NULL, 0, NULL, &oldest);
         if (rc != MP_OK)
             return rc; /* keep them pinned: the file grows, nothing breaks */
         if (live)

@@ -212,8 +212,8 @@ static int slot_dead(int fd, uint64_t i, uint64_t pid)
 }
 
 /* Reads the live slots (clearing dead ones) into out[0..*n), at most cap. */
-int readers_table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint64_t *n,
-                       uint64_t *oldest)
+int readers_table_scan(int fd, int64_t own, int check_live, rd_entry *out, uint64_t cap,
+                       uint64_t *n, uint64_t *oldest)
 {
     uint32_t capacity, limit;
     int rc = table_header(fd, &capacity, &limit);
@@ -230,7 +230,8 @@ int readers_table_scan(int fd, int check_live, rd_entry *out, uint64_t cap, uint
     for (uint64_t i = 0; rc == MP_OK && i < got / RD_SLOT; i++) {
         const uint8_t *s = buf + i * RD_SLOT;
         uint64_t pid = mp_load_u64(s);
-        if (pid == 0 || (check_live && slot_dead(fd, i, pid)))
+        /* Our own slot: its lock is ours, so taking it would succeed. */
+        if (pid == 0 || (check_live && (int64_t)i != own && slot_dead(fd, i, pid)))
             continue;
         uint64_t gen = mp_load_u64(s + 8);
         if (gen < low)
@@ -429,7 +430,7 @@ int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_
     if (capacity && !e)
         return MP_ENO_MEMORY;
     uint64_t n = 0;
-    rc = readers_table_scan(p->rd->fd, 1, e, capacity, &n, NULL);
+    rc = readers_table_scan(p->rd->fd, p->rd->slot, 1, e, capacity, &n, NULL);
     if (rc == MP_OK) {
         for (uint64_t i = 0; i < n; i++) {
             out_pids[i] = e[i].pid;

@@ -673,3 +673,16 @@ def test_info_shows_readers_and_pinned_pages(tmp_path):
         assert table["pinned_free_pages"] == 0 and table["readers"] == []
     _, table = info()
     assert table["writer_pid"] == 0
+
+
+def test_a_reader_listing_readers_keeps_its_own_slot(tmp_path):
+    """Its slot's lock is its own: a scan from the reader must not take it as dead."""
+    path = tmp_path / "own.mpp"
+    with Pager.create(path) as w:
+        a = w.alloc()
+        with ReadOnlyPager.open(path) as r:
+            for _ in range(3):
+                assert [x.generation for x in r.readers()] == [r.generation]
+            w.free(a)
+            assert w.alloc() != a, "the reader's page was handed out again"
+            assert [x.pid for x in w.readers()] == [os.getpid()]
