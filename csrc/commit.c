@@ -60,7 +60,7 @@ int pager_write_page0(mp_pager *p, int flush)
     for (uint64_t off = 0; off < p->page_size; off += step) {
         if (memcmp(next + off, now + off, (size_t)step) == 0)
             continue;
-        int rc = os_write_all(p->fd, next + off, (size_t)step, off);
+        int rc = os_write_all(p->map.io, p->fd, next + off, (size_t)step, off);
         if (rc != MP_OK) {
             p->poisoned = 1;
             return rc;
@@ -83,7 +83,7 @@ static int mark_extended(mp_pager *p)
     uint8_t sb[MP_SB_SIZE];
     memcpy(sb, pager_page_ptr(p, 0), sizeof sb);
     fmt_superblock_write(sb, p->log2, MP_MINOR_EXTENDED, sb[12]);
-    int rc = os_write_all(p->fd, sb + 5, 11, 5);
+    int rc = os_write_all(p->map.io, p->fd, sb + 5, 11, 5);
     if (rc != MP_OK) {
         p->poisoned = 1;
         return rc;

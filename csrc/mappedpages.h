@@ -186,7 +186,11 @@ enum mp_io_kind {
     MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS */
     MP_IO_MMAP = 4,
     MP_IO_MUNMAP = 5,
-    MP_IO_KINDS = 6
+    MP_IO_PWRITE = 6,         /* page 0's rewrites and a new file's pages */
+    MP_IO_PREAD = 7,          /* open's read of the superblock */
+    MP_IO_OPEN = 8,           /* open of the file by mp_pager_open */
+    MP_IO_FLOCK = 9,          /* each attempt at the writer's lock */
+    MP_IO_KINDS = 10
 };
 
 /* Test-only fault injection and barrier observation; owned by the caller, who
@@ -197,10 +201,10 @@ enum mp_io_kind {
  * skip_msync_at turns the Nth msync into a silent no-op, to prove that a
  * harness notices a missing barrier. */
 typedef struct mp_io_hooks {
-    uint64_t calls[6];
-    uint64_t fail_at[6];
-    int fail_errno[6];
-    int fail_persistent[6];
+    uint64_t calls[10];       /* sized MP_IO_KINDS (cffi needs the number) */
+    uint64_t fail_at[10];
+    int fail_errno[10];
+    int fail_persistent[10];
     uint64_t skip_msync_at;
     int (*on_barrier)(void *ctx, int kind, uint64_t offset, uint64_t length);
     void *ctx;

@@ -207,11 +207,11 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         return MP_EINVALID_ARGUMENT;
     memset(report, 0, sizeof *report);
     int fd;
-    rc = os_open_file(path, 0, opts->read_only, &fd);
+    rc = os_open_file(opts->io_hooks, path, 0, opts->read_only, &fd);
     if (rc != MP_OK)
         return rc;
     /* Readers take no lock, so a reader never blocks the writer. */
-    if (!opts->read_only && (rc = os_lock(fd, opts->lock_timeout)) != MP_OK) {
+    if (!opts->read_only && (rc = os_lock(opts->io_hooks, fd, opts->lock_timeout)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
@@ -227,7 +227,7 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     size_t got = 0;
     mp_superblock sb;
     if ((rc = os_file_size(fd, &size)) != MP_OK ||
-        (rc = os_pread_all(fd, head, sizeof head, 0, &got)) != MP_OK) {
+        (rc = os_pread_all(opts->io_hooks, fd, head, sizeof head, 0, &got)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
@@ -291,11 +291,11 @@ static int write_fresh(mp_pager *p, uint64_t len)
     memset(buf, 0, ps);
     fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
     fmt_dir_index_write(buf, ps, 0, NULL);
-    if ((rc = os_write_all(p->fd, buf, ps, 0)) != MP_OK)
+    if ((rc = os_write_all(p->map.io, p->fd, buf, ps, 0)) != MP_OK)
         return rc;
     fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
-    if ((rc = os_write_all(p->fd, buf, ps, ps)) != MP_OK ||
-        (rc = os_write_all(p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
+    if ((rc = os_write_all(p->map.io, p->fd, buf, ps, ps)) != MP_OK ||
+        (rc = os_write_all(p->map.io, p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
         return rc;
     return os_sync_file(&p->map);
 }
@@ -325,7 +325,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
         return rc;
     mp_pager *p = NULL;
     uint64_t len = (uint64_t)MP_INITIAL_PAGES * ps;
-    if ((rc = os_lock(fd, opts->lock_timeout)) != MP_OK ||
+    if ((rc = os_lock(opts->io_hooks, fd, opts->lock_timeout)) != MP_OK ||
         (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
         (void)os_unlink(tmp);

@@ -32,7 +32,7 @@ static void publish_pinned(mp_pager *p)
         return;
     uint8_t v[8];
     mp_store_u64(v, n);
-    if (os_write_all(rd->fd, v, sizeof v, RD_HEAD_PINNED) == MP_OK)
+    if (os_write_all(NULL, rd->fd, v, sizeof v, RD_HEAD_PINNED) == MP_OK)
         rd->published = n;
 }
 
@@ -42,7 +42,7 @@ static void publish_writer(int fd, uint64_t pid)
     uint8_t v[16];
     mp_store_u64(v, 0);
     mp_store_u64(v + 8, pid);
-    (void)os_write_all(fd, v, sizeof v, RD_HEAD_PINNED);
+    (void)os_write_all(NULL, fd, v, sizeof v, RD_HEAD_PINNED);
 }
 
 /* ------------------------------------------------------- writer: pinning */

@@ -34,6 +34,8 @@
  *     only when a pinned page would be released and that bound forbids it.
  *   - Nothing read from the table is trusted beyond its own slot: sizes are
  *     clamped, and a slot with a wild generation only pins more pages.
+ * The table's reads and writes bypass the I/O hooks (NULL): the hooks count
+ * and fail the data file's system calls, and the table is not part of it.
  */
 #include "mp_internal.h"
 
@@ -116,7 +118,7 @@ static int table_header(int fd, uint32_t *capacity, uint32_t *limit)
 {
     uint8_t h[RD_HEADER];
     size_t got = 0;
-    int rc = os_pread_all(fd, h, sizeof h, 0, &got);
+    int rc = os_pread_all(NULL, fd, h, sizeof h, 0, &got);
     if (rc != MP_OK)
         return rc;
     if (got < RD_HEADER || memcmp(h, RD_MAGIC, 8) != 0 || mp_load_u32(h + 8) != RD_VERSION)
@@ -144,7 +146,7 @@ static int table_write_header(int fd, uint32_t capacity, uint32_t limit)
     mp_store_u32(h + 8, RD_VERSION);
     mp_store_u32(h + 12, capacity);
     mp_store_u32(h + 16, limit);
-    return os_write_all(fd, h, sizeof h, 0);
+    return os_write_all(NULL, fd, h, sizeof h, 0);
 }
 
 /* Opens (creating it with the data file's permission bits) the table, and
@@ -196,7 +198,7 @@ static int slot_clear(int fd, uint64_t i)
 {
     uint8_t z[RD_SLOT];
     memset(z, 0, sizeof z);
-    return os_write_all(fd, z, sizeof z, slot_off(i));
+    return os_write_all(NULL, fd, z, sizeof z, slot_off(i));
 }
 
 /* Slot i's holder is gone (and the slot is cleared), or it lives. */
@@ -225,7 +227,7 @@ int readers_table_scan(int fd, int64_t own, int check_live, rd_entry *out, uint6
     if (!buf)
         return MP_ENO_MEMORY;
     size_t got = 0;
-    rc = os_pread_all(fd, buf, len, RD_HEADER, &got);
+    rc = os_pread_all(NULL, fd, buf, len, RD_HEADER, &got);
     uint64_t k = 0, low = UINT64_MAX;
     for (uint64_t i = 0; rc == MP_OK && i < got / RD_SLOT; i++) {
         const uint8_t *s = buf + i * RD_SLOT;
@@ -265,7 +267,7 @@ static int slot_write(int fd, int64_t slot, uint64_t gen, uint64_t pages, uint64
     mp_store_u64(s + 8, gen);
     mp_store_u64(s + 16, pages);
     mp_store_u64(s + 24, start);
-    return os_write_all(fd, s, sizeof s, slot_off((uint64_t)slot));
+    return os_write_all(NULL, fd, s, sizeof s, slot_off((uint64_t)slot));
 }
 
 static int publish(mp_pager *p)
@@ -277,7 +279,7 @@ static int publish(mp_pager *p)
     uint8_t v[16];
     mp_store_u64(v, p->generation);
     mp_store_u64(v + 8, p->total_pages);
-    return os_write_all(rd->fd, v, sizeof v, slot_off((uint64_t)rd->slot) + 8);
+    return os_write_all(NULL, rd->fd, v, sizeof v, slot_off((uint64_t)rd->slot) + 8);
 }
 
 void readers_note_loaded(mp_pager *p, const uint8_t *snap)
@@ -372,7 +374,7 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
             continue;
         uint8_t s[8];
         size_t got = 0;
-        if (os_pread_all(fd, s, sizeof s, slot_off(i), &got) == MP_OK && got == sizeof s &&
+        if (os_pread_all(NULL, fd, s, sizeof s, slot_off(i), &got) == MP_OK && got == sizeof s &&
             mp_load_u64(s) != 0 && !RD_OFD && mp_load_u64(s) == (uint64_t)getpid()) {
             /* Without descriptor locks our own process's slots look free. */
             continue;
@@ -518,11 +520,11 @@ int mp_readers_inspect(const char *table_path, uint64_t *out_pids, uint64_t *out
     size_t got = 0;
     int rc = table_header(fd, &cap, &limit);
     if (rc == MP_OK)
-        rc = os_pread_all(fd, h, sizeof h, 0, &got);
+        rc = os_pread_all(NULL, fd, h, sizeof h, 0, &got);
     uint64_t k = 0;
     for (uint32_t i = 0; rc == MP_OK && i < cap && k < capacity; i++) {
         uint8_t s[RD_SLOT];
-        if ((rc = os_pread_all(fd, s, sizeof s, slot_off(i), &got)) != MP_OK || got < RD_SLOT)
+        if ((rc = os_pread_all(NULL, fd, s, sizeof s, slot_off(i), &got)) != MP_OK || got < RD_SLOT)
             break;
         if (mp_load_u64(s) == 0)
             continue;
