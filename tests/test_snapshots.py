@@ -686,3 +686,79 @@ def test_a_reader_listing_readers_keeps_its_own_slot(tmp_path):
             w.free(a)
             assert w.alloc() != a, "the reader's page was handed out again"
             assert [x.pid for x in w.readers()] == [os.getpid()]
+
+
+# ------------------------------------- both layouts, lazy modes, rollbacks
+
+
+def extended_file(path: Path) -> Pager:
+    """A writer on a file past v0.2's cap (the extended layout, format 0.3)."""
+    w = Pager.create(path, page_size=1024, preallocate=False)
+    w.free_bulk(w.alloc_bulk((1024 - 28) * 8 + 16))
+    assert w.format_version == "0.3"
+    return w
+
+
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
+def test_both_layouts_pin_pages_and_protected_content(tmp_path, layout):
+    path = tmp_path / f"l{layout}.mpp"
+    w = extended_file(path) if layout == "0.3" else Pager.create(path, page_size=1024)
+    with w:
+        ids = w.alloc_bulk(10)
+        for i in ids:
+            stamp(w.page(i), i)
+        pid = w.alloc_protected()
+        with w.write_protected(pid) as pw:
+            pw.page[:2] = b"p0"
+        with ReadOnlyPager.open(path) as r:
+            assert r.format_version == layout
+            w.free_bulk(ids)
+            for n in range(5):
+                with w.write_protected(pid) as pw:
+                    pw.page[:2] = b"p%d" % (n + 1)
+            fresh = w.alloc_bulk(30)
+            assert not set(fresh) & set(ids)
+            for i in fresh:
+                stamp(w.page(i), 0)
+            assert [read_stamp(r.page(i)) for i in ids] == ids
+            assert bytes(r.protected_page(pid)[:2]) == b"p0" and r.verify_protected(pid)
+            assert w.pinned_free_pages == 10
+            assert r.refresh() is True
+            assert bytes(r.protected_page(pid)[:2]) == b"p5"
+            w.alloc()
+            assert w.pinned_free_pages == 0
+
+
+def test_none_mode_pins_until_durable_and_readers_move(tmp_path):
+    path = tmp_path / "lazy.mpp"
+    with Pager.create(path, page_size=1024, durability="none") as w:
+        ids = w.alloc_bulk(6)
+        w.sync()
+        with ReadOnlyPager.open(path) as r:
+            assert list(r.allocated_pages()) == ids
+            w.free_bulk(ids[:3])
+            assert not set(w.alloc_bulk(5)) & set(ids[:3])
+            w.sync()  # durable now, and still held for the reader
+            assert w.pinned_free_pages == 3
+            assert not set(w.alloc_bulk(5)) & set(ids[:3])
+            assert r.refresh() is True
+            assert w.alloc() == min(ids[:3])
+
+
+def test_rollback_keeps_earlier_pins_and_drops_its_own(tmp_path):
+    path = tmp_path / "txn.mpp"
+    with Pager.create(path, page_size=1024) as w:
+        ids = w.alloc_bulk(8)
+        r = ReadOnlyPager.open(path)
+        w.free_bulk(ids[:2])
+        assert w.pinned_free_pages == 2
+        with pytest.raises(RuntimeError), w.transaction():
+            w.free_bulk(ids[2:4])
+            w.alloc_bulk(3)
+            raise RuntimeError("roll back")
+        assert list(w.allocated_pages()) == ids[2:]
+        assert w.pinned_free_pages == 2
+        assert not set(w.alloc_bulk(20)) & set(ids[:2])
+        r.close()
+        assert w.pinned_free_pages == 0
+        assert w.alloc() == min(ids[:2])
