@@ -160,7 +160,8 @@ class ReadOnlyPager(_PagerBase):
             return super().protected_page(pid)
         view = super().protected_page(pid)  # checks the id and that it is in use
         copy = self._copies.get(int(as_id(pid, "protected page id")))
-        return copy[0] if copy is not None else view
+        # A view of its own: a caller that releases it leaves the copy intact.
+        return copy[0][:] if copy is not None else view
 
     def verify_protected(self, pid: ProtectedPageId) -> bool:
         """Check a protected page's content against the CRC its directory entry records."""

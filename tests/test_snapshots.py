@@ -762,3 +762,16 @@ def test_rollback_keeps_earlier_pins_and_drops_its_own(tmp_path):
         r.close()
         assert w.pinned_free_pages == 0
         assert w.alloc() == min(ids[:2])
+
+
+def test_releasing_a_protected_view_keeps_the_snapshot_copy(tmp_path):
+    path = tmp_path / "rel.mpp"
+    with Pager.create(path) as w:
+        pid = w.alloc_protected()
+        with w.write_protected(pid) as pw:
+            pw.page[:2] = b"ok"
+        with ReadOnlyPager.open(path) as r:
+            v = r.protected_page(pid)
+            v.release()
+            assert bytes(r.protected_page(pid)[:2]) == b"ok"
+            assert r.verify_protected(pid) is True
