@@ -569,6 +569,14 @@ class SnapshotModel(RuleBasedStateMachine):
         self.alloc: dict[int, int] = {}  # page -> stamp, the writer's state
         self.readers: list[tuple[ReadOnlyPager, dict[int, int]]] = []
         self.counter = 0
+        # A protected page: its stamp is kept in the model under key -1.
+        self.pid = self.w.alloc_protected()
+        self.protected = 0
+        with self.w.write_protected(self.pid) as pw:
+            stamp(pw.page, 0)
+
+    def state(self) -> dict[int, int]:
+        return {**self.alloc, -1: self.protected}
 
     def teardown(self) -> None:
         for r, _ in self.readers:
@@ -581,8 +589,15 @@ class SnapshotModel(RuleBasedStateMachine):
     def seen(self) -> set[int]:
         out: set[int] = set()
         for _, snap in self.readers:
-            out |= set(snap)
+            out |= set(snap) - {-1}
         return out
+
+    @rule()
+    def write_protected(self) -> None:
+        self.counter += 1
+        with self.w.write_protected(self.pid) as pw:
+            stamp(pw.page, self.counter)
+        self.protected = self.counter
 
     @rule(n=st.integers(1, 5))
     def alloc(self, n: int) -> None:
@@ -606,16 +621,16 @@ class SnapshotModel(RuleBasedStateMachine):
     @precondition(lambda self: len(self.readers) < 5)
     @rule()
     def open_reader(self) -> None:
-        self.readers.append((ReadOnlyPager.open(self.path), dict(self.alloc)))
+        self.readers.append((ReadOnlyPager.open(self.path), self.state()))
 
     @precondition(lambda self: self.readers)
     @rule(k=st.integers(0, 4))
     def refresh(self, k: int) -> None:
         r, snap = self.readers[k % len(self.readers)]
         moved = r.refresh()
-        if snap != self.alloc:
+        if snap != self.state():
             assert moved is True
-        self.readers[k % len(self.readers)] = (r, dict(self.alloc))
+        self.readers[k % len(self.readers)] = (r, self.state())
 
     @precondition(lambda self: self.readers)
     @rule(k=st.integers(0, 4))
@@ -626,9 +641,12 @@ class SnapshotModel(RuleBasedStateMachine):
     @invariant()
     def readers_see_their_commit(self) -> None:
         for r, snap in self.readers:
-            assert list(r.allocated_pages()) == sorted(snap)
-            for i, value in snap.items():
+            pages = {i: v for i, v in snap.items() if i >= 0}
+            assert list(r.allocated_pages()) == sorted(pages)
+            for i, value in pages.items():
                 assert read_stamp(r.page(i)) == value
+            assert read_stamp(r.protected_page(self.pid)) == snap[-1]
+            assert r.verify_protected(self.pid)
 
     @invariant()
     def nothing_pinned_without_readers(self) -> None:
