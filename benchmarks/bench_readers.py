@@ -114,7 +114,9 @@ def bench_writer(folder: Path) -> None:
         old = c_writer(old_path, False)
         procs = spawn_readers(new_path, readers, True) + spawn_readers(old_path, readers, False)
         try:
-            a, b = interleaved(lambda: alloc_free(new, OPS), lambda: alloc_free(old, OPS))
+            a, b = interleaved(
+                lambda h=new: alloc_free(h, OPS), lambda h=old: alloc_free(h, OPS)
+            )
         finally:
             stop(procs)
             lib.mp_pager_close(new)
