@@ -110,6 +110,7 @@ class SubPageAllocator:
         self._slots = pager.page_size // size
         self._handle: Any = None
         self._out = ffi.new("uint64_t *")
+        self._stats = ffi.new("mp_sub_stats *")
         with pager._lock:
             raw = ffi.new("mp_subpage **")
             pager._check(lib.mp_subpage_new(pager._usable(), size, raw), "SubPageAllocator")
@@ -250,9 +251,8 @@ class SubPageAllocator:
         pager = self.pager
         with pager._lock:
             pager, handle = self._usable()
-            st = ffi.new("mp_sub_stats *")
-            pager._check(lib.mp_subpage_stats(handle, st))
-            return int(st.live_count)
+            pager._check(lib.mp_subpage_stats(handle, self._stats))
+            return int(self._stats.live_count)
 
     def big_pages(self) -> list[int]:
         """The pager pages this allocator holds, ascending."""
