@@ -62,6 +62,11 @@ class ReservedPage(MappedPageError):
     """The page belongs to the pager (pages 0-2, directory, backing) or to a SubPageAllocator."""
 
 
+class ReservedSubPageId(ReservedPage, OutOfBounds):
+    """A sub-page id whose big page is reserved: a ``ReservedPage`` that is still an
+    ``OutOfBounds``, as ``SubPageAllocator.restore`` raised before it said why."""
+
+
 class DoubleFree(MappedPageError):
     """The page is already free, or an id was given twice in one bulk call."""
 
