@@ -63,8 +63,11 @@ class ReservedPage(MappedPageError):
 
 
 class ReservedSubPageId(ReservedPage, OutOfBounds):
-    """A sub-page id whose big page is reserved: a ``ReservedPage`` that is still an
-    ``OutOfBounds``, as ``SubPageAllocator.restore`` raised before it said why."""
+    """A sub-page id whose big page is reserved (``SubPageAllocator.restore``).
+
+    A ``ReservedPage`` that is still an ``OutOfBounds``, which restore raised
+    before its message said why.
+    """
 
 
 class DoubleFree(MappedPageError):
