@@ -60,7 +60,6 @@ KIND_NAMES = (
     "allocated",
     "free",
 )
-# The extended layout's pages take the colours of their v0.2 relatives, lighter:
 # Kinds a page of the layout itself can be (not handed out by alloc).
 _LAYOUT_KINDS = (RESERVED, METADATA, FREEMAP, DIRINDEX)
 
@@ -80,6 +79,9 @@ _REPAIRABLE_FLAGS = frozenset(
 
 # ---------------------------------------------------------------- layout placement
 # The one place Python learns where the extended layout puts a chunk's own pages.
+
+RESERVED_PAGES = 3  # page 0 and the metadata copies A, B
+LAYOUT_PAGES_PER_CHUNK = 4  # per chunk past the first: free map A, B; directory index A, B
 
 
 def chunk_count(page_count: int, chunk_pages: int) -> int:
@@ -103,8 +105,6 @@ def layout_page_total(chunks: int) -> int:
     return RESERVED_PAGES + LAYOUT_PAGES_PER_CHUNK * (chunks - 1)
 
 
-RESERVED_PAGES = 3  # page 0 and the metadata copies A, B
-LAYOUT_PAGES_PER_CHUNK = 4  # per chunk past the first: free map A, B; directory index A, B
 
 class CliError(Exception):
     """An error the tool reports as one line on stderr, with an exit status."""

@@ -26,6 +26,7 @@ from mappedpages._inspect import (
     _display,
 )
 
+# The extended layout's pages take the colours of their v0.2 relatives, lighter:
 # a free-map page is a chunk's metadata bitmap, a directory-index page the
 # directory's list of blocks.
 _SVG_COLOURS = (
