@@ -19,8 +19,8 @@ from mappedpages._inspect import (
     _MAX_LOG2,
     _MIN_LOG2,
     _REPAIRABLE_FLAGS,
+    _RESERVED,
     EXIT_PROBLEMS,
-    LAYOUT_PAGES_PER_CHUNK,
     CliError,
     Damaged,
     Superblock,
@@ -125,7 +125,7 @@ def check_file(path: str) -> CheckResult:
             summary.insert(
                 2,
                 f"free map: {layout.chunks} chunks of {layout.chunk_pages} pages; chunk 0 in "
-                f"the metadata copies, {past} more with {LAYOUT_PAGES_PER_CHUNK * past} free-map "
+                f"the metadata copies, {past} more with {layout.layout_pages - _RESERVED} free-map "
                 "and directory-index pages",
             )
     finally:

@@ -33,6 +33,7 @@ from mappedpages._errors import (
     FileTruncated,
     MappedPageError,
     RecoveryWarning,
+    error_for,
 )
 from mappedpages._readonly import ReadOnlyPager
 
@@ -78,10 +79,26 @@ _REPAIRABLE_FLAGS = frozenset(
 
 
 # ---------------------------------------------------------------- layout placement
-# The one place Python learns where the extended layout puts a chunk's own pages.
+# Where the layout puts its own pages is the C core's (format.c): these ask it.
 
-RESERVED_PAGES = 3  # page 0 and the metadata copies A, B
-LAYOUT_PAGES_PER_CHUNK = 4  # per chunk past the first: free map A, B; directory index A, B
+_RESERVED = 3  # pages 0-2: the superblock and metadata copies A, B, in both layouts
+
+# Which mp_layout_page kinds a chunk's own pages are, as ``chunk_layout_pages`` lists them.
+_CHUNK_PAGE_KINDS = (
+    lib.MP_PAGE_FREE_MAP_A,
+    lib.MP_PAGE_FREE_MAP_B,
+    lib.MP_PAGE_INDEX_A,
+    lib.MP_PAGE_INDEX_B,
+)
+
+
+def layout_geometry(page_size: int) -> Any:
+    """The core's geometry of both layouts at ``page_size`` (an ``mp_layout``)."""
+    out = ffi.new("mp_layout *")
+    rc = lib.mp_layout_get(page_size, out)
+    if rc != 0:
+        raise error_for(rc, f"page size {page_size}")
+    return out
 
 
 def chunk_count(page_count: int, chunk_pages: int) -> int:
@@ -94,16 +111,25 @@ def chunk_count(page_count: int, chunk_pages: int) -> int:
     return (page_count - 1) // chunk_pages + 1
 
 
-def chunk_layout_pages(chunk_pages: int, chunk: int) -> tuple[int, int, int, int]:
+def chunk_layout_pages(page_size: int, chunk: int) -> tuple[int, int, int, int]:
     """Chunk ``chunk``'s (>= 1) free-map copies A, B and directory-index copies A, B."""
-    first = chunk * chunk_pages
-    return first, first + 1, first + 2, first + 3
+    out = ffi.new("uint64_t *")
+    pages = []
+    for kind in _CHUNK_PAGE_KINDS:
+        rc = lib.mp_layout_chunk_page(page_size, chunk, kind, out)
+        if rc != 0:
+            raise error_for(rc, f"chunk {chunk} at page size {page_size}")
+        pages.append(int(out[0]))
+    return pages[0], pages[1], pages[2], pages[3]
 
 
-def layout_page_total(chunks: int) -> int:
-    """Pages the layout itself takes in a file of ``chunks`` chunks."""
-    return RESERVED_PAGES + LAYOUT_PAGES_PER_CHUNK * (chunks - 1)
-
+def layout_page_total(page_size: int, page_count: int) -> int:
+    """Pages the layout itself keeps (pages 0-2 and each chunk's own) in ``page_count`` pages."""
+    out = ffi.new("uint64_t *")
+    rc = lib.mp_layout_pages_below(page_size, page_count, out)
+    if rc != 0:
+        raise error_for(rc, f"{page_count} pages of {page_size} bytes")
+    return int(out[0])
 
 
 class CliError(Exception):
@@ -281,7 +307,7 @@ class Layout:
     conflicts: list[str] = field(default_factory=list)
     format_minor: int = _MINOR_V02
     chunk_pages: int = 0
-    layout_pages: int = RESERVED_PAGES
+    layout_pages: int = _RESERVED
 
     def count(self, kind: int) -> int:
         """Pages of one kind."""
@@ -303,7 +329,7 @@ class Layout:
 
     def chunk_layout_pages(self, chunk: int) -> tuple[int, int, int, int]:
         """Chunk ``chunk``'s (>= 1) free-map copies A, B and directory-index copies A, B."""
-        return chunk_layout_pages(self.chunk_pages, chunk)
+        return chunk_layout_pages(self.page_size, chunk)
 
     def free_runs(self) -> list[tuple[int, int]]:
         """Every run of free pages as (first page, length), in page order."""
@@ -325,7 +351,7 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
     owner: dict[int, str] = {}
 
     def claim(page: int, kind: int, what: str) -> None:
-        if page < RESERVED_PAGES and kind not in _LAYOUT_KINDS:
+        if page < _RESERVED and kind not in _LAYOUT_KINDS:
             conflicts.append(f"{what} names page {page}, one of the reserved pages 0-2")
             return
         if page >= count:
@@ -341,21 +367,23 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
     claim(0, RESERVED, "the superblock")
     claim(1, METADATA, "metadata copy A")
     claim(2, METADATA, "metadata copy B")
+    page_size = int(stats.page_size)
     chunk_pages = int(stats.chunk_pages)
     # Chunks past the first exist only in the extended state (count > chunk_pages);
     # each starts with its layout pages, none of which the library lists.
     chunks = chunk_count(count, chunk_pages)
     for chunk in range(1, chunks):
-        map_a, map_b, index_a, index_b = chunk_layout_pages(chunk_pages, chunk)
+        map_a, map_b, index_a, index_b = chunk_layout_pages(page_size, chunk)
         claim(map_a, FREEMAP, f"the free-map page of chunk {chunk} (copy A)")
         claim(map_b, FREEMAP, f"the free-map page of chunk {chunk} (copy B)")
         claim(index_a, DIRINDEX, f"directory-index page {chunk - 1} (copy A)")
         claim(index_b, DIRINDEX, f"directory-index page {chunk - 1} (copy B)")
     layout_pages = int(stats.layout_pages)
-    if layout_pages != layout_page_total(chunks):
+    expected = layout_page_total(page_size, count)
+    if layout_pages != expected:
         conflicts.append(
             f"the library counts {layout_pages} layout pages, but {chunks} chunk(s) of "
-            f"{chunk_pages} pages have {layout_page_total(chunks)}"
+            f"{chunk_pages} pages have {expected}"
         )
     pair = ffi.new("uint64_t[2]")
     blocks: list[tuple[int, int]] = []
@@ -380,13 +408,13 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
     allocated = 0
     for page in reader.allocated_pages():
         p = int(page)
-        if RESERVED_PAGES <= p < count and kinds[p] == FREE:
+        if _RESERVED <= p < count and kinds[p] == FREE:
             kinds[p] = ALLOCATED
         else:
             claim(p, ALLOCATED, f"allocated page {p}")
         allocated += 1
     layout = Layout(
-        page_size=int(stats.page_size),
+        page_size=page_size,
         page_count=count,
         free_count=int(stats.free_count),
         max_pages=int(stats.max_pages),
