@@ -17,7 +17,10 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import copy_fixture, load_manifest, read_at, read_image
+from support.edit import read_at
+from support.format_v02 import read_image
+from support.geometry import layout
+from support.rust_fixtures import copy_fixture, load_manifest
 
 from mappedpages import Pager, ReadOnlyPager
 from mappedpages import _cli as cli
@@ -729,7 +732,7 @@ def test_main_in_process_output(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the extended layout (0.3)
 
-CHUNK_1K = (1024 - 28) * 8  # pages per free-map chunk at 1 KiB: v0.2's cap
+CHUNK_1K = layout(1024).chunk_pages  # pages per free-map chunk at 1 KiB: v0.2's cap
 
 
 def make_extended_file(path, n=9000):

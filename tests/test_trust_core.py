@@ -26,7 +26,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, edit_meta, kill_when_ready, patch, read_at
+from support.edit import edit_meta, patch, read_at
+from support.pagers import kill_when_ready
+from support.rust_fixtures import TESTS_DIR
 
 import mappedpages as mp
 
@@ -345,7 +347,7 @@ def test_create_failing_leaves_nothing(tmp_path: Path, kind: str) -> None:
     """An I/O failure inside create: OSError, no file, no temporary file left."""
     import errno
 
-    from iohooks import KINDS, IoHooks, create_pager
+    from support.iohooks import KINDS, IoHooks, create_pager
 
     hooks = IoHooks()
     hooks.fail(KINDS[kind], 1, errno.EIO, persistent=True)
