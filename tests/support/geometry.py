@@ -3,7 +3,8 @@
 The C core owns the layout (format.c) and exports it through the public
 header: ``mp_layout_get`` (the numbers that depend on the page size),
 ``mp_layout_page_kind`` (what the page at an id is) and
-``mp_layout_chunk_page`` (where a chunk's free-map and index copies are).
+``mp_layout_chunk_page`` (where a chunk's free-map and index copies are) and
+``mp_layout_pages_below`` (how many pages the layout keeps).
 The independent readers (``format_v02``, ``format_v03``) parse the bytes of
 each structure themselves; how many there are and where they sit comes from
 here, so that the tests and the library never hold two copies of the rule.
@@ -66,6 +67,15 @@ def chunk_page(page_size: int, chunk: int, kind: int) -> int:
     rc = lib.mp_layout_chunk_page(page_size, chunk, kind, out)
     if rc != 0:
         raise ValueError(f"no page {kind} in chunk {chunk} at page size {page_size} ({rc})")
+    return int(out[0])
+
+
+def layout_pages_below(page_size: int, total: int) -> int:
+    """Pages of the layout (0-2 and each chunk's own) in a file of ``total`` pages."""
+    out = ffi.new("uint64_t *")
+    rc = lib.mp_layout_pages_below(page_size, total, out)
+    if rc != 0:
+        raise ValueError(f"no layout page count for {total} pages of {page_size} ({rc})")
     return int(out[0])
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from mappedpages import Pager
 from mappedpages._core import ffi, lib
 
+from .geometry import layout_pages_below
 from .iohooks import _raise
 
 # --------------------------------------------------------------------------
@@ -85,10 +86,9 @@ def state_of(p: Any) -> State:
 
 def count_problem(p: Any, st: State) -> str | None:
     """A disagreement between the pager's counts and its page sets, if any."""
-    # Pages 0-2, and in the extended layout the 4 layout pages of each chunk
-    # past the first (a chunk is (page_size - 28) * 8 pages).
-    chunk = (p.page_size - 28) * 8
-    layout = 3 + (4 * ((st.page_count - 1) // chunk) if st.page_count > chunk else 0)
+    # Pages 0-2, and in the extended layout the layout pages of each chunk
+    # past the first, as the core places them.
+    layout = layout_pages_below(p.page_size, st.page_count)
     expect_free = st.page_count - layout - len(st.allocated) - len(st.system)
     if p.free_page_count != expect_free:
         return (
