@@ -323,7 +323,7 @@ def test_create_killed_before_the_name_leaves_no_file(tmp_path: Path) -> None:
     code = f"""
         import sys, time
         sys.path.insert(0, {str(TESTS_DIR)!r})
-        from iohooks import IoHooks, create_pager
+        from support.iohooks import IoHooks, create_pager
 
         def stop_here(kind, offset, length):
             print("ready", flush=True)
