@@ -120,13 +120,14 @@ static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *w
             bitmap_set(p->index_dirty, k);
         bitmap_set(p->chunk_dirty, 1); /* it holds the block count */
     }
-    uint64_t last = p->total_pages > p->chunk ? (p->total_pages - 1) / p->chunk : 0;
+    uint64_t last = fmt_chunks_below(p->chunk, p->total_pages);
     *seal = 0;
     *written = 0;
     for (uint64_t c = bitmap_find_set(p->chunk_dirty, NULL, 1, last + 1); c <= last;
          c = bitmap_find_set(p->chunk_dirty, NULL, c + 1, last + 1)) {
         bitmap_clear(p->chunk_dirty, c);
-        uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)!bitmap_get(p->chunk_active, c));
+        uint32_t copy = (uint32_t)!bitmap_get(p->chunk_active, c);
+        uint8_t *page = pager_page_ptr(p, fmt_free_map_page(p->chunk, c, copy));
         fmt_chunk_write(page, p->page_size, c, p->total_pages, gen, c == 1 ? p->dir_count : 0,
                         p->bits);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -139,7 +140,8 @@ static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *w
         uint64_t n = p->dir_count > k * per ? p->dir_count - k * per : 0;
         if (n > per)
             n = per;
-        uint64_t target = (k + 1) * p->chunk + 2 + (uint64_t)!bitmap_get(p->index_active, k);
+        uint32_t copy = (uint32_t)!bitmap_get(p->index_active, k);
+        uint64_t target = fmt_index_page(p->chunk, k, copy);
         uint8_t *page = pager_page_ptr(p, target);
         fmt_index_write(page, p->page_size, k, gen, (uint32_t)n, p->refs + k * per);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -155,10 +157,10 @@ int pager_clear_leftovers(mp_pager *p)
 {
     if (!pager_extended(p))
         return MP_OK;
-    uint64_t last = (p->total_pages - 1) / p->chunk;
+    uint64_t last = fmt_last_chunk(p->chunk, p->total_pages);
     for (uint64_t c = 1; c <= last; c++) {
         for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++) {
-            uint64_t id = c * p->chunk + i;
+            uint64_t id = fmt_chunk_start(p->chunk, c) + i;
             uint8_t *page = pager_page_ptr(p, id);
             /* The generation is read first: a CRC only for the rare newer one. */
             if (mp_load_u64(page) <= p->generation ||

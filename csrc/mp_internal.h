@@ -84,9 +84,64 @@ void mp_store_u64(uint8_t *p, uint64_t v);
 void mp_store_u32(uint8_t *p, uint32_t v);
 
 /* The most pages a v0.2 file of this page size can describe. */
-uint64_t fmt_max_pages(uint32_t page_size);
+uint64_t fmt_v02_max_pages(uint32_t page_size);
 /* Pages each free-map page describes (a chunk); equal to the v0.2 cap. */
 uint64_t fmt_chunk_pages(uint32_t page_size);
+/* The most bytes of a file a pager maps (16 TiB), and so the most pages of
+ * the extended layout at a page size: never a chunk cut inside its layout
+ * pages. */
+#define MP_MAP_LIMIT ((uint64_t)1 << 44)
+uint64_t fmt_max_mapped_pages(uint32_t page_size);
+int fmt_valid_page_size(uint32_t page_size);
+
+/* Page placement of the extended layout (FORMAT.md). Chunk c >= 1 of
+ * chunk_pages pages starts with its free-map page (copies A, B) and
+ * directory-index page c - 1 (copies A, B). Inline: on the hot paths. */
+static inline int fmt_is_layout_page(uint64_t chunk_pages, uint64_t id)
+{
+    return id < MP_RESERVED_PAGES || (id >= chunk_pages && id % chunk_pages < MP_LAYOUT_PAGES);
+}
+/* Copy `copy` (0 = A, 1 = B) of chunk c's free-map page. */
+static inline uint64_t fmt_free_map_page(uint64_t chunk_pages, uint64_t c, uint32_t copy)
+{
+    return c * chunk_pages + copy;
+}
+/* Copy `copy` of directory-index page k (it lives in chunk k + 1). */
+static inline uint64_t fmt_index_page(uint64_t chunk_pages, uint64_t k, uint32_t copy)
+{
+    return (k + 1) * chunk_pages + 2u + copy;
+}
+/* The first page of chunk c. */
+static inline uint64_t fmt_chunk_start(uint64_t chunk_pages, uint64_t c)
+{
+    return c * chunk_pages;
+}
+/* Chunks past chunk 0 that start below `total` pages. */
+static inline uint64_t fmt_chunks_below(uint64_t chunk_pages, uint64_t total)
+{
+    return total > chunk_pages ? (total - 1) / chunk_pages : 0;
+}
+/* The last chunk holding a page below total (total >= 1). */
+static inline uint64_t fmt_last_chunk(uint64_t chunk_pages, uint64_t total)
+{
+    return (total - 1) / chunk_pages;
+}
+/* A page count the layout accepts, at least t: never a chunk without its
+ * layout pages (not capped). */
+static inline uint64_t fmt_fit_total(uint64_t chunk_pages, uint64_t t)
+{
+    uint64_t rem = t % chunk_pages;
+    if (t > chunk_pages && rem != 0 && rem < MP_LAYOUT_PAGES)
+        t += MP_LAYOUT_PAGES - rem;
+    return t;
+}
+/* The total pages a file needs for directory-index page k to exist. */
+static inline uint64_t fmt_total_for_index(uint64_t chunk_pages, uint64_t k)
+{
+    return (k + 1) * chunk_pages + MP_LAYOUT_PAGES;
+}
+/* The mp_layout_page kind of id. */
+int fmt_page_kind(uint64_t chunk_pages, uint64_t id);
 uint32_t fmt_max_dir_blocks(uint32_t page_size);
 uint32_t fmt_entries_per_dir_page(uint32_t page_size);
 
@@ -331,7 +386,7 @@ struct mp_pager {
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
 static inline int pager_is_layout_page(const mp_pager *p, uint64_t id)
 {
-    return id < MP_RESERVED_PAGES || (id >= p->chunk && id % p->chunk < MP_LAYOUT_PAGES);
+    return fmt_is_layout_page(p->chunk, id);
 }
 /* The in-memory state is past v0.2's cap. */
 static inline int pager_extended(const mp_pager *p)

@@ -31,14 +31,14 @@
 #include <sys/stat.h>
 #include <time.h>
 
-/* The most of a file a pager maps: 16 TiB (2^32 pages of 4 KiB). A process
+/* The most of a file a pager maps: MP_MAP_LIMIT, 16 TiB (2^32 pages of 4 KiB). A process
  * has 128 TiB of address space on x86-64, so a pager does not reserve all of
  * it at once: it reserves RESERVE_FACTOR times the file, at least
  * RESERVE_MIN, and moves to a larger range when the file outgrows that one
  * (os.c keeps the old range mapped, so no address handed out goes stale).
  * Reserving costs no memory; a move costs one mmap, and happens only when the
  * file has grown RESERVE_FACTOR-fold. */
-static const uint64_t MAP_LIMIT = (uint64_t)1 << 44;
+
 static const uint64_t RESERVE_MIN = (uint64_t)256 << 30;
 static const uint64_t RESERVE_FACTOR = 8;
 
@@ -69,12 +69,6 @@ int pager_flush_page(mp_pager *p, uint64_t id)
     if (rc != MP_OK)
         p->poisoned = 1;
     return rc;
-}
-
-static int valid_page_size(uint32_t page_size)
-{
-    return page_size >= (1u << MP_MIN_LOG2) && page_size <= (1u << MP_MAX_LOG2) &&
-           (page_size & (page_size - 1)) == 0;
 }
 
 static uint32_t log2_of(uint32_t v)
@@ -127,15 +121,13 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
      * caps a file is the most a pager maps. */
     uint64_t want = need_bytes > RESERVE_MIN / RESERVE_FACTOR ? need_bytes * RESERVE_FACTOR
                                                               : RESERVE_MIN;
-    int rc = os_map_reserve(want, need_bytes, MAP_LIMIT, !read_only, &p->map);
+    int rc = os_map_reserve(want, need_bytes, MP_MAP_LIMIT, !read_only, &p->map);
     if (rc != MP_OK) {
         p->fd = -1;
         pager_destroy(p);
         return rc;
     }
-    p->max_pages = MAP_LIMIT / p->page_size;
-    if (p->max_pages > p->chunk && p->max_pages % p->chunk < MP_LAYOUT_PAGES)
-        p->max_pages -= p->max_pages % p->chunk;
+    p->max_pages = fmt_max_mapped_pages(p->page_size);
     p->map_bytes = (size_t)(bitmap_words(p->max_pages) + 1) * sizeof(uint64_t);
     p->bits = os_alloc_zeroed(p->map_bytes);
     p->system = os_alloc_zeroed(p->map_bytes);
@@ -194,16 +186,14 @@ static void bit_give(mp_pager *p, uint64_t id)
 /* Chunks (past chunk 0) that start below `total` pages. */
 static uint64_t chunks_below(const mp_pager *p, uint64_t total)
 {
-    return total > p->chunk ? (total - 1) / p->chunk : 0;
+    return fmt_chunks_below(p->chunk, total);
 }
 
 /* A growth target the layout accepts: never a chunk without its layout
  * pages, never past the cap. */
 static uint64_t fit_total(const mp_pager *p, uint64_t t)
 {
-    uint64_t rem = t % p->chunk;
-    if (t > p->chunk && rem != 0 && rem < MP_LAYOUT_PAGES)
-        t += MP_LAYOUT_PAGES - rem;
+    t = fmt_fit_total(p->chunk, t);
     return t > p->max_pages ? p->max_pages : t;
 }
 
@@ -249,15 +239,17 @@ static int grow_to(mp_pager *p, uint64_t new_total)
     p->free_count += new_total - p->total_pages;
     p->total_pages = new_total;
     for (uint64_t c = first; c <= last; c++) {
-        uint64_t at = c * p->chunk;
+        uint64_t at = fmt_chunk_start(p->chunk, c);
         for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++)
             bit_take(p, at + i);
         p->free_count -= MP_LAYOUT_PAGES;
         bitmap_set(p->chunk_active, c);
         bitmap_set(p->index_active, c - 1);
-        if ((at + 1) * ps < old_size) {
-            memset(pager_page_ptr(p, at + 1), 0, 3 * (size_t)ps);
-            if ((rc = os_flush_range(&p->map, (at + 1) * ps, 3 * ps)) != MP_OK) {
+        /* Free-map copy B and both index copies: the page after copy A. */
+        uint64_t rest = fmt_free_map_page(p->chunk, c, 1);
+        if (rest * ps < old_size) {
+            memset(pager_page_ptr(p, rest), 0, 3 * (size_t)ps);
+            if ((rc = os_flush_range(&p->map, rest * ps, 3 * ps)) != MP_OK) {
                 p->poisoned = 1;
                 return rc;
             }
@@ -515,7 +507,7 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free
     for (uint64_t c = 1; c <= last; c++) {
         mp_chunk_header h[2];
         for (int w = 0; w < 2; w++)
-            fmt_chunk_check(pager_page_ptr(p, c * p->chunk + (uint64_t)w), p->page_size, c,
+            fmt_chunk_check(pager_page_ptr(p, fmt_free_map_page(p->chunk, c, (uint32_t)w)), p->page_size, c,
                             total, gen, &h[w]);
         int pick = pick_copy(h[0].generation, h[0].valid, h[1].generation, h[1].valid);
         if (pick < 0)
@@ -524,10 +516,11 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free
             bitmap_set(p->chunk_active, c);
         else
             bitmap_clear(p->chunk_active, c);
-        const uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)pick);
+        const uint8_t *page = pager_page_ptr(p, fmt_free_map_page(p->chunk, c, (uint32_t)pick));
         /* The maps grow with the chunks that check out, never with the
          * claimed total: a hostile total costs only what the file holds. */
-        note_words_used(p, (c + 1) * p->chunk < total ? (c + 1) * p->chunk : total);
+        uint64_t end = fmt_chunk_start(p->chunk, c + 1);
+        note_words_used(p, end < total ? end : total);
         fmt_chunk_load_bits(page, p->page_size, c, total, p->bits);
         *free += h[pick].free_count;
         if (h[pick].generation == gen)
@@ -551,14 +544,13 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
     if (rc != MP_OK)
         return rc;
     for (uint64_t k = 0; (uint64_t)k * per < count; k++) {
-        uint64_t at = (k + 1) * p->chunk + 2;
-        if (at + 1 >= p->total_pages)
+        if (fmt_index_page(p->chunk, k, 1) >= p->total_pages)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         uint64_t g[2] = {0, 0};
         uint32_t n[2] = {0, 0};
         int ok[2];
         for (int w = 0; w < 2; w++) {
-            memcpy(p->scratch, pager_page_ptr(p, at + (uint64_t)w), p->page_size);
+            memcpy(p->scratch, pager_page_ptr(p, fmt_index_page(p->chunk, k, (uint32_t)w)), p->page_size);
             ok[w] = fmt_index_read(p->scratch, p->page_size, k, gen, &g[w], &n[w],
                                    p->refs + k * per) == MP_OK;
         }
@@ -567,7 +559,7 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
         if (pick < 0 || n[pick] != want)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         /* The last read filled refs from copy B; reread the pick if it is A. */
-        memcpy(p->scratch, pager_page_ptr(p, at + (uint64_t)pick), p->page_size);
+        memcpy(p->scratch, pager_page_ptr(p, fmt_index_page(p->chunk, k, (uint32_t)pick)), p->page_size);
         if (fmt_index_read(p->scratch, p->page_size, k, gen, &g[pick], &n[pick],
                            p->refs + k * per) != MP_OK || n[pick] != want)
             return MP_ECORRUPT_DIRECTORY_INDEX;
@@ -857,7 +849,7 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
     if (!path || !opts)
         return MP_EINVALID_ARGUMENT;
     *want_size = opts->page_size;
-    if (*want_size != 0 && !valid_page_size(*want_size))
+    if (*want_size != 0 && !fmt_valid_page_size(*want_size))
         return MP_EINVALID_PAGE_SIZE;
     return MP_OK;
 }
@@ -1033,7 +1025,7 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     }
     mp_pager *p;
     if ((rc = pager_new(fd, sb.page_size_log2, opts->read_only,
-                        size < MAP_LIMIT ? size : MAP_LIMIT, opts->io_hooks, &p)) != MP_OK) {
+                        size < MP_MAP_LIMIT ? size : MP_MAP_LIMIT, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
@@ -1113,7 +1105,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
         opts->durability > MP_DURABILITY_NONE)
         return MP_EINVALID_ARGUMENT;
     uint32_t ps = opts->page_size;
-    if (!valid_page_size(ps))
+    if (!fmt_valid_page_size(ps))
         return MP_EINVALID_PAGE_SIZE;
     /* An early answer for the common case; os_publish gives the final one. */
     struct stat st;

@@ -589,7 +589,7 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
         /* Past page 0's capacity the directory lives in the extended
          * layout's index pages; index page k sits in chunk k + 1. */
         uint64_t per = fmt_max_dir_blocks(p->page_size);
-        rc = pager_grow_at_least(p, (b / per + 1) * p->chunk + MP_LAYOUT_PAGES);
+        rc = pager_grow_at_least(p, fmt_total_for_index(p->chunk, b / per));
         if (rc == MP_EFILE_FULL)
             return MP_EDIRECTORY_FULL;
         if (rc != MP_OK)

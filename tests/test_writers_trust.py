@@ -22,7 +22,8 @@ import threading
 from array import array
 
 import pytest
-from conftest import pager_state, read_image
+from support.format_v02 import read_image
+from support.pagers import pager_state
 
 import mappedpages
 from mappedpages import (
