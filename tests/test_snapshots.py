@@ -712,7 +712,7 @@ def test_a_reader_listing_readers_keeps_its_own_slot(tmp_path):
 def extended_file(path: Path) -> Pager:
     """A writer on a file past v0.2's cap (the extended layout, format 0.3)."""
     w = Pager.create(path, page_size=1024, preallocate=False)
-    w.free_bulk(w.alloc_bulk((1024 - 28) * 8 + 16))
+    w.free_bulk(w.alloc_bulk(w._chunk + 16))  # past the v0.2 cap (a chunk)
     assert w.format_version == "0.3"
     return w
 
