@@ -793,3 +793,23 @@ def test_releasing_a_protected_view_keeps_the_snapshot_copy(tmp_path):
             v.release()
             assert bytes(r.protected_page(pid)[:2]) == b"ok"
             assert r.verify_protected(pid) is True
+
+
+def test_the_writer_reads_the_table_only_when_a_pin_waits(tmp_path):
+    from mappedpages._core import ffi, lib
+
+    def scans(w: Pager) -> int:
+        out = ffi.new("uint64_t *")
+        assert lib.mp_readers_scans(w._handle, out) == 0
+        return int(out[0])
+
+    path = tmp_path / "scan.mpp"
+    with Pager.create(path, page_size=1024) as w:
+        with ReadOnlyPager.open(path):
+            start = scans(w)
+            for _ in range(20):
+                w.alloc_bulk(3)  # allocation commits free nothing: no look at the table
+            assert scans(w) == start
+            a = w.alloc()
+            w.free(a)  # a pin: the commit looks once
+            assert start < scans(w) <= start + 2
