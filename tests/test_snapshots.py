@@ -813,3 +813,30 @@ def test_the_writer_reads_the_table_only_when_a_pin_waits(tmp_path):
             a = w.alloc()
             w.free(a)  # a pin: the commit looks once
             assert start < scans(w) <= start + 2
+
+
+def test_a_new_writer_holds_back_pages_an_older_reader_may_have(tmp_path):
+    """Pins live in the writer's memory: a writer that opens beside a reader of an
+    older commit holds back every free page until that reader moves on."""
+    path = tmp_path / "handover.mpp"
+    w = Pager.create(path, page_size=1024)
+    ids = w.alloc_bulk(6)
+    for i in ids:
+        stamp(w.page(i), 40 + i)
+    r = ReadOnlyPager.open(path)
+    w.free_bulk(ids)
+    w.close()  # its pins go with it
+    with Pager.open(path) as w2:
+        assert w2.pinned_free_pages >= 6
+        fresh = w2.alloc_bulk(10)
+        assert not set(fresh) & set(ids)
+        for i in fresh:
+            stamp(w2.page(i), 0)
+        assert [read_stamp(r.page(i)) for i in ids] == [40 + i for i in ids]
+        assert r.refresh() is True
+        w2.alloc()
+        assert w2.pinned_free_pages == 0
+    r.close()
+    # With no older reader, a writer opens holding nothing back.
+    with ReadOnlyPager.open(path), Pager.open(path) as w3:
+        assert w3.pinned_free_pages == 0
