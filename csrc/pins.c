@@ -255,9 +255,11 @@ int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
         return MP_EINVALID_ARGUMENT;
     uint64_t n = 0;
     if (pinning(p)) {
-        /* Look again first, so the count is of pages readers hold now. */
+        /* Look again first, testing every slot's lock, so the count is of
+         * pages live readers hold now. */
         if (p->txn_depth == 0)
-            (void)release_pins(p, 0);
+            (void)release_pins(p, 1);
+        publish_pinned(p);
         n = p->rd->durable - p->rd->head;
     }
     *out_count = n;

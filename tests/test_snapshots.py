@@ -533,6 +533,7 @@ def test_kill_9_readers_mid_scan_clears_their_slots(tmp_path):
             p.stdout.close()
             p.stderr.close()
         # The writer sees the holders gone, clears their slots, reuses pages.
+        assert w.pinned_free_pages == 0
         assert w.readers() == []
         size = w.page_count
         for _ in range(200):
