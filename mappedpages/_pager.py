@@ -181,7 +181,13 @@ class Pager(_AsyncCalls, _ProtectedCalls):
         raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
-        pager._attach_readers(raw, readers)
+        try:
+            pager._attach_readers(raw, readers)
+        except BaseException:
+            # Nothing is left behind: the new file goes again.
+            with contextlib.suppress(OSError):
+                os.unlink(raw)
+            raise
         return pager
 
     def _attach_readers(self, raw: bytes, max_readers: int) -> None:

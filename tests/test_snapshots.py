@@ -841,3 +841,26 @@ def test_a_new_writer_holds_back_pages_an_older_reader_may_have(tmp_path):
     # With no older reader, a writer opens holding nothing back.
     with ReadOnlyPager.open(path), Pager.open(path) as w3:
         assert w3.pinned_free_pages == 0
+
+
+def test_a_reader_table_that_cannot_be_opened_fails_create_and_open_cleanly(tmp_path):
+    path = tmp_path / "blocked.mpp"
+    os.mkdir(str(path) + "-readers")  # not a file: the table cannot be opened
+    with pytest.raises(OSError):
+        Pager.create(path)
+    assert not path.exists(), "a failed create left its file behind"
+    os.rmdir(str(path) + "-readers")
+    Pager.create(path).close()
+    os.unlink(str(path) + "-readers")
+    os.mkdir(str(path) + "-readers")
+    before = path.read_bytes()
+    with pytest.raises(OSError):
+        Pager.open(path)
+    with pytest.raises(OSError):
+        ReadOnlyPager.open(path)
+    with ReadOnlyPager.open(path, snapshot=False) as r:
+        assert r.page_count == 4
+    assert path.read_bytes() == before
+    os.rmdir(str(path) + "-readers")
+    with Pager.open(path):  # the writer lock was released by the failed opens
+        pass
