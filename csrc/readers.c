@@ -339,8 +339,13 @@ int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed)
         return MP_OK;
     }
     uint32_t before = state_digest(p);
-    if ((rc = mp_pager_refresh(p, report)) != MP_OK)
+    if ((rc = mp_pager_refresh(p, report)) != MP_OK) {
+        /* The reader keeps its state, but a look that loaded and then gave
+         * up may have replaced the fingerprint: the next refresh loads. */
+        if (p->rd)
+            p->rd->fp_valid = 0;
         return rc;
+    }
     /* Published only now: until here the slot's older generation held the
      * pages of both states. */
     (void)publish(p);
