@@ -864,3 +864,19 @@ def test_a_reader_table_that_cannot_be_opened_fails_create_and_open_cleanly(tmp_
     os.rmdir(str(path) + "-readers")
     with Pager.open(path):  # the writer lock was released by the failed opens
         pass
+
+
+@pytest.mark.skipif(
+    not hasattr(Pager, "set_root"), reason="roots come with engine transactions (issue 15)"
+)
+def test_roots_are_the_snapshots(tmp_path):
+    path = tmp_path / "roots.mpp"
+    with Pager.create(path, page_size=1024) as w:
+        w.set_root(0, 11)
+        with ReadOnlyPager.open(path) as r, w.snapshot() as s:
+            w.set_root(0, 22)
+            w.set_root(1, 33)
+            assert r.roots[:2] == (11, 0) and s.roots[:2] == (11, 0)
+            assert r.refresh() is True
+            assert r.roots[:2] == (22, 33)
+            assert s.roots[:2] == (11, 0)
