@@ -275,11 +275,9 @@ static int publish(mp_pager *p)
     mp_readers *rd = p->rd;
     if (!rd || rd->slot < 0)
         return MP_OK;
-    /* Only the generation and page count change; pid and start stay. */
-    uint8_t v[16];
-    mp_store_u64(v, p->generation);
-    mp_store_u64(v + 8, p->total_pages);
-    return os_write_all(NULL, rd->fd, v, sizeof v, slot_off((uint64_t)rd->slot) + 8);
+    /* The whole slot again: another process that wrote over it (the table is
+     * writable by all the file's readers) is corrected at the next refresh. */
+    return slot_write(rd->fd, rd->slot, p->generation, p->total_pages, rd->started);
 }
 
 void readers_note_loaded(mp_pager *p, const uint8_t *snap)
@@ -385,7 +383,8 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
             continue;
         }
         /* Generation 0 pins everything until the state is known current. */
-        if (slot_write(fd, i, 0, p->total_pages, now_ns()) != MP_OK) {
+        rd->started = now_ns();
+        if (slot_write(fd, i, 0, p->total_pages, rd->started) != MP_OK) {
             (void)range_lock(fd, F_UNLCK, slot_off(i), RD_SLOT, 0);
             continue;
         }

@@ -880,3 +880,21 @@ def test_roots_are_the_snapshots(tmp_path):
             assert r.refresh() is True
             assert r.roots[:2] == (22, 33)
             assert s.roots[:2] == (11, 0)
+
+
+def test_a_refresh_writes_its_whole_slot_again(tmp_path):
+    """The table is writable by every reader of the file: a slot someone wrote
+    over is put right by its reader's next refresh that moves."""
+    path = tmp_path / "over.mpp"
+    with Pager.create(path) as w, ReadOnlyPager.open(path) as r:
+        table = str(path) + "-readers"
+        with open(table, "r+b") as fh:
+            data = bytearray(fh.read())
+            slots = [i for i in range(64, len(data), 64) if any(data[i : i + 8])]
+            assert len(slots) == 1
+            fh.seek(slots[0])
+            fh.write(bytes(64))
+        assert w.readers() == []
+        w.alloc()
+        assert r.refresh() is True
+        assert [(x.pid, x.generation) for x in w.readers()] == [(os.getpid(), r.generation)]
