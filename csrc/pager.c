@@ -94,6 +94,7 @@ static void pager_destroy(mp_pager *p)
     os_free_zeroed(p->bits, p->map_bytes);
     os_free_zeroed(p->system, p->map_bytes);
     os_free_zeroed(p->pending, p->map_bytes);
+    os_free_zeroed(p->dirty, p->map_bytes);
     summary_release(&p->sum);
     free(p->chunk_dirty);
     free(p->chunk_active);
@@ -140,6 +141,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->bits = os_alloc_zeroed(p->map_bytes);
     p->system = os_alloc_zeroed(p->map_bytes);
     p->pending = os_alloc_zeroed(p->map_bytes);
+    p->dirty = os_alloc_zeroed(p->map_bytes);
     p->max_chunks = p->max_pages / p->chunk + 1;
     size_t chunk_words = (size_t)bitmap_words(p->max_chunks) + 1;
     p->chunk_dirty = calloc(chunk_words, sizeof(uint64_t));
@@ -152,7 +154,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
     p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
     int sum_ok = read_only || summary_init(&p->sum, p->max_pages) == MP_OK;
-    if (!p->bits || !p->system || !p->pending || !p->scratch || !p->dirs || !p->refs ||
+    if (!p->bits || !p->system || !p->pending || !p->dirty || !p->scratch || !p->dirs || !p->refs ||
         !p->chunk_dirty || !p->chunk_active || !p->index_dirty || !p->index_active || !sum_ok) {
         p->fd = -1;
         pager_destroy(p);
@@ -213,6 +215,12 @@ static uint64_t fit_total(const mp_pager *p, uint64_t t)
 static int grow_to(mp_pager *p, uint64_t new_total)
 {
     uint64_t ps = p->page_size;
+    /* Roots live beside the v0.2 bitmap (format.c): a state that holds
+     * roots cannot outgrow the room the bitmap leaves them. */
+    if (!fmt_meta_has_tail(p->page_size, new_total))
+        for (uint32_t r = 0; r < MP_ROOTS; r++)
+            if (p->roots[r] != 0)
+                return MP_EFILE_FULL;
     uint64_t old_size;
     int rc = os_file_size(p->fd, &old_size);
     if (rc != MP_OK)
@@ -605,6 +613,7 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     uint64_t in0 = p->total_pages < p->chunk ? p->total_pages : p->chunk;
     note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
+    fmt_meta_tail_read(meta, p->page_size, p->total_pages, p->roots, p->rec, &p->rec_n);
     *dir_blocks = 0;
     if (p->total_pages <= p->chunk)
         return MP_OK;
@@ -652,6 +661,14 @@ static int cut_copy(const mp_meta_header *h)
             cut = c;
     }
     return cut;
+}
+
+static int record_holds(mp_pager *p, const uint8_t *meta, const mp_meta_header *h)
+{
+    uint64_t roots[MP_ROOTS];
+    uint32_t n;
+    fmt_meta_tail_read(meta, p->page_size, h->total_pages, roots, p->rec, &n);
+    return n == 0 || txn_record_holds(p, p->rec, n);
 }
 
 void pager_claim_bit(mp_pager *p, uint64_t id)
@@ -715,6 +732,18 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
             chosen = sel_ok ? sb.selector : 0;
     } else {
         chosen = ok1 ? 1u : 0u;
+    }
+    /* A commit that carried data pages in its record (engine.c) is only as
+     * good as those pages: if one missed the disk, the older copy, durable
+     * before that commit began, is the state. */
+    if (ok0 && ok1 && h[chosen].generation > h[chosen ^ 1u].generation &&
+        !record_holds(p, snap + (1 + (uint64_t)chosen) * p->page_size, &h[chosen])) {
+        rep->meta_problem[chosen] = MP_META_DATA_MISSING;
+        if (chosen)
+            ok1 = 0;
+        else
+            ok0 = 0;
+        chosen ^= 1u;
     }
     /* In the extended layout a copy is only as good as the free-map pages
      * its generation selects: if they fail, the other copy is tried. */
@@ -1090,11 +1119,11 @@ static int write_fresh(mp_pager *p, uint64_t len)
     if (rc != MP_OK)
         return rc;
     memset(buf, 0, ps);
-    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
+    fmt_superblock_write(buf, p->log2, (uint8_t)p->minor, 0);
     fmt_dir_index_write(buf, ps, 0, NULL);
     if ((rc = os_write_all(p->fd, buf, ps, 0)) != MP_OK)
         return rc;
-    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
+    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits, NULL);
     if ((rc = os_write_all(p->fd, buf, ps, ps)) != MP_OK ||
         (rc = os_write_all(p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
         return rc;
@@ -1110,7 +1139,8 @@ static int write_fresh(mp_pager *p, uint64_t len)
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
 {
     if (!path || !opts || !out || opts->durability < MP_DURABILITY_COMPAT ||
-        opts->durability > MP_DURABILITY_NONE)
+        opts->durability > MP_DURABILITY_NONE ||
+        (opts->layout != 0 && opts->layout != MP_MINOR_V02 && opts->layout != MP_MINOR_EXTENDED))
         return MP_EINVALID_ARGUMENT;
     uint32_t ps = opts->page_size;
     if (!valid_page_size(ps))
@@ -1134,6 +1164,9 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
         return rc;
     }
     p->durability = opts->durability;
+    /* layout 3: the file says "extended" from the start (the crate refuses
+     * it), so no commit needs page 0 for the crate's sake. */
+    p->minor = opts->layout == MP_MINOR_EXTENDED ? MP_MINOR_EXTENDED : MP_MINOR_V02;
     set_growth(p, opts);
     if ((rc = write_fresh(p, len)) != MP_OK || (rc = os_publish(tmp, path)) != MP_OK) {
         pager_destroy(p);

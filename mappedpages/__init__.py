@@ -59,6 +59,7 @@ from mappedpages._pager import Pager
 from mappedpages._protected import ProtectedWriter
 from mappedpages._readonly import ReadOnlyPager
 from mappedpages._subpage import SubPageAllocator
+from mappedpages._transaction import Transaction
 from mappedpages._types import PageId, ProtectedPageId, SubPageId
 
 __version__ = "0.1.0"
@@ -82,6 +83,7 @@ __all__ = [
     "SubPageId",
     "Pager",
     "SubPageAllocator",
+    "Transaction",
     "ProtectedWriter",
     "ReadOnlyPager",
     "RecoveryWarning",

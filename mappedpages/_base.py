@@ -454,6 +454,19 @@ class _PagerBase:
         return f"0.{self._format_minor}"
 
     @property
+    def roots(self) -> tuple[int, ...]:
+        """The 8 roots of the state this handle shows, unsigned 64-bit ints (0 in a new file).
+
+        A writer's roots include those set in its open transaction; a
+        reader's are those of the commit it shows.
+        """
+        with self._lock:
+            handle = self._usable()
+            out = ffi.new("uint64_t[8]")
+            self._check(lib.mp_pager_roots(handle, out), "roots")
+            return tuple(int(v) for v in out)
+
+    @property
     def max_pages(self) -> int:
         """The most pages this file can hold here: 16 TiB of pages, the most a pager maps."""
         self._refreshed()

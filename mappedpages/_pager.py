@@ -39,6 +39,7 @@ from mappedpages._errors import (
     WriterOpen,
 )
 from mappedpages._protected import ProtectedWriter
+from mappedpages._transaction import Transaction
 from mappedpages._types import PageId, ProtectedPageId
 
 _T = TypeVar("_T")
@@ -75,6 +76,7 @@ def _options(
     durability: str = "compat",
     grow_step: int = DEFAULT_GROW_STEP,
     preallocate: bool = True,
+    layout: str = "0.2",
 ) -> Any:
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
         raise TypeError(
@@ -99,7 +101,15 @@ def _options(
         raise ValueError(f"grow_step must be a positive number of bytes, not {grow_step}")
     opts.grow_step = grow_step
     opts.sparse = 0 if preallocate else 1
+    if not isinstance(layout, str):
+        raise TypeError("layout must be '0.2' or '0.3'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be '0.2' or '0.3', not {layout!r}")
+    opts.layout = LAYOUTS[layout]
     return opts
+
+
+LAYOUTS = {"0.2": 2, "0.3": 3}
 
 
 def _file_page_size(raw: bytes) -> int | None:
@@ -205,6 +215,7 @@ class Pager(_PagerBase):
         durability: str = "compat",
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
+        layout: str = "0.2",
     ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
@@ -212,12 +223,15 @@ class Pager(_PagerBase):
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
         lock is taken as for :meth:`open`; ``durability``, ``grow_step`` and
-        ``preallocate`` as for :meth:`open`.
+        ``preallocate`` as for :meth:`open`. ``layout="0.2"`` (default) starts
+        the file in the Rust crate's layout; ``layout="0.3"`` starts it in the
+        extended layout, which the crate refuses, and whose commits never
+        rewrite page 0 (one flush per commit in ``"compat"`` as in ``"fast"``).
         """
         size = _check_page_size(page_size, allow_none=False)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
-        opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
+        opts = _options(size, lock_timeout, False, durability, grow_step, preallocate, layout)
         raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
@@ -287,6 +301,7 @@ class Pager(_PagerBase):
         self._durability = "compat"
         self._txn_depth = 0
         self._txn_writers_before: set[int] = set()
+        self._txn: Transaction | None = None
         # Weak: an abandoned writer is collected, and its __del__ discards it.
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
@@ -457,17 +472,76 @@ class Pager(_PagerBase):
                     "free its sub-pages through the allocator, or detach it first"
                 )
 
-    def sync(self) -> None:
+    def sync(self, pages: Iterable[PageId] | None = None) -> None:
         """Flush every page's data to disk (msync of the mapping, then fsync).
 
         Also makes durable whatever the durability mode deferred. Not allowed
         inside a transaction (``ValueError``).
+
+        With ``pages`` (an iterable of page ids), flush only those pages' data:
+        one msync per run of consecutive ids, nothing else (the commit state is
+        not touched, so this is allowed inside a transaction). Ids outside the
+        file raise :class:`OutOfBounds` before anything is flushed.
         """
+        if pages is not None:
+            ids = sorted({as_id(p) for p in pages})
+            runs: list[tuple[int, int]] = []
+            for pid in ids:
+                if runs and runs[-1][0] + runs[-1][1] == pid:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+                else:
+                    runs.append((pid, 1))
+            with self._lock:
+                self._usable()
+                for first, count in runs:
+                    if first < 0 or first + count > self._page_count:
+                        raise OutOfBounds(
+                            f"page {first if first < 0 else first + count - 1} is not in the "
+                            f"file (page_count {self._page_count})"
+                        )
+                for first, count in runs:
+                    self.sync_run(first, count)
+            return
         with self._lock:
             handle = self._usable()
             if self._txn_depth:
                 raise ValueError("sync() inside a transaction; commit it first")
             self._check(lib.mp_pager_sync(handle), "sync")
+            self._refresh_stats()
+
+    def sync_run(self, first: PageId, count: int) -> None:
+        """Flush the data of pages ``first .. first + count - 1`` (one msync).
+
+        :class:`OutOfBounds` if the run is not inside the file.
+        """
+        first_id = as_id(first)
+        n = as_id(count, "count")
+        if n < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            handle = self._usable()
+            self._check(lib.mp_pager_sync_run(handle, first_id, n), f"page {first_id}")
+
+    def set_root(self, slot: int, value: int) -> None:
+        """Set root ``slot`` (0-7) to ``value``, an unsigned 64-bit int.
+
+        Roots commit atomically with the allocation state: inside a
+        transaction with it, outside one as a commit of its own. ``ValueError``
+        for a slot or value out of range; :class:`FileFull` for a non-zero
+        value in a file whose allocation bitmap leaves no room for roots (a
+        v0.2 bitmap past ``(page_size - 100) * 8`` pages, see FORMAT.md).
+        """
+        if isinstance(slot, bool) or not isinstance(slot, int):
+            raise TypeError(f"slot must be an int, not {type(slot).__name__}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if not 0 <= slot < 8:
+            raise ValueError(f"slot must be 0-7, not {slot}")
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"value must be an unsigned 64-bit int, not {value}")
+        with self._lock:
+            handle = self._usable()
+            self._check(lib.mp_pager_set_root(handle, slot, value), f"root {slot}")
             self._refresh_stats()
 
     @property
@@ -477,7 +551,7 @@ class Pager(_PagerBase):
         return self._durability
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Pager]:
+    def transaction(self) -> Iterator[Transaction]:
         """Group allocs, frees, bulk calls and protected writes into one commit.
 
         ``with pager.transaction():`` holds the pager (other threads wait) and
@@ -493,6 +567,11 @@ class Pager(_PagerBase):
         transaction is rolled back and :class:`WriterOpen` is raised (when
         the block raised, it is rolled back and its own exception propagates).
         Either way the writers opened in the block are discarded.
+
+        The ``with`` target is a :class:`Transaction`: pages written through
+        ``tx.page``/``tx.view`` or named with ``tx.mark_dirty`` commit their
+        contents with the block (see the README's engine transactions), and
+        roots set with :meth:`set_root` commit with it too.
         """
         with self._lock:
             handle = self._usable()
@@ -500,15 +579,21 @@ class Pager(_PagerBase):
             if outer:
                 self._check(lib.mp_txn_begin(handle), "transaction")
                 self._txn_writers_before = set(self._writers.keys())
+                self._txn = Transaction(self)
             self._txn_depth += 1
+            tx = self._txn
+            assert tx is not None
             try:
-                yield self
+                yield tx
             except BaseException:
                 self._txn_depth -= 1
                 if outer:
+                    self._end_txn()
                     self._txn_abort()
                 raise
             self._txn_depth -= 1
+            if outer:
+                self._end_txn()
             if outer:
                 left_open = sorted(set(self._writers.keys()) - self._txn_writers_before)
                 if left_open:
@@ -524,6 +609,11 @@ class Pager(_PagerBase):
                     self._txn_abort()
                     self._check(rc, "transaction commit")
                 self._refresh_stats()
+
+    def _end_txn(self) -> None:
+        if self._txn is not None:
+            self._txn._open = False
+            self._txn = None
 
     def _txn_abort(self) -> None:
         # Writers opened inside the block are discarded with it; writers
