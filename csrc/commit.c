@@ -1,6 +1,6 @@
 /*
- * commit.c - making state changes durable: the metadata commit, page 0,
- * durability modes and transactions.
+ * commit.c - making state changes durable: the metadata commit, page 0
+ * and durability modes (transactions are txn.c's).
  *
  * Owns: the order of writes and flushes of every commit. Everything that
  * changes allocation or directory state ends in pager_commit().
@@ -120,13 +120,14 @@ static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *w
             bitmap_set(p->index_dirty, k);
         bitmap_set(p->chunk_dirty, 1); /* it holds the block count */
     }
-    uint64_t last = p->total_pages > p->chunk ? (p->total_pages - 1) / p->chunk : 0;
+    uint64_t last = fmt_chunks_below(p->chunk, p->total_pages);
     *seal = 0;
     *written = 0;
     for (uint64_t c = bitmap_find_set(p->chunk_dirty, NULL, 1, last + 1); c <= last;
          c = bitmap_find_set(p->chunk_dirty, NULL, c + 1, last + 1)) {
         bitmap_clear(p->chunk_dirty, c);
-        uint8_t *page = pager_page_ptr(p, c * p->chunk + (uint64_t)!bitmap_get(p->chunk_active, c));
+        uint32_t copy = (uint32_t)!bitmap_get(p->chunk_active, c);
+        uint8_t *page = pager_page_ptr(p, fmt_free_map_page(p->chunk, c, copy));
         fmt_chunk_write(page, p->page_size, c, p->total_pages, gen, c == 1 ? p->dir_count : 0,
                         p->bits);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -139,7 +140,8 @@ static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *w
         uint64_t n = p->dir_count > k * per ? p->dir_count - k * per : 0;
         if (n > per)
             n = per;
-        uint64_t target = (k + 1) * p->chunk + 2 + (uint64_t)!bitmap_get(p->index_active, k);
+        uint32_t copy = (uint32_t)!bitmap_get(p->index_active, k);
+        uint64_t target = fmt_index_page(p->chunk, k, copy);
         uint8_t *page = pager_page_ptr(p, target);
         fmt_index_write(page, p->page_size, k, gen, (uint32_t)n, p->refs + k * per);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -155,10 +157,10 @@ int pager_clear_leftovers(mp_pager *p)
 {
     if (!pager_extended(p))
         return MP_OK;
-    uint64_t last = (p->total_pages - 1) / p->chunk;
+    uint64_t last = fmt_last_chunk(p->chunk, p->total_pages);
     for (uint64_t c = 1; c <= last; c++) {
         for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++) {
-            uint64_t id = c * p->chunk + i;
+            uint64_t id = fmt_chunk_start(p->chunk, c) + i;
             uint8_t *page = pager_page_ptr(p, id);
             /* The generation is read first: a CRC only for the rare newer one. */
             if (mp_load_u64(page) <= p->generation ||
@@ -453,71 +455,4 @@ int mp_pager_set_durability(mp_pager *p, int durability)
         return rc;
     p->durability = durability;
     return MP_OK;
-}
-
-/* ------------------------------------------------------------ transactions */
-
-int pager_settle_deferred(mp_pager *p)
-{
-    /* A directory change is committed through page 0, which also names a
-     * metadata copy: if the allocation state of "none" mode were still in
-     * memory, a crash after that page-0 flush would pair the new directory
-     * with older allocations, a state that never existed. So the deferred
-     * state is made durable first. */
-    return p->meta_unwritten ? pager_bring_page0_up_to_date(p) : MP_OK;
-}
-
-int mp_txn_begin(mp_pager *p)
-{
-    int rc = pager_usable(p, 1);
-    if (rc != MP_OK)
-        return rc;
-    /* Rollback reloads the committed state from the active copy, so that
-     * copy must hold the state the transaction starts from. */
-    if (p->txn_depth == 0 && (rc = pager_settle_deferred(p)) != MP_OK)
-        return rc;
-    p->txn_depth++;
-    return MP_OK;
-}
-
-static void clear_txn_marks(mp_pager *p)
-{
-    for (uint32_t b = 0; b < p->dir_count; b++)
-        for (uint32_t s = 0; s < p->epp; s++)
-            if (p->dirs[b].writer_open[s] == MP_WRITER_DONE_IN_TXN)
-                p->dirs[b].writer_open[s] = MP_WRITER_NONE;
-}
-
-int mp_txn_commit(mp_pager *p)
-{
-    int rc = pager_usable(p, 1);
-    if (rc != MP_OK)
-        return rc;
-    if (p->txn_depth == 0)
-        return MP_EINVALID_ARGUMENT;
-    if (--p->txn_depth > 0)
-        return MP_OK;
-    clear_txn_marks(p);
-    /* Directory first: protected writes become visible together at the
-     * page-0 flush, and protected pages allocated in the transaction are on
-     * unallocated pages until the metadata commit that follows (dropped if a
-     * crash falls between). See the README for what a crash between the two
-     * leaves of the transaction's other changes. */
-    return pager_commit(p, MP_ORDER_DIR_FIRST);
-}
-
-int mp_txn_abort(mp_pager *p)
-{
-    if (!p)
-        return MP_EINVALID_ARGUMENT;
-    if (p->txn_depth == 0)
-        return MP_EINVALID_ARGUMENT;
-    p->txn_depth = 0;
-    p->staged_lo = 1;
-    p->staged_hi = 0;
-    txn_forget_dirty(p);
-    if (p->poisoned)
-        return MP_EUNAVAILABLE;
-    /* Nothing the transaction did reached the committed copies: reload them. */
-    return pager_load_committed(p, NULL);
 }

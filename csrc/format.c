@@ -94,7 +94,7 @@ void mp_store_u32(uint8_t *p, uint32_t v)
 }
 
 /* The bitmap of all pages must fit between the 24-byte header and the CRC. */
-uint64_t fmt_max_pages(uint32_t page_size)
+uint64_t fmt_v02_max_pages(uint32_t page_size)
 {
     return (uint64_t)(page_size - MP_META_HEADER - 4u) * 8u;
 }
@@ -103,7 +103,104 @@ uint64_t fmt_chunk_pages(uint32_t page_size)
 {
     /* The metadata copy's bitmap is chunk 0, so a free-map page holds as many
      * bits as it: a v0.2 file is exactly chunk 0 of the extended layout. */
-    return fmt_max_pages(page_size);
+    return fmt_v02_max_pages(page_size);
+}
+
+uint64_t fmt_max_mapped_pages(uint32_t page_size)
+{
+    uint64_t chunk = fmt_chunk_pages(page_size);
+    uint64_t max = MP_MAP_LIMIT / page_size;
+    /* A cap inside a chunk's layout pages would leave the chunk without room. */
+    if (max > chunk && max % chunk < MP_LAYOUT_PAGES)
+        max -= max % chunk;
+    return max;
+}
+
+int fmt_valid_page_size(uint32_t page_size)
+{
+    return page_size >= (1u << MP_MIN_LOG2) && page_size <= (1u << MP_MAX_LOG2) &&
+           (page_size & (page_size - 1)) == 0;
+}
+
+int fmt_page_kind(uint64_t chunk_pages, uint64_t id)
+{
+    if (id < MP_RESERVED_PAGES)
+        return (int)(MP_PAGE_SUPERBLOCK + id);
+    if (id < chunk_pages || id % chunk_pages >= MP_LAYOUT_PAGES)
+        return MP_PAGE_DATA;
+    return (int)(MP_PAGE_FREE_MAP_A + id % chunk_pages);
+}
+
+/* ------------------------------------------------- the public layout API */
+
+int mp_layout_get(uint32_t page_size, mp_layout *out)
+{
+    if (!out)
+        return MP_EINVALID_ARGUMENT;
+    if (!fmt_valid_page_size(page_size))
+        return MP_EINVALID_PAGE_SIZE;
+    mp_layout l;
+    memset(&l, 0, sizeof l);
+    l.page_size = page_size;
+    l.reserved_pages = MP_RESERVED_PAGES;
+    l.bits_per_map_page = fmt_chunk_pages(page_size);
+    l.chunk_pages = fmt_chunk_pages(page_size);
+    l.v02_max_pages = fmt_v02_max_pages(page_size);
+    l.max_pages = fmt_max_mapped_pages(page_size);
+    l.layout_pages_per_chunk = MP_LAYOUT_PAGES;
+    l.dir_entries_per_page = fmt_entries_per_dir_page(page_size);
+    l.dir_refs_per_index = fmt_max_dir_blocks(page_size);
+    l.meta_header_bytes = MP_META_HEADER;
+    l.chunk_header_bytes = MP_CHUNK_HEADER;
+    l.dir_index_offset = MP_DIR_INDEX_OFFSET;
+    l.dir_ref_bytes = MP_DIR_REF_SIZE;
+    l.dir_entry_bytes = MP_DIR_ENTRY_SIZE;
+    l.dir_page_header_bytes = MP_DIR_PAGE_HEADER;
+    *out = l;
+    return MP_OK;
+}
+
+int mp_layout_page_kind(uint32_t page_size, uint64_t id, int *out_kind)
+{
+    if (!out_kind)
+        return MP_EINVALID_ARGUMENT;
+    if (!fmt_valid_page_size(page_size))
+        return MP_EINVALID_PAGE_SIZE;
+    *out_kind = fmt_page_kind(fmt_chunk_pages(page_size), id);
+    return MP_OK;
+}
+
+int mp_layout_chunk_page(uint32_t page_size, uint64_t chunk, int kind, uint64_t *out_id)
+{
+    if (!out_id)
+        return MP_EINVALID_ARGUMENT;
+    if (!fmt_valid_page_size(page_size))
+        return MP_EINVALID_PAGE_SIZE;
+    uint64_t c = fmt_chunk_pages(page_size);
+    uint64_t max = fmt_max_mapped_pages(page_size);
+    if (chunk < 1 || chunk > max / c || fmt_chunk_start(c, chunk) + MP_LAYOUT_PAGES > max)
+        return MP_EOUT_OF_BOUNDS;
+    if (kind < MP_PAGE_FREE_MAP_A || kind > MP_PAGE_INDEX_B)
+        return MP_EINVALID_ARGUMENT;
+    *out_id = fmt_chunk_start(c, chunk) + (uint64_t)(kind - MP_PAGE_FREE_MAP_A);
+    return MP_OK;
+}
+
+int mp_layout_pages_below(uint32_t page_size, uint64_t total, uint64_t *out_n)
+{
+    if (!out_n)
+        return MP_EINVALID_ARGUMENT;
+    if (!fmt_valid_page_size(page_size))
+        return MP_EINVALID_PAGE_SIZE;
+    uint64_t c = fmt_chunk_pages(page_size);
+    uint64_t n = total < MP_RESERVED_PAGES ? total : MP_RESERVED_PAGES;
+    uint64_t chunks = fmt_chunks_below(c, total);
+    n += MP_LAYOUT_PAGES * chunks;
+    /* The last chunk may be cut inside its layout pages (any total). */
+    if (chunks > 0 && total - fmt_chunk_start(c, chunks) < MP_LAYOUT_PAGES)
+        n -= MP_LAYOUT_PAGES - (total - fmt_chunk_start(c, chunks));
+    *out_n = n;
+    return MP_OK;
 }
 
 uint32_t fmt_max_dir_blocks(uint32_t page_size)

@@ -94,6 +94,49 @@ enum mp_durability {
     MP_DURABILITY_NONE = 2          /* no flush: durable at sync/close; still crash-consistent */
 };
 
+/* Kinds of page by position in a file's layout (mp_layout_page_kind). Chunk c >= 1 of
+ * the extended layout starts with its free-map page (copies A, B) and directory-index
+ * page c - 1 (copies A, B); every other page from 3 on is a data page. */
+enum mp_layout_page {
+    MP_PAGE_SUPERBLOCK = 0,         /* page 0: superblock, selector, directory index */
+    MP_PAGE_META_A = 1,             /* page 1 */
+    MP_PAGE_META_B = 2,             /* page 2 */
+    MP_PAGE_FREE_MAP_A = 3,         /* chunk c >= 1: page c * chunk_pages */
+    MP_PAGE_FREE_MAP_B = 4,         /* c * chunk_pages + 1 */
+    MP_PAGE_INDEX_A = 5,            /* c * chunk_pages + 2: directory-index page c - 1 */
+    MP_PAGE_INDEX_B = 6,            /* c * chunk_pages + 3 */
+    MP_PAGE_DATA = 7                /* a page allocation may hand out */
+};
+
+/* The geometry of both layouts at one page size (format.c owns it; FORMAT.md). */
+typedef struct {
+    uint32_t page_size;
+    uint32_t reserved_pages;          /* 3: pages 0-2 */
+    uint64_t bits_per_map_page;       /* pages one metadata bitmap or free-map page covers */
+    uint64_t chunk_pages;             /* pages per chunk of the extended layout (the same) */
+    uint64_t v02_max_pages;           /* the most pages of a v0.2 file (chunk 0 alone) */
+    uint64_t max_pages;               /* the most pages a pager maps (extended layout) */
+    uint32_t layout_pages_per_chunk;  /* 4: free-map A/B, directory-index A/B */
+    uint32_t dir_entries_per_page;    /* protected-page entries per directory page */
+    uint32_t dir_refs_per_index;      /* directory blocks page 0 or one index page names */
+    uint32_t meta_header_bytes;       /* 24: bitmap offset in a metadata page */
+    uint32_t chunk_header_bytes;      /* 24: bitmap/refs offset in free-map and index pages */
+    uint32_t dir_index_offset;        /* 20: directory index offset in page 0 */
+    uint32_t dir_ref_bytes;           /* 17 */
+    uint32_t dir_entry_bytes;         /* 30 */
+    uint32_t dir_page_header_bytes;   /* 8 */
+} mp_layout;
+
+/* MP_EINVALID_PAGE_SIZE unless page_size is a power of two in [1 KiB, 1 GiB]. */
+int mp_layout_get(uint32_t page_size, mp_layout *out);
+/* The mp_layout_page kind of page id (by position; any id below max_pages). */
+int mp_layout_page_kind(uint32_t page_size, uint64_t id, int *out_kind);
+/* The page id of layout page `kind` (MP_PAGE_FREE_MAP_A..MP_PAGE_INDEX_B) of chunk
+ * c >= 1; directory-index page k lives in chunk k + 1. */
+int mp_layout_chunk_page(uint32_t page_size, uint64_t chunk, int kind, uint64_t *out_id);
+/* The pages of the layout (0-2 and the chunks' first four) below total pages. */
+int mp_layout_pages_below(uint32_t page_size, uint64_t total, uint64_t *out_n);
+
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
 

@@ -3,7 +3,8 @@
  *
  * Owns: the in-memory state of an open pager and the prototypes that connect
  * format.c (bytes on disk), bitmap.c (the free map in memory), os.c (system
- * calls and the mapping), pager.c, protected.c and subpage.c.
+ * calls and the mapping), pager.c, recover.c, grow.c, alloc.c, commit.c,
+ * txn.c, directory.c, protected.c and subpage.c.
  *
  * Invariants of an open writable pager, kept between calls:
  *   - bits[] equals the bitmap of the committed metadata copy `active`,
@@ -84,9 +85,64 @@ void mp_store_u64(uint8_t *p, uint64_t v);
 void mp_store_u32(uint8_t *p, uint32_t v);
 
 /* The most pages a v0.2 file of this page size can describe. */
-uint64_t fmt_max_pages(uint32_t page_size);
+uint64_t fmt_v02_max_pages(uint32_t page_size);
 /* Pages each free-map page describes (a chunk); equal to the v0.2 cap. */
 uint64_t fmt_chunk_pages(uint32_t page_size);
+/* The most bytes of a file a pager maps (16 TiB), and so the most pages of
+ * the extended layout at a page size: never a chunk cut inside its layout
+ * pages. */
+#define MP_MAP_LIMIT ((uint64_t)1 << 44)
+uint64_t fmt_max_mapped_pages(uint32_t page_size);
+int fmt_valid_page_size(uint32_t page_size);
+
+/* Page placement of the extended layout (FORMAT.md). Chunk c >= 1 of
+ * chunk_pages pages starts with its free-map page (copies A, B) and
+ * directory-index page c - 1 (copies A, B). Inline: on the hot paths. */
+static inline int fmt_is_layout_page(uint64_t chunk_pages, uint64_t id)
+{
+    return id < MP_RESERVED_PAGES || (id >= chunk_pages && id % chunk_pages < MP_LAYOUT_PAGES);
+}
+/* Copy `copy` (0 = A, 1 = B) of chunk c's free-map page. */
+static inline uint64_t fmt_free_map_page(uint64_t chunk_pages, uint64_t c, uint32_t copy)
+{
+    return c * chunk_pages + copy;
+}
+/* Copy `copy` of directory-index page k (it lives in chunk k + 1). */
+static inline uint64_t fmt_index_page(uint64_t chunk_pages, uint64_t k, uint32_t copy)
+{
+    return (k + 1) * chunk_pages + 2u + copy;
+}
+/* The first page of chunk c. */
+static inline uint64_t fmt_chunk_start(uint64_t chunk_pages, uint64_t c)
+{
+    return c * chunk_pages;
+}
+/* Chunks past chunk 0 that start below `total` pages. */
+static inline uint64_t fmt_chunks_below(uint64_t chunk_pages, uint64_t total)
+{
+    return total > chunk_pages ? (total - 1) / chunk_pages : 0;
+}
+/* The last chunk holding a page below total (total >= 1). */
+static inline uint64_t fmt_last_chunk(uint64_t chunk_pages, uint64_t total)
+{
+    return (total - 1) / chunk_pages;
+}
+/* A page count the layout accepts, at least t: never a chunk without its
+ * layout pages (not capped). */
+static inline uint64_t fmt_fit_total(uint64_t chunk_pages, uint64_t t)
+{
+    uint64_t rem = t % chunk_pages;
+    if (t > chunk_pages && rem != 0 && rem < MP_LAYOUT_PAGES)
+        t += MP_LAYOUT_PAGES - rem;
+    return t;
+}
+/* The total pages a file needs for directory-index page k to exist. */
+static inline uint64_t fmt_total_for_index(uint64_t chunk_pages, uint64_t k)
+{
+    return (k + 1) * chunk_pages + MP_LAYOUT_PAGES;
+}
+/* The mp_layout_page kind of id. */
+int fmt_page_kind(uint64_t chunk_pages, uint64_t id);
 uint32_t fmt_max_dir_blocks(uint32_t page_size);
 uint32_t fmt_entries_per_dir_page(uint32_t page_size);
 
@@ -274,7 +330,7 @@ int os_create_temp(const char *path, char **out_tmp, int *out_fd);
 int os_publish(const char *tmp, const char *path);
 uint64_t os_page_size(void);
 
-/* ---- pager.c ---- */
+/* ---- pager.c (lifetime), recover.c (open), grow.c, alloc.c ---- */
 
 /* writer_open values: no writer, a writer open, written in this transaction. */
 #define MP_WRITER_NONE 0u
@@ -286,7 +342,7 @@ typedef struct {
     uint8_t *writer_open;    /* one MP_WRITER_* value per slot */
     int dirty;               /* in-memory entries differ from the active copy */
     uint32_t read_crc;       /* stored CRC of the copy last read: a reader checks
-                                it did not change under it (pager.c) */
+                                it did not change under it (recover.c) */
 } mp_dir_block;
 
 /* The order of the two commits of a change to both the bitmap (metadata
@@ -366,7 +422,7 @@ struct mp_pager {
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
 static inline int pager_is_layout_page(const mp_pager *p, uint64_t id)
 {
-    return id < MP_RESERVED_PAGES || (id >= p->chunk && id % p->chunk < MP_LAYOUT_PAGES);
+    return fmt_is_layout_page(p->chunk, id);
 }
 /* The in-memory state is past v0.2's cap. */
 static inline int pager_extended(const mp_pager *p)
@@ -374,13 +430,32 @@ static inline int pager_extended(const mp_pager *p)
     return p->total_pages > p->chunk;
 }
 
+/* pager.c: lifetime */
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id);
-int pager_ensure_free(mp_pager *p, uint64_t n);
-int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 int pager_flush_page(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
+
+/* alloc.c */
+int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
+
+/* recover.c */
 int pager_load_committed(mp_pager *p, mp_open_report *rep);
+/* Loads the committed state into p, a reader retrying while a writer
+ * commits under it. */
+int pager_load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
+                            int *page0_stale);
+
+/* grow.c */
+int pager_ensure_free(mp_pager *p, uint64_t n);
+/* The in-memory maps cover pages below total. */
+void pager_note_words_used(mp_pager *p, uint64_t total);
+/* Page id's word of bits or pending changed: keep the summary and the dirty
+ * free-map pages in step. */
+void pager_map_changed(mp_pager *p, uint64_t id);
+/* Marks id allocated (or free) in bits[], keeping those in step. */
+void pager_bit_take(mp_pager *p, uint64_t id);
+void pager_bit_give(mp_pager *p, uint64_t id);
 /* Grows the file to at least `pages` pages (the directory's need in the
  * extended layout); FileFull past the cap. */
 int pager_grow_at_least(mp_pager *p, uint64_t pages);
@@ -394,10 +469,8 @@ void pager_claim_bit(mp_pager *p, uint64_t id);
 /* Counts the file's pages up to total (v0.2 layout, open's repairs): the
  * pages were in the file already, and come in free. */
 void pager_count_pages(mp_pager *p, uint64_t total);
-/* Makes room for n directory blocks in p->dirs and p->refs. */
-int dir_reserve(mp_pager *p, uint64_t n);
 
-/* ---- commit.c ---- */
+/* ---- commit.c, txn.c ---- */
 
 int pager_commit(mp_pager *p, int order);
 int pager_write_page0(mp_pager *p, int flush);
@@ -418,7 +491,12 @@ void txn_forget_dirty(mp_pager *p);
 /* Whether the chosen metadata copy's record matches the data on disk. */
 int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n);
 
-/* ---- protected.c ---- */
+/* ---- directory.c, protected.c ---- */
+
+/* Makes room for n directory blocks in p->dirs and p->refs. */
+int dir_reserve(mp_pager *p, uint64_t n);
+/* Allocates block b's in-memory entries (all free). */
+int dir_block_init(mp_pager *p, uint32_t b);
 
 /* Loads the directory named by p->refs[0..count) from the committed copies. */
 int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);

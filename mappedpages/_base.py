@@ -266,8 +266,12 @@ class _PagerBase:
         raise_for_rc(lib.mp_pager_stats(handle, stats))
         self._page_size = int(stats.page_size)
         # Pages per free-map chunk: in the extended layout each chunk past the
-        # first starts with four layout pages, refused like reserved ones.
-        self._chunk = int(stats.chunk_pages)
+        # first starts with its layout pages, refused like reserved ones. The
+        # geometry comes from the core (format.c owns it).
+        lay = ffi.new("mp_layout *")
+        raise_for_rc(lib.mp_layout_get(self._page_size, lay))
+        self._chunk = int(lay.chunk_pages)
+        self._layout_pages = int(lay.layout_pages_per_chunk)
         base = ffi.new("uint8_t **")
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
@@ -352,7 +356,7 @@ class _PagerBase:
         if (
             type(page_id) is int
             and 3 <= page_id < self._page_count
-            and (page_id < self._chunk or page_id % self._chunk >= 4)
+            and (page_id < self._chunk or page_id % self._chunk >= self._layout_pages)
             and page_id not in self._system
             and mv is not None
             and not self._forked
@@ -535,9 +539,9 @@ class _PagerBase:
                 raise ReservedPage(f"pages 0-2 are reserved (asked from page {first})")
             if self._system and any(i in self._system for i in range(first, first + n)):
                 raise ReservedPage(f"pages {first}..{first + n - 1} include pager pages")
-            # The first chunk whose layout pages (its first four) end past `first`.
-            chunk = self._chunk
-            if chunk * max(1, (first + chunk - 4) // chunk) < first + n:
+            # The first chunk whose layout pages end past `first`.
+            chunk, lp = self._chunk, self._layout_pages
+            if chunk * max(1, (first + chunk - lp) // chunk) < first + n:
                 raise ReservedPage(
                     f"pages {first}..{first + n - 1} include layout pages of the extended "
                     "layout (the first four of each chunk)"
