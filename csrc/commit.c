@@ -369,6 +369,14 @@ int pager_commit(mp_pager *p, int order)
     return MP_OK;
 }
 
+int pager_write_state(mp_pager *p)
+{
+    int rc = meta_write(p, 1);
+    if (rc == MP_OK && p->page0_stale && p->minor < MP_MINOR_EXTENDED)
+        rc = pager_write_page0(p, 1);
+    return rc;
+}
+
 int pager_bring_page0_up_to_date(mp_pager *p)
 {
     int rc;

@@ -232,3 +232,98 @@ int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count)
         p->poisoned = 1;
     return rc;
 }
+
+/* ------------------------------------------------ "none" mode snapshots */
+
+int txn_snapshot_take(mp_pager *p)
+{
+    uint64_t words = p->words_used;
+    p->snap = malloc((size_t)(2 * words + 1) * sizeof(uint64_t));
+    if (!p->snap)
+        return MP_ENO_MEMORY;
+    memcpy(p->snap, p->bits, (size_t)words * sizeof(uint64_t));
+    memcpy(p->snap + words, p->pending, (size_t)words * sizeof(uint64_t));
+    p->snap_words = words;
+    p->snap_total = p->total_pages;
+    p->snap_free = p->free_count;
+    p->snap_pending_count = p->pending_count;
+    p->snap_pending_lo = p->pending_lo;
+    p->snap_pending_hi = p->pending_hi;
+    memcpy(p->snap_roots, p->roots, sizeof p->roots);
+    return MP_OK;
+}
+
+void txn_snapshot_drop(mp_pager *p)
+{
+    free(p->snap);
+    p->snap = NULL;
+}
+
+/* Every free-map page is rewritten at the next commit: the reload cleared
+ * the marks of the chunks the unwritten state changed. */
+static void mark_all_chunks(mp_pager *p)
+{
+    if (!pager_extended(p))
+        return;
+    uint64_t last = (p->total_pages - 1) / p->chunk;
+    for (uint64_t c = 1; c <= last; c++)
+        bitmap_set(p->chunk_dirty, c);
+}
+
+/* After the reload of the committed (older) state: the state the
+ * transaction started from, still unwritten. */
+int txn_snapshot_restore(mp_pager *p)
+{
+    uint64_t words = p->snap_words > p->words_used ? p->snap_words : p->words_used;
+    memset(p->bits, 0, (size_t)words * sizeof(uint64_t));
+    memset(p->pending, 0, (size_t)words * sizeof(uint64_t));
+    memcpy(p->bits, p->snap, (size_t)p->snap_words * sizeof(uint64_t));
+    memcpy(p->pending, p->snap + p->snap_words, (size_t)p->snap_words * sizeof(uint64_t));
+    if (p->snap_words > p->words_used)
+        p->words_used = p->snap_words;
+    p->total_pages = p->snap_total;
+    p->free_count = p->snap_free;
+    p->pending_count = p->snap_pending_count;
+    p->pending_lo = p->snap_pending_lo;
+    p->pending_hi = p->snap_pending_hi;
+    memcpy(p->roots, p->snap_roots, sizeof p->roots);
+    p->meta_unwritten = 1;
+    p->hint = MP_RESERVED_PAGES;
+    summary_rebuild(&p->sum, p->bits, p->pending, p->words_used);
+    mark_all_chunks(p);
+    return MP_OK;
+}
+
+/* Writes the snapshot's state (not the transaction's) and flushes it: the
+ * in-memory maps are swapped for the snapshot's for the write. Pages pending
+ * stay pending (the transaction's frees among them). */
+int txn_snapshot_settle(mp_pager *p)
+{
+    uint64_t *bits = p->bits;
+    uint64_t total = p->total_pages, free_count = p->free_count;
+    uint64_t roots[MP_ROOTS];
+    memcpy(roots, p->roots, sizeof roots);
+    /* The writes read bits below the snapshot's page count only. */
+    uint64_t words = bitmap_words(p->snap_total) + 1;
+    if (words < p->snap_words)
+        words = p->snap_words;
+    uint64_t *view = calloc((size_t)words, sizeof(uint64_t));
+    if (!view)
+        return MP_ENO_MEMORY;
+    memcpy(view, p->snap, (size_t)p->snap_words * sizeof(uint64_t));
+    mark_all_chunks(p);
+    p->bits = view;
+    p->total_pages = p->snap_total;
+    p->free_count = p->snap_free;
+    memcpy(p->roots, p->snap_roots, sizeof p->roots);
+    int rc = pager_write_state(p);
+    p->bits = bits;
+    p->total_pages = total;
+    p->free_count = free_count;
+    memcpy(p->roots, roots, sizeof roots);
+    free(view);
+    mark_all_chunks(p);
+    p->changed = 1;
+    txn_snapshot_drop(p);
+    return rc;
+}

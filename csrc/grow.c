@@ -140,6 +140,12 @@ static uint64_t next_total(const mp_pager *p, uint64_t t)
     uint64_t n = t + (add ? add : 1);
     if (t < p->chunk && n > p->chunk)
         n = p->chunk;
+    /* A state with roots stops where the bitmap still leaves them room. */
+    uint64_t room = (uint64_t)(p->page_size - 4u - MP_TAIL_FIXED - MP_META_HEADER) * 8u;
+    if (t < room && n > room)
+        for (uint32_t r = 0; r < MP_ROOTS; r++)
+            if (p->roots[r] != 0)
+                n = room;
     return fit_total(p, n);
 }
 

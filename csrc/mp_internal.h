@@ -416,6 +416,12 @@ struct mp_pager {
     uint32_t rec_n;          /* entries in the committed copy's record, or, with
                                 rec_new, in the record of the commit under way */
     int rec_new;
+    /* "none" mode: the state a transaction started from when it was not
+     * written yet (rollback restores it; see engine.c). */
+    uint64_t *snap;          /* bits, then pending: 2 * snap_words words */
+    uint64_t snap_words;
+    uint64_t snap_total, snap_free, snap_pending_count, snap_pending_lo, snap_pending_hi;
+    uint64_t snap_roots[MP_ROOTS];
     mp_rec rec[MP_MAX_RECORD];
 };
 
@@ -488,6 +494,17 @@ int txn_flush_dirty(mp_pager *p);
  * leaves rec_n 0) when they do not fit the metadata tail. */
 int txn_build_record(mp_pager *p);
 void txn_forget_dirty(mp_pager *p);
+/* "none" mode keeps its state in memory between syncs: a transaction keeps
+ * the state it started from in memory too, instead of writing it first. */
+int txn_snapshot_take(mp_pager *p);
+void txn_snapshot_drop(mp_pager *p);
+int txn_snapshot_restore(mp_pager *p);
+/* Makes the snapshot's state durable (a directory commit inside the
+ * transaction must not pair with older allocations). */
+int txn_snapshot_settle(mp_pager *p);
+/* commit.c: writes and flushes the in-memory state and page 0, keeping the
+ * pending pages pending. */
+int pager_write_state(mp_pager *p);
 /* Whether the chosen metadata copy's record matches the data on disk. */
 int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n);
 

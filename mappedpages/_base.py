@@ -49,6 +49,10 @@ _META_PROBLEMS = {
     lib.MP_META_BAD_FREE_COUNT: "its free count disagrees with its bitmap",
     lib.MP_META_BAD_FREE_MAP: "a free-map page it needs is missing or damaged",
     lib.MP_META_PAST_END: "it counts pages past the end of the file",
+    lib.MP_META_DATA_MISSING: (
+        "a data page its transaction committed does not hold the committed content "
+        "(the commit did not reach the disk whole)"
+    ),
 }
 
 # Pagers alive in this process, so a fork child can mark them unusable.

@@ -57,6 +57,7 @@ from mappedpages import (
     ReadOnlyPager,
     RecoveryWarning,
     SubPageAllocator,
+    Transaction,
     WriterOpen,
 )
 from mappedpages._core import lib
@@ -140,7 +141,7 @@ def test_commit_applies_everything(tmp_path, mode):
         pids = [p.alloc_protected() for _ in range(3)]
         ps = p.page_size
         with p.transaction() as t:
-            assert t is p
+            assert isinstance(t, Transaction) and t.pager is p
             a = p.alloc()
             b = p.alloc(zero=True)
             p.free(keep[0])
