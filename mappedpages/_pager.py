@@ -500,7 +500,7 @@ class Pager(_PagerBase):
                             f"file (page_count {self._page_count})"
                         )
                 for first, count in runs:
-                    self.sync_run(first, count)
+                    self.sync_run(PageId(first), count)
             return
         with self._lock:
             handle = self._usable()

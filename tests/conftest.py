@@ -206,7 +206,7 @@ def parse_meta(page: bytes, index: int) -> Meta:
         t = ps - 4 - 72
         n = struct.unpack_from("<I", page, t)[0]
         roots = struct.unpack_from("<8Q", page, t + 8)
-        for i in range(min(n, (ps - 4) // 16)):
+        for i in range(min(n, t // 16)):
             record.append(struct.unpack_from("<QII", page, t - 16 * (i + 1)))
         region = page[META_HEADER : max(META_HEADER, t - 16 * n)]
     for byte_i, byte in enumerate(region):
