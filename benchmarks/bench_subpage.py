@@ -17,7 +17,7 @@ the same run:
     commit (msync) in both, so this is the like-for-like comparison.
   * "py, no pager": the pure-Python bookkeeping alone, big page ids from a
     counter: what the masks cost without any commit.
-  * the bare cost of one cffi call into the core (mp_subpage_live_count), and
+  * the bare cost of one cffi call into the core (mp_subpage_stats), and
     of the live_count property that wraps it with the lock and checks.
 
 The file lives in --dir (default: a temporary folder), so the commit cost is
@@ -223,8 +223,8 @@ def bare_call_cost(folder: Path, calls: int) -> tuple[float, float]:
     try:
         a = SubPageAllocator(pager, 512)
         handle = a._handle
-        out = ffi.new("uint64_t *")
-        fn = lib.mp_subpage_live_count
+        out = ffi.new("mp_sub_stats *")
+        fn = lib.mp_subpage_stats
 
         def raw() -> None:
             for _ in range(calls):
@@ -293,7 +293,7 @@ def main() -> None:
             print()
         t_raw, t_prop = bare_call_cost(folder, 200_000)
         print(
-            f"bare cffi call (lib.mp_subpage_live_count): {t_raw * 1e9:8.0f} ns "
+            f"bare cffi call (lib.mp_subpage_stats): {t_raw * 1e9:8.0f} ns "
             f"= {1 / t_raw:>12,.0f} calls/s"
         )
         print(

@@ -102,6 +102,14 @@ static uint64_t *id_list_new(uint64_t n)
     return malloc((size_t)n * sizeof(uint64_t));
 }
 
+uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n)
+{
+    uint64_t *ids = id_list_new(n);
+    if (ids)
+        memcpy(ids, caller_ids, (size_t)n * sizeof(uint64_t));
+    return ids;
+}
+
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
@@ -193,10 +201,9 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
      * thread may change that buffer at any moment (the GIL is released), and
      * ids checked in one read and applied from a second would let it free a
      * reserved page or set a bit far past the bitmap. */
-    uint64_t *ids = id_list_new(n);
+    uint64_t *ids = pager_ids_copy(caller_ids, n);
     if (!ids)
         return MP_ENO_MEMORY;
-    memcpy(ids, caller_ids, (size_t)n * sizeof(uint64_t));
     /* Clearing each bit as it is checked makes a repeated id fail as a double
      * free; on any failure the bits cleared so far are set again. */
     for (uint64_t i = 0; i < n; i++) {

@@ -8,7 +8,7 @@
  * The extended layout has one commit point, the metadata copy's flush: the
  * free-map and index pages a commit changed are written with the metadata
  * copy and made durable by the same flush, and the copy's seal lets open
- * reject a commit that reached the disk only in part (write_free_map,
+ * reject a commit that reached the disk only in part (write_extended_pages,
  * meta_write, commit_extended); everything below is about the v0.2 layout.
  *
  * The v0.2 layout has two commit points. Allocation state commits when the
@@ -101,7 +101,7 @@ static int mark_extended(mp_pager *p)
  * committed copies are not touched, so a crash before the commit point leaves
  * the old state whole; the new copies then carry a generation above it and
  * are ignored. Nothing is flushed here: see meta_write. */
-static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *written)
+static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *written)
 {
     int rc;
     if (p->minor < MP_MINOR_EXTENDED && (rc = mark_extended(p)) != MP_OK)
@@ -120,14 +120,14 @@ static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *w
             bitmap_set(p->index_dirty, k);
         bitmap_set(p->chunk_dirty, 1); /* it holds the block count */
     }
-    uint64_t last = fmt_chunks_below(p->chunk, p->total_pages);
+    uint64_t last = fmt_chunks_below(p->chunk_pages, p->total_pages);
     *seal = 0;
     *written = 0;
     for (uint64_t c = bitmap_find_set(p->chunk_dirty, NULL, 1, last + 1); c <= last;
          c = bitmap_find_set(p->chunk_dirty, NULL, c + 1, last + 1)) {
         bitmap_clear(p->chunk_dirty, c);
         uint32_t copy = (uint32_t)!bitmap_get(p->chunk_active, c);
-        uint8_t *page = pager_page_ptr(p, fmt_free_map_page(p->chunk, c, copy));
+        uint8_t *page = pager_page_ptr(p, fmt_free_map_page(p->chunk_pages, c, copy));
         fmt_chunk_write(page, p->page_size, c, p->total_pages, gen, c == 1 ? p->dir_count : 0,
                         p->bits);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -141,7 +141,7 @@ static int write_free_map(mp_pager *p, uint64_t gen, uint32_t *seal, uint64_t *w
         if (n > per)
             n = per;
         uint32_t copy = (uint32_t)!bitmap_get(p->index_active, k);
-        uint64_t target = fmt_index_page(p->chunk, k, copy);
+        uint64_t target = fmt_index_page(p->chunk_pages, k, copy);
         uint8_t *page = pager_page_ptr(p, target);
         fmt_index_write(page, p->page_size, k, gen, (uint32_t)n, p->refs + k * per);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -157,10 +157,10 @@ int pager_clear_leftovers(mp_pager *p)
 {
     if (!pager_extended(p))
         return MP_OK;
-    uint64_t last = fmt_last_chunk(p->chunk, p->total_pages);
+    uint64_t last = fmt_last_chunk(p->chunk_pages, p->total_pages);
     for (uint64_t c = 1; c <= last; c++) {
         for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++) {
-            uint64_t id = fmt_chunk_start(p->chunk, c) + i;
+            uint64_t id = fmt_chunk_start(p->chunk_pages, c) + i;
             uint8_t *page = pager_page_ptr(p, id);
             /* The generation is read first: a CRC only for the rare newer one. */
             if (mp_load_u64(page) <= p->generation ||
@@ -184,7 +184,7 @@ static int meta_write(mp_pager *p, int flush)
     uint32_t seal = 0;
     uint64_t written = 0;
     int extended = pager_extended(p);
-    if (extended && (rc = write_free_map(p, p->generation + 1, &seal, &written)) != MP_OK)
+    if (extended && (rc = write_extended_pages(p, p->generation + 1, &seal, &written)) != MP_OK)
         return rc;
     /* A reader that sees this copy must see the pages it selects. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -377,7 +377,7 @@ int pager_write_state(mp_pager *p)
     return rc;
 }
 
-int pager_bring_page0_up_to_date(mp_pager *p)
+int pager_settle_deferred(mp_pager *p)
 {
     int rc;
     if (p->meta_unwritten) {
@@ -409,7 +409,7 @@ int mp_pager_sync(mp_pager *p)
         return rc;
     }
     /* Data first, then the state that may point at it. */
-    return pager_bring_page0_up_to_date(p);
+    return pager_settle_deferred(p);
 }
 
 int mp_pager_finish(mp_pager *p)
@@ -423,7 +423,7 @@ int mp_pager_finish(mp_pager *p)
         if (rc != MP_OK)
             return rc;
     }
-    return pager_bring_page0_up_to_date(p);
+    return pager_settle_deferred(p);
 }
 
 /* For a fork child: never write again, and drop this process's references to
@@ -446,21 +446,5 @@ int mp_pager_forget(mp_pager *p)
         (void)os_close_file(p->fd);
         p->fd = p->map.fd = -1;
     }
-    return MP_OK;
-}
-
-int mp_pager_set_durability(mp_pager *p, int durability)
-{
-    int rc = pager_usable(p, 1);
-    if (rc != MP_OK)
-        return rc;
-    if (durability < MP_DURABILITY_COMPAT || durability > MP_DURABILITY_NONE)
-        return MP_EINVALID_ARGUMENT;
-    if (p->txn_depth > 0)
-        return MP_EINVALID_ARGUMENT;
-    /* Leaving a lazier mode: first make what it deferred durable. */
-    if (durability < p->durability && (rc = pager_bring_page0_up_to_date(p)) != MP_OK)
-        return rc;
-    p->durability = durability;
     return MP_OK;
 }

@@ -206,7 +206,7 @@ static uint64_t block_need(mp_pager *p, const mp_dir_ref *r, uint64_t limit,
  * checks then see them as whole. */
 int dir_adopt_current(mp_pager *p, mp_open_report *rep, uint32_t count)
 {
-    uint64_t limit = p->file_pages < p->chunk ? p->file_pages : p->chunk;
+    uint64_t limit = p->file_pages < p->chunk_pages ? p->file_pages : p->chunk_pages;
     mp_dir_entry *entries = calloc(p->epp, sizeof *entries);
     if (!entries)
         return MP_ENO_MEMORY;

@@ -265,7 +265,7 @@ static void mark_all_chunks(mp_pager *p)
 {
     if (!pager_extended(p))
         return;
-    uint64_t last = (p->total_pages - 1) / p->chunk;
+    uint64_t last = (p->total_pages - 1) / p->chunk_pages;
     for (uint64_t c = 1; c <= last; c++)
         bitmap_set(p->chunk_dirty, c);
 }

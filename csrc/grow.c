@@ -33,7 +33,7 @@ void pager_map_changed(mp_pager *p, uint64_t id)
     uint64_t w = id >> 6;
     if (p->sum.mem)
         summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
-    bitmap_set(p->chunk_dirty, id / p->chunk);
+    bitmap_set(p->chunk_dirty, id / p->chunk_pages);
 }
 
 void pager_bit_take(mp_pager *p, uint64_t id)
@@ -52,7 +52,7 @@ void pager_bit_give(mp_pager *p, uint64_t id)
  * pages, never past the cap. */
 static uint64_t fit_total(const mp_pager *p, uint64_t t)
 {
-    t = fmt_fit_total(p->chunk, t);
+    t = fmt_fit_total(p->chunk_pages, t);
     return t > p->max_pages ? p->max_pages : t;
 }
 
@@ -98,20 +98,20 @@ static int grow_to(mp_pager *p, uint64_t new_total)
      * counts the chunk: past the old end of file they are zero already; a
      * file left longer by an earlier crash may hold an unfinished commit's
      * copies there, so those are zeroed and flushed. */
-    uint64_t first = fmt_chunks_below(p->chunk, p->total_pages) + 1;
-    uint64_t last = fmt_chunks_below(p->chunk, new_total);
+    uint64_t first = fmt_chunks_below(p->chunk_pages, p->total_pages) + 1;
+    uint64_t last = fmt_chunks_below(p->chunk_pages, new_total);
     pager_note_words_used(p, new_total);
     p->free_count += new_total - p->total_pages;
     p->total_pages = new_total;
     for (uint64_t c = first; c <= last; c++) {
-        uint64_t at = fmt_chunk_start(p->chunk, c);
+        uint64_t at = fmt_chunk_start(p->chunk_pages, c);
         for (uint64_t i = 0; i < MP_LAYOUT_PAGES; i++)
             pager_bit_take(p, at + i);
         p->free_count -= MP_LAYOUT_PAGES;
         bitmap_set(p->chunk_active, c);
         bitmap_set(p->index_active, c - 1);
         /* Free-map copy B and both index copies: the page after copy A. */
-        uint64_t rest = fmt_free_map_page(p->chunk, c, 1);
+        uint64_t rest = fmt_free_map_page(p->chunk_pages, c, 1);
         if (rest * ps < old_size) {
             memset(pager_page_ptr(p, rest), 0, 3 * (size_t)ps);
             if ((rc = os_flush_range(&p->map, rest * ps, 3 * ps)) != MP_OK) {
@@ -128,7 +128,8 @@ static int grow_to(mp_pager *p, uint64_t new_total)
 static uint64_t gained(const mp_pager *p, uint64_t t)
 {
     return (t - p->total_pages) -
-           MP_LAYOUT_PAGES * (fmt_chunks_below(p->chunk, t) - fmt_chunks_below(p->chunk, p->total_pages));
+           MP_LAYOUT_PAGES * (fmt_chunks_below(p->chunk_pages, t) -
+                              fmt_chunks_below(p->chunk_pages, p->total_pages));
 }
 
 /* The next size: double until the step, then add the step. A v0.2 file
@@ -138,8 +139,8 @@ static uint64_t next_total(const mp_pager *p, uint64_t t)
 {
     uint64_t add = t < p->grow_step ? t : p->grow_step;
     uint64_t n = t + (add ? add : 1);
-    if (t < p->chunk && n > p->chunk)
-        n = p->chunk;
+    if (t < p->chunk_pages && n > p->chunk_pages)
+        n = p->chunk_pages;
     /* A state with roots stops where the bitmap still leaves them room. */
     uint64_t room = (uint64_t)(p->page_size - 4u - MP_TAIL_FIXED - MP_META_HEADER) * 8u;
     if (t < room && n > room)
@@ -158,7 +159,7 @@ uint64_t pager_dir_block_limit(const mp_pager *p)
 {
     uint64_t per = fmt_max_dir_blocks(p->page_size);
     /* Index page k lives in chunk k + 1. */
-    return pager_extended(p) ? per * fmt_chunks_below(p->chunk, p->total_pages) : per;
+    return pager_extended(p) ? per * fmt_chunks_below(p->chunk_pages, p->total_pages) : per;
 }
 
 int pager_grow_at_least(mp_pager *p, uint64_t pages)
@@ -184,7 +185,7 @@ int pager_ensure_free(mp_pager *p, uint64_t n)
     if (p->pending_count > 0 && p->txn_depth == 0) {
         /* Rather than grow the file, make those frees durable (one flushed
          * commit of the deferred state) so their pages can be reused. */
-        int rc = pager_bring_page0_up_to_date(p);
+        int rc = pager_settle_deferred(p);
         if (rc != MP_OK)
             return rc;
         usable = p->free_count - p->pending_count;

@@ -48,8 +48,11 @@ enum mp_error {
     MP_ENO_WRITER = 17,
     MP_ESUBPAGE_OWNED = 18,         /* the pager handed a sub-page allocator a page it
                                        already holds (freed in the pager behind its back) */
-    MP_EFILE_TRUNCATED = 19         /* a valid newest commit counts pages past the end of the
+    MP_EFILE_TRUNCATED = 19,        /* a valid newest commit counts pages past the end of the
                                        file: the file was cut (open with salvage to roll back) */
+    MP_EINTERNAL = 20,              /* pager_check found a broken invariant (a bug); the
+                                       pager is poisoned */
+    MP_ERROR_CODES = 21             /* one past the last code */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -137,6 +140,15 @@ int mp_layout_chunk_page(uint32_t page_size, uint64_t chunk, int kind, uint64_t 
 /* The pages of the layout (0-2 and the chunks' first four) below total pages. */
 int mp_layout_pages_below(uint32_t page_size, uint64_t total, uint64_t *out_n);
 
+/* The message of an MP_E* code (a static string); MP_EINVALID_ARGUMENT for a code that
+ * is not one (a negative errno is the operating system's: strerror). */
+int mp_strerror(int code, const char **out);
+/* The name of one mp_recovery bit ("meta_a_damaged", ...); MP_EINVALID_ARGUMENT
+ * unless flag is exactly one known bit. */
+int mp_recovery_flag_name(uint32_t flag, const char **out);
+/* What an mp_meta_problem value means ("its CRC does not match", ...). */
+int mp_meta_problem_text(uint32_t problem, const char **out);
+
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
 
@@ -206,7 +218,9 @@ typedef struct {
     uint64_t page_count;
     uint64_t free_count;
     uint64_t generation;
-    uint64_t max_pages;       /* the most pages this file can hold in its layout */
+    uint64_t max_pages;       /* the most pages this file can grow to: the most a pager
+                                 maps (a v0.2 file moves to the extended layout past
+                                 v0.2's cap) */
     uint64_t protected_count;
     uint64_t dir_blocks;
     uint64_t system_pages;    /* directory pages plus protected backing pages */
@@ -248,7 +262,6 @@ int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start,
 int mp_pager_sync(mp_pager *p);
 int mp_pager_finish(mp_pager *p);
 int mp_pager_forget(mp_pager *p);
-int mp_pager_set_durability(mp_pager *p, int durability);
 int mp_txn_begin(mp_pager *p);
 int mp_txn_commit(mp_pager *p);
 int mp_txn_abort(mp_pager *p);
@@ -282,7 +295,6 @@ int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids);
 int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset);
-int mp_subpage_live_count(const mp_subpage *s, uint64_t *out);
 int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out);
 /* Every big page held and its in-use mask, in no order; capacity must be at
  * least mp_sub_stats.big_pages. */

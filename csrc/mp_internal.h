@@ -93,6 +93,9 @@ uint64_t fmt_chunk_pages(uint32_t page_size);
  * pages. */
 #define MP_MAP_LIMIT ((uint64_t)1 << 44)
 uint64_t fmt_max_mapped_pages(uint32_t page_size);
+/* A pager reserves address space for this many times the file's size, so a
+ * move to a larger range (os.c) happens only when the file grows that much. */
+#define MP_RESERVE_FACTOR 8u
 int fmt_valid_page_size(uint32_t page_size);
 
 /* Page placement of the extended layout (FORMAT.md). Chunk c >= 1 of
@@ -357,7 +360,8 @@ struct mp_pager {
     uint32_t page_size;
     uint32_t log2;
     mp_map map;
-    uint64_t max_pages;      /* the most pages a pager maps (16 TiB of them) */
+    uint64_t max_pages;      /* the most pages a pager maps (MP_MAP_LIMIT bytes of them):
+                                the extended layout's cap, not v0.2's */
     uint64_t total_pages;
     uint64_t free_count;
     uint64_t generation;
@@ -384,9 +388,10 @@ struct mp_pager {
     uint64_t protected_count;
     uint64_t system_count;
     uint8_t *scratch;        /* page_size bytes */
-    /* The extended layout (format.c): chunk i >= 1 of `chunk` pages keeps its
+    /* The extended layout (format.c): chunk i >= 1 of chunk_pages pages keeps its
      * free-map page and a directory-index page in its first 4 pages. */
-    uint64_t chunk;          /* pages per chunk, the v0.2 cap */
+    uint64_t chunk_pages;    /* pages per chunk, the v0.2 cap (a count; `chunk`
+                                parameters elsewhere are chunk indices) */
     uint32_t minor;          /* page 0's minor version: 2, or 3 once extended */
     uint64_t grow_step;      /* pages added per growth once past doubling */
     int preallocate;
@@ -428,12 +433,12 @@ struct mp_pager {
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
 static inline int pager_is_layout_page(const mp_pager *p, uint64_t id)
 {
-    return fmt_is_layout_page(p->chunk, id);
+    return fmt_is_layout_page(p->chunk_pages, id);
 }
 /* The in-memory state is past v0.2's cap. */
 static inline int pager_extended(const mp_pager *p)
 {
-    return p->total_pages > p->chunk;
+    return p->total_pages > p->chunk_pages;
 }
 
 /* pager.c: lifetime */
@@ -442,6 +447,10 @@ int pager_flush_page(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
 
 /* alloc.c */
+/* A copy of the caller's n ids in memory the core owns (malloc'd), or NULL:
+ * a caller's buffer is read once, since another thread may change it while
+ * the core validates and applies it (the GIL is released). */
+uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
 
@@ -480,8 +489,12 @@ void pager_count_pages(mp_pager *p, uint64_t total);
 
 int pager_commit(mp_pager *p, int order);
 int pager_write_page0(mp_pager *p, int flush);
-int pager_bring_page0_up_to_date(mp_pager *p);
+/* Makes durable everything a lazier durability mode deferred: the metadata
+ * copy of "none", page 0 of "fast", and the pending frees. */
 int pager_settle_deferred(mp_pager *p);
+/* Before a directory commit through page 0: settles the deferred metadata of
+ * "none" mode, so page 0 never pairs a new directory with old allocations. */
+int pager_prepare_dir_commit(mp_pager *p);
 /* Zeroes copies left by a commit that never reached its commit point. */
 int pager_clear_leftovers(mp_pager *p);
 

@@ -261,12 +261,13 @@ static int map_file_at(const mp_map *m, uint8_t *at, uint64_t start, uint64_t en
     return got == MAP_FAILED ? -errno : MP_OK;
 }
 
-/* The file outgrew its range: map it whole into a new range four times its
- * size (or what the address space allows), and retire the old one. */
+/* The file outgrew its range: map it whole into a new range MP_RESERVE_FACTOR
+ * times its size (or what the address space allows), and retire the old one. */
 static int relocate(mp_map *m, uint64_t new_len)
 {
     uint64_t ps = os_page_size();
-    uint64_t want = new_len > m->limit / 4 ? m->limit : new_len * 4;
+    uint64_t want =
+        new_len > m->limit / MP_RESERVE_FACTOR ? m->limit : new_len * MP_RESERVE_FACTOR;
     uint8_t *base;
     uint64_t got;
     int rc = reserve_range(want, new_len, &base, &got);

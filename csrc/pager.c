@@ -35,14 +35,13 @@
 
 /* The most of a file a pager maps: MP_MAP_LIMIT, 16 TiB (2^32 pages of 4 KiB). A process
  * has 128 TiB of address space on x86-64, so a pager does not reserve all of
- * it at once: it reserves RESERVE_FACTOR times the file, at least
+ * it at once: it reserves MP_RESERVE_FACTOR times the file, at least
  * RESERVE_MIN, and moves to a larger range when the file outgrows that one
  * (os.c keeps the old range mapped, so no address handed out goes stale).
  * Reserving costs no memory; a move costs one mmap, and happens only when the
- * file has grown RESERVE_FACTOR-fold. */
+ * file has grown MP_RESERVE_FACTOR-fold. */
 
 static const uint64_t RESERVE_MIN = (uint64_t)256 << 30;
-static const uint64_t RESERVE_FACTOR = 8;
 
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id)
 {
@@ -118,11 +117,11 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->read_only = read_only;
     p->log2 = log2;
     p->page_size = 1u << log2;
-    p->chunk = fmt_chunk_pages(p->page_size);
+    p->chunk_pages = fmt_chunk_pages(p->page_size);
     p->minor = MP_MINOR_V02;
     /* The extended layout has no cap of its own short of 2^32 chunks; what
      * caps a file is the most a pager maps. */
-    uint64_t want = need_bytes > RESERVE_MIN / RESERVE_FACTOR ? need_bytes * RESERVE_FACTOR
+    uint64_t want = need_bytes > RESERVE_MIN / MP_RESERVE_FACTOR ? need_bytes * MP_RESERVE_FACTOR
                                                               : RESERVE_MIN;
     int rc = os_map_reserve(want, need_bytes, MP_MAP_LIMIT, !read_only, &p->map);
     if (rc != MP_OK) {
@@ -136,7 +135,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->system = os_alloc_zeroed(p->map_bytes);
     p->pending = os_alloc_zeroed(p->map_bytes);
     p->dirty = os_alloc_zeroed(p->map_bytes);
-    p->max_chunks = p->max_pages / p->chunk + 1;
+    p->max_chunks = p->max_pages / p->chunk_pages + 1;
     size_t chunk_words = (size_t)bitmap_words(p->max_chunks) + 1;
     p->chunk_dirty = calloc(chunk_words, sizeof(uint64_t));
     p->chunk_active = calloc(chunk_words, sizeof(uint64_t));
@@ -425,8 +424,9 @@ int mp_pager_stats(const mp_pager *p, mp_stats *out)
     out->system_pages = p->system_count;
     /* The layout of the state in memory: what the next commit writes. */
     out->format_minor = pager_extended(p) ? MP_MINOR_EXTENDED : p->minor;
-    out->chunk_pages = p->chunk;
-    out->layout_pages = MP_RESERVED_PAGES + MP_LAYOUT_PAGES * fmt_chunks_below(p->chunk, p->total_pages);
+    out->chunk_pages = p->chunk_pages;
+    out->layout_pages =
+        MP_RESERVED_PAGES + MP_LAYOUT_PAGES * fmt_chunks_below(p->chunk_pages, p->total_pages);
     out->room = pager_room(p);
     return MP_OK;
 }

@@ -192,7 +192,7 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
         /* Past page 0's capacity the directory lives in the extended
          * layout's index pages; index page k sits in chunk k + 1. */
         uint64_t per = fmt_max_dir_blocks(p->page_size);
-        rc = pager_grow_at_least(p, fmt_total_for_index(p->chunk, b / per));
+        rc = pager_grow_at_least(p, fmt_total_for_index(p->chunk_pages, b / per));
         if (rc == MP_EFILE_FULL)
             return MP_EDIRECTORY_FULL;
         if (rc != MP_OK)
@@ -249,7 +249,7 @@ int mp_protected_alloc(mp_pager *p, uint64_t *out_pid)
         return rc;
     if (!out_pid)
         return MP_EINVALID_ARGUMENT;
-    if ((rc = pager_settle_deferred(p)) != MP_OK)
+    if ((rc = pager_prepare_dir_commit(p)) != MP_OK)
         return rc;
     for (uint32_t b = 0; b < p->dir_count; b++) {
         for (uint32_t s = 0; s < p->epp; s++) {
@@ -295,16 +295,11 @@ int mp_protected_free(mp_pager *p, uint64_t pid)
     return mp_protected_free_bulk(p, &pid, 1);
 }
 
-int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
+/* Frees pids[0..n), a copy the core owns: validated first, then applied. */
+static int free_bulk_owned(mp_pager *p, const uint64_t *pids, uint64_t n)
 {
-    int rc = pager_usable(p, 1);
+    int rc = pager_prepare_dir_commit(p);
     if (rc != MP_OK)
-        return rc;
-    if (n == 0)
-        return MP_OK;
-    if (!pids)
-        return MP_EINVALID_ARGUMENT;
-    if ((rc = pager_settle_deferred(p)) != MP_OK)
         return rc;
     /* Validate everything first; in_use is cleared as each id passes so a
      * repeated id fails as a double free, and restored on failure. */
@@ -335,6 +330,24 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
             release_entry(p, b, e);
     }
     return pager_commit(p, MP_ORDER_META_FIRST);
+}
+
+int mp_protected_free_bulk(mp_pager *p, const uint64_t *caller_pids, uint64_t n)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (n == 0)
+        return MP_OK;
+    if (!caller_pids)
+        return MP_EINVALID_ARGUMENT;
+    /* Read once: the ids validated are the ids applied (pager_ids_copy). */
+    uint64_t *pids = pager_ids_copy(caller_pids, n);
+    if (!pids)
+        return MP_ENO_MEMORY;
+    rc = free_bulk_owned(p, pids, n);
+    free(pids);
+    return rc;
 }
 
 /* ------------------------------------------------------------ writers */
@@ -375,7 +388,7 @@ int mp_protected_commit(mp_pager *p, uint64_t pid)
         return rc;
     if (*w != MP_WRITER_OPEN)
         return MP_ENO_WRITER;
-    if ((rc = pager_settle_deferred(p)) != MP_OK)
+    if ((rc = pager_prepare_dir_commit(p)) != MP_OK)
         return rc;
     uint64_t staged = inactive_page(e);
     /* The staged page must be durable before the directory names it: the

@@ -144,11 +144,12 @@ static int pick_copy(uint64_t gen_a, int ok_a, uint64_t gen_b, int ok_b)
 static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free,
                        uint32_t *seal, uint32_t *dir_blocks)
 {
-    uint64_t last = fmt_chunks_below(p->chunk, total);
+    uint64_t last = fmt_chunks_below(p->chunk_pages, total);
     for (uint64_t c = 1; c <= last; c++) {
         mp_chunk_header h[2];
         for (int w = 0; w < 2; w++)
-            fmt_chunk_check(pager_page_ptr(p, fmt_free_map_page(p->chunk, c, (uint32_t)w)), p->page_size, c,
+            fmt_chunk_check(pager_page_ptr(p, fmt_free_map_page(p->chunk_pages, c, (uint32_t)w)),
+                            p->page_size, c,
                             total, gen, &h[w]);
         int pick = pick_copy(h[0].generation, h[0].valid, h[1].generation, h[1].valid);
         if (pick < 0)
@@ -157,10 +158,11 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free
             bitmap_set(p->chunk_active, c);
         else
             bitmap_clear(p->chunk_active, c);
-        const uint8_t *page = pager_page_ptr(p, fmt_free_map_page(p->chunk, c, (uint32_t)pick));
+        const uint8_t *page =
+            pager_page_ptr(p, fmt_free_map_page(p->chunk_pages, c, (uint32_t)pick));
         /* The maps grow with the chunks that check out, never with the
          * claimed total: a hostile total costs only what the file holds. */
-        uint64_t end = fmt_chunk_start(p->chunk, c + 1);
+        uint64_t end = fmt_chunk_start(p->chunk_pages, c + 1);
         pager_note_words_used(p, end < total ? end : total);
         fmt_chunk_load_bits(page, p->page_size, c, total, p->bits);
         *free += h[pick].free_count;
@@ -185,13 +187,14 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
     if (rc != MP_OK)
         return rc;
     for (uint64_t k = 0; (uint64_t)k * per < count; k++) {
-        if (fmt_index_page(p->chunk, k, 1) >= p->total_pages)
+        if (fmt_index_page(p->chunk_pages, k, 1) >= p->total_pages)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         uint64_t g[2] = {0, 0};
         uint32_t n[2] = {0, 0};
         int ok[2];
         for (int w = 0; w < 2; w++) {
-            memcpy(p->scratch, pager_page_ptr(p, fmt_index_page(p->chunk, k, (uint32_t)w)), p->page_size);
+            const uint8_t *copy = pager_page_ptr(p, fmt_index_page(p->chunk_pages, k, (uint32_t)w));
+            memcpy(p->scratch, copy, p->page_size);
             ok[w] = fmt_index_read(p->scratch, p->page_size, k, gen, &g[w], &n[w],
                                    p->refs + k * per) == MP_OK;
         }
@@ -200,7 +203,9 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
         if (pick < 0 || n[pick] != want)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         /* The last read filled refs from copy B; reread the pick if it is A. */
-        memcpy(p->scratch, pager_page_ptr(p, fmt_index_page(p->chunk, k, (uint32_t)pick)), p->page_size);
+        const uint8_t *chosen =
+            pager_page_ptr(p, fmt_index_page(p->chunk_pages, k, (uint32_t)pick));
+        memcpy(p->scratch, chosen, p->page_size);
         if (fmt_index_read(p->scratch, p->page_size, k, gen, &g[pick], &n[pick],
                            p->refs + k * per) != MP_OK || n[pick] != want)
             return MP_ECORRUPT_DIRECTORY_INDEX;
@@ -235,12 +240,12 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     p->total_pages = h->total_pages;
     p->generation = h->generation;
     p->free_count = h->free_count;
-    uint64_t in0 = p->total_pages < p->chunk ? p->total_pages : p->chunk;
+    uint64_t in0 = p->total_pages < p->chunk_pages ? p->total_pages : p->chunk_pages;
     pager_note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
     fmt_meta_tail_read(meta, p->page_size, p->total_pages, p->roots, p->rec, &p->rec_n);
     *dir_blocks = 0;
-    if (p->total_pages <= p->chunk)
+    if (p->total_pages <= p->chunk_pages)
         return MP_OK;
     /* Extended: the commit wrote its free-map and index pages and this copy
      * with one flush, so any of them may have missed the disk; the seal says
@@ -325,7 +330,7 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
         return MP_ECORRUPT_SUPERBLOCK;
     p->minor = sb.version_minor >= MP_MINOR_EXTENDED ? MP_MINOR_EXTENDED : MP_MINOR_V02;
     uint64_t max_total = p->minor == MP_MINOR_EXTENDED ? p->max_pages
-                         : p->chunk < p->max_pages ? p->chunk : p->max_pages;
+                         : p->chunk_pages < p->max_pages ? p->chunk_pages : p->max_pages;
     uint64_t file_pages = file_len / p->page_size;
     rep->page_size = p->page_size;
     rep->file_bytes = file_len;
@@ -399,7 +404,7 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
         rep->flags |= MP_REC_CUT_ROLLED_BACK;
     /* The other copy failed: it may have been the newer one. */
     p->meta_fell_back = chosen ? !ok0 : !ok1;
-    int extended = p->total_pages > p->chunk;
+    int extended = p->total_pages > p->chunk_pages;
     /* Page 0 names a copy only for the crate, which cannot read an extended
      * file: there its selector is not kept current. */
     if (!extended) {

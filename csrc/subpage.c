@@ -417,15 +417,10 @@ int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids)
     return MP_OK;
 }
 
-int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n)
+/* Frees ids[0..n), a copy the core owns. */
+static int free_bulk_owned(mp_subpage *s, const uint64_t *ids, uint64_t n)
 {
-    int rc = usable(s);
-    if (rc != MP_OK)
-        return rc;
-    if (n == 0)
-        return MP_OK;
-    if (!ids)
-        return MP_EINVALID_ARGUMENT;
+    int rc = MP_OK;
     uint64_t most = n < s->count ? n : s->count;
     uint64_t *empty = malloc((most ? most : 1) * sizeof(uint64_t));
     if (!empty)
@@ -481,6 +476,24 @@ int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n)
     return MP_OK;
 }
 
+int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
+{
+    int rc = usable(s);
+    if (rc != MP_OK)
+        return rc;
+    if (n == 0)
+        return MP_OK;
+    if (!caller_ids)
+        return MP_EINVALID_ARGUMENT;
+    /* Read once: the ids validated are the ids applied (pager_ids_copy). */
+    uint64_t *ids = pager_ids_copy(caller_ids, n);
+    if (!ids)
+        return MP_ENO_MEMORY;
+    rc = free_bulk_owned(s, ids, n);
+    free(ids);
+    return rc;
+}
+
 /* Empties the allocator's own state; the pager is not told. */
 static void reset(mp_subpage *s)
 {
@@ -491,19 +504,10 @@ static void reset(mp_subpage *s)
     s->live = 0;
 }
 
-int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n)
+/* Rebuilds the empty allocator from ids[0..n), a copy the core owns. */
+static int restore_owned(mp_subpage *s, const uint64_t *ids, uint64_t n)
 {
-    int rc = usable(s);
-    if (rc != MP_OK)
-        return rc;
-    /* Only an empty allocator can be rebuilt: merging into live state could
-     * not tell a restored id from one allocated since. */
-    if (s->count != 0 || s->live != 0)
-        return MP_EINVALID_ARGUMENT;
-    if (n == 0)
-        return MP_OK;
-    if (!ids)
-        return MP_EINVALID_ARGUMENT;
+    int rc = MP_OK;
     const mp_pager *p = s->p;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t page = ids[i] >> s->shift;
@@ -540,6 +544,28 @@ int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n)
     return MP_OK;
 }
 
+int mp_subpage_restore(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
+{
+    int rc = usable(s);
+    if (rc != MP_OK)
+        return rc;
+    /* Only an empty allocator can be rebuilt: merging into live state could
+     * not tell a restored id from one allocated since. */
+    if (s->count != 0 || s->live != 0)
+        return MP_EINVALID_ARGUMENT;
+    if (n == 0)
+        return MP_OK;
+    if (!caller_ids)
+        return MP_EINVALID_ARGUMENT;
+    /* Read once: the ids validated are the ids applied (pager_ids_copy). */
+    uint64_t *ids = pager_ids_copy(caller_ids, n);
+    if (!ids)
+        return MP_ENO_MEMORY;
+    rc = restore_owned(s, ids, n);
+    free(ids);
+    return rc;
+}
+
 int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
 {
     if (!s || !out_offset)
@@ -554,14 +580,6 @@ int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
         return MP_EOUT_OF_BOUNDS;
     uint64_t slot = id & (s->slots - 1u);
     *out_offset = page * (uint64_t)s->p->page_size + (slot << s->sub_log2);
-    return MP_OK;
-}
-
-int mp_subpage_live_count(const mp_subpage *s, uint64_t *out)
-{
-    if (!s || !out)
-        return MP_EINVALID_ARGUMENT;
-    *out = s->live;
     return MP_OK;
 }
 

@@ -2,13 +2,13 @@
  * txn.c - transactions: several changes, one commit.
  *
  * Owns: mp_txn_begin/commit/abort and the settling of deferred state before a
- * directory commit (pager_settle_deferred). Inside a transaction changes stay
- * in memory (bits[] is then ahead of every copy on disk); commit makes them
- * durable with one pager_commit, abort reloads the committed state.
+ * directory commit (pager_prepare_dir_commit). Inside a transaction changes
+ * stay in memory (bits[] is then ahead of every copy on disk); commit makes
+ * them durable with one pager_commit, abort reloads the committed state.
  */
 #include "mp_internal.h"
 
-int pager_settle_deferred(mp_pager *p)
+int pager_prepare_dir_commit(mp_pager *p)
 {
     /* A directory change is committed through page 0, which also names a
      * metadata copy: if the allocation state of "none" mode were still in
@@ -17,7 +17,7 @@ int pager_settle_deferred(mp_pager *p)
      * state is made durable first. */
     if (p->snap)
         return txn_snapshot_settle(p);
-    return p->meta_unwritten ? pager_bring_page0_up_to_date(p) : MP_OK;
+    return p->meta_unwritten ? pager_settle_deferred(p) : MP_OK;
 }
 
 int mp_txn_begin(mp_pager *p)
@@ -30,7 +30,7 @@ int mp_txn_begin(mp_pager *p)
     if (p->txn_depth == 0 && p->meta_unwritten && p->durability == MP_DURABILITY_NONE) {
         if ((rc = txn_snapshot_take(p)) != MP_OK)
             return rc;
-    } else if (p->txn_depth == 0 && (rc = pager_settle_deferred(p)) != MP_OK) {
+    } else if (p->txn_depth == 0 && (rc = pager_prepare_dir_commit(p)) != MP_OK) {
         return rc;
     }
     p->txn_depth++;

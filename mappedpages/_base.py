@@ -34,26 +34,15 @@ from mappedpages._errors import (
     RecoveryWarning,
     ReservedPage,
     Unavailable,
+    meta_problem_text,
     raise_for,
+    recovery_flag_names,
 )
 from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
 _CHUNK = 4096
 
-_META_PROBLEMS = {
-    lib.MP_META_BAD_CRC: "its CRC does not match",
-    lib.MP_META_BAD_TOTAL: "its page count is impossible or past the end of the file",
-    lib.MP_META_BAD_RESERVED: "pages 0-2 are not marked allocated",
-    lib.MP_META_BITS_PAST_END: "it marks pages past its page count",
-    lib.MP_META_BAD_FREE_COUNT: "its free count disagrees with its bitmap",
-    lib.MP_META_BAD_FREE_MAP: "a free-map page it needs is missing or damaged",
-    lib.MP_META_PAST_END: "it counts pages past the end of the file",
-    lib.MP_META_DATA_MISSING: (
-        "a data page its transaction committed does not hold the committed content "
-        "(the commit did not reach the disk whole)"
-    ),
-}
 
 # Pagers alive in this process, so a fork child can mark them unusable.
 _LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
@@ -107,28 +96,13 @@ def fspath_bytes(path: object) -> tuple[str, bytes]:
 def report_dict(report: Any) -> dict[str, Any]:
     """What open found, as plain data (for tools such as ``python -m mappedpages info``)."""
     flags = int(report.flags)
-    names = {
-        "meta_a_damaged": lib.MP_REC_META_A_DAMAGED,
-        "meta_b_damaged": lib.MP_REC_META_B_DAMAGED,
-        "selector_invalid": lib.MP_REC_SELECTOR_INVALID,
-        "selector_stale": lib.MP_REC_SELECTOR_STALE,
-        "meta_checksum_mismatch": lib.MP_REC_META_CHECKSUM,
-        "dir_fallback": lib.MP_REC_DIR_FALLBACK,
-        "dir_entry_dropped": lib.MP_REC_DIR_ENTRY_DROPPED,
-        "dir_block_dropped": lib.MP_REC_DIR_BLOCK_DROPPED,
-        "page0_rewritten": lib.MP_REC_PAGE0_REWRITTEN,
-        "dir_index_torn": lib.MP_REC_DIR_INDEX_TORN,
-        "cut_rolled_back": lib.MP_REC_CUT_ROLLED_BACK,
-        "protected_kept": lib.MP_REC_PROTECTED_KEPT,
-        "salvage_dropped": lib.MP_REC_SALVAGE_DROPPED,
-    }
     return {
-        "flags": sorted(name for name, bit in names.items() if flags & bit),
+        "flags": recovery_flag_names(flags),
         "chosen_copy": "AB"[int(report.chosen_copy)],
         "generation": {"A": int(report.generation[0]), "B": int(report.generation[1])},
         "problem": {
-            "A": _META_PROBLEMS.get(int(report.meta_problem[0])),
-            "B": _META_PROBLEMS.get(int(report.meta_problem[1])),
+            "A": meta_problem_text(int(report.meta_problem[0])),
+            "B": meta_problem_text(int(report.meta_problem[1])),
         },
         "selector": int(report.selector),
         "dir_fallbacks": int(report.dir_fallbacks),
@@ -183,7 +157,7 @@ def warn_recovery(report: Any, path: str, stacklevel: int) -> None:
     names = ("A (page 1)", "B (page 2)")
     for copy, flag in ((0, lib.MP_REC_META_A_DAMAGED), (1, lib.MP_REC_META_B_DAMAGED)):
         if flags & flag:
-            problem = _META_PROBLEMS.get(report.meta_problem[copy], "it is invalid")
+            problem = meta_problem_text(int(report.meta_problem[copy])) or "it is invalid"
             chosen = report.chosen_copy
             warnings.warn(
                 f"{path}: metadata copy {names[copy]} was discarded because {problem}; "

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from mappedpages._core import lib
+from mappedpages._core import ffi, lib
 
 
 class MappedPageError(Exception):
@@ -90,50 +90,69 @@ class RecoveryWarning(UserWarning):
     """Open found damage and recovered from it (what was discarded is in the message)."""
 
 
-# The one table: C error code -> (exception class, what it means).
-ERRORS: dict[int, tuple[type[Exception], str]] = {
-    lib.MP_EINVALID_PAGE_SIZE: (InvalidPageSize, "invalid page size"),
-    lib.MP_ECORRUPT_SUPERBLOCK: (CorruptSuperblock, "not a mappedpages file, or truncated"),
-    lib.MP_ECORRUPT_METADATA: (CorruptMetadata, "both metadata copies are damaged"),
-    lib.MP_ECORRUPT_DIRECTORY_INDEX: (
-        CorruptDirectoryIndex,
-        "the directory index in page 0 is damaged",
-    ),
-    lib.MP_ECORRUPT_PROTECTED_DIRECTORY: (
-        CorruptProtectedDirectory,
-        "both copies of a protected-page directory page are damaged",
-    ),
-    lib.MP_EOUT_OF_BOUNDS: (OutOfBounds, "out of bounds"),
-    lib.MP_ERESERVED_PAGE: (ReservedPage, "reserved page"),
-    lib.MP_EDOUBLE_FREE: (DoubleFree, "already free"),
-    lib.MP_EUNAVAILABLE: (
-        Unavailable,
-        "a flush failed earlier, so the on-disk state is unknown; reopen the file",
-    ),
-    lib.MP_EFILE_FULL: (
-        FileFull,
-        "the file cannot grow further (past max_pages: 16 TiB, the most a pager maps)",
-    ),
-    lib.MP_EDIRECTORY_FULL: (
-        DirectoryFull,
-        "no room for another directory block (the file cannot grow to hold it)",
-    ),
-    lib.MP_ELOCKED: (Locked, "another writer holds the file's lock"),
-    lib.MP_EWRITER_OPEN: (WriterOpen, "a writer is open on this protected page"),
-    lib.MP_EINVALID_ARGUMENT: (ValueError, "invalid argument"),
-    lib.MP_ENO_MEMORY: (MemoryError, "out of memory"),
-    lib.MP_EREAD_ONLY: (Unavailable, "the pager is read-only"),
-    lib.MP_ENO_WRITER: (ValueError, "no writer is open on this protected page"),
-    lib.MP_ESUBPAGE_OWNED: (
-        ValueError,
-        "the pager handed out a page a SubPageAllocator holds; it was freed in the pager "
-        "while sub-pages in it were in use",
-    ),
-    lib.MP_EFILE_TRUNCATED: (
-        FileTruncated,
-        "the file is shorter than its newest commit: it was cut",
-    ),
+class InternalError(MappedPageError):
+    """A pager invariant does not hold (a bug in mappedpages); the pager is unusable.
+
+    Raised only by builds with the core's checks compiled in (``MAPPEDPAGES_CHECK``).
+    """
+
+
+# The one table: C error code -> exception class. The messages are the core's
+# (mp_strerror in csrc/errors.c), so they live in one place.
+ERRORS: dict[int, type[Exception]] = {
+    lib.MP_EINVALID_PAGE_SIZE: InvalidPageSize,
+    lib.MP_ECORRUPT_SUPERBLOCK: CorruptSuperblock,
+    lib.MP_ECORRUPT_METADATA: CorruptMetadata,
+    lib.MP_ECORRUPT_DIRECTORY_INDEX: CorruptDirectoryIndex,
+    lib.MP_ECORRUPT_PROTECTED_DIRECTORY: CorruptProtectedDirectory,
+    lib.MP_EOUT_OF_BOUNDS: OutOfBounds,
+    lib.MP_ERESERVED_PAGE: ReservedPage,
+    lib.MP_EDOUBLE_FREE: DoubleFree,
+    lib.MP_EUNAVAILABLE: Unavailable,
+    lib.MP_EFILE_FULL: FileFull,
+    lib.MP_EDIRECTORY_FULL: DirectoryFull,
+    lib.MP_ELOCKED: Locked,
+    lib.MP_EWRITER_OPEN: WriterOpen,
+    lib.MP_EINVALID_ARGUMENT: ValueError,
+    lib.MP_ENO_MEMORY: MemoryError,
+    lib.MP_EREAD_ONLY: Unavailable,
+    lib.MP_ENO_WRITER: ValueError,
+    lib.MP_ESUBPAGE_OWNED: ValueError,
+    lib.MP_EFILE_TRUNCATED: FileTruncated,
+    lib.MP_EINTERNAL: InternalError,
 }
+
+
+def _c_text(fn: Any, value: int) -> str | None:
+    out = ffi.new("char **")
+    if fn(value, out) != lib.MP_OK:
+        return None
+    return str(ffi.string(out[0]).decode())
+
+
+def message_for(code: int) -> str:
+    """The core's message for an ``MP_E*`` code (``strerror`` for a negative errno)."""
+    if code < 0:
+        return os.strerror(-code)
+    text = _c_text(lib.mp_strerror, code)
+    return text if text is not None else f"unknown error code {code}"
+
+
+def recovery_flag_names(flags: int) -> list[str]:
+    """The core's names of the ``MP_REC_*`` bits set in ``flags``, sorted."""
+    names = []
+    for bit in range(32):
+        if flags & (1 << bit):
+            name = _c_text(lib.mp_recovery_flag_name, 1 << bit)
+            names.append(name if name is not None else f"flag_{1 << bit}")
+    return sorted(names)
+
+
+def meta_problem_text(problem: int) -> str | None:
+    """What an ``MP_META_*`` problem code means; None for a valid copy."""
+    if problem == lib.MP_META_OK:
+        return None
+    return _c_text(lib.mp_meta_problem_text, problem)
 
 
 def error_for(code: int, context: str = "", path: str | None = None) -> Exception:
@@ -142,7 +161,8 @@ def error_for(code: int, context: str = "", path: str | None = None) -> Exceptio
         err = -code
         detail = f" ({context})" if context and context != path else ""
         return OSError(err, os.strerror(err) + detail, path)
-    cls, meaning = ERRORS.get(code, (MappedPageError, f"unknown error code {code}"))
+    cls = ERRORS.get(code, MappedPageError)
+    meaning = message_for(code)
     message = f"{context}: {meaning}" if context else meaning
     if cls is Locked:
         return Locked(_errno.EWOULDBLOCK, message)
@@ -152,3 +172,12 @@ def error_for(code: int, context: str = "", path: str | None = None) -> Exceptio
 def raise_for(code: int, context: str = "", path: str | None = None) -> NoReturn:
     """Raise the exception for a non-zero C error code."""
     raise error_for(code, context, path)
+
+
+def raise_error(cls: type[Exception], message: str) -> NoReturn:
+    """Raise a library error worded by the Python layer (the values involved).
+
+    The one raise helper for checks the Python layer makes before calling the
+    core; C error codes go through :func:`raise_for`.
+    """
+    raise cls(message)

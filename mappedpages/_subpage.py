@@ -250,8 +250,9 @@ class SubPageAllocator:
         pager = self.pager
         with pager._lock:
             pager, handle = self._usable()
-            pager._check(lib.mp_subpage_live_count(handle, self._out))
-            return int(self._out[0])
+            st = ffi.new("mp_sub_stats *")
+            pager._check(lib.mp_subpage_stats(handle, st))
+            return int(st.live_count)
 
     def big_pages(self) -> list[int]:
         """The pager pages this allocator holds, ascending."""
