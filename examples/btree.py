@@ -1,0 +1,419 @@
+"""A copy-on-write B+tree of byte keys and values on mappedpages.
+
+Nodes live in pages; the root page id is ``roots[0]`` and the key count
+``roots[1]``; each batch of puts and deletes is one engine transaction
+(``with pager.transaction() as tx``), so after a crash the tree is the one of
+the last committed batch, whole. Nodes are never written in place once
+committed: a batch copies every node it changes into a new page (written
+through ``tx.page``, so its content commits with the batch) and frees the old
+one (its page is not handed out again before the batch is durable).
+
+Node layout (little-endian), in one page:
+
+    0  u8   kind: 1 = leaf, 2 = internal
+    1  u8   zero
+    2  u16  n: entries
+    4  u32  zero
+    leaf:      8 + 2*i: u16 offset of entry i; entry: u16 klen, u32 vlen, key, value
+    internal:  8: u64 child 0; 16 + 2*i: u16 offset of entry i;
+               entry: u16 klen, key, u64 child i + 1 (keys >= key go right)
+
+Keys and values are ``bytes``; an entry (key, value and 8 bytes) must fit in a
+quarter of a page (``BTree.max_entry``), so a split always fits. Deletes
+remove empty nodes and collapse a root with one child, but do not merge
+half-empty nodes. Run ``python examples/btree.py`` for a demo.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from mappedpages import PageId, Pager, Transaction
+
+LEAF = 1
+INTERNAL = 2
+_HDR = struct.Struct("<BBHI")
+_U16 = struct.Struct("<H")
+_U64 = struct.Struct("<Q")
+_LEAF_ENTRY = struct.Struct("<HI")
+
+ROOT_SLOT = 0
+COUNT_SLOT = 1
+
+
+class _Node:
+    """A node parsed for modification: keys and, per kind, values or children."""
+
+    __slots__ = ("kind", "keys", "vals", "kids")
+
+    def __init__(self, kind: int, keys: list[bytes], vals: list[bytes], kids: list[int]) -> None:
+        self.kind = kind
+        self.keys = keys
+        self.vals = vals
+        self.kids = kids
+
+    def size(self) -> int:
+        if self.kind == LEAF:
+            return 8 + sum(8 + len(k) + len(v) for k, v in zip(self.keys, self.vals))
+        return 16 + sum(12 + len(k) for k in self.keys)
+
+    def encode(self, page: memoryview) -> None:
+        n = len(self.keys)
+        _HDR.pack_into(page, 0, self.kind, 0, n, 0)
+        if self.kind == LEAF:
+            slots = 8
+            end = slots + 2 * n
+            for i, (k, v) in enumerate(zip(self.keys, self.vals)):
+                _U16.pack_into(page, slots + 2 * i, end)
+                _LEAF_ENTRY.pack_into(page, end, len(k), len(v))
+                end += 6
+                page[end : end + len(k)] = k
+                end += len(k)
+                page[end : end + len(v)] = v
+                end += len(v)
+        else:
+            _U64.pack_into(page, 8, self.kids[0])
+            slots = 16
+            end = slots + 2 * n
+            for i, k in enumerate(self.keys):
+                _U16.pack_into(page, slots + 2 * i, end)
+                _U16.pack_into(page, end, len(k))
+                end += 2
+                page[end : end + len(k)] = k
+                end += len(k)
+                _U64.pack_into(page, end, self.kids[i + 1])
+                end += 8
+
+
+def _key_at(page: memoryview, kind: int, i: int) -> tuple[int, bytes]:
+    """The offset of entry i and its key."""
+    off = _U16.unpack_from(page, (8 if kind == LEAF else 16) + 2 * i)[0]
+    klen = _U16.unpack_from(page, off)[0]
+    start = off + (6 if kind == LEAF else 2)
+    return off, bytes(page[start : start + klen])
+
+
+def _search(page: memoryview, kind: int, n: int, key: bytes) -> tuple[int, bool]:
+    """Index of the first key >= key, and whether it equals key."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _key_at(page, kind, mid)[1] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo, lo < n and _key_at(page, kind, lo)[1] == key
+
+
+def _child_index(page: memoryview, n: int, key: bytes) -> int:
+    i, eq = _search(page, INTERNAL, n, key)
+    return i + 1 if eq else i
+
+
+def _child(page: memoryview, i: int) -> int:
+    if i == 0:
+        return int(_U64.unpack_from(page, 8)[0])
+    off, k = _key_at(page, INTERNAL, i - 1)
+    return int(_U64.unpack_from(page, off + 2 + len(k))[0])
+
+
+def _decode(page: memoryview) -> _Node:
+    kind, _, n, _ = _HDR.unpack_from(page, 0)
+    keys: list[bytes] = []
+    vals: list[bytes] = []
+    kids: list[int] = []
+    if kind == LEAF:
+        for i in range(n):
+            off, k = _key_at(page, kind, i)
+            vlen = _LEAF_ENTRY.unpack_from(page, off)[1]
+            start = off + 6 + len(k)
+            keys.append(k)
+            vals.append(bytes(page[start : start + vlen]))
+    else:
+        kids.append(int(_U64.unpack_from(page, 8)[0]))
+        for i in range(n):
+            off, k = _key_at(page, kind, i)
+            keys.append(k)
+            kids.append(int(_U64.unpack_from(page, off + 2 + len(k))[0]))
+    return _Node(kind, keys, vals, kids)
+
+
+class BTree:
+    """A B+tree in a pager file; the pager stays owned by the caller."""
+
+    def __init__(self, pager: Pager) -> None:
+        self.pager = pager
+        self.max_entry = (pager.page_size - 16) // 4
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: str, page_size: int = 4096, **options: Any) -> Iterator[BTree]:
+        """Open (or create) the file at ``path`` and yield its tree; closes the file."""
+        if os.path.exists(path):
+            pager = Pager.open(path, **options)
+        else:
+            pager = Pager.create(path, page_size, **options)
+        try:
+            yield cls(pager)
+        finally:
+            pager.close()
+
+    def __len__(self) -> int:
+        return self.pager.roots[COUNT_SLOT]
+
+    # ------------------------------------------------------------- reading
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        """The value of ``key``, or ``default``."""
+        pid = self.pager.roots[ROOT_SLOT]
+        if pid == 0:
+            return default
+        pager = self.pager
+        while True:
+            page = pager.page(PageId(pid))
+            kind, _, n, _ = _HDR.unpack_from(page, 0)
+            if kind == INTERNAL:
+                pid = _child(page, _child_index(page, n, key))
+                continue
+            i, eq = _search(page, LEAF, n, key)
+            if not eq:
+                return default
+            off, k = _key_at(page, LEAF, i)
+            vlen = _LEAF_ENTRY.unpack_from(page, off)[1]
+            start = off + 6 + len(k)
+            return bytes(page[start : start + vlen])
+
+    def range(
+        self, lo: bytes | None = None, hi: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with ``lo <= key < hi`` (either bound may be None), in key order."""
+        root = self.pager.roots[ROOT_SLOT]
+        if root:
+            yield from self._range(root, lo, hi)
+
+    def _range(self, pid: int, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        node = _decode(self.pager.page(PageId(pid)))
+        if node.kind == LEAF:
+            start = 0 if lo is None else bisect.bisect_left(node.keys, lo)
+            for k, v in zip(node.keys[start:], node.vals[start:]):
+                if hi is not None and k >= hi:
+                    return
+                yield k, v
+            return
+        first = 0 if lo is None else bisect.bisect_right(node.keys, lo)
+        for i in range(first, len(node.kids)):
+            if hi is not None and i > 0 and node.keys[i - 1] >= hi:
+                return
+            yield from self._range(node.kids[i], lo, hi)
+
+    # ------------------------------------------------------------- writing
+
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """One transaction: ``with tree.batch() as b: b.put(k, v); b.delete(k)``.
+
+        Everything in the block commits together at its end, or nothing if it
+        raises.
+        """
+        with self.pager.transaction() as tx:
+            yield Batch(self, tx)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set one key, as a batch of its own."""
+        with self.batch() as b:
+            b.put(key, value)
+
+    def delete(self, key: bytes) -> bool:
+        """Remove one key, as a batch of its own; whether it was there."""
+        with self.batch() as b:
+            return b.delete(key)
+
+
+class Batch:
+    """The puts and deletes of one transaction (see :meth:`BTree.batch`)."""
+
+    def __init__(self, tree: BTree, tx: Transaction) -> None:
+        self.tree = tree
+        self.tx = tx
+        self.pager = tree.pager
+        self.fresh: set[int] = set()  # pages written in this batch: changed in place
+        roots = self.pager.roots
+        self.root = roots[ROOT_SLOT]
+        self.count = roots[COUNT_SLOT]
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        """A read that sees this batch's own writes."""
+        return self.tree.get(key, default)
+
+    def _write(self, old: int, node: _Node) -> int:
+        """Store node in place of page ``old`` (0: none); its page id."""
+        pager = self.pager
+        if old in self.fresh:
+            pid = old
+        else:
+            pid = int(pager.alloc())
+            self.fresh.add(pid)
+            if old:
+                pager.free(PageId(old))
+        page = self.tx.page(PageId(pid))
+        node.encode(page)
+        return pid
+
+    def _split(self, node: _Node) -> tuple[_Node, bytes, _Node]:
+        half = node.size() // 2
+        if node.kind == LEAF:
+            acc, cut = 8, 1
+            for cut in range(1, len(node.keys)):
+                acc += 8 + len(node.keys[cut - 1]) + len(node.vals[cut - 1])
+                if acc >= half:
+                    break
+            left = _Node(LEAF, node.keys[:cut], node.vals[:cut], [])
+            right = _Node(LEAF, node.keys[cut:], node.vals[cut:], [])
+            return left, right.keys[0], right
+        acc, cut = 16, 1
+        for cut in range(1, len(node.keys) - 1):
+            acc += 12 + len(node.keys[cut - 1])
+            if acc >= half:
+                break
+        left = _Node(INTERNAL, node.keys[:cut], [], node.kids[: cut + 1])
+        right = _Node(INTERNAL, node.keys[cut + 1 :], [], node.kids[cut + 1 :])
+        return left, node.keys[cut], right
+
+    def _store(self, old: int, node: _Node) -> list[tuple[bytes, int]]:
+        """Write node, split if it overflows: [(separator, page)], first separator empty."""
+        if node.size() <= self.pager.page_size:
+            return [(b"", self._write(old, node))]
+        left, sep, right = self._split(node)
+        out = self._store(old, left)
+        out.extend(self._store_new(sep, right))
+        return out
+
+    def _store_new(self, sep: bytes, node: _Node) -> list[tuple[bytes, int]]:
+        parts = self._store(0, node)
+        parts[0] = (sep, parts[0][1])
+        return parts
+
+    def _apply(
+        self, pid: int, key: bytes, value: bytes | None
+    ) -> tuple[list[tuple[bytes, int]], bool]:
+        """Put (value) or delete (None) under page pid.
+
+        Returns the pages that replace it and whether the key count changed.
+        """
+        node = _decode(self.pager.page(PageId(pid)))
+        if node.kind == LEAF:
+            i = bisect.bisect_left(node.keys, key)
+            found = i < len(node.keys) and node.keys[i] == key
+            if value is None:
+                if not found:
+                    return [(b"", pid)], False
+                del node.keys[i]
+                del node.vals[i]
+                if not node.keys:
+                    self._drop(pid)
+                    return [], True
+                return self._store(pid, node), True
+            if found:
+                node.vals[i] = value
+            else:
+                node.keys.insert(i, key)
+                node.vals.insert(i, value)
+            return self._store(pid, node), not found
+        i = bisect.bisect_right(node.keys, key)
+        parts, changed = self._apply(node.kids[i], key, value)
+        if len(parts) == 1 and parts[0][1] == node.kids[i]:
+            return [(b"", pid)], changed
+        # Child i becomes parts: their separators go between keys i-1 and i.
+        if parts:
+            node.kids[i : i + 1] = [child for _, child in parts]
+            node.keys[i:i] = [sep for sep, _ in parts[1:]]
+        else:
+            del node.kids[i]
+            if node.keys:
+                del node.keys[i - 1 if i > 0 else 0]
+        if not node.kids:
+            self._drop(pid)
+            return [], changed
+        return self._store(pid, node), changed
+
+    def _drop(self, pid: int) -> None:
+        self.fresh.discard(pid)
+        self.pager.free(PageId(pid))
+
+    def _set(self, key: bytes, value: bytes | None) -> bool:
+        if self.root == 0:
+            if value is None:
+                return False
+            parts = self._store(0, _Node(LEAF, [key], [value], []))
+            changed = True
+        else:
+            parts, changed = self._apply(self.root, key, value)
+        while len(parts) > 1:
+            node = _Node(INTERNAL, [sep for sep, _ in parts[1:]], [], [p for _, p in parts])
+            parts = self._store(0, node)
+        root = parts[0][1] if parts else 0
+        # A root with one child is replaced by that child.
+        while root:
+            page = self.pager.page(PageId(root))
+            kind, _, n, _ = _HDR.unpack_from(page, 0)
+            if kind != INTERNAL or n > 0:
+                break
+            child = _child(page, 0)
+            self._drop(root)
+            root = child
+        if root != self.root:
+            self.root = root
+            self.pager.set_root(ROOT_SLOT, root)
+        return changed
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value``."""
+        if not isinstance(key, bytes) or not isinstance(value, bytes):
+            raise TypeError("keys and values are bytes")
+        if len(key) + len(value) + 8 > self.tree.max_entry:
+            raise ValueError(
+                f"key and value take {len(key) + len(value) + 8} bytes; at most "
+                f"{self.tree.max_entry} fit in an entry at this page size"
+            )
+        if self._set(key, value):
+            self.count += 1
+            self.pager.set_root(COUNT_SLOT, self.count)
+
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; whether it was there."""
+        if not isinstance(key, bytes):
+            raise TypeError("keys are bytes")
+        if self._set(key, None):
+            self.count -= 1
+            self.pager.set_root(COUNT_SLOT, self.count)
+            return True
+        return False
+
+
+def _demo() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tree.db")
+        with BTree.open(path, durability="fast") as tree:
+            with tree.batch() as b:
+                for i in range(1000):
+                    b.put(b"key%05d" % i, b"value %d" % i)
+            tree.put(b"hello", b"world")
+            tree.delete(b"key00007")
+            print("keys:", len(tree))
+        with BTree.open(path) as tree:  # reopened: the same tree
+            print("hello ->", tree.get(b"hello"))
+            print("key00007 ->", tree.get(b"key00007"))
+            print("first three:", list(tree.range(b"key00005", b"key00009"))[:3])
+            print("pages in use:", sum(1 for _ in tree.pager.allocated_pages()))
+
+
+if __name__ == "__main__":
+    _demo()
+    sys.exit(0)
