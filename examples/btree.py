@@ -33,6 +33,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import accumulate
 from typing import Any
 
 from mappedpages import PageId, Pager, Transaction
@@ -48,48 +49,57 @@ ROOT_SLOT = 0
 COUNT_SLOT = 1
 
 
+def _entry(key: bytes, value: bytes) -> bytes:
+    return _LEAF_ENTRY.pack(len(key), len(value)) + key + value
+
+
+def _value(entry: bytes) -> bytes:
+    return entry[6 + (entry[0] | entry[1] << 8) :]
+
+
 class _Node:
-    """A node parsed for modification: keys and, per kind, values or children."""
+    """A node parsed for modification.
 
-    __slots__ = ("kind", "keys", "vals", "kids")
+    A leaf keeps its keys and its entries as stored (length fields, key,
+    value), so unchanged entries are copied back as they are; an internal node
+    keeps its keys and children. ``nbytes`` is the size of the entries.
+    """
 
-    def __init__(self, kind: int, keys: list[bytes], vals: list[bytes], kids: list[int]) -> None:
+    __slots__ = ("kind", "keys", "ents", "kids", "nbytes")
+
+    def __init__(self, kind: int, keys: list[bytes], ents: list[bytes], kids: list[int]) -> None:
         self.kind = kind
         self.keys = keys
-        self.vals = vals
+        self.ents = ents
         self.kids = kids
+        if kind == LEAF:
+            self.nbytes = sum(map(len, ents))
+        else:
+            self.nbytes = sum(map(len, keys)) + 10 * len(keys)
 
     def size(self) -> int:
-        if self.kind == LEAF:
-            return 8 + sum(8 + len(k) + len(v) for k, v in zip(self.keys, self.vals))
-        return 16 + sum(12 + len(k) for k in self.keys)
+        return (8 if self.kind == LEAF else 16) + 2 * len(self.keys) + self.nbytes
 
     def encode(self, page: memoryview) -> None:
+        """Write the node into ``page`` (built aside, then one copy)."""
         n = len(self.keys)
-        _HDR.pack_into(page, 0, self.kind, 0, n, 0)
         if self.kind == LEAF:
-            slots = 8
-            end = slots + 2 * n
-            for i, (k, v) in enumerate(zip(self.keys, self.vals)):
-                _U16.pack_into(page, slots + 2 * i, end)
-                _LEAF_ENTRY.pack_into(page, end, len(k), len(v))
-                end += 6
-                page[end : end + len(k)] = k
-                end += len(k)
-                page[end : end + len(v)] = v
-                end += len(v)
+            offs = list(accumulate(map(len, self.ents[:-1]), initial=8 + 2 * n))
+            data = b"".join(
+                [_HDR.pack(LEAF, 0, n, 0), struct.pack(f"<{n}H", *offs[:n])] + self.ents
+            )
         else:
-            _U64.pack_into(page, 8, self.kids[0])
-            slots = 16
-            end = slots + 2 * n
-            for i, k in enumerate(self.keys):
-                _U16.pack_into(page, slots + 2 * i, end)
-                _U16.pack_into(page, end, len(k))
-                end += 2
-                page[end : end + len(k)] = k
-                end += len(k)
-                _U64.pack_into(page, end, self.kids[i + 1])
-                end += 8
+            parts = [_U16.pack(len(k)) + k + _U64.pack(c) for k, c in zip(self.keys, self.kids[1:])]
+            offs = list(accumulate(map(len, parts[:-1]), initial=16 + 2 * n))
+            data = b"".join(
+                [
+                    _HDR.pack(INTERNAL, 0, n, 0),
+                    _U64.pack(self.kids[0]),
+                    struct.pack(f"<{n}H", *offs[:n]),
+                ]
+                + parts
+            )
+        page[: len(data)] = data
 
 
 def _key_at(page: memoryview, kind: int, i: int) -> tuple[int, bytes]:
@@ -126,23 +136,25 @@ def _child(page: memoryview, i: int) -> int:
 
 def _decode(page: memoryview) -> _Node:
     kind, _, n, _ = _HDR.unpack_from(page, 0)
+    data = bytes(page)
     keys: list[bytes] = []
-    vals: list[bytes] = []
+    ents: list[bytes] = []
     kids: list[int] = []
+    frm = int.from_bytes
     if kind == LEAF:
-        for i in range(n):
-            off, k = _key_at(page, kind, i)
-            vlen = _LEAF_ENTRY.unpack_from(page, off)[1]
-            start = off + 6 + len(k)
-            keys.append(k)
-            vals.append(bytes(page[start : start + vlen]))
+        for off in struct.unpack_from(f"<{n}H", data, 8):
+            klen = data[off] | data[off + 1] << 8
+            start = off + 6
+            keys.append(data[start : start + klen])
+            ents.append(data[off : start + klen + frm(data[off + 2 : start], "little")])
     else:
-        kids.append(int(_U64.unpack_from(page, 8)[0]))
-        for i in range(n):
-            off, k = _key_at(page, kind, i)
-            keys.append(k)
-            kids.append(int(_U64.unpack_from(page, off + 2 + len(k))[0]))
-    return _Node(kind, keys, vals, kids)
+        kids.append(frm(data[8:16], "little"))
+        for off in struct.unpack_from(f"<{n}H", data, 16):
+            klen = data[off] | data[off + 1] << 8
+            start = off + 2 + klen
+            keys.append(data[off + 2 : start])
+            kids.append(frm(data[start : start + 8], "little"))
+    return _Node(kind, keys, ents, kids)
 
 
 class BTree:
@@ -202,10 +214,10 @@ class BTree:
         node = _decode(self.pager.page(PageId(pid)))
         if node.kind == LEAF:
             start = 0 if lo is None else bisect.bisect_left(node.keys, lo)
-            for k, v in zip(node.keys[start:], node.vals[start:]):
+            for k, e in zip(node.keys[start:], node.ents[start:]):
                 if hi is not None and k >= hi:
                     return
-                yield k, v
+                yield k, _value(e)
             return
         first = 0 if lo is None else bisect.bisect_right(node.keys, lo)
         for i in range(first, len(node.kids)):
@@ -223,7 +235,9 @@ class BTree:
         raises.
         """
         with self.pager.transaction() as tx:
-            yield Batch(self, tx)
+            batch = Batch(self, tx)
+            yield batch
+            batch.finish()
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set one key, as a batch of its own."""
@@ -243,39 +257,59 @@ class Batch:
         self.tree = tree
         self.tx = tx
         self.pager = tree.pager
-        self.fresh: set[int] = set()  # pages written in this batch: changed in place
+        # Nodes written in this batch, by page: changed in place, in memory,
+        # and encoded into their pages once, when the batch ends (finish).
+        self.fresh: dict[int, _Node] = {}
         roots = self.pager.roots
         self.root = roots[ROOT_SLOT]
         self.count = roots[COUNT_SLOT]
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """A read that sees this batch's own writes."""
-        return self.tree.get(key, default)
+        pid = self.root
+        while pid:
+            node = self._load(pid)
+            if node.kind == INTERNAL:
+                pid = node.kids[bisect.bisect_right(node.keys, key)]
+                continue
+            i = bisect.bisect_left(node.keys, key)
+            if i < len(node.keys) and node.keys[i] == key:
+                return _value(node.ents[i])
+            return default
+        return default
+
+    def _load(self, pid: int) -> _Node:
+        node = self.fresh.get(pid)
+        return node if node is not None else _decode(self.pager.page(PageId(pid)))
 
     def _write(self, old: int, node: _Node) -> int:
         """Store node in place of page ``old`` (0: none); its page id."""
-        pager = self.pager
         if old in self.fresh:
             pid = old
         else:
-            pid = int(pager.alloc())
-            self.fresh.add(pid)
+            pid = int(self.pager.alloc())
             if old:
-                pager.free(PageId(old))
-        page = self.tx.page(PageId(pid))
-        node.encode(page)
+                self.pager.free(PageId(old))
+        self.fresh[pid] = node
         return pid
+
+    def finish(self) -> None:
+        """Encode every node the batch wrote into its page (marked dirty)."""
+        tx = self.tx
+        for pid, node in self.fresh.items():
+            node.encode(tx.page(PageId(pid)))
+        self.fresh.clear()
 
     def _split(self, node: _Node) -> tuple[_Node, bytes, _Node]:
         half = node.size() // 2
         if node.kind == LEAF:
             acc, cut = 8, 1
             for cut in range(1, len(node.keys)):
-                acc += 8 + len(node.keys[cut - 1]) + len(node.vals[cut - 1])
+                acc += 2 + len(node.ents[cut - 1])
                 if acc >= half:
                     break
-            left = _Node(LEAF, node.keys[:cut], node.vals[:cut], [])
-            right = _Node(LEAF, node.keys[cut:], node.vals[cut:], [])
+            left = _Node(LEAF, node.keys[:cut], node.ents[:cut], [])
+            right = _Node(LEAF, node.keys[cut:], node.ents[cut:], [])
             return left, right.keys[0], right
         acc, cut = 16, 1
         for cut in range(1, len(node.keys) - 1):
@@ -307,7 +341,7 @@ class Batch:
 
         Returns the pages that replace it and whether the key count changed.
         """
-        node = _decode(self.pager.page(PageId(pid)))
+        node = self._load(pid)
         if node.kind == LEAF:
             i = bisect.bisect_left(node.keys, key)
             found = i < len(node.keys) and node.keys[i] == key
@@ -315,16 +349,19 @@ class Batch:
                 if not found:
                     return [(b"", pid)], False
                 del node.keys[i]
-                del node.vals[i]
+                node.nbytes -= len(node.ents.pop(i))
                 if not node.keys:
                     self._drop(pid)
                     return [], True
                 return self._store(pid, node), True
+            entry = _entry(key, value)
             if found:
-                node.vals[i] = value
+                node.nbytes += len(entry) - len(node.ents[i])
+                node.ents[i] = entry
             else:
                 node.keys.insert(i, key)
-                node.vals.insert(i, value)
+                node.ents.insert(i, entry)
+                node.nbytes += len(entry)
             return self._store(pid, node), not found
         i = bisect.bisect_right(node.keys, key)
         parts, changed = self._apply(node.kids[i], key, value)
@@ -338,20 +375,21 @@ class Batch:
             del node.kids[i]
             if node.keys:
                 del node.keys[i - 1 if i > 0 else 0]
+        node.nbytes = sum(map(len, node.keys)) + 10 * len(node.keys)
         if not node.kids:
             self._drop(pid)
             return [], changed
         return self._store(pid, node), changed
 
     def _drop(self, pid: int) -> None:
-        self.fresh.discard(pid)
+        self.fresh.pop(pid, None)
         self.pager.free(PageId(pid))
 
     def _set(self, key: bytes, value: bytes | None) -> bool:
         if self.root == 0:
             if value is None:
                 return False
-            parts = self._store(0, _Node(LEAF, [key], [value], []))
+            parts = self._store(0, _Node(LEAF, [key], [_entry(key, value)], []))
             changed = True
         else:
             parts, changed = self._apply(self.root, key, value)
@@ -361,13 +399,11 @@ class Batch:
         root = parts[0][1] if parts else 0
         # A root with one child is replaced by that child.
         while root:
-            page = self.pager.page(PageId(root))
-            kind, _, n, _ = _HDR.unpack_from(page, 0)
-            if kind != INTERNAL or n > 0:
+            top = self._load(root)
+            if top.kind != INTERNAL or top.keys:
                 break
-            child = _child(page, 0)
             self._drop(root)
-            root = child
+            root = top.kids[0]
         if root != self.root:
             self.root = root
             self.pager.set_root(ROOT_SLOT, root)
