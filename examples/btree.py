@@ -13,7 +13,7 @@ Node layout (little-endian), in one page:
     0  u8   kind: 1 = leaf, 2 = internal
     1  u8   zero
     2  u16  n: entries
-    4  u32  zero
+    4  u32  leaf: where the entries end (they are stored in order, back to back)
     leaf:      8 + 2*i: u16 offset of entry i; entry: u16 klen, u32 vlen, key, value
     internal:  8: u64 child 0; 16 + 2*i: u16 offset of entry i;
                entry: u16 klen, key, u64 child i + 1 (keys >= key go right)
@@ -85,8 +85,9 @@ class _Node:
         n = len(self.keys)
         if self.kind == LEAF:
             offs = list(accumulate(map(len, self.ents[:-1]), initial=8 + 2 * n))
+            end = 8 + 2 * n + self.nbytes
             data = b"".join(
-                [_HDR.pack(LEAF, 0, n, 0), struct.pack(f"<{n}H", *offs[:n])] + self.ents
+                [_HDR.pack(LEAF, 0, n, end), struct.pack(f"<{n}H", *offs[:n])] + self.ents
             )
         else:
             parts = [_U16.pack(len(k)) + k + _U64.pack(c) for k, c in zip(self.keys, self.kids[1:])]
@@ -135,18 +136,17 @@ def _child(page: memoryview, i: int) -> int:
 
 
 def _decode(page: memoryview) -> _Node:
-    kind, _, n, _ = _HDR.unpack_from(page, 0)
+    kind, _, n, end = _HDR.unpack_from(page, 0)
     data = bytes(page)
     keys: list[bytes] = []
     ents: list[bytes] = []
     kids: list[int] = []
     frm = int.from_bytes
     if kind == LEAF:
-        for off in struct.unpack_from(f"<{n}H", data, 8):
-            klen = data[off] | data[off + 1] << 8
-            start = off + 6
-            keys.append(data[start : start + klen])
-            ents.append(data[off : start + klen + frm(data[off + 2 : start], "little")])
+        # Entries are stored in order and back to back, up to `end`.
+        offs = struct.unpack_from(f"<{n}H", data, 8)
+        ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
+        keys = [e[6 : 6 + (e[0] | e[1] << 8)] for e in ents]
     else:
         kids.append(frm(data[8:16], "little"))
         for off in struct.unpack_from(f"<{n}H", data, 16):
