@@ -83,7 +83,7 @@ def workload(name: str, page_size: int) -> list[H.Op]:
 
 
 def layout_of(name: str) -> str:
-    """engine workloads run in the layout their name gives (engine, engine-0.3)."""
+    """The layout an engine workload runs in: its name says (engine, engine-0.3)."""
     return "0.3" if name == "engine-0.3" else "0.2"
 
 
