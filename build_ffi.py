@@ -33,11 +33,15 @@ def compile_args() -> list[str]:
 
     A user's ``pip install`` must not fail because a newer compiler has a new
     warning, so ``-Werror`` is added only when MAPPEDPAGES_WERROR is set (CI's
-    builds); MAPPEDPAGES_SANITIZE adds AddressSanitizer and UBSan.
+    builds); MAPPEDPAGES_SANITIZE adds AddressSanitizer and UBSan, and with
+    MAPPEDPAGES_CHECK the pager's invariants are checked after every commit
+    (csrc/check.c; a violation raises InternalError).
     """
     args = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
     if os.environ.get("MAPPEDPAGES_WERROR"):
         args.append("-Werror")
+    if os.environ.get("MAPPEDPAGES_SANITIZE") or os.environ.get("MAPPEDPAGES_CHECK"):
+        args.append("-DMAPPEDPAGES_CHECK")
     if os.environ.get("MAPPEDPAGES_SANITIZE"):
         args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     return args

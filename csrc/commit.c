@@ -60,7 +60,7 @@ int pager_write_page0(mp_pager *p, int flush)
     for (uint64_t off = 0; off < p->page_size; off += step) {
         if (memcmp(next + off, now + off, (size_t)step) == 0)
             continue;
-        int rc = os_write_all(p->fd, next + off, (size_t)step, off);
+        int rc = os_write_all(p->map.io, p->fd, next + off, (size_t)step, off);
         if (rc != MP_OK) {
             p->poisoned = 1;
             return rc;
@@ -83,7 +83,7 @@ static int mark_extended(mp_pager *p)
     uint8_t sb[MP_SB_SIZE];
     memcpy(sb, pager_page_ptr(p, 0), sizeof sb);
     fmt_superblock_write(sb, p->log2, MP_MINOR_EXTENDED, sb[12]);
-    int rc = os_write_all(p->fd, sb + 5, 11, 5);
+    int rc = os_write_all(p->map.io, p->fd, sb + 5, 11, 5);
     if (rc != MP_OK) {
         p->poisoned = 1;
         return rc;
@@ -311,10 +311,8 @@ static int commit_extended(mp_pager *p)
     return MP_OK;
 }
 
-int pager_commit(mp_pager *p, int order)
+static int commit_now(mp_pager *p, int order)
 {
-    if (p->txn_depth > 0)
-        return MP_OK;
     if (pager_extended(p))
         return commit_extended(p);
     int rc;
@@ -375,6 +373,15 @@ int pager_write_state(mp_pager *p)
     if (rc == MP_OK && p->page0_stale && p->minor < MP_MINOR_EXTENDED)
         rc = pager_write_page0(p, 1);
     return rc;
+}
+
+int pager_commit(mp_pager *p, int order)
+{
+    if (p->txn_depth > 0)
+        return MP_OK;
+    int rc = commit_now(p, order);
+    /* Check builds: every committed state passes the invariants (check.c). */
+    return rc == MP_OK ? pager_check(p) : rc;
 }
 
 int pager_settle_deferred(mp_pager *p)

@@ -149,6 +149,33 @@ int mp_recovery_flag_name(uint32_t flag, const char **out);
 /* What an mp_meta_problem value means ("its CRC does not match", ...). */
 int mp_meta_problem_text(uint32_t problem, const char **out);
 
+/* Choosing the committed state on open (recover.c): a pure decision over what was read
+ * of both metadata copies and page 0. Exposed so that tests and tools can check it over
+ * every combination of valid, damaged, stale and past-end copies. */
+typedef struct {
+    uint32_t problem[2];      /* mp_meta_problem of copy A and B as checked (MP_META_PAST_END:
+                                 valid, but counting pages past the end of the file) */
+    uint64_t generation[2];
+    uint64_t total_pages[2];
+    uint32_t selector;        /* page 0's selector byte as stored */
+    uint32_t meta_checksum_ok;/* page 0's meta_checksum holds the expected value */
+    uint64_t chunk_pages;     /* the layout: a copy counting more pages is extended */
+    int salvage;              /* the caller may roll back past a cut end */
+} mp_choice_in;
+
+typedef struct {
+    uint32_t chosen;          /* 0 = A, 1 = B */
+    int32_t fallback;         /* the copy to try if the chosen one's extended-layout pages
+                                 fail, or -1 */
+    int32_t cut;              /* the copy that shows the file was cut, or -1 */
+    uint32_t flags;           /* mp_recovery bits decided here */
+    uint32_t page0_stale;     /* page 0 does not name the chosen state (v0.2 layout) */
+} mp_choice;
+
+/* MP_OK and the choice; MP_EFILE_TRUNCATED (a cut file, no salvage or nothing to roll
+ * back to) or MP_ECORRUPT_METADATA (no copy valid). */
+int mp_choose_committed(const mp_choice_in *in, mp_choice *out);
+
 typedef struct mp_pager mp_pager;
 typedef struct mp_subpage mp_subpage;
 
@@ -160,7 +187,11 @@ enum mp_io_kind {
     MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS */
     MP_IO_MMAP = 4,
     MP_IO_MUNMAP = 5,
-    MP_IO_KINDS = 6
+    MP_IO_PWRITE = 6,         /* page 0's rewrites and a new file's pages */
+    MP_IO_PREAD = 7,          /* open's read of the superblock */
+    MP_IO_OPEN = 8,           /* open of the file by mp_pager_open */
+    MP_IO_FLOCK = 9,          /* each attempt at the writer's lock */
+    MP_IO_KINDS = 10
 };
 
 /* Test-only fault injection and barrier observation; owned by the caller, who
@@ -171,10 +202,10 @@ enum mp_io_kind {
  * skip_msync_at turns the Nth msync into a silent no-op, to prove that a
  * harness notices a missing barrier. */
 typedef struct mp_io_hooks {
-    uint64_t calls[6];
-    uint64_t fail_at[6];
-    int fail_errno[6];
-    int fail_persistent[6];
+    uint64_t calls[10];       /* sized MP_IO_KINDS (cffi needs the number) */
+    uint64_t fail_at[10];
+    int fail_errno[10];
+    int fail_persistent[10];
     uint64_t skip_msync_at;
     int (*on_barrier)(void *ctx, int kind, uint64_t offset, uint64_t length);
     void *ctx;

@@ -6,11 +6,23 @@
  * calls and the mapping), pager.c, recover.c, grow.c, alloc.c, commit.c,
  * txn.c, directory.c, protected.c and subpage.c.
  *
- * Invariants of an open writable pager, kept between calls:
- *   - bits[] equals the bitmap of the committed metadata copy `active`,
- *     total_pages and free_count equal that copy's fields, and the copy's
- *     generation is `generation`;
- *   - page 0 on disk names `active` and holds the directory index of `dirs`;
+ * Invariants of an open writable pager, kept between calls (check.c checks
+ * the in-memory ones after every commit in check builds):
+ *   - free_count is total_pages minus the pages set in bits[]; pages 0-2 and
+ *     each chunk's layout pages are set; system[] lies within bits[] and
+ *     pending[] outside it; the summary matches bits | pending (all modes,
+ *     both layouts);
+ *   - outside a transaction, in "compat" and "fast", bits[], total_pages and
+ *     generation equal the committed metadata copy `active` (with the chunks'
+ *     committed free-map pages in the extended layout); in "none" they may be
+ *     ahead of it until sync or close (meta_unwritten), and inside a
+ *     transaction they are ahead of it until the transaction commits;
+ *   - page 0 on disk names `active` in "compat" once each call returns; in
+ *     "fast" it may name the older copy (page0_stale) until sync, close or
+ *     the next directory commit; in the extended layout its selector is not
+ *     kept current at all (the crate cannot read such a file); in the v0.2
+ *     layout page 0 holds the directory index of `dirs` once a directory
+ *     commit returns, in the extended layout the index pages do;
  *   - every page below total_pages is mapped at base + id * page_size; base
  *     changes only when the file outgrows its reserved range, and the old
  *     range stays mapped until the pager is released (os.c), so no address
@@ -300,10 +312,11 @@ typedef struct {
     mp_io_hooks *io;         /* test hooks, or NULL */
 } mp_map;
 
-int os_open_file(const char *path, int create, int read_only, int *out_fd);
+/* The calls taking io route through the test hooks (NULL: none). */
+int os_open_file(mp_io_hooks *io, const char *path, int create, int read_only, int *out_fd);
 int os_close_file(int fd);
 int os_file_size(int fd, uint64_t *out);
-int os_lock(int fd, double timeout);
+int os_lock(mp_io_hooks *io, int fd, double timeout);
 /* Reserves address space for the file: want bytes (less if the address space
  * is short, never less than need), for a file that may reach limit bytes. */
 int os_map_reserve(uint64_t want, uint64_t need, uint64_t limit, int writable, mp_map *m);
@@ -321,8 +334,9 @@ int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len, int preall
 void *os_alloc_zeroed(size_t len);
 void os_free_zeroed(void *mem, size_t len);
 int os_shrink_file(const mp_map *m, uint64_t len);
-int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got);
-int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset);
+int os_pread_all(mp_io_hooks *io, int fd, uint8_t *buf, size_t len, uint64_t offset,
+                 size_t *got);
+int os_write_all(mp_io_hooks *io, int fd, const uint8_t *buf, size_t len, uint64_t offset);
 int os_unlink(const char *path);
 /* A new, empty file beside path under a name of its own (".<name>.<pid>.
  * <random>.tmp"), for a file that must appear whole or not at all. *out_tmp
@@ -484,6 +498,20 @@ void pager_claim_bit(mp_pager *p, uint64_t id);
 /* Counts the file's pages up to total (v0.2 layout, open's repairs): the
  * pages were in the file already, and come in free. */
 void pager_count_pages(mp_pager *p, uint64_t total);
+
+/* ---- check.c ---- */
+
+/* Checks the pager's invariants (check.c); on a violation poisons the pager
+ * and returns MP_EINTERNAL. A no-op unless MAPPEDPAGES_CHECK is defined. */
+#ifdef MAPPEDPAGES_CHECK
+int pager_check(mp_pager *p);
+#else
+static inline int pager_check(mp_pager *p)
+{
+    (void)p;
+    return MP_OK;
+}
+#endif
 
 /* ---- commit.c, txn.c ---- */
 

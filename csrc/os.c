@@ -63,8 +63,11 @@ uint64_t os_page_size(void)
     return v > 0 ? (uint64_t)v : 4096u;
 }
 
-int os_open_file(const char *path, int create, int read_only, int *out_fd)
+int os_open_file(mp_io_hooks *io, const char *path, int create, int read_only, int *out_fd)
 {
+    int injected = io_gate(io, MP_IO_OPEN);
+    if (injected)
+        return -injected;
     int flags = O_CLOEXEC | O_NONBLOCK;
     if (create)
         flags |= O_RDWR | O_CREAT | O_EXCL;
@@ -191,12 +194,19 @@ int os_file_size(int fd, uint64_t *out)
 /* flock locks belong to the open file description, so a second open of the
  * same file conflicts even inside one process, and the lock goes away with the
  * process however it dies. */
-int os_lock(int fd, double timeout)
+int os_lock(mp_io_hooks *io, int fd, double timeout)
 {
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+        /* An injected EWOULDBLOCK acts as a held lock (waits, then
+         * MP_ELOCKED); any other injected errno fails at once. */
+        int injected = io_gate(io, MP_IO_FLOCK);
+        if (injected && injected != EWOULDBLOCK)
+            return -injected;
+        if (injected)
+            errno = EWOULDBLOCK;
+        else if (flock(fd, LOCK_EX | LOCK_NB) == 0)
             return MP_OK;
         if (errno == EINTR)
             continue;
@@ -573,10 +583,14 @@ int os_shrink_file(const mp_map *m, uint64_t len)
     return err ? -err : MP_OK;
 }
 
-int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got)
+int os_pread_all(mp_io_hooks *io, int fd, uint8_t *buf, size_t len, uint64_t offset,
+                 size_t *got)
 {
     size_t done = 0;
     while (done < len) {
+        int injected = io_gate(io, MP_IO_PREAD);
+        if (injected)
+            return -injected;
         ssize_t r = pread(fd, buf + done, len - done, (off_t)(offset + done));
         if (r < 0) {
             if (errno == EINTR)
@@ -591,10 +605,13 @@ int os_pread_all(int fd, uint8_t *buf, size_t len, uint64_t offset, size_t *got)
     return MP_OK;
 }
 
-int os_write_all(int fd, const uint8_t *buf, size_t len, uint64_t offset)
+int os_write_all(mp_io_hooks *io, int fd, const uint8_t *buf, size_t len, uint64_t offset)
 {
     size_t done = 0;
     while (done < len) {
+        int injected = io_gate(io, MP_IO_PWRITE);
+        if (injected)
+            return -injected;
         ssize_t r = pwrite(fd, buf + done, len - done, (off_t)(offset + done));
         if (r < 0) {
             if (errno == EINTR)

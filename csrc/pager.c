@@ -174,6 +174,27 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
     return MP_OK;
 }
 
+/* A writer's open: clears what an unfinished commit left, commits the
+ * repairs open made and brings page 0 in line with the chosen state. */
+static int commit_repairs(mp_pager *p, mp_open_report *report)
+{
+    /* Copies an unfinished commit left must go before this writer's commits
+     * raise the generation to theirs. */
+    int rc = pager_clear_leftovers(p);
+    if (rc != MP_OK)
+        return rc;
+    if (!(p->changed || p->page0_stale || p->index_changed || dir_any_dirty(p)))
+        return MP_OK;
+    /* So that the crate, which follows page 0, reads the same state. */
+    if (p->changed || p->index_changed || dir_any_dirty(p))
+        rc = pager_commit(p, MP_ORDER_DIR_FIRST);
+    if (rc == MP_OK && p->page0_stale)
+        rc = pager_write_page0(p, 1);
+    if (rc == MP_OK)
+        report->flags |= MP_REC_PAGE0_REWRITTEN;
+    return rc;
+}
+
 int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
                   mp_open_report *report)
 {
@@ -186,11 +207,11 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
         return MP_EINVALID_ARGUMENT;
     memset(report, 0, sizeof *report);
     int fd;
-    rc = os_open_file(path, 0, opts->read_only, &fd);
+    rc = os_open_file(opts->io_hooks, path, 0, opts->read_only, &fd);
     if (rc != MP_OK)
         return rc;
     /* Readers take no lock, so a reader never blocks the writer. */
-    if (!opts->read_only && (rc = os_lock(fd, opts->lock_timeout)) != MP_OK) {
+    if (!opts->read_only && (rc = os_lock(opts->io_hooks, fd, opts->lock_timeout)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
@@ -199,7 +220,7 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     size_t got = 0;
     mp_superblock sb;
     if ((rc = os_file_size(fd, &size)) != MP_OK ||
-        (rc = os_pread_all(fd, head, sizeof head, 0, &got)) != MP_OK) {
+        (rc = os_pread_all(opts->io_hooks, fd, head, sizeof head, 0, &got)) != MP_OK) {
         (void)os_close_file(fd);
         return rc;
     }
@@ -234,25 +255,9 @@ int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
     }
     p->durability = opts->durability;
     set_growth(p, opts);
-    /* Copies an unfinished commit left must go before this writer's commits
-     * raise the generation to theirs. */
-    if (!p->read_only && (rc = pager_clear_leftovers(p)) != MP_OK) {
+    if (!p->read_only && (rc = commit_repairs(p, report)) != MP_OK) {
         pager_destroy(p);
         return rc;
-    }
-    if (!p->read_only && (p->changed || p->page0_stale || p->index_changed || dir_any_dirty(p))) {
-        /* A writer commits the repairs open made to the directory, and brings
-         * page 0 in line with the chosen state, so that the crate, which
-         * follows page 0, reads the same state. */
-        if (p->changed || p->index_changed || dir_any_dirty(p))
-            rc = pager_commit(p, MP_ORDER_DIR_FIRST);
-        if (rc == MP_OK && p->page0_stale)
-            rc = pager_write_page0(p, 1);
-        if (rc != MP_OK) {
-            pager_destroy(p);
-            return rc;
-        }
-        report->flags |= MP_REC_PAGE0_REWRITTEN;
     }
     *out = p;
     return MP_OK;
@@ -279,11 +284,11 @@ static int write_fresh(mp_pager *p, uint64_t len)
     memset(buf, 0, ps);
     fmt_superblock_write(buf, p->log2, (uint8_t)p->minor, 0);
     fmt_dir_index_write(buf, ps, 0, NULL);
-    if ((rc = os_write_all(p->fd, buf, ps, 0)) != MP_OK)
+    if ((rc = os_write_all(p->map.io, p->fd, buf, ps, 0)) != MP_OK)
         return rc;
     fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits, NULL);
-    if ((rc = os_write_all(p->fd, buf, ps, ps)) != MP_OK ||
-        (rc = os_write_all(p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
+    if ((rc = os_write_all(p->map.io, p->fd, buf, ps, ps)) != MP_OK ||
+        (rc = os_write_all(p->map.io, p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
         return rc;
     return os_sync_file(&p->map);
 }
@@ -314,7 +319,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
         return rc;
     mp_pager *p = NULL;
     uint64_t len = (uint64_t)MP_INITIAL_PAGES * ps;
-    if ((rc = os_lock(fd, opts->lock_timeout)) != MP_OK ||
+    if ((rc = os_lock(opts->io_hooks, fd, opts->lock_timeout)) != MP_OK ||
         (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
         (void)os_unlink(tmp);

@@ -318,12 +318,68 @@ void pager_count_pages(mp_pager *p, uint64_t total)
     p->changed = 1;
 }
 
-static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
-                      mp_open_report *rep, int *page0_stale)
+/* The choice itself, once the cut file is ruled out: the newest valid copy
+ * by generation, page 0's selector only between equals. */
+static void choose_copy(const mp_choice_in *in, mp_choice *out)
 {
-    const uint8_t *page0 = snap;
+    int ok0 = in->problem[0] == MP_META_OK, ok1 = in->problem[1] == MP_META_OK;
+    int sel_ok = in->selector <= 1;
+    if (ok0 && ok1 && in->generation[0] != in->generation[1])
+        out->chosen = in->generation[1] > in->generation[0];
+    else if (ok0 && ok1)
+        out->chosen = sel_ok ? in->selector : 0;
+    else
+        out->chosen = ok1 ? 1u : 0u;
+    out->fallback = (out->chosen ? ok0 : ok1) ? (int32_t)(out->chosen ^ 1u) : -1;
+    if (!ok0)
+        out->flags |= MP_REC_META_A_DAMAGED;
+    if (!ok1)
+        out->flags |= MP_REC_META_B_DAMAGED;
+    /* Page 0 names a copy only for the crate, which cannot read an extended
+     * file: there its selector is not kept current. */
+    if (in->total_pages[out->chosen] <= in->chunk_pages) {
+        if (!sel_ok)
+            out->flags |= MP_REC_SELECTOR_INVALID;
+        else if (in->selector != out->chosen)
+            out->flags |= MP_REC_SELECTOR_STALE;
+        if (!in->meta_checksum_ok)
+            out->flags |= MP_REC_META_CHECKSUM;
+    }
+    out->page0_stale = (out->flags & (MP_REC_SELECTOR_INVALID | MP_REC_SELECTOR_STALE |
+                                      MP_REC_META_CHECKSUM)) != 0;
+}
+
+int mp_choose_committed(const mp_choice_in *in, mp_choice *out)
+{
+    if (!in || !out || in->chunk_pages == 0)
+        return MP_EINVALID_ARGUMENT;
+    mp_meta_header h[2];
+    memset(h, 0, sizeof h);
+    for (int c = 0; c < 2; c++) {
+        h[c].problem = in->problem[c];
+        h[c].generation = in->generation[c];
+    }
+    mp_choice r;
+    memset(&r, 0, sizeof r);
+    r.cut = cut_copy(h);
+    /* Rolling back discards acknowledged commits: only when asked. */
+    if (r.cut >= 0 && (!in->salvage || in->problem[r.cut ^ 1] != MP_META_OK))
+        return MP_EFILE_TRUNCATED;
+    if (in->problem[0] != MP_META_OK && in->problem[1] != MP_META_OK)
+        return MP_ECORRUPT_METADATA;
+    choose_copy(in, &r);
+    if (r.cut >= 0)
+        r.flags |= MP_REC_CUT_ROLLED_BACK;
+    *out = r;
+    return MP_OK;
+}
+
+/* Checks both metadata copies of the snapshot into the choice's input. */
+static int read_copies(mp_pager *p, const uint8_t *snap, uint64_t file_len,
+                       mp_open_report *rep, mp_meta_header h[2], mp_choice_in *in)
+{
     mp_superblock sb;
-    int rc = fmt_superblock_read(page0, MP_SB_SIZE, &sb);
+    int rc = fmt_superblock_read(snap, MP_SB_SIZE, &sb);
     if (rc != MP_OK)
         return rc;
     if (sb.page_size_log2 != p->log2)
@@ -335,127 +391,133 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     rep->page_size = p->page_size;
     rep->file_bytes = file_len;
     p->file_pages = file_pages;
-    mp_meta_header h[2];
+    memset(in, 0, sizeof *in);
     for (int c = 0; c < 2; c++) {
         check_copy(p, snap + (1 + (uint64_t)c) * p->page_size, file_pages, max_total, &h[c]);
         rep->generation[c] = h[c].generation;
         rep->meta_problem[c] = h[c].problem;
+        in->problem[c] = h[c].problem;
+        in->generation[c] = h[c].generation;
+        in->total_pages[c] = h[c].total_pages;
     }
-    int ok0 = h[0].problem == MP_META_OK, ok1 = h[1].problem == MP_META_OK;
-    int cut = cut_copy(h);
-    if (cut >= 0) {
-        rep->cut_pages = h[cut].total_pages;
-        rep->cut_generation = h[cut].generation;
-        /* Rolling back discards acknowledged commits: only when asked. */
-        if (!p->salvage || h[cut ^ 1].problem != MP_META_OK)
-            return MP_EFILE_TRUNCATED;
-    }
-    if (!ok0 && !ok1)
-        return MP_ECORRUPT_METADATA;
     rep->selector = sb.selector;
-    int sel_ok = sb.selector <= 1;
-    uint32_t chosen;
-    if (ok0 && ok1) {
-        if (h[0].generation != h[1].generation)
-            chosen = h[1].generation > h[0].generation;
-        else
-            chosen = sel_ok ? sb.selector : 0;
-    } else {
-        chosen = ok1 ? 1u : 0u;
+    in->selector = sb.selector;
+    in->meta_checksum_ok = sb.meta_checksum == MP_CRC_RESIDUE;
+    in->chunk_pages = p->chunk_pages;
+    in->salvage = p->salvage;
+    return MP_OK;
+}
+
+/* Chooses the committed metadata copy and loads it (with the extended
+ * layout's pages its generation selects); falls back to the other copy when
+ * those pages fail and the other copy is valid. */
+static int choose_and_load(mp_pager *p, const uint8_t *snap, uint64_t file_len,
+                           mp_open_report *rep, mp_choice *ch, uint32_t *dir_blocks)
+{
+    mp_meta_header h[2];
+    mp_choice_in in;
+    int rc = read_copies(p, snap, file_len, rep, h, &in);
+    if (rc == MP_OK)
+        rc = mp_choose_committed(&in, ch);
+    if (rc == MP_OK || rc == MP_EFILE_TRUNCATED) {
+        int cut = cut_copy(h);
+        if (cut >= 0) {
+            rep->cut_pages = h[cut].total_pages;
+            rep->cut_generation = h[cut].generation;
+        }
     }
+    if (rc != MP_OK)
+        return rc;
     /* A commit that carried data pages in its record (engine.c) is only as
      * good as those pages: if one missed the disk, the older copy, durable
      * before that commit began, is the state. */
-    if (ok0 && ok1 && h[chosen].generation > h[chosen ^ 1u].generation &&
-        !record_holds(p, snap + (1 + (uint64_t)chosen) * p->page_size, &h[chosen])) {
-        rep->meta_problem[chosen] = MP_META_DATA_MISSING;
-        if (chosen)
-            ok1 = 0;
-        else
-            ok0 = 0;
-        chosen ^= 1u;
-    }
-    /* In the extended layout a copy is only as good as the free-map pages
-     * its generation selects: if they fail, the other copy is tried. */
-    uint32_t dir_blocks = 0;
-    rc = load_meta(p, snap + (1 + (uint64_t)chosen) * p->page_size, &h[chosen], &dir_blocks);
-    if (rc != MP_OK) {
-        rep->meta_problem[chosen] = MP_META_BAD_FREE_MAP;
-        if (chosen ? !ok0 : !ok1)
+    if (ch->fallback >= 0 && h[ch->chosen].generation > h[ch->fallback].generation &&
+        !record_holds(p, snap + (1 + (uint64_t)ch->chosen) * p->page_size, &h[ch->chosen])) {
+        rep->meta_problem[ch->chosen] = MP_META_DATA_MISSING;
+        in.problem[ch->chosen] = MP_META_DATA_MISSING;
+        if ((rc = mp_choose_committed(&in, ch)) != MP_OK)
             return rc;
-        if (chosen)
-            ok1 = 0;
-        else
-            ok0 = 0;
-        chosen ^= 1u;
-        rc = load_meta(p, snap + (1 + (uint64_t)chosen) * p->page_size, &h[chosen], &dir_blocks);
-        if (rc != MP_OK) {
-            rep->meta_problem[chosen] = MP_META_BAD_FREE_MAP;
-            return rc;
-        }
     }
-    rep->chosen_copy = chosen;
-    rep->flags = 0;
-    if (!ok0)
-        rep->flags |= MP_REC_META_A_DAMAGED;
-    if (!ok1)
-        rep->flags |= MP_REC_META_B_DAMAGED;
-    if (cut >= 0)
-        rep->flags |= MP_REC_CUT_ROLLED_BACK;
-    /* The other copy failed: it may have been the newer one. */
-    p->meta_fell_back = chosen ? !ok0 : !ok1;
-    int extended = p->total_pages > p->chunk_pages;
-    /* Page 0 names a copy only for the crate, which cannot read an extended
-     * file: there its selector is not kept current. */
-    if (!extended) {
-        if (!sel_ok)
-            rep->flags |= MP_REC_SELECTOR_INVALID;
-        else if (sb.selector != chosen)
-            rep->flags |= MP_REC_SELECTOR_STALE;
-        if (sb.meta_checksum != MP_CRC_RESIDUE)
-            rep->flags |= MP_REC_META_CHECKSUM;
-    }
-    *page0_stale = (rep->flags & (MP_REC_SELECTOR_INVALID | MP_REC_SELECTOR_STALE |
-                                  MP_REC_META_CHECKSUM)) != 0;
+    const uint8_t *meta = snap + (1 + (uint64_t)ch->chosen) * p->page_size;
+    rc = load_meta(p, meta, &h[ch->chosen], dir_blocks);
+    if (rc == MP_OK)
+        return MP_OK;
+    rep->meta_problem[ch->chosen] = MP_META_BAD_FREE_MAP;
+    if (ch->fallback < 0)
+        return rc;
+    /* The chosen copy's free-map pages failed: choose again without it. */
+    in.problem[ch->chosen] = MP_META_BAD_FREE_MAP;
+    if ((rc = mp_choose_committed(&in, ch)) != MP_OK)
+        return rc;
+    meta = snap + (1 + (uint64_t)ch->chosen) * p->page_size;
+    rc = load_meta(p, meta, &h[ch->chosen], dir_blocks);
+    if (rc != MP_OK)
+        rep->meta_problem[ch->chosen] = MP_META_BAD_FREE_MAP;
+    return rc;
+}
 
-    p->active = chosen;
+/* The v0.2 layout's directory index in page 0, read or recovered from a
+ * torn rewrite. */
+static int read_dir_index(mp_pager *p, const uint8_t *page0, mp_open_report *rep,
+                          uint32_t *count, int *page0_stale)
+{
+    int rc = fmt_dir_index_read(page0, p->page_size, count, p->refs);
+    if (rc == MP_OK)
+        return MP_OK;
+    int dropped = 0;
+    if (fmt_dir_index_recover(page0, p->page_size, count, p->refs, p->scratch, &dropped) !=
+        MP_OK) {
+        /* A zero count means no directory, whatever else the section
+         * holds, as in the crate. */
+        if (mp_load_u32(page0 + MP_DIR_INDEX_OFFSET) != 0)
+            return rc;
+        *count = 0;
+        dropped = 0;
+    }
+    /* An interrupted append is only believable if the bitmap does not
+     * count the block's pages yet (directory first, bitmap second). */
+    if (dropped && !block_unfinished(p, &p->refs[*count]))
+        return rc;
+    if (*count > 0 || dropped) {
+        rep->flags |= MP_REC_DIR_INDEX_TORN;
+        *page0_stale = 1;
+    }
+    return MP_OK;
+}
+
+static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
+                      mp_open_report *rep, int *page0_stale)
+{
+    mp_choice ch;
+    uint32_t dir_blocks = 0;
+    int rc = choose_and_load(p, snap, file_len, rep, &ch, &dir_blocks);
+    if (rc != MP_OK)
+        return rc;
+    rep->chosen_copy = ch.chosen;
+    rep->flags = ch.flags;
+    *page0_stale = (int)ch.page0_stale;
+    /* The other copy failed: it may have been the newer one. */
+    p->meta_fell_back = ch.fallback < 0;
+    p->active = ch.chosen;
     p->changed = p->index_changed = p->meta_unwritten = 0;
     /* A writer makes a salvage rollback durable: its commit overwrites the
      * copy past the end, which would otherwise stop the next open again. */
-    if (cut >= 0)
+    if (ch.cut >= 0)
         p->changed = 1;
     p->hint = MP_RESERVED_PAGES;
     if (p->sum.mem)
         summary_rebuild(&p->sum, p->bits, p->pending, p->words_used);
 
     uint32_t count = 0;
-    if (extended) {
+    if (pager_extended(p)) {
         count = dir_blocks;
         p->dir_committed = count;
         p->ext_committed = 1;
         p->page0_stale = 0;
         return dir_load(p, rep, count);
     }
-    if ((rc = fmt_dir_index_read(page0, p->page_size, &count, p->refs)) != MP_OK) {
-        int dropped = 0;
-        if (fmt_dir_index_recover(page0, p->page_size, &count, p->refs, p->scratch,
-                                  &dropped) != MP_OK) {
-            /* A zero count means no directory, whatever else the section
-             * holds, as in the crate. */
-            if (mp_load_u32(page0 + MP_DIR_INDEX_OFFSET) != 0)
-                return rc;
-            count = 0;
-            dropped = 0;
-        }
-        /* An interrupted append is only believable if the bitmap does not
-         * count the block's pages yet (directory first, bitmap second). */
-        if (dropped && !block_unfinished(p, &p->refs[count]))
-            return rc;
-        if (count > 0 || dropped) {
-            rep->flags |= MP_REC_DIR_INDEX_TORN;
-            *page0_stale = 1;
-        }
-    }
+    if ((rc = read_dir_index(p, snap, rep, &count, page0_stale)) != MP_OK)
+        return rc;
     p->page0_stale = *page0_stale;
     p->dir_committed = count;
     p->ext_committed = 0;

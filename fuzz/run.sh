@@ -34,7 +34,7 @@ FUZZ_TMPDIR=$(mktemp -d -p "$( [ -w /dev/shm ] && echo /dev/shm || echo "${TMPDI
 export FUZZ_TMPDIR
 trap 'rm -rf "$FUZZ_TMPDIR"' EXIT
 echo "== libFuzzer: C open path under ASan+UBSan, ${SECS}s"
-"$CLANG" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined \
+"$CLANG" -g -O1 -std=c11 -DMAPPEDPAGES_CHECK -fsanitize=fuzzer,address,undefined \
     -fno-sanitize-recover=undefined -Icsrc csrc/*.c fuzz/fuzz_open.c \
     -o "$OUT/build/fuzz_open"
 set +e

@@ -1,0 +1,144 @@
+/*
+ * check.c - the pager's invariants, executable (pager_check).
+ *
+ * Owns: one function that checks, from the in-memory state alone, what every
+ * other file promises between calls, in the spirit of SQLite's
+ * assert_pager_state and LMDB's mdb_audit. It is compiled in when
+ * MAPPEDPAGES_CHECK is defined (build_ffi.py defines it for the sanitizer
+ * build, fuzz/run.sh for the fuzz build) and runs after every commit outside a
+ * transaction (commit.c). A violation never aborts: the pager is poisoned and
+ * the call returns MP_EINTERNAL, so a test or fuzz input that breaks an
+ * invariant fails loudly at the commit that broke it.
+ *
+ * Invariants checked (they hold in every durability mode and both layouts,
+ * outside a transaction, after a successful commit):
+ *   - free_count is total_pages minus the pages set in bits[] below it, and no
+ *     bit of bits[], system[] or pending[] is set at or past total_pages;
+ *   - pages 0-2 and every layout page of the chunks below total_pages are set;
+ *   - system[] is within bits[] and counts system_count pages; pending[] is
+ *     disjoint from bits[] and counts pending_count pages;
+ *   - the summary's first level has a bit set exactly for the full words of
+ *     bits | pending (writers);
+ *   - the directory: each block's two pages and each live entry's two backing
+ *     pages are system pages, and no page is owned twice; protected_count is
+ *     the number of live entries.
+ * Not checked here, since it is false by design in some modes: that bits[]
+ * equals the committed copy on disk ("none" defers it, a transaction is ahead
+ * of it) and that page 0 names `active` ("fast" and the extended layout
+ * update page 0 lazily).
+ */
+#include "mp_internal.h"
+
+#include <stdlib.h>
+
+#ifdef MAPPEDPAGES_CHECK
+
+static int bits_past(const uint64_t *bits, uint64_t total, uint64_t words)
+{
+    return total < words * 64 && bitmap_find_set(bits, NULL, total, words * 64) < words * 64;
+}
+
+static int check_counts(const mp_pager *p)
+{
+    uint64_t total = p->total_pages;
+    uint64_t words = p->words_used;
+    if (total == 0 || bitmap_words(total) > words)
+        return 0;
+    if (p->free_count != total - bitmap_count_set(p->bits, total))
+        return 0;
+    if (bits_past(p->bits, total, words) || bits_past(p->system, total, words) ||
+        bits_past(p->pending, total, words))
+        return 0;
+    if (bitmap_count_set(p->system, total) != p->system_count ||
+        bitmap_count_set(p->pending, total) != p->pending_count)
+        return 0;
+    for (uint64_t w = 0; w < words; w++) {
+        if ((p->system[w] & ~p->bits[w]) != 0 || (p->pending[w] & p->bits[w]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int check_layout_pages(const mp_pager *p)
+{
+    for (uint64_t id = 0; id < MP_RESERVED_PAGES; id++) {
+        if (!bitmap_get(p->bits, id))
+            return 0;
+    }
+    uint64_t chunks = fmt_chunks_below(p->chunk_pages, p->total_pages);
+    for (uint64_t c = 1; c <= chunks; c++) {
+        for (uint32_t i = 0; i < MP_LAYOUT_PAGES; i++) {
+            uint64_t id = fmt_chunk_start(p->chunk_pages, c) + i;
+            if (id < p->total_pages && !bitmap_get(p->bits, id))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static int check_summary(const mp_pager *p)
+{
+    if (!p->sum.mem)
+        return 1;
+    for (uint64_t w = 0; w < p->words_used && w < p->sum.map_words; w++) {
+        int full = (p->bits[w] | p->pending[w]) == ~(uint64_t)0;
+        if (bitmap_get(p->sum.lvl[0], w) != full)
+            return 0;
+    }
+    return 1;
+}
+
+/* Marks id as owned in seen[]; fails if it is owned already or is no system
+ * page of the file. */
+static int own(const mp_pager *p, uint64_t *seen, uint64_t id)
+{
+    if (id >= p->total_pages || !bitmap_get(p->system, id) || bitmap_get(seen, id))
+        return 0;
+    bitmap_set(seen, id);
+    return 1;
+}
+
+static int check_block(const mp_pager *p, uint32_t b, uint64_t *seen, uint64_t *live)
+{
+    const mp_dir_block *blk = &p->dirs[b];
+    if (!own(p, seen, p->refs[b].page_a) || !own(p, seen, p->refs[b].page_b))
+        return 0;
+    if (!blk->entries)
+        return 1;
+    for (uint32_t i = 0; i < p->epp; i++) {
+        const mp_dir_entry *e = &blk->entries[i];
+        if (!e->in_use)
+            continue;
+        if (!own(p, seen, e->page_a) || !own(p, seen, e->page_b))
+            return 0;
+        (*live)++;
+    }
+    return 1;
+}
+
+static int check_directory(const mp_pager *p)
+{
+    if (p->dir_count == 0)
+        return p->protected_count == 0;
+    uint64_t *seen = calloc((size_t)p->words_used, sizeof(uint64_t));
+    if (!seen)
+        return 1; /* no memory to check with is not a violation */
+    uint64_t live = 0;
+    int ok = 1;
+    for (uint32_t b = 0; ok && b < p->dir_count; b++)
+        ok = check_block(p, b, seen, &live);
+    free(seen);
+    return ok && live == p->protected_count;
+}
+
+int pager_check(mp_pager *p)
+{
+    if (p->read_only || p->no_io || p->poisoned)
+        return MP_OK;
+    if (check_counts(p) && check_layout_pages(p) && check_summary(p) && check_directory(p))
+        return MP_OK;
+    p->poisoned = 1;
+    return MP_EINTERNAL;
+}
+
+#endif /* MAPPEDPAGES_CHECK */
