@@ -103,38 +103,6 @@ class _Node:
         page[: len(data)] = data
 
 
-def _key_at(page: memoryview, kind: int, i: int) -> tuple[int, bytes]:
-    """The offset of entry i and its key."""
-    off = _U16.unpack_from(page, (8 if kind == LEAF else 16) + 2 * i)[0]
-    klen = _U16.unpack_from(page, off)[0]
-    start = off + (6 if kind == LEAF else 2)
-    return off, bytes(page[start : start + klen])
-
-
-def _search(page: memoryview, kind: int, n: int, key: bytes) -> tuple[int, bool]:
-    """Index of the first key >= key, and whether it equals key."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _key_at(page, kind, mid)[1] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo, lo < n and _key_at(page, kind, lo)[1] == key
-
-
-def _child_index(page: memoryview, n: int, key: bytes) -> int:
-    i, eq = _search(page, INTERNAL, n, key)
-    return i + 1 if eq else i
-
-
-def _child(page: memoryview, i: int) -> int:
-    if i == 0:
-        return int(_U64.unpack_from(page, 8)[0])
-    off, k = _key_at(page, INTERNAL, i - 1)
-    return int(_U64.unpack_from(page, off + 2 + len(k))[0])
-
-
 def _decode(page: memoryview) -> _Node:
     kind, _, n, end = _HDR.unpack_from(page, 0)
     data = bytes(page)
@@ -160,9 +128,26 @@ def _decode(page: memoryview) -> _Node:
 class BTree:
     """A B+tree in a pager file; the pager stays owned by the caller."""
 
-    def __init__(self, pager: Pager) -> None:
+    def __init__(self, pager: Pager, cache_nodes: int = 8192) -> None:
         self.pager = pager
         self.max_entry = (pager.page_size - 16) // 4
+        # Decoded nodes by page. A committed node never changes (copy-on-write)
+        # until its page is freed, which drops it here; FIFO past cache_nodes.
+        self._cache: dict[int, _Node] = {}
+        self._cache_nodes = cache_nodes
+
+    def _node(self, pid: int) -> _Node:
+        node = self._cache.get(pid)
+        if node is None:
+            node = _decode(self.pager.page(PageId(pid)))
+            self._remember(pid, node)
+        return node
+
+    def _remember(self, pid: int, node: _Node) -> None:
+        cache = self._cache
+        if len(cache) >= self._cache_nodes:
+            del cache[next(iter(cache))]
+        cache[pid] = node
 
     @classmethod
     @contextmanager
@@ -185,22 +170,16 @@ class BTree:
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key``, or ``default``."""
         pid = self.pager.roots[ROOT_SLOT]
-        if pid == 0:
-            return default
-        pager = self.pager
-        while True:
-            page = pager.page(PageId(pid))
-            kind, _, n, _ = _HDR.unpack_from(page, 0)
-            if kind == INTERNAL:
-                pid = _child(page, _child_index(page, n, key))
+        while pid:
+            node = self._node(pid)
+            if node.kind == INTERNAL:
+                pid = node.kids[bisect.bisect_right(node.keys, key)]
                 continue
-            i, eq = _search(page, LEAF, n, key)
-            if not eq:
-                return default
-            off, k = _key_at(page, LEAF, i)
-            vlen = _LEAF_ENTRY.unpack_from(page, off)[1]
-            start = off + 6 + len(k)
-            return bytes(page[start : start + vlen])
+            i = bisect.bisect_left(node.keys, key)
+            if i < len(node.keys) and node.keys[i] == key:
+                return _value(node.ents[i])
+            return default
+        return default
 
     def range(
         self, lo: bytes | None = None, hi: bytes | None = None
@@ -211,7 +190,7 @@ class BTree:
             yield from self._range(root, lo, hi)
 
     def _range(self, pid: int, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        node = _decode(self.pager.page(PageId(pid)))
+        node = self._node(pid)
         if node.kind == LEAF:
             start = 0 if lo is None else bisect.bisect_left(node.keys, lo)
             for k, e in zip(node.keys[start:], node.ents[start:]):
@@ -234,10 +213,14 @@ class BTree:
         Everything in the block commits together at its end, or nothing if it
         raises.
         """
-        with self.pager.transaction() as tx:
-            batch = Batch(self, tx)
-            yield batch
-            batch.finish()
+        try:
+            with self.pager.transaction() as tx:
+                batch = Batch(self, tx)
+                yield batch
+                batch.finish()
+        except BaseException:
+            self._cache.clear()  # it may hold nodes of the rolled-back batch
+            raise
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set one key, as a batch of its own."""
@@ -268,7 +251,7 @@ class Batch:
         """A read that sees this batch's own writes."""
         pid = self.root
         while pid:
-            node = self._load(pid)
+            node = self.fresh.get(pid) or self.tree._node(pid)
             if node.kind == INTERNAL:
                 pid = node.kids[bisect.bisect_right(node.keys, key)]
                 continue
@@ -279,8 +262,15 @@ class Batch:
         return default
 
     def _load(self, pid: int) -> _Node:
+        """The node at pid, for changing: a committed node is copied first."""
         node = self.fresh.get(pid)
-        return node if node is not None else _decode(self.pager.page(PageId(pid)))
+        if node is not None:
+            return node
+        node = self.tree._node(pid)
+        copy = _Node.__new__(_Node)
+        copy.kind, copy.keys, copy.ents = node.kind, node.keys[:], node.ents[:]
+        copy.kids, copy.nbytes = node.kids[:], node.nbytes
+        return copy
 
     def _write(self, old: int, node: _Node) -> int:
         """Store node in place of page ``old`` (0: none); its page id."""
@@ -290,6 +280,7 @@ class Batch:
             pid = int(self.pager.alloc())
             if old:
                 self.pager.free(PageId(old))
+                self.tree._cache.pop(old, None)
         self.fresh[pid] = node
         return pid
 
@@ -298,6 +289,7 @@ class Batch:
         tx = self.tx
         for pid, node in self.fresh.items():
             node.encode(tx.page(PageId(pid)))
+            self.tree._remember(pid, node)
         self.fresh.clear()
 
     def _split(self, node: _Node) -> tuple[_Node, bytes, _Node]:
@@ -383,6 +375,7 @@ class Batch:
 
     def _drop(self, pid: int) -> None:
         self.fresh.pop(pid, None)
+        self.tree._cache.pop(pid, None)
         self.pager.free(PageId(pid))
 
     def _set(self, key: bytes, value: bytes | None) -> bool:
