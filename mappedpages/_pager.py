@@ -302,6 +302,9 @@ class Pager(_PagerBase):
         self._txn_depth = 0
         self._txn_writers_before: set[int] = set()
         self._txn: Transaction | None = None
+        # SubPageAllocators used in the open transaction, with their live
+        # sub-pages when they joined it (rolled back to those).
+        self._txn_subs: dict[int, tuple[Any, list[int]]] = {}
         # Weak: an abandoned writer is collected, and its __del__ discards it.
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
@@ -608,7 +611,12 @@ class Pager(_PagerBase):
                 if rc != 0:
                     self._txn_abort()
                     self._check(rc, "transaction commit")
+                self._txn_subs.clear()
                 self._refresh_stats()
+
+    def _txn_join_sub(self, sub: Any) -> None:
+        if id(sub) not in self._txn_subs:
+            self._txn_subs[id(sub)] = (sub, sub.live_ids())
 
     def _end_txn(self) -> None:
         if self._txn is not None:
@@ -624,6 +632,9 @@ class Pager(_PagerBase):
                 self._writers.pop(pid, None)
                 writer._abandon()
         lib.mp_txn_abort(self._handle)
+        subs, self._txn_subs = self._txn_subs, {}
+        for sub, live in subs.values():
+            sub._rollback(live)
         self._refresh_stats()
         self._load_system()
 
