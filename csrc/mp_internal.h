@@ -199,6 +199,8 @@ int fmt_meta_has_tail(uint32_t page_size, uint64_t total_pages);
 uint64_t fmt_meta_record_room(uint32_t page_size, uint64_t total_pages);
 void fmt_meta_tail_read(const uint8_t *page, uint32_t page_size, uint64_t total_pages,
                         uint64_t *roots, mp_rec *recs, uint32_t *n);
+void fmt_meta_tail_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
+                         const mp_meta_tail *tail);
 /* free_or_seal: free_count in v0.2; in the extended layout the seal of the
  * commit (see fmt_seal_add). */
 void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
