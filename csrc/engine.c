@@ -184,6 +184,28 @@ int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
     return MP_OK;
 }
 
+/* Writes through the page cache (pwrite), not the mapping: a store through a
+ * shared mapping dirties its whole folio, which the commit's fdatasync then
+ * writes whole (up to 2 MiB for one changed page, when the file was read
+ * sequentially); pwrite dirties only the blocks it writes. The mapping sees
+ * the bytes at once (one page cache). */
+int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
+                 uint64_t len)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0 || !buf || len == 0 || offset >= p->page_size)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t count = (offset + len + p->page_size - 1) / p->page_size;
+    if ((rc = mp_txn_mark_dirty(p, first, count)) != MP_OK)
+        return rc;
+    rc = os_write_all(p->map.io, p->fd, buf, (size_t)len, first * p->page_size + offset);
+    if (rc != MP_OK)
+        p->poisoned = 1; /* a write cut short leaves a page we cannot vouch for */
+    return rc;
+}
+
 int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
 {
     if (!p || !out)

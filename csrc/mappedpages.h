@@ -301,6 +301,10 @@ int mp_pager_roots(const mp_pager *p, uint64_t *out_roots8);
 int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value);
 int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count);
 int mp_txn_dirty_count(const mp_pager *p, uint64_t *out);
+/* Writes len bytes at byte offset (< page_size) of page first, through the page cache,
+ * and marks the pages it touches dirty. */
+int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
+                 uint64_t len);
 int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count);
 
 int mp_protected_alloc(mp_pager *p, uint64_t *out_pid);

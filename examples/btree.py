@@ -5,7 +5,7 @@ Nodes live in pages; the root page id is ``roots[0]`` and the key count
 (``with pager.transaction() as tx``), so after a crash the tree is the one of
 the last committed batch, whole. Nodes are never written in place once
 committed: a batch copies every node it changes into a new page (written
-through ``tx.page``, so its content commits with the batch) and frees the old
+through ``tx.write``, so its content commits with the batch) and frees the old
 one (its page is not handed out again before the batch is durable).
 
 Node layout (little-endian), in one page:
@@ -80,8 +80,8 @@ class _Node:
     def size(self) -> int:
         return (8 if self.kind == LEAF else 16) + 2 * len(self.keys) + self.nbytes
 
-    def encode(self, page: memoryview) -> None:
-        """Write the node into ``page`` (built aside, then one copy)."""
+    def encode(self) -> bytes:
+        """The node's bytes, as stored at the start of its page."""
         n = len(self.keys)
         if self.kind == LEAF:
             offs = list(accumulate(map(len, self.ents[:-1]), initial=8 + 2 * n))
@@ -100,7 +100,7 @@ class _Node:
                 ]
                 + parts
             )
-        page[: len(data)] = data
+        return data
 
 
 def _decode(page: memoryview) -> _Node:
@@ -285,10 +285,14 @@ class Batch:
         return pid
 
     def finish(self) -> None:
-        """Encode every node the batch wrote into its page (marked dirty)."""
+        """Write every node the batch changed into its page (marked dirty).
+
+        ``tx.write`` goes through the page cache, not the mapping, so the
+        commit writes only these pages, not whole page-cache folios around them.
+        """
         tx = self.tx
         for pid, node in self.fresh.items():
-            node.encode(tx.page(PageId(pid)))
+            tx.write(PageId(pid), node.encode())
             self.tree._remember(pid, node)
         self.fresh.clear()
 

@@ -74,6 +74,29 @@ class Transaction:
             self.mark_dirty(first_page, count)
             return view
 
+    def write(self, page_id: PageId, data: Any, offset: int = 0) -> None:
+        """Write ``data`` (bytes-like) at ``offset`` of page ``page_id`` and mark it dirty.
+
+        The bytes may run on into the next pages (all must be in the file and
+        not reserved). They are written through the page cache (``pwrite``),
+        not the mapping: a store through a mapping dirties the whole page-cache
+        folio around it (up to 2 MiB once the file was read sequentially), and
+        the commit then writes all of it; this writes only what changed. Views
+        see the bytes at once. ``ValueError`` for an empty ``data`` or an
+        ``offset`` outside ``0 .. page_size - 1``.
+        """
+        pid = as_id(page_id)
+        off = as_id(offset, "offset")
+        raw = memoryview(data).cast("B")
+        if len(raw) == 0:
+            raise ValueError("nothing to write")
+        with self._pager._lock:
+            handle = self._handle()
+            if off >= self._pager.page_size:
+                raise ValueError(f"offset must be below the page size, not {off}")
+            buf = ffi.from_buffer("uint8_t[]", raw)
+            self._pager._check(lib.mp_txn_write(handle, pid, off, buf, len(raw)), f"page {pid}")
+
     @property
     def dirty_pages(self) -> int:
         """How many pages are in the dirty set."""

@@ -445,3 +445,33 @@ def test_none_mode_rollback_keeps_the_unwritten_state(tmp_path):
         assert q.roots[1:3] == (c, a)
         assert pid in set(q.allocated_protected_pages())
         assert c in set(q.allocated_pages())
+
+
+def test_tx_write_goes_through_the_page_cache_and_commits(tmp_path):
+    path = tmp_path / "f"
+    hooks = IoHooks()
+    p = create_pager(path, 1024, hooks, durability="fast")
+    try:
+        ids = p.alloc_bulk(4)
+        with p.transaction() as tx:
+            tx.write(ids[0], b"abc", 10)
+            tx.write(ids[1], b"x" * 1500)  # runs on into the next page
+            assert tx.dirty_pages == 3
+            assert bytes(p.page(ids[0])[10:13]) == b"abc"  # views see it at once
+            with pytest.raises(ValueError):
+                tx.write(ids[0], b"")
+            with pytest.raises(ValueError):
+                tx.write(ids[0], b"a", 1024)
+            with pytest.raises(OutOfBounds):
+                tx.write(p.page_count - 1, b"y" * 2000)
+            with pytest.raises(ReservedPage):
+                tx.write(2, b"y")
+            p.set_root(0, ids[1])
+        assert [(f, c) for f, c, _ in read_image(path).newest().record] == [(ids[0], 3)]
+    finally:
+        p.close()
+    with Pager.open(path) as q:
+        assert bytes(q.page(ids[2])[:476]) == b"x" * 476
+        assert q.roots[0] == ids[1]
+    with Pager.open(path) as q, pytest.raises(ValueError):
+        tx.write(ids[0], b"late")  # the handle is dead after its block
