@@ -18,8 +18,10 @@ values (100 bytes), on a store preloaded with 10,000 keys:
 for the B+tree in both layouts and every durability mode, py-lmdb (default
 ``sync=True``: durable at commit) and sqlite3 in WAL mode with
 ``synchronous=FULL`` (durable) and ``NORMAL`` (not durable at commit: marked
-so). The floors are measured in the same folder between the rows: one bare
-``fdatasync`` after a 4 KiB ``pwrite`` per transaction, and two. For the
+so). The floors are measured in the same folder: one bare ``fdatasync`` after
+a 4 KiB ``pwrite`` per transaction, and two. Everything runs in 8 interleaved
+rounds (a slice of each engine's transactions and of the floors per round), so
+every figure sees the same machine load and device latency. For the
 B+tree, the flush calls (msync + fdatasync) per transaction of (a) and (b) are
 counted through the library's I/O hooks. Rows that are not durable are marked.
 """
@@ -197,43 +199,49 @@ def _fsync_floor(directory: Path, n: int, per_txn: int) -> float:
         path.unlink()
 
 
-def _measure(engine: Engine, s: Settings, rng: random.Random, row: Row) -> None:
-    keys: list[bytes] = []
+ROUNDS = 8
 
-    def fresh(n: int) -> list[tuple[bytes, bytes]]:
-        items = [(rng.randbytes(KEY), rng.randbytes(VALUE)) for _ in range(n)]
-        keys.extend(k for k, _ in items)
+
+class _Subject:
+    """One engine under test, its keys and its accumulated timings."""
+
+    def __init__(self, name: str, durable: bool, engine: Engine, rng: random.Random) -> None:
+        self.row = Row(name, durable)
+        self.engine = engine
+        self.rng = rng
+        self.keys: list[bytes] = []
+        self.t_single = self.t_batched = 0.0
+        self.f_single = self.f_batched = 0
+        self.n_single = self.n_batched = 0
+
+    def fresh(self, n: int) -> list[tuple[bytes, bytes]]:
+        items = [(self.rng.randbytes(KEY), self.rng.randbytes(VALUE)) for _ in range(n)]
+        self.keys.extend(k for k, _ in items)
         return items
 
-    for _ in range(PRELOAD // 1000):
-        engine.put_batch(fresh(1000))
-    singles = [fresh(1) for _ in range(s.single)]
-    batches = [fresh(100) for _ in range(s.batched)]
-    f0 = engine.flush_calls()
-    t0 = time.perf_counter()
-    for items in singles:
-        engine.put_batch(items)
-    t1 = time.perf_counter()
-    f1 = engine.flush_calls()
-    for items in batches:
-        engine.put_batch(items)
-    t2 = time.perf_counter()
-    f2 = engine.flush_calls()
-    row.single = s.single / (t1 - t0)
-    row.batched = s.batched / (t2 - t1)
-    if f0 is not None and f1 is not None and f2 is not None:
-        row.flushes_single = (f1 - f0) / s.single
-        row.flushes_batched = (f2 - f1) / s.batched
-    probe = [rng.choice(keys) for _ in range(s.reads)]
-    t3 = time.perf_counter()
-    for k in probe:
-        if engine.get(k) is None:
-            raise AssertionError(f"{row.name}: a key written is missing")
-    row.reads = s.reads / (time.perf_counter() - t3)
+    def run(self, count: int, size: int) -> tuple[float, int]:
+        """Time ``count`` transactions of ``size`` puts; (seconds, flush calls or -1)."""
+        work = [self.fresh(size) for _ in range(count)]
+        f0 = self.engine.flush_calls()
+        t0 = time.perf_counter()
+        for items in work:
+            self.engine.put_batch(items)
+        dt = time.perf_counter() - t0
+        f1 = self.engine.flush_calls()
+        return dt, (f1 - f0) if f0 is not None and f1 is not None else -1
+
+
+def _floor(directory: Path, count: int, per_txn: int, acc: list[float]) -> None:
+    acc.append(1 / _fsync_floor(directory, count, per_txn))
 
 
 def run(directory: Path, s: Settings) -> tuple[list[Row], dict[str, float]]:
-    """Measure every engine and the floors in ``directory``."""
+    """Measure every engine and the floors in ``directory``, in interleaved rounds.
+
+    The machine's load and the device's flush latency drift; every round runs
+    a slice of each engine's transactions and of the floors, so all of them
+    see the same conditions.
+    """
     rng = random.Random(15)
     factories: list[tuple[str, bool, Callable[[Path], Engine]]] = []
     for layout in ("0.3", "0.2"):
@@ -257,24 +265,53 @@ def run(directory: Path, s: Settings) -> tuple[list[Row], dict[str, float]]:
     factories.append(
         ("sqlite3 WAL, synchronous=NORMAL", False, lambda d: SqliteEngine(d / "s.db", "NORMAL"))
     )
-    rows: list[Row] = []
-    one: list[float] = []
-    two: list[float] = []
-    for name, durable, make in factories:
-        one.append(_fsync_floor(directory, s.single, 1))
-        two.append(_fsync_floor(directory, s.single // 2, 2))
-        sub = directory / f"e{len(rows)}"
-        sub.mkdir()
-        engine = make(sub)
-        row = Row(name, durable)
-        try:
-            _measure(engine, s, rng, row)
-        finally:
-            engine.close()
-            shutil.rmtree(sub, ignore_errors=True)
-        rows.append(row)
-    floors = {"one fdatasync": statistics.median(one), "two fdatasyncs": statistics.median(two)}
-    return rows, floors
+    subjects: list[_Subject] = []
+    try:
+        for i, (name, durable, make) in enumerate(factories):
+            sub = directory / f"e{i}"
+            sub.mkdir()
+            subject = _Subject(name, durable, make(sub), random.Random(rng.random()))
+            for _ in range(PRELOAD // 1000):
+                subject.engine.put_batch(subject.fresh(1000))
+            subjects.append(subject)
+        one: list[float] = []
+        two: list[float] = []
+        single = max(1, s.single // ROUNDS)
+        batched = max(1, s.batched // ROUNDS)
+        for _ in range(ROUNDS):
+            _floor(directory, single, 1, one)
+            _floor(directory, max(1, single // 2), 2, two)
+            for subject in subjects:
+                dt, fl = subject.run(single, 1)
+                subject.t_single += dt
+                subject.f_single += fl
+                subject.n_single += single
+            for subject in subjects:
+                dt, fl = subject.run(batched, 100)
+                subject.t_batched += dt
+                subject.f_batched += fl
+                subject.n_batched += batched
+        for subject in subjects:
+            row = subject.row
+            row.single = subject.n_single / subject.t_single
+            row.batched = subject.n_batched / subject.t_batched
+            if subject.engine.flush_calls() is not None:
+                row.flushes_single = subject.f_single / subject.n_single
+                row.flushes_batched = subject.f_batched / subject.n_batched
+            probe = [subject.rng.choice(subject.keys) for _ in range(s.reads)]
+            t0 = time.perf_counter()
+            for k in probe:
+                if subject.engine.get(k) is None:
+                    raise AssertionError(f"{row.name}: a key written is missing")
+            row.reads = s.reads / (time.perf_counter() - t0)
+    finally:
+        for subject in subjects:
+            subject.engine.close()
+    floors = {
+        "one fdatasync": 1 / statistics.median(one) if one else 0.0,
+        "two fdatasyncs": 1 / statistics.median(two) if two else 0.0,
+    }
+    return [subject.row for subject in subjects], floors
 
 
 def render(rows: list[Row], floors: dict[str, float], directory: Path) -> str:
