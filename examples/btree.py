@@ -13,7 +13,7 @@ Node layout (little-endian), in one page:
     0  u8   kind: 1 = leaf, 2 = internal
     1  u8   zero
     2  u16  n: entries
-    4  u32  leaf: where the entries end (they are stored in order, back to back)
+    4  u32  where the entries end (they are stored in order, back to back)
     leaf:      8 + 2*i: u16 offset of entry i; entry: u16 klen, u32 vlen, key, value
     internal:  8: u64 child 0; 16 + 2*i: u16 offset of entry i;
                entry: u16 klen, key, u64 child i + 1 (keys >= key go right)
@@ -53,6 +53,10 @@ def _entry(key: bytes, value: bytes) -> bytes:
     return _LEAF_ENTRY.pack(len(key), len(value)) + key + value
 
 
+def _link(key: bytes, child: int) -> bytes:
+    return _U16.pack(len(key)) + key + _U64.pack(child)
+
+
 def _value(entry: bytes) -> bytes:
     return entry[6 + (entry[0] | entry[1] << 8) :]
 
@@ -60,9 +64,10 @@ def _value(entry: bytes) -> bytes:
 class _Node:
     """A node parsed for modification.
 
-    A leaf keeps its keys and its entries as stored (length fields, key,
-    value), so unchanged entries are copied back as they are; an internal node
-    keeps its keys and children. ``nbytes`` is the size of the entries.
+    A node keeps its keys and its entries as stored (a leaf's: length fields,
+    key, value; an internal node's: key length, key, child i + 1), so unchanged
+    entries are copied back as they are; an internal node also keeps its
+    children. ``nbytes`` is the size of the entries.
     """
 
     __slots__ = ("kind", "keys", "ents", "kids", "nbytes")
@@ -72,10 +77,9 @@ class _Node:
         self.keys = keys
         self.ents = ents
         self.kids = kids
-        if kind == LEAF:
-            self.nbytes = sum(map(len, ents))
-        else:
-            self.nbytes = sum(map(len, keys)) + 10 * len(keys)
+        if kind == INTERNAL and len(ents) != len(keys):
+            self.ents = [_link(k, c) for k, c in zip(keys, kids[1:])]
+        self.nbytes = sum(map(len, self.ents))
 
     def size(self) -> int:
         return (8 if self.kind == LEAF else 16) + 2 * len(self.keys) + self.nbytes
@@ -90,15 +94,15 @@ class _Node:
                 [_HDR.pack(LEAF, 0, n, end), struct.pack(f"<{n}H", *offs[:n])] + self.ents
             )
         else:
-            parts = [_U16.pack(len(k)) + k + _U64.pack(c) for k, c in zip(self.keys, self.kids[1:])]
-            offs = list(accumulate(map(len, parts[:-1]), initial=16 + 2 * n))
+            offs = list(accumulate(map(len, self.ents[:-1]), initial=16 + 2 * n))
+            end = 16 + 2 * n + self.nbytes
             data = b"".join(
                 [
-                    _HDR.pack(INTERNAL, 0, n, 0),
+                    _HDR.pack(INTERNAL, 0, n, end),
                     _U64.pack(self.kids[0]),
                     struct.pack(f"<{n}H", *offs[:n]),
                 ]
-                + parts
+                + self.ents
             )
         return data
 
@@ -116,12 +120,10 @@ def _decode(page: memoryview) -> _Node:
         ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
         keys = [e[6 : 6 + (e[0] | e[1] << 8)] for e in ents]
     else:
-        kids.append(frm(data[8:16], "little"))
-        for off in struct.unpack_from(f"<{n}H", data, 16):
-            klen = data[off] | data[off + 1] << 8
-            start = off + 2 + klen
-            keys.append(data[off + 2 : start])
-            kids.append(frm(data[start : start + 8], "little"))
+        offs = struct.unpack_from(f"<{n}H", data, 16)
+        ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
+        keys = [e[2:-8] for e in ents]
+        kids = [frm(data[8:16], "little")] + [frm(e[-8:], "little") for e in ents]
     return _Node(kind, keys, ents, kids)
 
 
@@ -312,8 +314,8 @@ class Batch:
             acc += 12 + len(node.keys[cut - 1])
             if acc >= half:
                 break
-        left = _Node(INTERNAL, node.keys[:cut], [], node.kids[: cut + 1])
-        right = _Node(INTERNAL, node.keys[cut + 1 :], [], node.kids[cut + 1 :])
+        left = _Node(INTERNAL, node.keys[:cut], node.ents[:cut], node.kids[: cut + 1])
+        right = _Node(INTERNAL, node.keys[cut + 1 :], node.ents[cut + 1 :], node.kids[cut + 1 :])
         return left, node.keys[cut], right
 
     def _store(self, old: int, node: _Node) -> list[tuple[bytes, int]]:
@@ -364,14 +366,19 @@ class Batch:
         if len(parts) == 1 and parts[0][1] == node.kids[i]:
             return [(b"", pid)], changed
         # Child i becomes parts: their separators go between keys i-1 and i.
+        # Entry j links keys[j] to kids[j + 1]: entry i - 1 names child i.
         if parts:
             node.kids[i : i + 1] = [child for _, child in parts]
             node.keys[i:i] = [sep for sep, _ in parts[1:]]
+            if i > 0:
+                node.ents[i - 1] = _link(node.keys[i - 1], parts[0][1])
+            node.ents[i:i] = [_link(sep, child) for sep, child in parts[1:]]
         else:
             del node.kids[i]
             if node.keys:
                 del node.keys[i - 1 if i > 0 else 0]
-        node.nbytes = sum(map(len, node.keys)) + 10 * len(node.keys)
+                del node.ents[i - 1 if i > 0 else 0]
+        node.nbytes = sum(map(len, node.ents))
         if not node.kids:
             self._drop(pid)
             return [], changed
