@@ -293,6 +293,8 @@ class Batch:
         commit writes only these pages, not whole page-cache folios around them.
         """
         tx = self.tx
+        if self.count != self.pager.roots[COUNT_SLOT]:
+            self.pager.set_root(COUNT_SLOT, self.count)
         for pid, node in self.fresh.items():
             tx.write(PageId(pid), node.encode())
             self.tree._remember(pid, node)
@@ -424,7 +426,6 @@ class Batch:
             )
         if self._set(key, value):
             self.count += 1
-            self.pager.set_root(COUNT_SLOT, self.count)
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; whether it was there."""
@@ -432,7 +433,6 @@ class Batch:
             raise TypeError("keys are bytes")
         if self._set(key, None):
             self.count -= 1
-            self.pager.set_root(COUNT_SLOT, self.count)
             return True
         return False
 
