@@ -65,17 +65,24 @@ int txn_flush_dirty(mp_pager *p)
     return MP_OK;
 }
 
-/* The next run of dirty pages at or after `from`: [*first, *first + *count). */
+/* A dirty page the commit vouches for: one the transaction freed again is
+ * not part of the committed state, and may be reused once it is durable. */
+static int recorded(const mp_pager *p, uint64_t id)
+{
+    return bitmap_get(p->dirty, id) && bitmap_get(p->bits, id);
+}
+
+/* The next run of recorded pages at or after `from`: [*first, *first + *count). */
 static int next_run(const mp_pager *p, uint64_t from, uint64_t *first, uint64_t *count)
 {
     uint64_t end = p->dirty_hi + 1;
     uint64_t a = from;
-    while (a < end && !bitmap_get(p->dirty, a))
+    while (a < end && !recorded(p, a))
         a++;
     if (a >= end)
         return 0;
     uint64_t b = a;
-    while (b < end && bitmap_get(p->dirty, b) && b - a < UINT32_MAX)
+    while (b < end && recorded(p, b) && b - a < UINT32_MAX)
         b++;
     *first = a;
     *count = b - a;

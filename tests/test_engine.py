@@ -475,3 +475,14 @@ def test_tx_write_goes_through_the_page_cache_and_commits(tmp_path):
         assert q.roots[0] == ids[1]
     with Pager.open(path) as q, pytest.raises(ValueError):
         tx.write(ids[0], b"late")  # the handle is dead after its block
+
+
+def test_pages_freed_in_the_transaction_are_not_recorded(tmp_path):
+    path = tmp_path / "f"
+    with Pager.create(path, 1024, durability="fast") as p:
+        keep, gone = p.alloc_bulk(2)
+        with p.transaction() as tx:
+            tx.write(keep, b"k")
+            tx.write(gone, b"g")
+            p.free(gone)
+        assert [(f, c) for f, c, _ in read_image(path).newest().record] == [(keep, 1)]
