@@ -6,23 +6,22 @@ calls), so other threads run meanwhile. Each state change is one durable
 commit of the double-buffered metadata before the call returns. Data written
 through page views is durable only after :meth:`Pager.sync` (or, for protected
 pages, a writer's commit).
+
+This module holds the Pager's lifetime, pages, bulk calls and transactions;
+its protected-page calls are ``_pager_protected``'s, its awaitable ones
+``_pager_async``'s, and the checking of id arrays ``_ids``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-import threading
-import warnings
 import weakref
-from array import array
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from mappedpages._base import (
     _U64_LIMIT,
-    _PagerBase,
     as_id,
     fspath_bytes,
     open_error,
@@ -38,9 +37,13 @@ from mappedpages._errors import (
     ReservedPage,
     WriterOpen,
 )
+from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer
+from mappedpages._pager_async import _AsyncCalls
+from mappedpages._pager_engine import _EngineCalls
+from mappedpages._pager_protected import _ProtectedCalls
 from mappedpages._protected import ProtectedWriter
 from mappedpages._transaction import Transaction
-from mappedpages._types import PageId, ProtectedPageId
+from mappedpages._types import PageId
 
 _T = TypeVar("_T")
 _alloc = lib.mp_pager_alloc
@@ -142,62 +145,7 @@ def _salvage_flag(salvage: bool) -> int:
     return 1 if salvage else 0
 
 
-_U64_FORMATS = frozenset(
-    {"Q", "<Q", "=Q", "@Q"}
-    | ({"L", "<L", "=L", "@L"} if ffi.sizeof("unsigned long") == 8 else set())
-)
-
-
-def _has_buffer(obj: object) -> bool:
-    try:
-        memoryview(obj).release()  # type: ignore[arg-type]
-    except TypeError:
-        return False
-    return True
-
-
-def _u64_buffer(obj: Any, writable: bool) -> Any:
-    """Return a uint64_t[] over obj's memory, or None if obj is not such a buffer."""
-    if isinstance(obj, (list, tuple, range, str, bytes)):
-        return None
-    try:
-        mv = memoryview(obj)
-    except TypeError:
-        return None
-    with mv:
-        ok = mv.format in _U64_FORMATS and mv.itemsize == 8 and mv.c_contiguous
-        if writable and mv.readonly:
-            raise TypeError("out must be a writable buffer")
-    if not ok:
-        if writable:
-            raise TypeError("out must be a contiguous buffer of unsigned 64-bit integers")
-        return None
-    return ffi.from_buffer("uint64_t[]", obj, require_writable=writable)
-
-
-def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
-    """Return the ids and a uint64 C array over them, or raise TypeError/OutOfBounds."""
-    if isinstance(ids, (str, bytes)):
-        raise TypeError(f"{what}s must be an iterable of ints")
-    values = ids if isinstance(ids, (list, tuple)) else list(ids)
-    try:
-        # array('Q') checks every item is an integer in [0, 2**64) at C speed.
-        packed = array("Q", values)
-    except (TypeError, OverflowError):
-        checked = [as_id(i, what) for i in values]
-        bad = next((v for v in checked if v < 0 or v >= _U64_LIMIT), None)
-        if bad is not None:
-            raise OutOfBounds(f"{what} {bad} is out of bounds") from None
-        raise
-    # array('Q') takes True as 1; bool is no id. Only 0 and 1 can be bools,
-    # so the Python-speed scan runs only when one of them is there.
-    if packed and min(packed) <= 1:
-        for v in values:
-            as_id(v, what)
-    return packed, ffi.from_buffer("uint64_t[]", packed)
-
-
-class Pager(_PagerBase):
+class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls):
     """A file of fixed-size pages, allocated and freed with durable commits.
 
     Use :meth:`create` or :meth:`open`; a Pager is a context manager.
@@ -487,64 +435,13 @@ class Pager(_PagerBase):
         file raise :class:`OutOfBounds` before anything is flushed.
         """
         if pages is not None:
-            ids = sorted({as_id(p) for p in pages})
-            runs: list[tuple[int, int]] = []
-            for pid in ids:
-                if runs and runs[-1][0] + runs[-1][1] == pid:
-                    runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-                else:
-                    runs.append((pid, 1))
-            with self._lock:
-                self._usable()
-                for first, count in runs:
-                    if first < 0 or first + count > self._page_count:
-                        raise OutOfBounds(
-                            f"page {first if first < 0 else first + count - 1} is not in the "
-                            f"file (page_count {self._page_count})"
-                        )
-                for first, count in runs:
-                    self.sync_run(PageId(first), count)
+            self._sync_pages(pages)
             return
         with self._lock:
             handle = self._usable()
             if self._txn_depth:
                 raise ValueError("sync() inside a transaction; commit it first")
             self._check(lib.mp_pager_sync(handle), "sync")
-            self._refresh_stats()
-
-    def sync_run(self, first: PageId, count: int) -> None:
-        """Flush the data of pages ``first .. first + count - 1`` (one msync).
-
-        :class:`OutOfBounds` if the run is not inside the file.
-        """
-        first_id = as_id(first)
-        n = as_id(count, "count")
-        if n < 0:
-            raise ValueError("count must not be negative")
-        with self._lock:
-            handle = self._usable()
-            self._check(lib.mp_pager_sync_run(handle, first_id, n), f"page {first_id}")
-
-    def set_root(self, slot: int, value: int) -> None:
-        """Set root ``slot`` (0-7) to ``value``, an unsigned 64-bit int.
-
-        Roots commit atomically with the allocation state: inside a
-        transaction with it, outside one as a commit of its own. ``ValueError``
-        for a slot or value out of range; :class:`FileFull` for a non-zero
-        value in a file whose allocation bitmap leaves no room for roots (a
-        v0.2 bitmap past ``(page_size - 100) * 8`` pages, see FORMAT.md).
-        """
-        if isinstance(slot, bool) or not isinstance(slot, int):
-            raise TypeError(f"slot must be an int, not {type(slot).__name__}")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"value must be an int, not {type(value).__name__}")
-        if not 0 <= slot < 8:
-            raise ValueError(f"slot must be 0-7, not {slot}")
-        if not 0 <= value < 1 << 64:
-            raise ValueError(f"value must be an unsigned 64-bit int, not {value}")
-        with self._lock:
-            handle = self._usable()
-            self._check(lib.mp_pager_set_root(handle, slot, value), f"root {slot}")
             self._refresh_stats()
 
     @property
@@ -665,233 +562,3 @@ class Pager(_PagerBase):
         """
         self._usable()
         return self._lock
-
-    # ------------------------------------------------------------- protected
-
-    def alloc_protected(self) -> ProtectedPageId:
-        """Allocate a protected page (zero-filled) and return its id."""
-        with self._lock:
-            handle = self._usable()
-            self._check(lib.mp_protected_alloc(handle, self._out), "alloc_protected")
-            pid = ProtectedPageId(self._out[0])
-            blocks = self._dir_blocks
-            self._refresh_stats()
-            self._system.update(self._backing(pid))
-            for block in range(blocks, self._dir_blocks):
-                pair = ffi.new("uint64_t[2]")
-                lib.mp_pager_dir_block_pages(handle, block, pair, pair + 1)
-                self._system.update((int(pair[0]), int(pair[1])))
-            return pid
-
-    def _backing(self, pid: int) -> tuple[int, int]:
-        pair = ffi.new("uint64_t[2]")
-        self._check(lib.mp_protected_backing(self._handle, pid, pair, pair + 1))
-        return int(pair[0]), int(pair[1])
-
-    def alloc_protected_bulk(self, n: int) -> list[ProtectedPageId]:
-        """Allocate ``n`` protected pages; on failure, frees those it allocated."""
-        n = as_id(n, "n")
-        if n < 0:
-            raise ValueError("n must not be negative")
-        with self._lock:
-            self._usable()
-            got: list[ProtectedPageId] = []
-            try:
-                for _ in range(n):
-                    got.append(self.alloc_protected())
-            except BaseException:
-                if got:
-                    self.free_protected_bulk(got)
-                raise
-            return got
-
-    def free_protected(self, pid: ProtectedPageId) -> None:
-        """Free a protected page and the two pages behind it."""
-        self.free_protected_bulk([pid])
-
-    def free_protected_bulk(self, pids: Iterable[ProtectedPageId]) -> None:
-        """Free many protected pages; checks every id first and changes nothing on error."""
-        values, arr = _ids_array(pids, "protected page id")
-        with self._lock:
-            handle = self._usable()
-            for pid in values:
-                if pid in self._writers:
-                    raise WriterOpen(f"protected page {pid} has an open writer")
-            if not values:
-                return
-            pages: list[int] = []
-            for pid in values:
-                pair = ffi.new("uint64_t[2]")
-                if lib.mp_protected_backing(handle, pid, pair, pair + 1) == 0:
-                    pages += (int(pair[0]), int(pair[1]))
-            self._check(lib.mp_protected_free_bulk(handle, arr, len(values)), "free_protected")
-            self._refresh_stats()
-            self._system.difference_update(pages)
-
-    def write_protected(self, pid: ProtectedPageId) -> ProtectedWriter:
-        """Open a writer on a protected page.
-
-        ``writer.page`` is a writable copy of the committed content;
-        ``writer.commit()`` makes it the committed content atomically, and
-        ``writer.discard()`` drops it. Used as a context manager, the writer
-        commits on a clean exit and discards when the block raises.
-        """
-        pid = ProtectedPageId(as_id(pid, "protected page id"))
-        with self._lock:
-            handle = self._usable()
-            if pid < 0 or pid >= _U64_LIMIT:
-                raise OutOfBounds(f"protected page {pid} is out of bounds")
-            self._check(lib.mp_protected_begin(handle, pid, self._out), f"protected page {pid}")
-            writer = ProtectedWriter(self, pid, self._view(int(self._out[0]), readonly=False))
-            self._writers[pid] = writer
-            return writer
-
-    def _writer_finish(self, writer: ProtectedWriter, commit: bool) -> None:
-        with self._lock:
-            handle = self._usable()
-            pid = writer.pid
-            if commit and self._writers.get(pid) is writer:
-                # The staged copy is the backing page the directory does not
-                # name; the writer's bytes go there just before the C commit
-                # flushes it (or, in a transaction, queues it for one flush).
-                active = ffi.new("uint64_t *")
-                self._check(lib.mp_protected_page(handle, pid, active), f"protected page {pid}")
-                a, b = self._backing(pid)
-                self._view(b if int(active[0]) == a else a, readonly=False)[:] = writer._buf
-            self._writers.pop(pid, None)
-            fn = lib.mp_protected_commit if commit else lib.mp_protected_discard
-            self._check(fn(handle, pid), f"protected page {pid}")
-
-    # ------------------------------------------------------------- asyncio
-
-    async def _run(
-        self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None
-    ) -> _T:
-        """Run ``fn(*args)`` in the loop's default executor and await it.
-
-        A caller that stops waiting (cancellation, ``asyncio.wait_for``'s
-        timeout) would otherwise never learn what the call did. So: a call not
-        started yet (queued, or waiting for the pager's lock) does not run; one
-        already running finishes, and then ``undo(result)`` takes its effect
-        back in the worker thread, before the lock is let go; one that finished
-        just before the cancellation arrived is undone here.
-        """
-        loop = asyncio.get_running_loop()
-        handoff = _Handoff()
-
-        def work() -> Any:
-            # The pager's lock is held from the call through its undo, so no
-            # other thread sees what a cancelled call allocated.
-            with self._lock:
-                with handoff.lock:
-                    if handoff.abandoned:
-                        return None
-                result = fn(*args)
-                with handoff.lock:
-                    if not handoff.abandoned:
-                        handoff.delivered = True
-                        handoff.result = result
-                        return result
-                if undo is not None:
-                    _undo_quietly(undo, result)
-                return None
-
-        try:
-            result: _T = await loop.run_in_executor(None, work)
-            return result
-        except asyncio.CancelledError:
-            with handoff.lock:
-                handoff.abandoned = True
-                delivered = handoff.delivered
-            if delivered and undo is not None:
-                # Rare: the worker finished while the cancellation was on its
-                # way. One commit on the loop's thread beats a leaked page.
-                _undo_quietly(undo, handoff.result)
-            raise
-
-    async def alloc_async(self, zero: bool = False) -> PageId:
-        """Awaitable :meth:`alloc`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the page is freed again if it was.
-        """
-        return await self._run(self.alloc, zero, undo=self.free)
-
-    async def free_async(self, page_id: PageId) -> None:
-        """Awaitable :meth:`free`; runs off the event loop.
-
-        Cancelled before it started (queued, or waiting for the pager), it does
-        not run; cancelled while it runs, it still frees the page (a free
-        cannot be taken back).
-        """
-        await self._run(self.free, page_id)
-
-    async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[PageId]:
-        """Awaitable :meth:`alloc_bulk`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the pages are freed again if they were.
-        """
-        return await self._run(self.alloc_bulk, n, zero, undo=self.free_bulk)
-
-    async def free_bulk_async(self, ids: Iterable[PageId]) -> None:
-        """Awaitable :meth:`free_bulk`; runs off the event loop.
-
-        Cancelled while it runs, it still frees the pages (see :meth:`free_async`).
-        """
-        await self._run(self.free_bulk, list(ids))
-
-    async def alloc_protected_async(self) -> ProtectedPageId:
-        """Awaitable :meth:`alloc_protected`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the page is freed again if it was.
-        """
-        return await self._run(self.alloc_protected, undo=self.free_protected)
-
-    async def free_protected_async(self, pid: ProtectedPageId) -> None:
-        """Awaitable :meth:`free_protected`; runs off the event loop.
-
-        Cancelled while it runs, it still frees the page (see :meth:`free_async`).
-        """
-        await self._run(self.free_protected, pid)
-
-    async def alloc_protected_bulk_async(self, n: int) -> list[ProtectedPageId]:
-        """Awaitable :meth:`alloc_protected_bulk`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the pages are freed again if they were.
-        """
-        return await self._run(self.alloc_protected_bulk, n, undo=self.free_protected_bulk)
-
-    async def free_protected_bulk_async(self, pids: Iterable[ProtectedPageId]) -> None:
-        """Awaitable :meth:`free_protected_bulk`; runs off the event loop.
-
-        Cancelled while it runs, it still frees the pages (see :meth:`free_async`).
-        """
-        await self._run(self.free_protected_bulk, list(pids))
-
-
-class _Handoff:
-    """What an executor call and the coroutine awaiting it agree on, under a lock.
-
-    ``abandoned``: the coroutine was cancelled; ``delivered``: the worker
-    handed ``result`` over before that, so undoing it is the coroutine's job.
-    """
-
-    __slots__ = ("lock", "abandoned", "delivered", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.abandoned = False
-        self.delivered = False
-        self.result: Any = None
-
-
-def _undo_quietly(undo: Callable[[Any], object], result: Any) -> None:
-    """Take back a cancelled call's effect; a failure can only be reported."""
-    try:
-        undo(result)
-    except Exception as exc:  # nobody awaits this any more: warn instead
-        warnings.warn(
-            f"a cancelled mappedpages call could not be undone ({exc!r}); "
-            "what it allocated stays allocated",
-            RuntimeWarning,
-            stacklevel=2,
-        )

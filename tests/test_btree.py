@@ -143,7 +143,7 @@ def test_entry_too_big_is_refused(tmp_path):
 
 
 def test_one_flush_per_batch_in_fast_mode(tmp_path):
-    from iohooks import IoHooks, create_pager
+    from support.iohooks import IoHooks, create_pager
 
     hooks = IoHooks()
     pager = create_pager(tmp_path / "t.db", 4096, hooks, durability="fast", layout="0.3")

@@ -28,8 +28,8 @@ import warnings
 import zlib
 
 import pytest
-from conftest import check_valid_v02, read_image
-from iohooks import IoHooks, create_pager
+from support.format_v02 import check_valid_v02, read_image
+from support.iohooks import IoHooks, create_pager
 
 from mappedpages import (
     FileFull,

@@ -16,20 +16,22 @@ import random
 import warnings
 
 import pytest
-from iohooks import (
-    DURABILITY_MODES,
+from support.geometry import layout
+from support.iohooks import DURABILITY_MODES
+from support.powerloss import (
     CrashPoint,
     Image,
     ImageChecker,
+    check_recording,
+    crash_images,
+    record_workload,
+)
+from support.workloads import (
     Op,
     _store,
     _write_protected,
-    check_recording,
-    crash_images,
-    durability_skip_reason,
     engine_workload,
     random_workload,
-    record_workload,
     short_workload,
     standard_workload,
 )
@@ -47,9 +49,6 @@ _TALLIES: dict = {}
 
 def _tally(tmp_path_factory, mode: str, page_size: int):
     """Record the standard workload in MODE and check its crash images (once per session)."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     key = (mode, page_size)
     if key not in _TALLIES:
         opts = dict(CASES)[page_size]
@@ -97,9 +96,6 @@ def test_torn_sector_never_makes_the_file_unopenable(tmp_path_factory, mode, pag
 @pytest.mark.parametrize("seed", [2, 3])
 def test_random_workload_crashes(tmp_path, mode, seed):
     """A seeded random mix of every operation (scripts/powerloss_sim.py runs more)."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     rec = record_workload(tmp_path / "work", random_workload(seed), 1024, mode=mode)
     tally = check_recording(rec, ImageChecker(tmp_path / "img", reopen=True),
                             exhaustive_pages=2, samples=8, seed=seed, max_exhaustive=64)
@@ -117,9 +113,6 @@ def test_protected_commit_never_outlives_an_earlier_alloc(tmp_path, mode, page_s
     """The pattern of every structure built on the pager: allocate a page, then
     record its id in a protected (root) page. No crash may keep the record and
     lose the allocation: the id would then name a free page."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     ops = [
         Op("alloc_protected", "alloc_protected",
            lambda p, c: c.update(pid=p.alloc_protected())),
@@ -149,9 +142,6 @@ def test_alloc_protected_that_grows_the_file(tmp_path, mode, page_size):
     between the directory commit (page 0) and that metadata commit must leave a
     file that opens (the entry dropped as an unfinished alloc), not one that
     raises CorruptProtectedDirectory."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     ops = [
         Op("alloc_protected", "alloc_protected (new block, grows 4 -> 8)",
            lambda p, c: p.alloc_protected()),
@@ -246,11 +236,8 @@ def test_upgrade_to_extended_layout_survives_power_loss(tmp_path, mode):
     mark, the new chunk's free-map and index pages, then the metadata copy),
     and commits after it in the new layout: every crash image opens and shows
     an acknowledged state or the one in flight."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     page_size = 1024
-    cap = (page_size - 28) * 8
+    cap = layout(page_size).v02_max_pages
     ops = [
         Op("alloc_protected", "alloc_protected (v0.2)",
            _store("p0", lambda p: p.alloc_protected())),
@@ -282,14 +269,11 @@ def test_upgrade_to_extended_layout_survives_power_loss(tmp_path, mode):
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 def test_engine_transactions_survive_power_loss(tmp_path, mode, layout):
     """Copy-on-write transactions with data pages written through ``tx.page``
-    and roots naming them (iohooks.engine_workload), in every mode and layout:
+    and roots naming them (support.workloads.engine_workload), in every mode and layout:
     every crash image opens and shows an acknowledged transaction or the one in
     flight, whole: its roots, its allocations, and the content of every page
     its roots name (State.data). No image shows a root whose page does not
     hold the committed content, and none loses an acknowledged transaction."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     page_size = 1024
     rec = record_workload(tmp_path / "work", engine_workload(seed=15), page_size, mode=mode,
                           layout=layout)
