@@ -942,10 +942,10 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
 
 
 def _run_engine(directory: Path | None, quick: bool) -> int:
-    """Run benchmarks/bench_engine.py from the checkout this package sits in."""
-    script = Path(mappedpages.__file__).resolve().parents[1] / "benchmarks" / "bench_engine.py"
+    """Run bench_engine.py, beside this file."""
+    script = Path(__file__).resolve().parent / "bench_engine.py"
     if not script.exists():
-        print(f"--only engine needs a checkout of mappedpages: {script} is missing")
+        print(f"--only engine needs {script}, which is missing")
         return 2
     import importlib.util
 
