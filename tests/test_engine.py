@@ -486,3 +486,30 @@ def test_pages_freed_in_the_transaction_are_not_recorded(tmp_path):
             tx.write(gone, b"g")
             p.free(gone)
         assert [(f, c) for f, c, _ in read_image(path).newest().record] == [(keep, 1)]
+
+
+@pytest.mark.parametrize(
+    "name", ["f1_regular_4096", "f2_regular_1024", "f3_protected_4096", "f4_regular_65536"]
+)
+def test_crate_files_take_roots_and_stay_crate_files(tmp_path, name):
+    """A file the Rust crate wrote, given roots and an engine transaction here,
+    keeps the crate's layout: the same allocated pages, read the crate's way
+    (the independent reader: page 0's selector, CRC, bitmap), and the roots
+    sit in bytes the crate does not read."""
+    from support.rust_fixtures import copy_fixture
+
+    path = copy_fixture(name, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecoveryWarning)
+        p = Pager.open(path, durability="compat")
+    with p:
+        before = sorted(p.allocated_pages())
+        with p.transaction() as tx:
+            tx.write(before[0], b"engine")
+            p.set_root(0, before[0])
+            p.set_root(5, 12345)
+        assert p.format_version == "0.2"
+    img = check_valid_v02(path, allocated=before)
+    assert img.selected().roots[0] == before[0] and img.selected().roots[5] == 12345
+    with Pager.open(path) as q:
+        assert q.roots[:1] == (before[0],) and bytes(q.page(before[0])[:6]) == b"engine"
