@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from mappedpages._base import _PagerBase, as_id
 from mappedpages._core import lib
-from mappedpages._errors import OutOfBounds
+from mappedpages._errors import FileFull, OutOfBounds
 from mappedpages._types import PageId
 
 
@@ -70,6 +70,14 @@ class _EngineCalls(_PagerBase):
             raise ValueError(f"value must be an unsigned 64-bit int, not {value}")
         with self._lock:
             handle = self._usable()
-            self._check(lib.mp_pager_set_root(handle, slot, value), f"root {slot}")
+            rc = lib.mp_pager_set_root(handle, slot, value)
+            if rc == lib.MP_EFILE_FULL:
+                raise FileFull(
+                    f"root {slot}: this file's metadata has no room for roots: it has "
+                    f"{self._page_count} pages, more than a metadata page holds beside "
+                    f"them ((page_size - 100) * 8 = {(self._page_size - 100) * 8}; FORMAT.md, "
+                    "the metadata tail)"
+                )
+            self._check(rc, f"root {slot}")
             self._refresh_stats()
 

@@ -150,7 +150,7 @@ def test_roots_refused_where_the_bitmap_leaves_no_room(tmp_path):
         p.set_root(0, 0)
         p.alloc()  # grows past the tail's room
         assert p.page_count > room
-        with pytest.raises(FileFull):
+        with pytest.raises(FileFull, match="no room for roots"):
             p.set_root(0, 1)
         assert p.roots == (0,) * 8
 
@@ -513,3 +513,28 @@ def test_crate_files_take_roots_and_stay_crate_files(tmp_path, name):
     assert img.selected().roots[0] == before[0] and img.selected().roots[5] == 12345
     with Pager.open(path) as q:
         assert q.roots[:1] == (before[0],) and bytes(q.page(before[0])[:6]) == b"engine"
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096])
+def test_none_mode_rollback_after_growth_and_upgrade(tmp_path, page_size):
+    """A "none"-mode transaction that grows the file (past the v0.2 cap at 1 KiB,
+    into the extended layout) and rolls back: the unwritten state before it is
+    back, in memory, and what follows commits and reopens consistently."""
+    path = tmp_path / "f"
+    with Pager.create(path, page_size, durability="none") as p:
+        kept = p.alloc_bulk(10)
+        p.free(kept[0])
+        before = (sorted(p.allocated_pages()), p.page_count, p.free_page_count, p.roots)
+        with pytest.raises(KeyError):
+            with p.transaction():
+                p.alloc_bulk(9000)
+                if page_size == 4096:  # at 1 KiB 9,000 pages leave roots no room
+                    p.set_root(1, 1)
+                raise KeyError
+        assert (sorted(p.allocated_pages()), p.page_count, p.free_page_count, p.roots) == before
+        more = p.alloc_bulk(9000)
+        p.sync()
+        expect = sorted(before[0] + more)
+    with Pager.open(path) as q:
+        assert sorted(q.allocated_pages()) == expect
+        assert kept[0] not in set(q.allocated_pages()) or kept[0] in more
