@@ -3,9 +3,11 @@
  * allocation: roots, data pages committed with the allocation state, and
  * flushing chosen pages.
  *
- * Owns: p->roots, the dirty-page set of the open transaction (p->dirty), the
- * commit record (p->rec: the runs of data pages the committed metadata copy
- * vouches for, with their CRCs), and mp_pager_sync_run.
+ * Owns: p->roots, the dirty-page set of the open transaction (p->dirty,
+ * mp_txn_mark_dirty, mp_txn_write), the commit record (p->rec: the runs of
+ * data pages the committed metadata copy vouches for, with their CRCs), the
+ * "none"-mode snapshot a transaction rolls back to (p->snap), and
+ * mp_pager_sync_run.
  *
  * Invariants:
  *   - roots are part of the allocation state: they are written into every
