@@ -478,7 +478,8 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls):
             outer = self._txn_depth == 0
             if outer:
                 self._check(lib.mp_txn_begin(handle), "transaction")
-                self._txn_writers_before = set(self._writers.keys())
+                # (Empty, the usual case, without iterating the weak mapping.)
+                self._txn_writers_before = set(self._writers.keys()) if self._writers else set()
                 self._txn = Transaction(self)
             self._txn_depth += 1
             tx = self._txn
@@ -495,7 +496,11 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls):
             if outer:
                 self._end_txn()
             if outer:
-                left_open = sorted(set(self._writers.keys()) - self._txn_writers_before)
+                left_open = (
+                    sorted(set(self._writers.keys()) - self._txn_writers_before)
+                    if self._writers
+                    else []
+                )
                 if left_open:
                     # Committing would silently leave their writes out.
                     self._txn_abort()
