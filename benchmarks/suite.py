@@ -941,6 +941,25 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
     return report
 
 
+def _run_engine(directory: Path | None, quick: bool) -> int:
+    """Run bench_engine.py, beside this file."""
+    script = Path(__file__).resolve().parent / "bench_engine.py"
+    if not script.exists():
+        print(f"--only engine needs {script}, which is missing")
+        return 2
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mappedpages_bench_engine", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    argv = (["--dir", str(directory)] if directory is not None else []) + (
+        ["--quick"] if quick else []
+    )
+    return int(module.main(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite and print the table; returns the exit status (0)."""
     parser = argparse.ArgumentParser(
@@ -953,11 +972,18 @@ def main(argv: list[str] | None = None) -> int:
                         "in the current directory)")
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s)")
     parser.add_argument("--only", action="append", default=None,
-                        choices=["commits", "txn", "calls", "bulk", "io"],
-                        help="run only this group (repeatable)")
+                        choices=["commits", "txn", "calls", "bulk", "io", "engine"],
+                        help="run only this group (repeatable); 'engine' runs "
+                        "benchmarks/bench_engine.py of a checkout (a B+tree against py-lmdb "
+                        "and sqlite3)")
     args = parser.parse_args(argv)
     s = Settings.quick() if args.quick else Settings()
     only = set(args.only) if args.only else None
+    if only and "engine" in only:
+        rc = _run_engine(args.dir, args.quick)
+        only.discard("engine")
+        if not only or rc != 0:
+            return rc
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="mappedpages-bench-", dir=args.dir))

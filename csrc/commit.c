@@ -188,8 +188,10 @@ static int meta_write(mp_pager *p, int flush)
         return rc;
     /* A reader that sees this copy must see the pages it selects. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
+    /* The record (engine.c) is this commit's: data pages it vouches for. */
+    mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
     fmt_meta_write(pager_page_ptr(p, 1 + target), p->page_size, p->total_pages,
-                   p->generation + 1, extended ? seal : p->free_count, p->bits);
+                   p->generation + 1, extended ? seal : p->free_count, p->bits, &tail);
     if (flush) {
         /* The commit point: once this flush returns, open finds the new state.
          * With free-map or index pages written too, one fdatasync makes all of
@@ -198,7 +200,7 @@ static int meta_write(mp_pager *p, int flush)
          * does not match the pages it selects is discarded, and the older copy,
          * whose pages this commit did not touch, is used). fdatasync also
          * writes back data pages dirtied through views since the last flush. */
-        if (written > 0) {
+        if (written > 0 || tail.n > 0) {
             rc = os_sync_file(&p->map);
             if (rc != MP_OK)
                 p->poisoned = 1;
@@ -211,6 +213,8 @@ static int meta_write(mp_pager *p, int flush)
     p->active = target;
     p->generation++;
     p->meta_unwritten = 0;
+    p->rec_n = tail.n;
+    p->rec_new = 0;
     p->ext_committed = pager_extended(p);
     /* Page 0 names a copy only for the crate, which cannot read an extended
      * file anyway. */
@@ -256,6 +260,25 @@ static int flush_staged(mp_pager *p)
     return MP_OK;
 }
 
+/* The transaction's dirty pages (engine.c), before the commit point: carried
+ * in the metadata copy's record when they fit and the commit has a single
+ * commit point (`record`), so one fdatasync makes data and state durable;
+ * otherwise flushed first, so no committed state points at data that did not
+ * reach the disk. In "none" mode nothing is flushed per commit: sync() writes
+ * the data back before the state. */
+static int commit_data(mp_pager *p, int record)
+{
+    if (p->dirty_count == 0)
+        return MP_OK;
+    if (p->durability == MP_DURABILITY_NONE) {
+        txn_forget_dirty(p);
+        return MP_OK;
+    }
+    if (record && txn_build_record(p))
+        return MP_OK;
+    return txn_flush_dirty(p);
+}
+
 /* The extended layout has one commit point, the metadata copy: staged copies
  * and directory pages are flushed before it (they carry no generation, so the
  * seal cannot vouch for them), then the index and free-map pages and the
@@ -267,6 +290,10 @@ static int commit_extended(mp_pager *p)
     int rc;
     int dirs = dir_any_dirty(p);
     int dir_change = dirs || p->index_changed || p->dir_count != p->dir_committed;
+    if (!dir_change && !p->changed && p->dirty_count == 0)
+        return MP_OK;
+    if ((rc = commit_data(p, 0)) != MP_OK)
+        return rc;
     if (!dir_change && !p->changed)
         return MP_OK;
     if (!dir_change && p->durability == MP_DURABILITY_NONE) {
@@ -296,7 +323,13 @@ static int commit_now(mp_pager *p, int order)
     int dir_change = dirs || p->index_changed;
     int meta_change = p->changed || p->meta_unwritten;
     if (!dir_change) {
-        if (!p->changed)
+        if (!p->changed && p->dirty_count == 0)
+            return MP_OK;
+        /* Data pages and the allocation state: one commit point, so the
+         * record can carry the data. */
+        if ((rc = commit_data(p, 1)) != MP_OK)
+            return rc;
+        if (!p->changed && !p->rec_new)
             return MP_OK;
         p->changed = 0;
         if (p->durability == MP_DURABILITY_NONE) {
@@ -306,10 +339,14 @@ static int commit_now(mp_pager *p, int order)
         if ((rc = meta_write(p, 1)) != MP_OK)
             return rc;
         pending_clear(p);
-        if (p->durability == MP_DURABILITY_COMPAT)
+        /* A file created in the extended layout is never read by the crate:
+         * page 0 needs no rewrite for it. */
+        if (p->durability == MP_DURABILITY_COMPAT && p->minor < MP_MINOR_EXTENDED)
             return pager_write_page0(p, 1);
         return MP_OK;
     }
+    if ((rc = commit_data(p, 0)) != MP_OK)
+        return rc;
     /* Staged copies, then each new directory copy, must be durable before
      * page 0 names them. */
     if ((rc = flush_staged(p)) != MP_OK)
@@ -331,6 +368,14 @@ static int commit_now(mp_pager *p, int order)
     }
     pending_clear(p);
     return MP_OK;
+}
+
+int pager_write_state(mp_pager *p)
+{
+    int rc = meta_write(p, 1);
+    if (rc == MP_OK && p->page0_stale && p->minor < MP_MINOR_EXTENDED)
+        rc = pager_write_page0(p, 1);
+    return rc;
 }
 
 int pager_commit(mp_pager *p, int order)

@@ -26,7 +26,9 @@ static const char *const error_text[MP_ERROR_CODES] = {
     [MP_EUNAVAILABLE] =
         "a flush failed earlier, so the on-disk state is unknown; reopen the file",
     [MP_EFILE_FULL] =
-        "the file cannot grow further (past max_pages: 16 TiB, the most a pager maps)",
+        "the file cannot grow further (past max_pages: 16 TiB, the most a pager maps; or, "
+        "while a root is non-zero, past the (page_size - 100) * 8 pages whose bitmap leaves "
+        "the roots room)",
     [MP_EDIRECTORY_FULL] =
         "no room for another directory block (the file cannot grow to hold it)",
     [MP_ELOCKED] = "another writer holds the file's lock",
@@ -61,6 +63,8 @@ static const char *const problem_text[] = {
     [MP_META_BAD_FREE_COUNT] = "its free count disagrees with its bitmap",
     [MP_META_BAD_FREE_MAP] = "a free-map page it needs is missing or damaged",
     [MP_META_PAST_END] = "it counts pages past the end of the file",
+    [MP_META_DATA_MISSING] = "a data page its transaction committed does not hold the "
+                             "committed content (the commit did not reach the disk whole)",
 };
 
 int mp_strerror(int code, const char **out)

@@ -61,6 +61,12 @@ static uint64_t fit_total(const mp_pager *p, uint64_t t)
  * so a crash anywhere in here leaves only a longer file, which open accepts. */
 static int grow_to(mp_pager *p, uint64_t new_total)
 {
+    /* Roots live beside the v0.2 bitmap (format.c): a state that holds
+     * roots cannot outgrow the room the bitmap leaves them. */
+    if (!fmt_meta_has_tail(p->page_size, new_total))
+        for (uint32_t r = 0; r < MP_ROOTS; r++)
+            if (p->roots[r] != 0)
+                return MP_EFILE_FULL;
     uint64_t ps = p->page_size;
     uint64_t old_size;
     int rc = os_file_size(p->fd, &old_size);
@@ -135,6 +141,12 @@ static uint64_t next_total(const mp_pager *p, uint64_t t)
     uint64_t n = t + (add ? add : 1);
     if (t < p->chunk_pages && n > p->chunk_pages)
         n = p->chunk_pages;
+    /* A state with roots stops where the bitmap still leaves them room. */
+    uint64_t room = (uint64_t)(p->page_size - 4u - MP_TAIL_FIXED - MP_META_HEADER) * 8u;
+    if (t < room && n > room)
+        for (uint32_t r = 0; r < MP_ROOTS; r++)
+            if (p->roots[r] != 0)
+                n = room;
     return fit_total(p, n);
 }
 

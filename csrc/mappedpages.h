@@ -86,7 +86,9 @@ enum mp_meta_problem {
     MP_META_BITS_PAST_END = 4,      /* a bit set at or past total_pages */
     MP_META_BAD_FREE_COUNT = 5,     /* free_count disagrees with the bitmap */
     MP_META_BAD_FREE_MAP = 6,       /* extended layout: a free-map page is missing or damaged */
-    MP_META_PAST_END = 7            /* valid, but counts pages past the end of the file */
+    MP_META_PAST_END = 7,           /* valid, but counts pages past the end of the file */
+    MP_META_DATA_MISSING = 8        /* newest copy, but a data page its commit recorded does
+                                       not hold the committed content (a torn commit) */
 };
 
 /* When a commit is durable (mp_options.durability). */
@@ -221,6 +223,7 @@ typedef struct {
     int salvage;              /* open only: discard acknowledged state that cannot be kept
                                  (a cut file, directory blocks with no copy in the file)
                                  instead of failing */
+    uint32_t layout;          /* create only: 0 or 2 = the v0.2 layout, 3 = extended */
 } mp_options;
 
 typedef struct {
@@ -294,6 +297,16 @@ int mp_pager_forget(mp_pager *p);
 int mp_txn_begin(mp_pager *p);
 int mp_txn_commit(mp_pager *p);
 int mp_txn_abort(mp_pager *p);
+/* Engine transactions (engine.c): roots, dirty data pages, flushing runs. */
+int mp_pager_roots(const mp_pager *p, uint64_t *out_roots8);
+int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value);
+int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count);
+int mp_txn_dirty_count(const mp_pager *p, uint64_t *out);
+/* Writes len bytes at byte offset (< page_size) of page first, through the page cache,
+ * and marks the pages it touches dirty. */
+int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
+                 uint64_t len);
+int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count);
 
 int mp_protected_alloc(mp_pager *p, uint64_t *out_pid);
 int mp_protected_free(mp_pager *p, uint64_t pid);

@@ -177,10 +177,35 @@ typedef struct {
 void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages,
                     uint64_t max_total, mp_meta_header *out);
 void fmt_meta_load_bits(const uint8_t *page, uint64_t total_pages, uint64_t *bits);
+
+/* The metadata tail (v0.2 bitmap with room): roots and the commit record of
+ * a transaction's data pages; see format.c. */
+#define MP_ROOTS 8u
+#define MP_TAIL_FIXED 72u        /* record header (8) + roots (64) */
+#define MP_REC_ENTRY 16u
+#define MP_MAX_RECORD 256u       /* the most runs one commit records */
+typedef struct {
+    uint64_t first;
+    uint32_t count;
+    uint32_t crc;
+} mp_rec;
+typedef struct {
+    const uint64_t *roots;   /* MP_ROOTS values */
+    const mp_rec *recs;
+    uint32_t n;
+} mp_meta_tail;
+int fmt_meta_has_tail(uint32_t page_size, uint64_t total_pages);
+/* Record entries that fit beside a bitmap of total_pages (0 without a tail). */
+uint64_t fmt_meta_record_room(uint32_t page_size, uint64_t total_pages);
+void fmt_meta_tail_read(const uint8_t *page, uint32_t page_size, uint64_t total_pages,
+                        uint64_t *roots, mp_rec *recs, uint32_t *n);
+void fmt_meta_tail_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
+                         const mp_meta_tail *tail);
 /* free_or_seal: free_count in v0.2; in the extended layout the seal of the
  * commit (see fmt_seal_add). */
 void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
-                    uint64_t generation, uint64_t free_or_seal, const uint64_t *bits);
+                    uint64_t generation, uint64_t free_or_seal, const uint64_t *bits,
+                    const mp_meta_tail *tail);
 /* The seal of an extended-layout commit: the CRC-32 of the stored CRCs of the
  * page copies it wrote (free-map pages by chunk, then index pages by number),
  * each as 4 little-endian bytes. Returns seal extended by one page copy. */
@@ -402,6 +427,24 @@ struct mp_pager {
     int meta_fell_back;      /* open chose the older metadata copy: the newer one failed */
     uint64_t file_pages;     /* whole pages in the file as open found it */
     struct mp_readers *rd;   /* reader table and pins (readers.c), or NULL */
+    /* Engine transactions (engine.c): the roots of the in-memory state, the
+     * pages a transaction marked dirty, and the record of the committed
+     * copy (the data pages its commit vouches for). */
+    uint64_t roots[MP_ROOTS];
+    uint64_t *dirty;         /* map_bytes: pages dirtied in the transaction */
+    uint64_t dirty_count;
+    uint64_t dirty_lo;       /* page range holding the dirty bits, when dirty_count */
+    uint64_t dirty_hi;
+    uint32_t rec_n;          /* entries in the committed copy's record, or, with
+                                rec_new, in the record of the commit under way */
+    int rec_new;
+    /* "none" mode: the state a transaction started from when it was not
+     * written yet (rollback restores it; see engine.c). */
+    uint64_t *snap;          /* bits, then pending: 2 * snap_words words */
+    uint64_t snap_words;
+    uint64_t snap_total, snap_free, snap_pending_count, snap_pending_lo, snap_pending_hi;
+    uint64_t snap_roots[MP_ROOTS];
+    mp_rec rec[MP_MAX_RECORD];
 };
 
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
@@ -485,6 +528,29 @@ int pager_settle_deferred(mp_pager *p);
 int pager_prepare_dir_commit(mp_pager *p);
 /* Zeroes copies left by a commit that never reached its commit point. */
 int pager_clear_leftovers(mp_pager *p);
+
+/* ---- engine.c: engine transactions ---- */
+
+/* Flushes the transaction's dirty pages and forgets them (a commit that
+ * cannot carry them in its record). */
+int txn_flush_dirty(mp_pager *p);
+/* Builds the commit record of the dirty pages into p->rec; returns 0 (and
+ * leaves rec_n 0) when they do not fit the metadata tail. */
+int txn_build_record(mp_pager *p);
+void txn_forget_dirty(mp_pager *p);
+/* "none" mode keeps its state in memory between syncs: a transaction keeps
+ * the state it started from in memory too, instead of writing it first. */
+int txn_snapshot_take(mp_pager *p);
+void txn_snapshot_drop(mp_pager *p);
+int txn_snapshot_restore(mp_pager *p);
+/* Makes the snapshot's state durable (a directory commit inside the
+ * transaction must not pair with older allocations). */
+int txn_snapshot_settle(mp_pager *p);
+/* commit.c: writes and flushes the in-memory state and page 0, keeping the
+ * pending pages pending. */
+int pager_write_state(mp_pager *p);
+/* Whether the chosen metadata copy's record matches the data on disk. */
+int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n);
 
 /* ---- directory.c, protected.c ---- */
 

@@ -90,6 +90,7 @@ static void pager_destroy(mp_pager *p)
     os_free_zeroed(p->bits, p->map_bytes);
     os_free_zeroed(p->system, p->map_bytes);
     os_free_zeroed(p->pending, p->map_bytes);
+    os_free_zeroed(p->dirty, p->map_bytes);
     summary_release(&p->sum);
     free(p->chunk_dirty);
     free(p->chunk_active);
@@ -134,6 +135,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->bits = os_alloc_zeroed(p->map_bytes);
     p->system = os_alloc_zeroed(p->map_bytes);
     p->pending = os_alloc_zeroed(p->map_bytes);
+    p->dirty = os_alloc_zeroed(p->map_bytes);
     p->max_chunks = p->max_pages / p->chunk_pages + 1;
     size_t chunk_words = (size_t)bitmap_words(p->max_chunks) + 1;
     p->chunk_dirty = calloc(chunk_words, sizeof(uint64_t));
@@ -146,7 +148,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
     p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
     int sum_ok = read_only || summary_init(&p->sum, p->max_pages) == MP_OK;
-    if (!p->bits || !p->system || !p->pending || !p->scratch || !p->dirs || !p->refs ||
+    if (!p->bits || !p->system || !p->pending || !p->dirty || !p->scratch || !p->dirs || !p->refs ||
         !p->chunk_dirty || !p->chunk_active || !p->index_dirty || !p->index_active || !sum_ok) {
         p->fd = -1;
         pager_destroy(p);
@@ -289,11 +291,11 @@ static int write_fresh(mp_pager *p, uint64_t len)
     if (rc != MP_OK)
         return rc;
     memset(buf, 0, ps);
-    fmt_superblock_write(buf, p->log2, MP_MINOR_V02, 0);
+    fmt_superblock_write(buf, p->log2, (uint8_t)p->minor, 0);
     fmt_dir_index_write(buf, ps, 0, NULL);
     if ((rc = os_write_all(p->map.io, p->fd, buf, ps, 0)) != MP_OK)
         return rc;
-    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits);
+    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits, NULL);
     if ((rc = os_write_all(p->map.io, p->fd, buf, ps, ps)) != MP_OK ||
         (rc = os_write_all(p->map.io, p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
         return rc;
@@ -309,7 +311,8 @@ static int write_fresh(mp_pager *p, uint64_t len)
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
 {
     if (!path || !opts || !out || opts->durability < MP_DURABILITY_COMPAT ||
-        opts->durability > MP_DURABILITY_NONE)
+        opts->durability > MP_DURABILITY_NONE ||
+        (opts->layout != 0 && opts->layout != MP_MINOR_V02 && opts->layout != MP_MINOR_EXTENDED))
         return MP_EINVALID_ARGUMENT;
     uint32_t ps = opts->page_size;
     if (!fmt_valid_page_size(ps))
@@ -333,6 +336,9 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
         return rc;
     }
     p->durability = opts->durability;
+    /* layout 3: the file says "extended" from the start (the crate refuses
+     * it), so no commit needs page 0 for the crate's sake. */
+    p->minor = opts->layout == MP_MINOR_EXTENDED ? MP_MINOR_EXTENDED : MP_MINOR_V02;
     set_growth(p, opts);
     if ((rc = write_fresh(p, len)) != MP_OK || (rc = os_publish(tmp, path)) != MP_OK) {
         pager_destroy(p);

@@ -246,6 +246,7 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     uint64_t in0 = p->total_pages < p->chunk_pages ? p->total_pages : p->chunk_pages;
     pager_note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
+    fmt_meta_tail_read(meta, p->page_size, p->total_pages, p->roots, p->rec, &p->rec_n);
     *dir_blocks = 0;
     if (p->total_pages <= p->chunk_pages)
         return MP_OK;
@@ -293,6 +294,14 @@ static int cut_copy(const mp_meta_header *h)
             cut = c;
     }
     return cut;
+}
+
+static int record_holds(mp_pager *p, const uint8_t *meta, const mp_meta_header *h)
+{
+    uint64_t roots[MP_ROOTS];
+    uint32_t n;
+    fmt_meta_tail_read(meta, p->page_size, h->total_pages, roots, p->rec, &n);
+    return n == 0 || txn_record_holds(p, p->rec, n);
 }
 
 void pager_claim_bit(mp_pager *p, uint64_t id)
@@ -422,6 +431,16 @@ static int choose_and_load(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     }
     if (rc != MP_OK)
         return rc;
+    /* A commit that carried data pages in its record (engine.c) is only as
+     * good as those pages: if one missed the disk, the older copy, durable
+     * before that commit began, is the state. */
+    if (ch->fallback >= 0 && h[ch->chosen].generation > h[ch->fallback].generation &&
+        !record_holds(p, snap + (1 + (uint64_t)ch->chosen) * p->page_size, &h[ch->chosen])) {
+        rep->meta_problem[ch->chosen] = MP_META_DATA_MISSING;
+        in.problem[ch->chosen] = MP_META_DATA_MISSING;
+        if ((rc = mp_choose_committed(&in, ch)) != MP_OK)
+            return rc;
+    }
     const uint8_t *meta = snap + (1 + (uint64_t)ch->chosen) * p->page_size;
     rc = load_meta(p, meta, &h[ch->chosen], dir_blocks);
     if (rc == MP_OK)

@@ -15,6 +15,8 @@ int pager_prepare_dir_commit(mp_pager *p)
      * memory, a crash after that page-0 flush would pair the new directory
      * with older allocations, a state that never existed. So the deferred
      * state is made durable first. */
+    if (p->snap)
+        return txn_snapshot_settle(p);
     return p->meta_unwritten ? pager_settle_deferred(p) : MP_OK;
 }
 
@@ -25,8 +27,12 @@ int mp_txn_begin(mp_pager *p)
         return rc;
     /* Rollback reloads the committed state from the active copy, so that
      * copy must hold the state the transaction starts from. */
-    if (p->txn_depth == 0 && (rc = pager_prepare_dir_commit(p)) != MP_OK)
+    if (p->txn_depth == 0 && p->meta_unwritten && p->durability == MP_DURABILITY_NONE) {
+        if ((rc = txn_snapshot_take(p)) != MP_OK)
+            return rc;
+    } else if (p->txn_depth == 0 && (rc = pager_prepare_dir_commit(p)) != MP_OK) {
         return rc;
+    }
     p->txn_depth++;
     return MP_OK;
 }
@@ -49,6 +55,7 @@ int mp_txn_commit(mp_pager *p)
     if (--p->txn_depth > 0)
         return MP_OK;
     clear_txn_marks(p);
+    txn_snapshot_drop(p);
     /* Directory first: protected writes become visible together at the
      * page-0 flush, and protected pages allocated in the transaction are on
      * unallocated pages until the metadata commit that follows (dropped if a
@@ -59,6 +66,7 @@ int mp_txn_commit(mp_pager *p)
 
 int mp_txn_abort(mp_pager *p)
 {
+    int rc;
     if (!p)
         return MP_EINVALID_ARGUMENT;
     if (p->txn_depth == 0)
@@ -66,8 +74,13 @@ int mp_txn_abort(mp_pager *p)
     p->txn_depth = 0;
     p->staged_lo = 1;
     p->staged_hi = 0;
+    txn_forget_dirty(p);
     if (p->poisoned)
         return MP_EUNAVAILABLE;
     /* Nothing the transaction did reached the committed copies: reload them. */
-    return pager_load_committed(p, NULL);
+    rc = pager_load_committed(p, NULL);
+    if (p->snap && rc == MP_OK)
+        rc = txn_snapshot_restore(p);
+    txn_snapshot_drop(p);
+    return rc;
 }

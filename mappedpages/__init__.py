@@ -62,6 +62,7 @@ from mappedpages._protected import ProtectedWriter
 from mappedpages._readers import ReaderInfo
 from mappedpages._readonly import ReadOnlyPager
 from mappedpages._subpage import SubPageAllocator
+from mappedpages._transaction import Transaction
 from mappedpages._types import PageId, ProtectedPageId, SubPageId
 
 __version__ = "0.1.0"
@@ -86,6 +87,7 @@ __all__ = [
     "SubPageId",
     "Pager",
     "SubPageAllocator",
+    "Transaction",
     "ProtectedWriter",
     "ReadOnlyPager",
     "ReaderInfo",

@@ -38,7 +38,6 @@ from mappedpages._errors import (
     raise_for,
     recovery_flag_names,
 )
-from mappedpages._readers import ReaderInfo, list_readers
 from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
@@ -438,6 +437,19 @@ class _PagerBase:
         return f"0.{self._format_minor}"
 
     @property
+    def roots(self) -> tuple[int, ...]:
+        """The 8 roots of the state this handle shows, unsigned 64-bit ints (0 in a new file).
+
+        A writer's roots include those set in its open transaction; a
+        reader's are those of the commit it shows.
+        """
+        with self._lock:
+            handle = self._usable()
+            out = ffi.new("uint64_t[8]")
+            self._check(lib.mp_pager_roots(handle, out), "roots")
+            return tuple(int(v) for v in out)
+
+    @property
     def max_pages(self) -> int:
         """The most pages this file can hold here: 16 TiB of pages, the most a pager maps."""
         self._refreshed()
@@ -489,17 +501,6 @@ class _PagerBase:
             ok = ffi.new("int *")
             self._check(lib.mp_protected_verify(handle, pid, ok), f"protected page {pid}")
             return bool(ok[0])
-
-    def readers(self) -> list[ReaderInfo]:
-        """The live snapshot readers of this file, oldest generation first.
-
-        Each is a :class:`ReaderInfo` (pid, generation, age in seconds, page
-        count); slots left by processes that died are cleared on the way.
-        A pager that holds no reader table (a reader opened with
-        ``snapshot=False``) lists none.
-        """
-        with self._lock:
-            return list_readers(self._usable())
 
     def _run_view(self, first_page: object, count: object, readonly: bool) -> memoryview:
         first = as_id(first_page)

@@ -40,19 +40,19 @@ from mappedpages._errors import (
 )
 from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer
 from mappedpages._pager_async import _AsyncCalls
+from mappedpages._pager_engine import _EngineCalls
 from mappedpages._pager_protected import _ProtectedCalls
+from mappedpages._pager_readers import _SnapshotCalls
 from mappedpages._protected import ProtectedWriter
 from mappedpages._readers import (
     DEFAULT_MAX_READERS,
     check_max_readers,
-    pinned_pages,
-    table_error,
-    table_path,
 )
+from mappedpages._transaction import Transaction
 from mappedpages._types import PageId
 
 if TYPE_CHECKING:
-    from mappedpages._readonly import ReadOnlyPager
+    pass
 
 _T = TypeVar("_T")
 _alloc = lib.mp_pager_alloc
@@ -88,6 +88,7 @@ def _options(
     durability: str = "compat",
     grow_step: int = DEFAULT_GROW_STEP,
     preallocate: bool = True,
+    layout: str = "0.2",
 ) -> Any:
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
         raise TypeError(
@@ -112,7 +113,15 @@ def _options(
         raise ValueError(f"grow_step must be a positive number of bytes, not {grow_step}")
     opts.grow_step = grow_step
     opts.sparse = 0 if preallocate else 1
+    if not isinstance(layout, str):
+        raise TypeError("layout must be '0.2' or '0.3'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be '0.2' or '0.3', not {layout!r}")
+    opts.layout = LAYOUTS[layout]
     return opts
+
+
+LAYOUTS = {"0.2": 2, "0.3": 3}
 
 
 def _file_page_size(raw: bytes) -> int | None:
@@ -145,7 +154,7 @@ def _salvage_flag(salvage: bool) -> int:
     return 1 if salvage else 0
 
 
-class Pager(_AsyncCalls, _ProtectedCalls):
+class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
     """A file of fixed-size pages, allocated and freed with durable commits.
 
     Use :meth:`create` or :meth:`open`; a Pager is a context manager.
@@ -164,6 +173,7 @@ class Pager(_AsyncCalls, _ProtectedCalls):
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
         max_readers: int = DEFAULT_MAX_READERS,
+        layout: str = "0.2",
     ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
@@ -171,13 +181,17 @@ class Pager(_AsyncCalls, _ProtectedCalls):
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
         lock is taken as for :meth:`open`; ``durability``, ``grow_step``,
-        ``preallocate`` and ``max_readers`` as for :meth:`open`.
+        ``preallocate`` and ``max_readers`` as for :meth:`open`. ``layout="0.2"``
+        (default) starts the file in the Rust crate's layout; ``layout="0.3"``
+        starts it in the extended layout, which the crate refuses, and whose
+        commits never rewrite page 0 (one flush per commit in ``"compat"`` as in
+        ``"fast"``).
         """
         size = _check_page_size(page_size, allow_none=False)
         readers = check_max_readers(max_readers)
         text, raw = fspath_bytes(path)
         out = ffi.new("mp_pager **")
-        opts = _options(size, lock_timeout, False, durability, grow_step, preallocate)
+        opts = _options(size, lock_timeout, False, durability, grow_step, preallocate, layout)
         raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
@@ -189,17 +203,6 @@ class Pager(_AsyncCalls, _ProtectedCalls):
                 os.unlink(raw)
             raise
         return pager
-
-    def _attach_readers(self, raw: bytes, max_readers: int) -> None:
-        # The reader table: from here on a page freed is not handed out again
-        # while a live reader's snapshot may have it allocated.
-        rc = lib.mp_readers_attach(self._handle, table_path(raw), max_readers)
-        if rc != 0:
-            self.close()
-            err = table_error(rc, self._path)
-            if err is not None:
-                raise err
-            raise_for_rc(rc, "reader table", self._path)
 
     @classmethod
     def open(
@@ -275,6 +278,10 @@ class Pager(_AsyncCalls, _ProtectedCalls):
         self._durability = "compat"
         self._txn_depth = 0
         self._txn_writers_before: set[int] = set()
+        self._txn: Transaction | None = None
+        # SubPageAllocators used in the open transaction, with their live
+        # sub-pages when they joined it (rolled back to those).
+        self._txn_subs: dict[int, tuple[Any, list[int]]] = {}
         # Weak: an abandoned writer is collected, and its __del__ discards it.
         self._writers: weakref.WeakValueDictionary[int, ProtectedWriter] = (
             weakref.WeakValueDictionary()
@@ -445,12 +452,20 @@ class Pager(_AsyncCalls, _ProtectedCalls):
                     "free its sub-pages through the allocator, or detach it first"
                 )
 
-    def sync(self) -> None:
+    def sync(self, pages: Iterable[PageId] | None = None) -> None:
         """Flush every page's data to disk (msync of the mapping, then fsync).
 
         Also makes durable whatever the durability mode deferred. Not allowed
         inside a transaction (``ValueError``).
+
+        With ``pages`` (an iterable of page ids), flush only those pages' data:
+        one msync per run of consecutive ids, nothing else (the commit state is
+        not touched, so this is allowed inside a transaction). Ids outside the
+        file raise :class:`OutOfBounds` before anything is flushed.
         """
+        if pages is not None:
+            self._sync_pages(pages)
+            return
         with self._lock:
             handle = self._usable()
             if self._txn_depth:
@@ -465,7 +480,7 @@ class Pager(_AsyncCalls, _ProtectedCalls):
         return self._durability
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Pager]:
+    def transaction(self) -> Iterator[Transaction]:
         """Group allocs, frees, bulk calls and protected writes into one commit.
 
         ``with pager.transaction():`` holds the pager (other threads wait) and
@@ -481,24 +496,40 @@ class Pager(_AsyncCalls, _ProtectedCalls):
         transaction is rolled back and :class:`WriterOpen` is raised (when
         the block raised, it is rolled back and its own exception propagates).
         Either way the writers opened in the block are discarded.
+
+        The ``with`` target is a :class:`Transaction`: pages written through
+        ``tx.page``/``tx.view`` or named with ``tx.mark_dirty`` commit their
+        contents with the block (see the README's engine transactions), and
+        roots set with :meth:`set_root` commit with it too.
         """
         with self._lock:
             handle = self._usable()
             outer = self._txn_depth == 0
             if outer:
                 self._check(lib.mp_txn_begin(handle), "transaction")
-                self._txn_writers_before = set(self._writers.keys())
+                # (Empty, the usual case, without iterating the weak mapping.)
+                self._txn_writers_before = set(self._writers.keys()) if self._writers else set()
+                self._txn = Transaction(self)
             self._txn_depth += 1
+            tx = self._txn
+            assert tx is not None
             try:
-                yield self
+                yield tx
             except BaseException:
                 self._txn_depth -= 1
                 if outer:
+                    self._end_txn()
                     self._txn_abort()
                 raise
             self._txn_depth -= 1
             if outer:
-                left_open = sorted(set(self._writers.keys()) - self._txn_writers_before)
+                self._end_txn()
+            if outer:
+                left_open = (
+                    sorted(set(self._writers.keys()) - self._txn_writers_before)
+                    if self._writers
+                    else []
+                )
                 if left_open:
                     # Committing would silently leave their writes out.
                     self._txn_abort()
@@ -511,7 +542,17 @@ class Pager(_AsyncCalls, _ProtectedCalls):
                 if rc != 0:
                     self._txn_abort()
                     self._check(rc, "transaction commit")
+                self._txn_subs.clear()
                 self._refresh_stats()
+
+    def _txn_join_sub(self, sub: Any) -> None:
+        if id(sub) not in self._txn_subs:
+            self._txn_subs[id(sub)] = (sub, sub.live_ids())
+
+    def _end_txn(self) -> None:
+        if self._txn is not None:
+            self._txn._open = False
+            self._txn = None
 
     def _txn_abort(self) -> None:
         # Writers opened inside the block are discarded with it; writers
@@ -522,6 +563,9 @@ class Pager(_AsyncCalls, _ProtectedCalls):
                 self._writers.pop(pid, None)
                 writer._abandon()
         lib.mp_txn_abort(self._handle)
+        subs, self._txn_subs = self._txn_subs, {}
+        for sub, live in subs.values():
+            sub._rollback(live)
         self._refresh_stats()
         self._load_system()
 
@@ -544,40 +588,6 @@ class Pager(_AsyncCalls, _ProtectedCalls):
                     f"page(s) {pids}; commit or discard it first"
                 )
             super().close()
-
-    # ------------------------------------------------------------ readers
-
-    @property
-    def pinned_free_pages(self) -> int:
-        """Pages freed (durably) but not handed out again: a live reader's snapshot has them.
-
-        They are reused once every reader that holds a commit in which they
-        were allocated has refreshed past it or closed; until then the file
-        grows instead. See :meth:`readers`.
-        """
-        with self._lock:
-            return pinned_pages(self._usable())
-
-    def snapshot(self) -> ReadOnlyPager:
-        """Return a reader of the latest commit, for threads that read while others write.
-
-        The same type and guarantee as :meth:`ReadOnlyPager.open` with
-        ``snapshot=True``, on a new descriptor of this pager's file (the path
-        is not opened again). Inside a transaction it shows the commit before
-        the transaction; in ``"none"`` mode the commits made so far are
-        written first. Raises :class:`ReadersFull` when the table is full.
-        """
-        from mappedpages._readonly import ReadOnlyPager
-
-        with self._lock:
-            handle = self._usable()
-            out = ffi.new("mp_pager **")
-            report = ffi.new("mp_open_report *")
-            raw = os.fsencode(self._path)
-            self._check(lib.mp_pager_snapshot(handle, table_path(raw), out, report), "snapshot")
-        reader = ReadOnlyPager(out[0], self._path)
-        reader._became_snapshot()
-        return reader
 
     def lock(self) -> Any:
         """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls.

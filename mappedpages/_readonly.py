@@ -26,7 +26,6 @@ from typing import Any
 
 from mappedpages import _readers
 from mappedpages._base import (
-    _PagerBase,
     as_id,
     fspath_bytes,
     raise_for_rc,
@@ -35,10 +34,11 @@ from mappedpages._base import (
 )
 from mappedpages._core import ffi, lib
 from mappedpages._pager import _check_page_size, _options, _salvage_flag, raise_for_open
+from mappedpages._pager_readers import _ReaderListing
 from mappedpages._types import PageId, ProtectedPageId
 
 
-class ReadOnlyPager(_PagerBase):
+class ReadOnlyPager(_ReaderListing):
     """A read-only pager over a file that a writer may be changing."""
 
     def __init__(self, handle: Any, path: str) -> None:

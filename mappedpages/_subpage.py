@@ -167,16 +167,31 @@ class SubPageAllocator:
         return pager, self._handle
 
     def _mutable(self) -> tuple[Pager, Any]:
-        """As _usable, and refuse inside a pager transaction.
+        """As _usable, and join the pager's open transaction, if any.
 
-        The allocator's state lives in memory and is not rolled back with a
-        transaction, so a page it took or returned inside one could be handed
-        out twice after a rollback.
+        The allocator's state lives in memory: the first call in a transaction
+        records its live sub-pages, and a rollback rebuilds it from them
+        (:meth:`_rollback`), so a page it took or returned inside the block
+        is not handed out twice.
         """
         pager, handle = self._usable()
         if pager._txn_depth:
-            raise ValueError("SubPageAllocator calls are not allowed inside a pager transaction")
+            pager._txn_join_sub(self)
         return pager, handle
+
+    def _rollback(self, live_ids: list[int]) -> None:
+        """Rebuild the C state from ``live_ids`` (a transaction's rollback)."""
+        pager = self._pager
+        if pager is None or self._handle is None:
+            return
+        raw = ffi.new("mp_subpage **")
+        pager._check(lib.mp_subpage_new(pager._usable(), self._sub_size, raw), "rollback")
+        handle = ffi.gc(raw[0], lib.mp_subpage_destroy)
+        if live_ids:
+            arr = ffi.new("uint64_t[]", live_ids)
+            pager._check(lib.mp_subpage_restore(handle, arr, len(live_ids)), "rollback")
+        old, self._handle = self._handle, handle
+        ffi.release(old)
 
     def _release(self) -> None:
         pager = self._pager

@@ -53,6 +53,7 @@ try:
         WORKLOADS,
         Op,
         _store,
+        engine_workload,
         random_workload,
         short_workload,
         standard_workload,
@@ -90,7 +91,14 @@ def workload(name: str, page_size: int) -> list[Op]:
         return near_cap_workload(page_size)
     if name.startswith("random:"):
         return random_workload(int(name.split(":", 1)[1]))
+    if name.startswith("engine"):
+        return engine_workload(seed=15)
     return WORKLOADS[name]()
+
+
+def layout_of(name: str) -> str:
+    """The layout an engine workload runs in: its name says (engine, engine-0.3)."""
+    return "0.3" if name == "engine-0.3" else "0.2"
 
 
 def scratch() -> str | None:
@@ -104,7 +112,7 @@ def run_one(mode: str, page_size: int, wl: str, exhaustive_pages: int, samples: 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mp-sim-", dir=scratch()) as tmp:
         rec = record_workload(Path(tmp) / "work", workload(wl, page_size), page_size,
-                                mode=mode)
+                              mode=mode, layout=layout_of(wl))
         checker = ImageChecker(Path(tmp) / "img", reopen=True)
         # 1024-byte pages: every sector combination (2 sectors: 4 ways per page).
         # 4096: first-k-sectors-new tears (9 ways per page); a point whose
@@ -212,8 +220,11 @@ def main() -> int:
     ap.add_argument("--modes", default="compat,fast,none")
     ap.add_argument("--page-sizes", default="1024,4096")
     ap.add_argument("--workloads",
-                    default="standard,near_cap," + ",".join(f"random:{i}" for i in range(1, 7)),
-                    help="standard, short, near_cap (1024-byte pages only), random:SEED")
+                    default="standard,near_cap,engine,engine-0.3,"
+                    + ",".join(f"random:{i}" for i in range(1, 7)),
+                    help="standard, short, near_cap (1024-byte pages only), random:SEED, "
+                    "engine (transactions with data pages and roots; engine-0.3 in the "
+                    "extended layout)")
     ap.add_argument("--exhaustive-pages", type=int, default=4)
     ap.add_argument("--samples", type=int, default=256,
                     help="random images per point above the exhaustive limit")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+import zlib
 
 import pytest
-from support.edit import edit_meta, flip_byte, patch, reseal_dir_index
+from support.edit import edit_meta, flip_byte, patch, read_at, reseal_dir_index
 from support.format_v02 import (
     OFF_BUILD,
     OFF_DIR_COUNT,
@@ -267,14 +268,24 @@ INVALIDATING = {
         path, i, clear_bits=[2], free_count=read_image(path).metas[i].free_count + 1
     ),
     "bit_past_total": lambda path, i: edit_meta(path, i, set_bits=[16]),
-    "bit_at_bitmap_end": lambda path, i: edit_meta(
-        path, i, set_bits=[layout(PS).v02_max_pages - 1]
-    ),
+    # The last bit before the tail (roots and commit record, FORMAT.md), which
+    # must be zero in a copy with a short bitmap.
+    "bit_at_bitmap_end": lambda path, i: edit_meta(path, i, set_bits=[(PS - 100) * 8 - 1]),
+    "record_count_too_big": lambda path, i: patch_tail_count(path, i, PS),
     "bitmap_bit_no_free_fix": lambda path, i: edit_meta(path, i, set_bits=[13]),
     "bitmap_bit_cleared_no_free_fix": lambda path, i: edit_meta(path, i, clear_bits=[3]),
     "all_ones_page": lambda path, i: patch(path, (1 + i) * PS, b"\xff" * PS),
     "all_zero_page": lambda path, i: patch(path, (1 + i) * PS, bytes(PS)),
 }
+
+
+def patch_tail_count(path, i: int, n: int) -> None:
+    """Set copy i's commit-record count to n (more than fits), CRC resealed."""
+    off = (1 + i) * PS
+    page = bytearray(read_at(path, off, PS))
+    struct.pack_into("<I", page, PS - 4 - 72, n)
+    struct.pack_into("<I", page, PS - 4, zlib.crc32(bytes(page[: PS - 4])))
+    patch(path, off, bytes(page))
 
 
 # A valid copy whose page count reaches past the end of the file: no crash

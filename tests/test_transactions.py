@@ -12,7 +12,7 @@ What is checked, in every durability mode where it matters:
 * nesting joins the outermost block; reads inside see the block's own
   changes, a ReadOnlyPager does not until the commit; pages freed inside are
   not reused inside; a protected page is written at most once per block;
-  ``sync()`` and SubPageAllocator calls are refused inside; the block holds
+  ``sync()`` is refused inside, SubPageAllocator calls join the block; the block holds
   the pager's lock;
 * crashes: the file is copied at every durability barrier of a commit (what a
   kill at that instant leaves) and judged; the power-loss model of
@@ -50,6 +50,7 @@ from mappedpages import (
     ReadOnlyPager,
     RecoveryWarning,
     SubPageAllocator,
+    Transaction,
     WriterOpen,
 )
 from mappedpages._core import lib
@@ -133,7 +134,7 @@ def test_commit_applies_everything(tmp_path, mode):
         pids = [p.alloc_protected() for _ in range(3)]
         ps = p.page_size
         with p.transaction() as t:
-            assert t is p
+            assert isinstance(t, Transaction) and t.pager is p
             a = p.alloc()
             b = p.alloc(zero=True)
             p.free(keep[0])
@@ -523,22 +524,34 @@ def test_sync_inside_is_refused(tmp_path):
         force_close(p)
 
 
-def test_subpage_calls_inside_are_refused(tmp_path):
+def test_subpage_calls_inside_join_the_block(tmp_path):
     p = new_pager(tmp_path, "compat")
     try:
         sub = SubPageAllocator(p, 256)
         s1 = sub.alloc()
-        with p.transaction():
-            with pytest.raises(ValueError):
-                sub.alloc()
-            with pytest.raises(ValueError):
+        before_ids = sub.live_ids()
+        before_pages = set(p.allocated_pages())
+        # Rolled back: the allocator's state and the pager's pages, together.
+        with pytest.raises(KeyError):
+            with p.transaction():
+                many = sub.alloc_bulk(40)  # takes new big pages inside the block
                 sub.free(s1)
-            with pytest.raises(ValueError):
-                sub.alloc_bulk(2)
-            with pytest.raises(ValueError):
-                sub.free_bulk([s1])
-            p.alloc()
-        sub.free(s1)
+                sub.free_bulk(many[:3])
+                assert set(p.allocated_pages()) > before_pages
+                raise KeyError
+        assert sub.live_ids() == before_ids
+        assert set(p.allocated_pages()) == before_pages
+        assert sub.alloc() not in before_ids  # no sub-page handed out twice
+        # Committed: what the block did stays, durably.
+        with p.transaction():
+            kept = sub.alloc_bulk(20)
+            sub.free(s1)
+        assert set(kept) <= set(sub.live_ids()) and s1 not in sub.live_ids()
+        held = set(sub.big_pages())
+        path = p.path
+        force_close(p)
+        with Pager.open(path) as q:
+            assert held <= set(q.allocated_pages())
     finally:
         force_close(p)
 

@@ -71,6 +71,8 @@ class Meta:
     crc_ok: bool
     bits: set = field(default_factory=set)  # every set bit that fits in the page
     bitmap_fits: bool = True
+    roots: tuple = (0,) * 8
+    record: list = field(default_factory=list)  # (first, count, crc) per committed run
 
     def problems(self, page_size: int, file_len: int) -> list[str]:
         """Why this copy is not a valid metadata copy (empty list: valid)."""
@@ -143,13 +145,25 @@ def parse_meta(page: bytes, index: int) -> Meta:
     crc_ok = crc32(page[: ps - 4]) == stored
     bits = set()
     region = page[META_HEADER : ps - 4]
+    roots = (0,) * 8
+    record: list = []
+    # The tail (FORMAT.md): with room beside the bitmap, the last 72 bytes
+    # before the CRC hold the record count, then 8 roots, and the record's
+    # 16-byte entries below them; the crate never reads those bytes.
+    if total <= max_pages(ps) and META_HEADER + (total + 7) // 8 + 72 <= ps - 4:
+        t = ps - 4 - 72
+        n = struct.unpack_from("<I", page, t)[0]
+        roots = struct.unpack_from("<8Q", page, t + 8)
+        for i in range(min(n, t // 16)):
+            record.append(struct.unpack_from("<QII", page, t - 16 * (i + 1)))
+        region = page[META_HEADER : max(META_HEADER, t - 16 * n)]
     for byte_i, byte in enumerate(region):
         if byte:
             for bit in range(8):
                 if byte >> bit & 1:
                     bits.add(byte_i * 8 + bit)
     fits = total <= max_pages(ps)
-    return Meta(index, total, gen, free, crc_ok, bits, fits)
+    return Meta(index, total, gen, free, crc_ok, bits, fits, roots, record)
 
 
 def _parse_dir_page(page: bytes):

@@ -155,11 +155,13 @@ def create_pager(
     page_size: int = 1024,
     hooks: IoHooks | None = None,
     durability: str | None = None,
+    layout: str = "0.2",
 ) -> Pager:
     """Pager.create, with the C core's I/O going through ``hooks``."""
     text = os.fspath(path)
     out = ffi.new("mp_pager **")
     opts = _options(page_size, hooks, durability=durability)
+    opts.layout = {"0.2": 2, "0.3": 3}[layout]
     _raise(lib.mp_pager_create(os.fsencode(text), opts, out), text)
     pager = Pager(out[0], text)
     pager._test_io_hooks = hooks  # type: ignore[attr-defined] # keeps the table alive

@@ -445,6 +445,7 @@ def record_workload(
     page_size: int = 1024,
     mode: str = "compat",
     skip_msync_at: int = 0,
+    layout: str = "0.2",
 ) -> Recording:
     """Run ``ops`` on a new file, recording crash points and the state after each op."""
     workdir = Path(workdir)
@@ -454,7 +455,7 @@ def record_workload(
         path.unlink()
     rec = CrashRecorder(path, page_size, mode)
     hooks = IoHooks(rec.on_barrier)
-    p = create_pager(path, page_size, hooks, durability=mode)
+    p = create_pager(path, page_size, hooks, durability=mode, layout=layout)
     if skip_msync_at:
         hooks.table.skip_msync_at = skip_msync_at
     ctx: dict[str, Any] = {}

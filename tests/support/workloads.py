@@ -35,9 +35,13 @@ class State:
     allocated: frozenset[int]
     system: frozenset[int]  # directory pages and protected backing pages
     protected: tuple[tuple[int, int], ...]  # (protected id, CRC-32 of committed content)
+    # Engine transactions: the roots, and (page, CRC-32) of each page a root
+    # in ROOT_DATA_SLOTS names: its content is committed with the root.
+    roots: tuple[int, ...] = (0,) * 8
+    data: tuple[tuple[int, int], ...] = ()
 
     def key(self) -> tuple[Any, ...]:
-        return (self.allocated, self.system, self.protected)
+        return (self.allocated, self.system, self.protected, self.roots, self.data)
 
     def needed_pages(self) -> int:
         used = self.allocated | self.system
@@ -51,6 +55,7 @@ class State:
         return (
             f"{self.page_count} pages, allocated {sorted(self.allocated)}, "
             f"system {sorted(self.system)}, protected {dict(self.protected)}"
+            + (f", roots {self.roots}, data {dict(self.data)}" if any(self.roots) else "")
         )
 
 
@@ -81,7 +86,23 @@ def state_of(p: Any) -> State:
             prot.append((pid, zlib.crc32(v) & 0xFFFFFFFF))
         finally:
             v.release()
-    return State(p.page_count, allocated, system, tuple(prot))
+    roots = tuple(p.roots)
+    data = []
+    for slot in ROOT_DATA_SLOTS:
+        pid = roots[slot]
+        if 3 <= pid < p.page_count and pid in allocated:
+            v = p.page(pid)
+            try:
+                data.append((pid, zlib.crc32(v) & 0xFFFFFFFF))
+            finally:
+                v.release()
+        elif pid:
+            data.append((pid, -1))  # a root naming a page that is not allocated
+    return State(p.page_count, allocated, system, tuple(prot), roots, tuple(data))
+
+
+# Root slots whose value is a page id in the engine workload.
+ROOT_DATA_SLOTS = (0, 2)
 
 
 def count_problem(p: Any, st: State) -> str | None:
@@ -282,6 +303,37 @@ def random_workload(seed: int, n_ops: int = 40) -> list[Op]:
     ops = [Op("alloc_bulk", "alloc_bulk(3)", lambda p, c: p.alloc_bulk(3) and None)]
     for _ in range(n_ops - 1):
         ops.append(rnd.choices([op for _, op in kinds], weights)[0])
+    return ops
+
+
+def engine_workload(seed: int, n_txns: int = 10) -> list[Op]:
+    """Copy-on-write transactions: new pages written through ``tx.page``, the
+    pages of the previous transaction freed, roots 0 and 2 naming new pages
+    and root 1 counting; a sync now and then (what acknowledges in "none")."""
+
+    def txn(p: Pager, ctx: dict[str, Any]) -> None:
+        r = rng(ctx)
+        with p.transaction() as tx:
+            new = p.alloc_bulk(r.choice([1, 2, 3]))
+            for pid in new:
+                tx.page(pid)[:] = r.randbytes(p.page_size)
+            old = ctx.get("engine_pages", [])
+            if old:
+                p.free_bulk(old)
+            ctx["engine_pages"] = new
+            p.set_root(0, new[0])
+            p.set_root(1, ctx.setdefault("engine_n", 0) + 1)
+            p.set_root(2, new[-1])
+            ctx["engine_n"] += 1
+
+    def rng(ctx: dict[str, Any]) -> random.Random:
+        return ctx.setdefault("engine_rng", random.Random(seed))
+
+    ops = []
+    for i in range(n_txns):
+        ops.append(Op("txn", f"transaction {i + 1}", txn))
+        if i % 4 == 3:
+            ops.append(Op("sync", "sync", lambda p, c: p.sync()))
     return ops
 
 

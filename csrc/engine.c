@@ -1,0 +1,360 @@
+/*
+ * engine.c - what a storage engine needs from a transaction beyond
+ * allocation: roots, data pages committed with the allocation state, and
+ * flushing chosen pages.
+ *
+ * Owns: p->roots, the dirty-page set of the open transaction (p->dirty,
+ * mp_txn_mark_dirty, mp_txn_write), the commit record (p->rec: the runs of
+ * data pages the committed metadata copy vouches for, with their CRCs), the
+ * "none"-mode snapshot a transaction rolls back to (p->snap), and
+ * mp_pager_sync_run.
+ *
+ * Invariants:
+ *   - roots are part of the allocation state: they are written into every
+ *     metadata copy (format.c, the tail) and reloaded with it, so they commit,
+ *     roll back and survive a crash exactly as allocations do;
+ *   - a commit whose dirty pages fit the record writes their runs and CRCs
+ *     into the new metadata copy and makes data and copy durable with one
+ *     fdatasync; open believes the newest copy only if every run matches its
+ *     CRC, and otherwise takes the older copy (whose commit was durable before
+ *     this one began). Dirty pages that do not fit are flushed before the
+ *     commit point instead;
+ *   - while the committed copy carries a record, no page of it is written
+ *     again through a transaction before another copy replaces it: marking
+ *     such a page dirty first commits the same state with an empty record
+ *     (retire_record), so a crash can never make open doubt a durable commit.
+ */
+#include "mp_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void dirty_add(mp_pager *p, uint64_t first, uint64_t count)
+{
+    for (uint64_t id = first; id < first + count; id++) {
+        if (bitmap_get(p->dirty, id))
+            continue;
+        bitmap_set(p->dirty, id);
+        if (p->dirty_count == 0 || id < p->dirty_lo)
+            p->dirty_lo = id;
+        if (p->dirty_count == 0 || id > p->dirty_hi)
+            p->dirty_hi = id;
+        p->dirty_count++;
+    }
+}
+
+void txn_forget_dirty(mp_pager *p)
+{
+    if (p->dirty_count == 0)
+        return;
+    uint64_t lo = p->dirty_lo >> 6, hi = p->dirty_hi >> 6;
+    memset(p->dirty + lo, 0, (size_t)(hi - lo + 1) * sizeof(uint64_t));
+    p->dirty_count = 0;
+}
+
+int txn_flush_dirty(mp_pager *p)
+{
+    if (p->dirty_count == 0)
+        return MP_OK;
+    /* One fdatasync: it writes every dirty run at once, where an msync per
+     * run would cost a flush each. */
+    int rc = os_sync_file(&p->map);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    txn_forget_dirty(p);
+    return MP_OK;
+}
+
+/* A dirty page the commit vouches for: one the transaction freed again is
+ * not part of the committed state, and may be reused once it is durable. */
+static int recorded(const mp_pager *p, uint64_t id)
+{
+    return bitmap_get(p->dirty, id) && bitmap_get(p->bits, id);
+}
+
+/* The next run of recorded pages at or after `from`: [*first, *first + *count). */
+static int next_run(const mp_pager *p, uint64_t from, uint64_t *first, uint64_t *count)
+{
+    uint64_t end = p->dirty_hi + 1;
+    uint64_t a = from;
+    while (a < end && !recorded(p, a))
+        a++;
+    if (a >= end)
+        return 0;
+    uint64_t b = a;
+    while (b < end && recorded(p, b) && b - a < UINT32_MAX)
+        b++;
+    *first = a;
+    *count = b - a;
+    return 1;
+}
+
+int txn_build_record(mp_pager *p)
+{
+    if (p->dirty_count == 0)
+        return 0;
+    uint64_t room = fmt_meta_record_room(p->page_size, p->total_pages);
+    uint64_t first, count, n = 0;
+    for (uint64_t at = p->dirty_lo; next_run(p, at, &first, &count); at = first + count) {
+        if (n >= room)
+            return 0;
+        n++;
+    }
+    n = 0;
+    for (uint64_t at = p->dirty_lo; next_run(p, at, &first, &count); at = first + count) {
+        p->rec[n].first = first;
+        p->rec[n].count = (uint32_t)count;
+        p->rec[n].crc = mp_crc32(pager_page_ptr(p, first), (size_t)(count * p->page_size));
+        n++;
+    }
+    p->rec_n = (uint32_t)n;
+    p->rec_new = 1;
+    txn_forget_dirty(p);
+    return 1;
+}
+
+int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n)
+{
+    uint64_t mapped_pages = p->map.mapped / p->page_size;
+    for (uint32_t i = 0; i < n; i++) {
+        const mp_rec *r = &recs[i];
+        if (r->count == 0 || r->first < MP_RESERVED_PAGES || r->first > mapped_pages ||
+            r->count > mapped_pages - r->first)
+            return 0;
+        if (mp_crc32(pager_page_ptr(p, r->first), (size_t)r->count * p->page_size) != r->crc)
+            return 0;
+    }
+    return 1;
+}
+
+static int overlaps_record(const mp_pager *p, uint64_t first, uint64_t count)
+{
+    for (uint32_t i = 0; i < p->rec_n; i++)
+        if (first < p->rec[i].first + p->rec[i].count && p->rec[i].first < first + count)
+            return 1;
+    return 0;
+}
+
+/* The committed copy vouches for pages about to be written again: commit the
+ * same state, without a record, into the other copy first. Built from the
+ * committed copy's bytes, since the in-memory state holds the open
+ * transaction's changes. */
+static int retire_record(mp_pager *p)
+{
+    uint32_t target = p->active ^ 1u;
+    uint8_t *dst = pager_page_ptr(p, 1 + target);
+    const uint8_t *src = pager_page_ptr(p, 1 + p->active);
+    uint64_t total = mp_load_u64(src);
+    uint64_t roots[MP_ROOTS];
+    uint32_t n;
+    /* p->rec holds this same record already. */
+    fmt_meta_tail_read(src, p->page_size, total, roots, p->rec, &n);
+    /* Rebuild: the same bitmap and counts, generation + 1, no record. */
+    memcpy(p->scratch, src, p->page_size);
+    uint64_t words = bitmap_words(total);
+    uint64_t *bits = calloc((size_t)words + 1, sizeof(uint64_t));
+    if (!bits)
+        return MP_ENO_MEMORY;
+    fmt_meta_load_bits(p->scratch, total, bits);
+    mp_meta_tail tail = {roots, NULL, 0};
+    fmt_meta_write(p->scratch, p->page_size, total, p->generation + 1,
+                   mp_load_u64(p->scratch + 16), bits, &tail);
+    free(bits);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(dst, p->scratch, p->page_size);
+    int rc = pager_flush_page(p, 1 + target);
+    if (rc != MP_OK)
+        return rc;
+    p->active = target;
+    p->generation++;
+    p->rec_n = 0;
+    p->page0_stale = 1;
+    return MP_OK;
+}
+
+int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0 || count == 0)
+        return MP_EINVALID_ARGUMENT;
+    if (first >= p->total_pages || count > p->total_pages - first)
+        return MP_EOUT_OF_BOUNDS;
+    for (uint64_t id = first; id < first + count; id++) {
+        if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
+            return MP_ERESERVED_PAGE;
+    }
+    if (p->rec_n > 0 && overlaps_record(p, first, count) && (rc = retire_record(p)) != MP_OK)
+        return rc;
+    dirty_add(p, first, count);
+    return MP_OK;
+}
+
+/* Writes through the page cache (pwrite), not the mapping: a store through a
+ * shared mapping dirties its whole folio, which the commit's fdatasync then
+ * writes whole (up to 2 MiB for one changed page, when the file was read
+ * sequentially); pwrite dirties only the blocks it writes. The mapping sees
+ * the bytes at once (one page cache). */
+int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
+                 uint64_t len)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0 || !buf || len == 0 || offset >= p->page_size)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t count = (offset + len + p->page_size - 1) / p->page_size;
+    if ((rc = mp_txn_mark_dirty(p, first, count)) != MP_OK)
+        return rc;
+    rc = os_write_all(p->map.io, p->fd, buf, (size_t)len, first * p->page_size + offset);
+    if (rc != MP_OK)
+        p->poisoned = 1; /* a write cut short leaves a page we cannot vouch for */
+    return rc;
+}
+
+int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
+{
+    if (!p || !out)
+        return MP_EINVALID_ARGUMENT;
+    *out = p->dirty_count;
+    return MP_OK;
+}
+
+int mp_pager_roots(const mp_pager *p, uint64_t *out)
+{
+    if (!p || !out)
+        return MP_EINVALID_ARGUMENT;
+    memcpy(out, p->roots, sizeof p->roots);
+    return MP_OK;
+}
+
+int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (slot >= MP_ROOTS)
+        return MP_EINVALID_ARGUMENT;
+    if (p->roots[slot] == value)
+        return MP_OK;
+    /* Roots live beside the v0.2 bitmap; a state whose bitmap fills the
+     * metadata page has no room for them. */
+    if (value != 0 && !fmt_meta_has_tail(p->page_size, p->total_pages))
+        return MP_EFILE_FULL;
+    p->roots[slot] = value;
+    p->changed = 1;
+    return pager_commit(p, MP_ORDER_DIR_FIRST);
+}
+
+int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (first >= p->total_pages || count > p->total_pages - first)
+        return MP_EOUT_OF_BOUNDS;
+    if (count == 0)
+        return MP_OK;
+    rc = os_flush_range(&p->map, first * (uint64_t)p->page_size, count * (uint64_t)p->page_size);
+    if (rc != MP_OK)
+        p->poisoned = 1;
+    return rc;
+}
+
+/* ------------------------------------------------ "none" mode snapshots */
+
+int txn_snapshot_take(mp_pager *p)
+{
+    uint64_t words = p->words_used;
+    p->snap = malloc((size_t)(2 * words + 1) * sizeof(uint64_t));
+    if (!p->snap)
+        return MP_ENO_MEMORY;
+    memcpy(p->snap, p->bits, (size_t)words * sizeof(uint64_t));
+    memcpy(p->snap + words, p->pending, (size_t)words * sizeof(uint64_t));
+    p->snap_words = words;
+    p->snap_total = p->total_pages;
+    p->snap_free = p->free_count;
+    p->snap_pending_count = p->pending_count;
+    p->snap_pending_lo = p->pending_lo;
+    p->snap_pending_hi = p->pending_hi;
+    memcpy(p->snap_roots, p->roots, sizeof p->roots);
+    return MP_OK;
+}
+
+void txn_snapshot_drop(mp_pager *p)
+{
+    free(p->snap);
+    p->snap = NULL;
+}
+
+/* Every free-map page is rewritten at the next commit: the reload cleared
+ * the marks of the chunks the unwritten state changed. */
+static void mark_all_chunks(mp_pager *p)
+{
+    if (!pager_extended(p))
+        return;
+    uint64_t last = (p->total_pages - 1) / p->chunk_pages;
+    for (uint64_t c = 1; c <= last; c++)
+        bitmap_set(p->chunk_dirty, c);
+}
+
+/* After the reload of the committed (older) state: the state the
+ * transaction started from, still unwritten. */
+int txn_snapshot_restore(mp_pager *p)
+{
+    uint64_t words = p->snap_words > p->words_used ? p->snap_words : p->words_used;
+    memset(p->bits, 0, (size_t)words * sizeof(uint64_t));
+    memset(p->pending, 0, (size_t)words * sizeof(uint64_t));
+    memcpy(p->bits, p->snap, (size_t)p->snap_words * sizeof(uint64_t));
+    memcpy(p->pending, p->snap + p->snap_words, (size_t)p->snap_words * sizeof(uint64_t));
+    if (p->snap_words > p->words_used)
+        p->words_used = p->snap_words;
+    p->total_pages = p->snap_total;
+    p->free_count = p->snap_free;
+    p->pending_count = p->snap_pending_count;
+    p->pending_lo = p->snap_pending_lo;
+    p->pending_hi = p->snap_pending_hi;
+    memcpy(p->roots, p->snap_roots, sizeof p->roots);
+    p->meta_unwritten = 1;
+    p->hint = MP_RESERVED_PAGES;
+    summary_rebuild(&p->sum, p->bits, p->pending, p->words_used);
+    mark_all_chunks(p);
+    return MP_OK;
+}
+
+/* Writes the snapshot's state (not the transaction's) and flushes it: the
+ * in-memory maps are swapped for the snapshot's for the write. Pages pending
+ * stay pending (the transaction's frees among them). */
+int txn_snapshot_settle(mp_pager *p)
+{
+    uint64_t *bits = p->bits;
+    uint64_t total = p->total_pages, free_count = p->free_count;
+    uint64_t roots[MP_ROOTS];
+    memcpy(roots, p->roots, sizeof roots);
+    /* The writes read bits below the snapshot's page count only. */
+    uint64_t words = bitmap_words(p->snap_total) + 1;
+    if (words < p->snap_words)
+        words = p->snap_words;
+    uint64_t *view = calloc((size_t)words, sizeof(uint64_t));
+    if (!view)
+        return MP_ENO_MEMORY;
+    memcpy(view, p->snap, (size_t)p->snap_words * sizeof(uint64_t));
+    mark_all_chunks(p);
+    p->bits = view;
+    p->total_pages = p->snap_total;
+    p->free_count = p->snap_free;
+    memcpy(p->roots, p->snap_roots, sizeof p->roots);
+    int rc = pager_write_state(p);
+    p->bits = bits;
+    p->total_pages = total;
+    p->free_count = free_count;
+    memcpy(p->roots, roots, sizeof roots);
+    free(view);
+    mark_all_chunks(p);
+    p->changed = 1;
+    txn_snapshot_drop(p);
+    return rc;
+}

@@ -1,0 +1,83 @@
+"""The Pager's engine calls: roots, and flushing chosen pages.
+
+Roots are 8 u64 values committed with the allocation state (FORMAT.md, "The
+metadata tail"); ``sync(pages=...)`` and ``sync_run`` flush chosen pages' data
+without a commit. ``_EngineCalls`` is that part of :class:`mappedpages.Pager`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from mappedpages._base import _PagerBase, as_id
+from mappedpages._core import lib
+from mappedpages._errors import FileFull, OutOfBounds
+from mappedpages._types import PageId
+
+
+class _EngineCalls(_PagerBase):
+    """Roots and page flushes of :class:`mappedpages.Pager`."""
+
+    def _sync_pages(self, pages: Iterable[PageId]) -> None:
+        """``sync(pages=...)``: one msync per run of consecutive ids, bounds checked first."""
+        ids = sorted({as_id(p) for p in pages})
+        runs: list[tuple[int, int]] = []
+        for pid in ids:
+            if runs and runs[-1][0] + runs[-1][1] == pid:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((pid, 1))
+        with self._lock:
+            self._usable()
+            for first, count in runs:
+                if first < 0 or first + count > self._page_count:
+                    raise OutOfBounds(
+                        f"page {first if first < 0 else first + count - 1} is not in the "
+                        f"file (page_count {self._page_count})"
+                    )
+            for first, count in runs:
+                self.sync_run(PageId(first), count)
+
+    def sync_run(self, first: PageId, count: int) -> None:
+        """Flush the data of pages ``first .. first + count - 1`` (one msync).
+
+        :class:`OutOfBounds` if the run is not inside the file.
+        """
+        first_id = as_id(first)
+        n = as_id(count, "count")
+        if n < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            handle = self._usable()
+            self._check(lib.mp_pager_sync_run(handle, first_id, n), f"page {first_id}")
+
+    def set_root(self, slot: int, value: int) -> None:
+        """Set root ``slot`` (0-7) to ``value``, an unsigned 64-bit int.
+
+        Roots commit atomically with the allocation state: inside a
+        transaction with it, outside one as a commit of its own. ``ValueError``
+        for a slot or value out of range; :class:`FileFull` for a non-zero
+        value in a file whose allocation bitmap leaves no room for roots (a
+        v0.2 bitmap past ``(page_size - 100) * 8`` pages, see FORMAT.md).
+        """
+        if isinstance(slot, bool) or not isinstance(slot, int):
+            raise TypeError(f"slot must be an int, not {type(slot).__name__}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if not 0 <= slot < 8:
+            raise ValueError(f"slot must be 0-7, not {slot}")
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"value must be an unsigned 64-bit int, not {value}")
+        with self._lock:
+            handle = self._usable()
+            rc = lib.mp_pager_set_root(handle, slot, value)
+            if rc == lib.MP_EFILE_FULL:
+                raise FileFull(
+                    f"root {slot}: this file's metadata has no room for roots: it has "
+                    f"{self._page_count} pages, more than a metadata page holds beside "
+                    f"them ((page_size - 100) * 8 = {(self._page_size - 100) * 8}; FORMAT.md, "
+                    "the metadata tail)"
+                )
+            self._check(rc, f"root {slot}")
+            self._refresh_stats()
+

@@ -1,0 +1,111 @@
+"""Transaction: the handle ``with pager.transaction() as tx`` gives.
+
+Calls on the pager inside the block join the transaction; the handle adds the
+data pages to it. Pages written through :meth:`Transaction.page` or
+:meth:`Transaction.view`, or named with :meth:`Transaction.mark_dirty`, are in
+its dirty set: at a clean exit their contents become durable together with the
+allocations, roots and protected writes of the block, in one commit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mappedpages._base import as_id
+from mappedpages._core import ffi, lib
+from mappedpages._types import PageId
+
+if TYPE_CHECKING:
+    from mappedpages._pager import Pager
+
+
+class Transaction:
+    """An open transaction of a :class:`Pager` (the target of ``with pager.transaction()``).
+
+    Valid only inside its block; afterwards every method raises ``ValueError``.
+    """
+
+    __slots__ = ("_pager", "_open")
+
+    def __init__(self, pager: Pager) -> None:
+        self._pager = pager
+        self._open = True
+
+    @property
+    def pager(self) -> Pager:
+        """The pager this transaction belongs to."""
+        return self._pager
+
+    def _handle(self) -> Any:
+        if not self._open:
+            raise ValueError("the transaction has ended (use the handle inside its block)")
+        return self._pager._usable()
+
+    def mark_dirty(self, first: PageId, count: int = 1) -> None:
+        """Add pages ``first .. first + count - 1`` to the dirty set.
+
+        For pages written through other views (``pager.page``, ``pager.view``):
+        their contents at the end of the block commit with it. Mark a page
+        before writing it when the previous transaction wrote it too (see the
+        README's engine transactions section). Pages must be in the file and
+        not reserved (:class:`OutOfBounds`, :class:`ReservedPage`).
+        """
+        first_id = as_id(first)
+        n = as_id(count, "count")
+        if n < 1:
+            raise ValueError("count must be at least 1")
+        with self._pager._lock:
+            handle = self._handle()
+            self._pager._check(lib.mp_txn_mark_dirty(handle, first_id, n), f"page {first_id}")
+
+    def page(self, page_id: PageId) -> memoryview:
+        """A writable view of one page, like ``pager.page``, marked dirty."""
+        with self._pager._lock:
+            self._handle()
+            view = self._pager.page(page_id)
+            self.mark_dirty(page_id)
+            return view
+
+    def view(self, first_page: PageId, count: int) -> memoryview:
+        """A writable view of ``count`` contiguous pages, like ``pager.view``, marked dirty."""
+        with self._pager._lock:
+            self._handle()
+            view = self._pager.view(first_page, count)
+            self.mark_dirty(first_page, count)
+            return view
+
+    def write(self, page_id: PageId, data: Any, offset: int = 0) -> None:
+        """Write ``data`` (bytes-like) at ``offset`` of page ``page_id`` and mark it dirty.
+
+        The bytes may run on into the next pages (all must be in the file and
+        not reserved). They are written through the page cache (``pwrite``),
+        not the mapping: a store through a mapping dirties the whole page-cache
+        folio around it (up to 2 MiB once the file was read sequentially), and
+        the commit then writes all of it; this writes only what changed. Views
+        see the bytes at once. ``ValueError`` for an empty ``data`` or an
+        ``offset`` outside ``0 .. page_size - 1``.
+        """
+        pid = as_id(page_id)
+        off = as_id(offset, "offset")
+        raw = memoryview(data).cast("B")
+        if len(raw) == 0:
+            raise ValueError("nothing to write")
+        with self._pager._lock:
+            handle = self._handle()
+            if off >= self._pager.page_size:
+                raise ValueError(f"offset must be below the page size, not {off}")
+            buf = ffi.from_buffer("uint8_t[]", raw)
+            self._pager._check(lib.mp_txn_write(handle, pid, off, buf, len(raw)), f"page {pid}")
+
+    @property
+    def dirty_pages(self) -> int:
+        """How many pages are in the dirty set."""
+        with self._pager._lock:
+            handle = self._handle()
+            out = ffi.new("uint64_t *")
+            self._pager._check(lib.mp_txn_dirty_count(handle, out), "dirty_pages")
+            return int(out[0])
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "ended"
+        return f"<Transaction of {self._pager.path!r} ({state})>"
