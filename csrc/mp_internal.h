@@ -326,6 +326,41 @@ uint64_t os_page_size(void);
 
 /* ---- pager.c (lifetime), recover.c (open), grow.c, alloc.c ---- */
 
+/* The pager's named states (state.c derives one from the flags: pager_state),
+ * in the spirit of SQLite's PAGER_OPEN ... PAGER_ERROR. Checked in this order:
+ *
+ *   state               flags                     calls allowed
+ *   FORGOTTEN           no_io (and poisoned)      close; views keep reading
+ *   ERROR               poisoned                  close (finish is a no-op)
+ *   READER              read_only                 reads, stats, refresh, close
+ *   WRITER_TXN          txn_depth > 0             every call; txn commit/abort
+ *   WRITER_DEFERRED     meta_unwritten,           every call; sync/close
+ *                       page0_stale or pending      settle what was deferred
+ *   WRITER_IDLE         none of the above         every call
+ *
+ * Invariants by state (pager_check asserts them after each commit):
+ *   - READER: no transaction, no summary, nothing deferred (a reader never
+ *     writes), no pending frees;
+ *   - every writer state has a summary and no_io clear; FORGOTTEN has
+ *     poisoned set too;
+ *   - outside a transaction (WRITER_DEFERRED, WRITER_IDLE), once a commit
+ *     returns: changed is clear; meta_unwritten and pending frees only in
+ *     "none"; page0_stale never in "compat" (in "fast" and "none" it may be
+ *     set until sync or close; a commit in the extended layout clears it,
+ *     since page 0's selector is not kept current there);
+ *   - WRITER_TXN: bits[] is ahead of every copy on disk and pending[] holds
+ *     the frees of the transaction, in every mode and layout.
+ * The invariants of the maps and the directory hold in every state but ERROR
+ * and FORGOTTEN (see the list at the top of this file and check.c). */
+typedef enum {
+    MP_PAGER_FORGOTTEN,
+    MP_PAGER_ERROR,
+    MP_PAGER_READER,
+    MP_PAGER_WRITER_TXN,
+    MP_PAGER_WRITER_DEFERRED,
+    MP_PAGER_WRITER_IDLE
+} mp_pager_state;
+
 /* writer_open values: no writer, a writer open, written in this transaction. */
 #define MP_WRITER_NONE 0u
 #define MP_WRITER_OPEN 1u
@@ -402,6 +437,61 @@ struct mp_pager {
     int meta_fell_back;      /* open chose the older metadata copy: the newer one failed */
     uint64_t file_pages;     /* whole pages in the file as open found it */
 };
+
+/* The committed state: the fields of mp_pager a load of the committed state
+ * writes (recover.c), listed once. state.c builds one aside (committed_new),
+ * exchanges it with the pager's as one unit (committed_swap: exactly these
+ * fields move) and frees one (committed_free). Open loads into the fresh
+ * state pager_new swapped in; refresh and rollback load into a fresh state
+ * and keep the old one until the load succeeds. */
+#define MP_COMMITTED_FIELDS(X)                                                                   \
+    X(uint64_t *, bits)                                                                          \
+    X(uint64_t *, system)                                                                        \
+    X(uint64_t *, pending)                                                                       \
+    X(uint64_t *, chunk_dirty)                                                                   \
+    X(uint64_t *, chunk_active)                                                                  \
+    X(uint64_t *, index_dirty)                                                                   \
+    X(uint64_t *, index_active)                                                                  \
+    X(mp_dir_block *, dirs)                                                                      \
+    X(mp_dir_ref *, refs)                                                                        \
+    X(uint32_t, dir_count)                                                                       \
+    X(uint32_t, dir_capacity)                                                                    \
+    X(uint32_t, dir_committed)                                                                   \
+    X(uint64_t, total_pages)                                                                     \
+    X(uint64_t, free_count)                                                                      \
+    X(uint64_t, generation)                                                                      \
+    X(uint32_t, active)                                                                          \
+    X(uint32_t, minor)                                                                           \
+    X(uint64_t, hint)                                                                            \
+    X(uint64_t, pending_count)                                                                   \
+    X(uint64_t, pending_lo)                                                                      \
+    X(uint64_t, pending_hi)                                                                      \
+    X(uint64_t, words_used)                                                                      \
+    X(uint64_t, file_pages)                                                                      \
+    X(uint64_t, protected_count)                                                                 \
+    X(uint64_t, system_count)                                                                    \
+    X(int, page0_stale)                                                                          \
+    X(int, meta_unwritten)                                                                       \
+    X(int, changed)                                                                              \
+    X(int, index_changed)                                                                        \
+    X(int, ext_committed)                                                                        \
+    X(int, meta_fell_back)
+
+#define MP_COMMITTED_DECLARE(type, name) type name;
+typedef struct {
+    MP_COMMITTED_FIELDS(MP_COMMITTED_DECLARE)
+} mp_committed;
+#undef MP_COMMITTED_DECLARE
+
+/* state.c */
+/* A fresh, empty state sized for p (maps zero, words_used p's). */
+int committed_new(const mp_pager *p, mp_committed *s);
+/* Exchanges the pager's committed state with s. */
+void committed_swap(mp_pager *p, mp_committed *s);
+/* Frees s (a state not in a pager); leaves it empty. */
+void committed_free(const mp_pager *p, mp_committed *s);
+/* The pager's named state, from its flags (the table above mp_pager_state). */
+mp_pager_state pager_state(const mp_pager *p);
 
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
 static inline int pager_is_layout_page(const mp_pager *p, uint64_t id)

@@ -509,8 +509,9 @@ static int load_pages(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     return dir_load(p, rep, count);
 }
 
-/* Reloads the committed state over the in-memory one (a transaction's
- * rollback). Open writers stay open: their staged copies are untouched. */
+/* Replaces the in-memory state with the committed one, loaded fresh (a
+ * transaction's rollback). Open writers stay open: their staged copies are
+ * untouched. */
 int pager_load_committed(mp_pager *p, mp_open_report *rep)
 {
     mp_open_report local;
@@ -530,8 +531,17 @@ int pager_load_committed(mp_pager *p, mp_open_report *rep)
             if (p->dirs[b].writer_open[s] == MP_WRITER_OPEN)
                 pids[n++] = (uint64_t)b * p->epp + s;
     int stale = p->page0_stale;
-    dir_release(p);
-    int rc = load_state(p, p->map.mapped, rep, &stale);
+    /* The transaction's state is set aside while a fresh one loads, and
+     * dropped once the load succeeds (state.c). */
+    mp_committed txn;
+    int rc = committed_new(p, &txn);
+    if (rc == MP_OK) {
+        committed_swap(p, &txn);
+        rc = load_state(p, p->map.mapped, rep, &stale);
+        if (rc != MP_OK)
+            committed_swap(p, &txn);
+        committed_free(p, &txn);
+    }
     if (rc != MP_OK) {
         p->poisoned = 1;
         free(pids);
