@@ -3,7 +3,7 @@
  *
  * Owns: the in-memory state of an open pager and the prototypes that connect
  * format.c (bytes on disk), bitmap.c (the free map in memory), os.c (system
- * calls and the mapping), pager.c, recover.c, grow.c, alloc.c, commit.c,
+ * calls and the mapping), pager.c, state.c, recover.c, grow.c, alloc.c, commit.c,
  * txn.c, directory.c, protected.c and subpage.c.
  *
  * Invariants of an open writable pager, kept between calls (check.c checks
