@@ -22,6 +22,9 @@
  *   - the directory: each block's two pages and each live entry's two backing
  *     pages are system pages, and no page is owned twice; protected_count is
  *     the number of live entries.
+ *   - the pager's flags form a valid combination for its named state
+ *     (pager_state; the table and which flags each mode and layout allows
+ *     after a commit are in mp_internal.h).
  * Not checked here, since it is false by design in some modes: that bits[]
  * equals the committed copy on disk ("none" defers it, a transaction is ahead
  * of it) and that page 0 names `active` ("fast" and the extended layout
@@ -131,8 +134,37 @@ static int check_directory(const mp_pager *p)
     return ok && live == p->protected_count;
 }
 
+/* The flags form the combination the named state allows (the table in
+ * mp_internal.h). Runs where pager_check does: outside a transaction, once a
+ * commit returned. */
+static int check_state(const mp_pager *p)
+{
+    switch (pager_state(p)) {
+    case MP_PAGER_FORGOTTEN:
+        return p->poisoned;
+    case MP_PAGER_ERROR:
+        return 1;
+    case MP_PAGER_READER:
+        return p->txn_depth == 0 && !p->sum.mem && !p->meta_unwritten && p->pending_count == 0;
+    case MP_PAGER_WRITER_TXN:
+        return p->sum.mem != NULL;
+    default:
+        break;
+    }
+    /* WRITER_DEFERRED and WRITER_IDLE: what a commit leaves. */
+    if (!p->sum.mem || p->changed)
+        return 0;
+    if (p->durability != MP_DURABILITY_NONE && (p->meta_unwritten || p->pending_count > 0))
+        return 0;
+    return !(p->durability == MP_DURABILITY_COMPAT && p->page0_stale);
+}
+
 int pager_check(mp_pager *p)
 {
+    if (!check_state(p)) {
+        p->poisoned = 1;
+        return MP_EINTERNAL;
+    }
     if (p->read_only || p->no_io || p->poisoned)
         return MP_OK;
     if (check_counts(p) && check_layout_pages(p) && check_summary(p) && check_directory(p))

@@ -3,7 +3,7 @@
  *
  * Owns: the in-memory state of an open pager and the prototypes that connect
  * format.c (bytes on disk), bitmap.c (the free map in memory), os.c (system
- * calls and the mapping), pager.c, recover.c, grow.c, alloc.c, commit.c,
+ * calls and the mapping), pager.c, state.c, recover.c, grow.c, alloc.c, commit.c,
  * txn.c, directory.c, protected.c and subpage.c.
  *
  * Invariants of an open writable pager, kept between calls (check.c checks
@@ -351,6 +351,41 @@ uint64_t os_page_size(void);
 
 /* ---- pager.c (lifetime), recover.c (open), grow.c, alloc.c ---- */
 
+/* The pager's named states (state.c derives one from the flags: pager_state),
+ * in the spirit of SQLite's PAGER_OPEN ... PAGER_ERROR. Checked in this order:
+ *
+ *   state               flags                     calls allowed
+ *   FORGOTTEN           no_io (and poisoned)      close; views keep reading
+ *   ERROR               poisoned                  close (finish is a no-op)
+ *   READER              read_only                 reads, stats, refresh, close
+ *   WRITER_TXN          txn_depth > 0             every call; txn commit/abort
+ *   WRITER_DEFERRED     meta_unwritten,           every call; sync/close
+ *                       page0_stale or pending      settle what was deferred
+ *   WRITER_IDLE         none of the above         every call
+ *
+ * Invariants by state (pager_check asserts them after each commit):
+ *   - READER: no transaction, no summary, nothing deferred (a reader never
+ *     writes), no pending frees;
+ *   - every writer state has a summary and no_io clear; FORGOTTEN has
+ *     poisoned set too;
+ *   - outside a transaction (WRITER_DEFERRED, WRITER_IDLE), once a commit
+ *     returns: changed is clear; meta_unwritten and pending frees only in
+ *     "none"; page0_stale never in "compat" (in "fast" and "none" it may be
+ *     set until sync or close; a commit in the extended layout clears it,
+ *     since page 0's selector is not kept current there);
+ *   - WRITER_TXN: bits[] is ahead of every copy on disk and pending[] holds
+ *     the frees of the transaction, in every mode and layout.
+ * The invariants of the maps and the directory hold in every state but ERROR
+ * and FORGOTTEN (see the list at the top of this file and check.c). */
+typedef enum {
+    MP_PAGER_FORGOTTEN,
+    MP_PAGER_ERROR,
+    MP_PAGER_READER,
+    MP_PAGER_WRITER_TXN,
+    MP_PAGER_WRITER_DEFERRED,
+    MP_PAGER_WRITER_IDLE
+} mp_pager_state;
+
 /* writer_open values: no writer, a writer open, written in this transaction. */
 #define MP_WRITER_NONE 0u
 #define MP_WRITER_OPEN 1u
@@ -447,6 +482,8 @@ struct mp_pager {
     mp_rec rec[MP_MAX_RECORD];
 };
 
+#include "mp_state.h"
+
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
 static inline int pager_is_layout_page(const mp_pager *p, uint64_t id)
 {
@@ -475,6 +512,9 @@ void pager_release_bit(mp_pager *p, uint64_t id);
 int pager_load_committed(mp_pager *p, mp_open_report *rep);
 /* Loads the committed state into p, a reader retrying while a writer
  * commits under it. */
+/* One look at the committed state: pages 0-2 copied aside, then loaded
+ * (recover.c). */
+int pager_load_state(mp_pager *p, uint64_t file_len, mp_open_report *rep, int *page0_stale);
 int pager_load_with_retries(mp_pager *p, uint64_t file_len, mp_open_report *rep,
                             int *page0_stale);
 

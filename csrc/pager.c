@@ -52,9 +52,10 @@ int pager_usable(const mp_pager *p, int writing)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
-    if (p->poisoned)
+    mp_pager_state st = pager_state(p);
+    if (st == MP_PAGER_FORGOTTEN || st == MP_PAGER_ERROR)
         return MP_EUNAVAILABLE;
-    if (writing && p->read_only)
+    if (writing && st == MP_PAGER_READER)
         return MP_EREAD_ONLY;
     /* A commit must raise the generation; at its maximum it would wrap to 0
      * and the next open would prefer the older copy. Refuse before changing
@@ -85,20 +86,14 @@ static void pager_destroy(mp_pager *p)
     if (!p)
         return;
     readers_release(p);
-    dir_release(p);
+    mp_committed st;
+    memset(&st, 0, sizeof st);
+    committed_swap(p, &st);
+    committed_free(p, &st);
     os_map_release(&p->map);
-    os_free_zeroed(p->bits, p->map_bytes);
-    os_free_zeroed(p->system, p->map_bytes);
-    os_free_zeroed(p->pending, p->map_bytes);
     os_free_zeroed(p->dirty, p->map_bytes);
     summary_release(&p->sum);
-    free(p->chunk_dirty);
-    free(p->chunk_active);
-    free(p->index_dirty);
-    free(p->index_active);
     free(p->scratch);
-    free(p->dirs);
-    free(p->refs);
     if (p->fd >= 0)
         (void)os_close_file(p->fd);
     free(p);
@@ -132,24 +127,17 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     }
     p->max_pages = fmt_max_mapped_pages(p->page_size);
     p->map_bytes = (size_t)(bitmap_words(p->max_pages) + 1) * sizeof(uint64_t);
-    p->bits = os_alloc_zeroed(p->map_bytes);
-    p->system = os_alloc_zeroed(p->map_bytes);
-    p->pending = os_alloc_zeroed(p->map_bytes);
     p->dirty = os_alloc_zeroed(p->map_bytes);
     p->max_chunks = p->max_pages / p->chunk_pages + 1;
-    size_t chunk_words = (size_t)bitmap_words(p->max_chunks) + 1;
-    p->chunk_dirty = calloc(chunk_words, sizeof(uint64_t));
-    p->chunk_active = calloc(chunk_words, sizeof(uint64_t));
-    p->index_dirty = calloc(chunk_words, sizeof(uint64_t));
-    p->index_active = calloc(chunk_words, sizeof(uint64_t));
     p->scratch = malloc(p->page_size);
-    p->dir_capacity = fmt_max_dir_blocks(p->page_size);
     p->epp = fmt_entries_per_dir_page(p->page_size);
-    p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
-    p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
+    /* The committed state starts empty: open loads into it, create writes it. */
+    mp_committed st;
+    int st_ok = committed_new(p, &st) == MP_OK;
+    if (st_ok)
+        committed_swap(p, &st);
     int sum_ok = read_only || summary_init(&p->sum, p->max_pages) == MP_OK;
-    if (!p->bits || !p->system || !p->pending || !p->dirty || !p->scratch || !p->dirs || !p->refs ||
-        !p->chunk_dirty || !p->chunk_active || !p->index_dirty || !p->index_active || !sum_ok) {
+    if (!st_ok || !p->dirty || !p->scratch || !sum_ok) {
         p->fd = -1;
         pager_destroy(p);
         return MP_ENO_MEMORY;
@@ -388,39 +376,18 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
         return rc;
     if (map_len < p->map.mapped)
         map_len = p->map.mapped;
-    /* Load into fresh buffers; keep the old state if the file does not validate. */
-    mp_pager saved = *p;
-    p->bits = os_alloc_zeroed(p->map_bytes);
-    p->system = os_alloc_zeroed(p->map_bytes);
-    p->dirs = calloc(p->dir_capacity, sizeof(mp_dir_block));
-    p->refs = calloc(p->dir_capacity + 1u, sizeof(mp_dir_ref));
-    p->dir_count = 0;
-    if (!p->bits || !p->system || !p->dirs || !p->refs) {
-        rc = MP_ENO_MEMORY;
-    } else {
-        int stale = 0;
-        rc = pager_load_with_retries(p, map_len, report, &stale);
-    }
-    if (rc != MP_OK) {
-        dir_release(p);
-        os_free_zeroed(p->bits, p->map_bytes);
-        os_free_zeroed(p->system, p->map_bytes);
-        free(p->dirs);
-        free(p->refs);
-        mp_map map = p->map;
-        uint64_t words_used = p->words_used;
-        *p = saved;
-        p->map = map;
-        p->words_used = words_used > p->words_used ? words_used : p->words_used;
+    /* Load into a fresh state, the old one set aside; keep the old state if
+     * the file does not validate. The mapping stays as it grew. */
+    mp_committed aside;
+    if ((rc = committed_new(p, &aside)) != MP_OK)
         return rc;
-    }
-    mp_pager old = saved;
-    dir_release(&old);
-    os_free_zeroed(old.bits, old.map_bytes);
-    os_free_zeroed(old.system, old.map_bytes);
-    free(old.dirs);
-    free(old.refs);
-    return MP_OK;
+    committed_swap(p, &aside);
+    int stale = 0;
+    rc = pager_load_with_retries(p, map_len, report, &stale);
+    if (rc != MP_OK)
+        committed_swap(p, &aside);
+    committed_free(p, &aside);
+    return rc;
 }
 
 int mp_pager_stats(const mp_pager *p, mp_stats *out)

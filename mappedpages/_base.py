@@ -29,10 +29,7 @@ from typing import Any, Callable
 
 from mappedpages._core import ffi, lib
 from mappedpages._errors import (
-    FileTruncated,
-    OutOfBounds,
     RecoveryWarning,
-    ReservedPage,
     Unavailable,
     meta_problem_text,
     raise_for,
@@ -147,7 +144,7 @@ def truncated_message(report: Any) -> str:
 def open_error(rc: int, report: Any, path: str) -> None:
     """Raise for a failed open (a cut file with the lengths in the message); nothing for 0."""
     if rc == lib.MP_EFILE_TRUNCATED:
-        raise FileTruncated(f"{path}: {truncated_message(report)}")
+        raise_for(rc, path, path, truncated_message(report))
     raise_for_rc(rc, path, path)
 
 
@@ -369,14 +366,13 @@ class _PagerBase:
             rc = lib.MP_EOUT_OF_BOUNDS
         else:
             rc = lib.mp_pager_check_page(self._handle, page_id)
-        if rc == lib.MP_EOUT_OF_BOUNDS:
-            raise OutOfBounds(f"page {page_id} is out of bounds (page_count {self._page_count})")
-        if rc == lib.MP_ERESERVED_PAGE:
-            raise ReservedPage(
-                f"page {page_id} belongs to the pager (reserved, directory "
-                "or protected backing page)"
-            )
-        self._check(rc, f"page {page_id}")
+        detail = {
+            lib.MP_EOUT_OF_BOUNDS: f"page_count {self._page_count}",
+            lib.MP_ERESERVED_PAGE: "it belongs to the pager: reserved, directory "
+            "or protected backing page",
+        }.get(rc, "")
+        if rc != 0:
+            raise_for(rc, f"page {page_id}", self._path, detail)
 
     def _view(self, page_id: int, readonly: bool) -> memoryview:
         mv = self._ro if readonly else self._mv
@@ -509,22 +505,18 @@ class _PagerBase:
             raise ValueError("count must be at least 1")
         with self._lock:
             self._usable()
+            pages = f"pages {first}..{first + n - 1}"
             if first < 0 or first + n > self._page_count:
-                raise OutOfBounds(
-                    f"pages {first}..{first + n - 1} are not all in the file "
-                    f"(page_count {self._page_count})"
-                )
+                raise_for(lib.MP_EOUT_OF_BOUNDS, pages, detail=f"page_count {self._page_count}")
             if first < 3:
-                raise ReservedPage(f"pages 0-2 are reserved (asked from page {first})")
+                raise_for(lib.MP_ERESERVED_PAGE, pages, detail="pages 0-2 are the pager's")
             if self._system and any(i in self._system for i in range(first, first + n)):
-                raise ReservedPage(f"pages {first}..{first + n - 1} include pager pages")
+                raise_for(lib.MP_ERESERVED_PAGE, pages, detail="they include pager pages")
             # The first chunk whose layout pages end past `first`.
             chunk, lp = self._chunk, self._layout_pages
             if chunk * max(1, (first + chunk - lp) // chunk) < first + n:
-                raise ReservedPage(
-                    f"pages {first}..{first + n - 1} include layout pages of the extended "
-                    "layout (the first four of each chunk)"
-                )
+                layout = "the first four pages of each chunk of the extended layout"
+                raise_for(lib.MP_ERESERVED_PAGE, pages, detail=f"they include {layout}")
             mv = self._ro if readonly else self._mv
             assert mv is not None
             off = first * self._page_size

@@ -168,23 +168,47 @@ def meta_problem_text(problem: int) -> str | None:
     return _c_text(lib.mp_meta_problem_text, problem)
 
 
-def error_for(code: int, context: str = "", path: str | None = None) -> Exception:
-    """Return the exception for a non-zero C error code."""
+def error_for(
+    code: int,
+    context: str = "",
+    path: str | None = None,
+    detail: str = "",
+    cls: type[Exception] | None = None,
+) -> Exception:
+    """Return the exception for a non-zero C error code.
+
+    The one place a message for a C error code is worded:
+    ``"{context}: {meaning} ({detail})"``, where ``meaning`` is the core's
+    (``mp_strerror``), ``context`` names the call or the value involved (an
+    id, a path) and ``detail`` adds the other values involved (the file's page
+    size, the page count, the duplicate id) or what to do about it. ``cls``
+    picks a subclass of the code's exception class (``ReservedSubPageId``).
+    """
     if code < 0:
         err = -code
-        detail = f" ({context})" if context and context != path else ""
-        return OSError(err, os.strerror(err) + detail, path)
-    cls = ERRORS.get(code, MappedPageError)
+        extra = f" ({context})" if context and context != path else ""
+        return OSError(err, os.strerror(err) + extra, path)
+    base = ERRORS.get(code, MappedPageError)
+    if cls is None or not issubclass(cls, base):
+        cls = base
     meaning = message_for(code)
     message = f"{context}: {meaning}" if context else meaning
+    if detail:
+        message = f"{message} ({detail})"
     if cls is Locked:
         return Locked(_errno.EWOULDBLOCK, message)
     return cls(message)
 
 
-def raise_for(code: int, context: str = "", path: str | None = None) -> NoReturn:
-    """Raise the exception for a non-zero C error code."""
-    raise error_for(code, context, path)
+def raise_for(
+    code: int,
+    context: str = "",
+    path: str | None = None,
+    detail: str = "",
+    cls: type[Exception] | None = None,
+) -> NoReturn:
+    """Raise the exception for a non-zero C error code (worded by :func:`error_for`)."""
+    raise error_for(code, context, path, detail, cls)
 
 
 def raise_error(cls: type[Exception], message: str) -> NoReturn:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from mappedpages._base import _U64_LIMIT, as_id
-from mappedpages._core import ffi
-from mappedpages._errors import OutOfBounds
+from mappedpages._core import ffi, lib
+from mappedpages._errors import error_for
 
 _U64_FORMATS = frozenset(
     {"Q", "<Q", "=Q", "@Q"}
@@ -61,7 +61,7 @@ def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
         checked = [as_id(i, what) for i in values]
         bad = next((v for v in checked if v < 0 or v >= _U64_LIMIT), None)
         if bad is not None:
-            raise OutOfBounds(f"{what} {bad} is out of bounds") from None
+            raise error_for(lib.MP_EOUT_OF_BOUNDS, f"{what} {bad}") from None
         raise
     # array('Q') takes True as 1; bool is no id. Only 0 and 1 can be bools,
     # so the Python-speed scan runs only when one of them is there.

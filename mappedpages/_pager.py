@@ -31,13 +31,7 @@ from mappedpages._base import (
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
-from mappedpages._errors import (
-    FileFull,
-    InvalidPageSize,
-    OutOfBounds,
-    ReservedPage,
-    WriterOpen,
-)
+from mappedpages._errors import raise_for
 from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer
 from mappedpages._pager_async import _AsyncCalls
 from mappedpages._pager_engine import _EngineCalls
@@ -65,9 +59,8 @@ def _check_page_size(page_size: object, allow_none: bool) -> int:
     if isinstance(page_size, bool) or not isinstance(page_size, int):
         raise TypeError(f"page_size must be an int, not {type(page_size).__name__}")
     if page_size < 1024 or page_size > (1 << 30) or page_size & (page_size - 1):
-        raise InvalidPageSize(
-            f"page_size must be a power of two from 1024 to 2**30, not {page_size}"
-        )
+        rule = "it must be a power of two from 1024 to 2**30"
+        raise_for(lib.MP_EINVALID_PAGE_SIZE, f"page_size={page_size}", detail=rule)
     return page_size
 
 
@@ -142,9 +135,8 @@ def raise_for_open(rc: int, report: Any, text: str, raw: bytes, page_size: int) 
     if rc == lib.MP_EINVALID_PAGE_SIZE and page_size:
         found = _file_page_size(raw)
         if found is not None and found != page_size:
-            raise InvalidPageSize(
-                f"{text}: the file's page size is {found}, not page_size={page_size}"
-            )
+            detail = f"the file's page size is {found}, not page_size={page_size}"
+            raise_for(rc, text, text, detail)
     open_error(rc, report, text)
 
 
@@ -351,7 +343,7 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
             if self._mv is None or self._forked:
                 self._usable()
             if page_id < 0 or page_id >= _U64_LIMIT:
-                raise OutOfBounds(f"page {page_id} is out of bounds")
+                raise_for(lib.MP_EOUT_OF_BOUNDS, f"free page {page_id}")
             if self._subs:
                 self._refuse_held(ffi.new("uint64_t[1]", [page_id]), 1)
             rc = _free(self._handle, page_id)
@@ -397,10 +389,8 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
             room = int(self._stats.room)
             if n > room:
                 # Checked before the id buffer is allocated, so a huge n costs nothing.
-                raise FileFull(
-                    f"alloc_bulk({n}): the file can hold only {room} more pages "
-                    f"({self._max_pages} pages in all: 16 TiB, the most a pager maps)"
-                )
+                room_text = f"room for {room} more pages, {self._max_pages} in all"
+                raise_for(lib.MP_EFILE_FULL, f"alloc_bulk({n})", detail=room_text)
             buf = ffi.new("uint64_t[]", n) if target is None else target
             self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf), "alloc_bulk")
             self._refresh_stats()
@@ -447,9 +437,10 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
             self._check(lib.mp_subpage_find_held(sub._handle, pages, count, where))
             if where[0] < count:
                 page = int(pages[where[0]])
-                raise ReservedPage(
-                    f"page {page} is held by a SubPageAllocator (sub_size {sub.sub_size}); "
-                    "free its sub-pages through the allocator, or detach it first"
+                raise_for(
+                    lib.MP_ERESERVED_PAGE,
+                    f"page {page} is held by a SubPageAllocator (sub_size {sub.sub_size})",
+                    detail="free its sub-pages through the allocator, or detach it first",
                 )
 
     def sync(self, pages: Iterable[PageId] | None = None) -> None:
@@ -533,10 +524,12 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
                 if left_open:
                     # Committing would silently leave their writes out.
                     self._txn_abort()
-                    raise WriterOpen(
-                        f"the transaction ended with a writer still open on protected "
-                        f"page(s) {', '.join(map(str, left_open))}; it was rolled back "
-                        "(commit or discard each writer opened in the block before it ends)"
+                    raise_for(
+                        lib.MP_EWRITER_OPEN,
+                        "transaction",
+                        detail="the transaction ended with a writer still open on protected "
+                        f"page(s) {', '.join(map(str, left_open))}; it was rolled back: "
+                        "commit or discard each writer opened in the block before it ends",
                     )
                 rc = lib.mp_txn_commit(self._handle)
                 if rc != 0:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from mappedpages._base import _PagerBase, as_id
 from mappedpages._core import lib
-from mappedpages._errors import FileFull, OutOfBounds
+from mappedpages._errors import raise_for
 from mappedpages._types import PageId
 
 
@@ -31,9 +31,11 @@ class _EngineCalls(_PagerBase):
             self._usable()
             for first, count in runs:
                 if first < 0 or first + count > self._page_count:
-                    raise OutOfBounds(
-                        f"page {first if first < 0 else first + count - 1} is not in the "
-                        f"file (page_count {self._page_count})"
+                    raise_for(
+                        lib.MP_EOUT_OF_BOUNDS,
+                        f"sync page {first if first < 0 else first + count - 1}",
+                        self._path,
+                        detail=f"page_count {self._page_count}",
                     )
             for first, count in runs:
                 self.sync_run(PageId(first), count)
@@ -72,11 +74,12 @@ class _EngineCalls(_PagerBase):
             handle = self._usable()
             rc = lib.mp_pager_set_root(handle, slot, value)
             if rc == lib.MP_EFILE_FULL:
-                raise FileFull(
-                    f"root {slot}: this file's metadata has no room for roots: it has "
-                    f"{self._page_count} pages, more than a metadata page holds beside "
-                    f"them ((page_size - 100) * 8 = {(self._page_size - 100) * 8}; FORMAT.md, "
-                    "the metadata tail)"
+                raise_for(
+                    rc,
+                    f"root {slot}",
+                    self._path,
+                    detail=f"this file's metadata has no room for roots beside the bitmap of "
+                    f"its {self._page_count} pages (FORMAT.md, the metadata tail)",
                 )
             self._check(rc, f"root {slot}")
             self._refresh_stats()

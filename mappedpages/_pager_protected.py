@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 from mappedpages._base import _U64_LIMIT, _PagerBase, as_id
 from mappedpages._core import ffi, lib
-from mappedpages._errors import OutOfBounds, WriterOpen
+from mappedpages._errors import raise_for
 from mappedpages._ids import _ids_array
 from mappedpages._protected import ProtectedWriter
 from mappedpages._types import ProtectedPageId
@@ -79,7 +79,7 @@ class _ProtectedCalls(_PagerBase):
             handle = self._usable()
             for pid in values:
                 if pid in self._writers:
-                    raise WriterOpen(f"protected page {pid} has an open writer")
+                    raise_for(lib.MP_EWRITER_OPEN, f"protected page {pid}")
             if not values:
                 return
             pages: list[int] = []
@@ -103,7 +103,7 @@ class _ProtectedCalls(_PagerBase):
         with self._lock:
             handle = self._usable()
             if pid < 0 or pid >= _U64_LIMIT:
-                raise OutOfBounds(f"protected page {pid} is out of bounds")
+                raise_for(lib.MP_EOUT_OF_BOUNDS, f"protected page {pid}")
             self._check(lib.mp_protected_begin(handle, pid, self._out), f"protected page {pid}")
             view = self._view(int(self._out[0]), readonly=False)
             writer = ProtectedWriter(cast("Pager", self), pid, view)

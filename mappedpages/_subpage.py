@@ -20,7 +20,7 @@ from typing import Any
 
 from mappedpages._base import _U64_LIMIT, as_id
 from mappedpages._core import ffi, lib
-from mappedpages._errors import FileFull, OutOfBounds, ReservedPage, ReservedSubPageId
+from mappedpages._errors import ReservedSubPageId, error_for, raise_for
 from mappedpages._pager import Pager
 
 # Bound once: these run on every single-sub-page call.
@@ -54,11 +54,6 @@ def _sub_id(value: object) -> int:
 
 
 def _raise_alloc_error(pager: Pager, rc: int, context: str) -> None:
-    if rc == lib.MP_ESUBPAGE_OWNED:
-        raise ValueError(
-            f"{context}: the pager handed out a page this allocator holds; it was "
-            "freed in the pager while sub-pages in it were in use"
-        )
     pager._check(rc, context)
 
 
@@ -77,20 +72,23 @@ def _restore_error(pager: Pager, values: list[int], slots: int) -> Exception:
         where = f"restore: sub-page id {sub_id} lies in page {page}"
         rc = lib.mp_pager_check_page(handle, page)
         if rc == lib.MP_EOUT_OF_BOUNDS:
-            return OutOfBounds(f"{where}, past the end of the file ({pager._page_count} pages)")
+            why = f"past the end of the file ({pager._page_count} pages)"
+            return error_for(rc, f"{where}, {why}")
         if rc == lib.MP_ERESERVED_PAGE:
-            return ReservedSubPageId(
-                f"{where}, which is reserved (pages 0-2, a layout or directory page, "
+            why = (
+                "which is reserved (pages 0-2, a layout or directory page, "
                 "or a protected page's backing page), not a regular page"
             )
+            return error_for(rc, f"{where}, {why}", cls=ReservedSubPageId)
         pager._check(rc, "restore")
         pager._check(lib.mp_pager_list_pages(handle, lib.MP_KIND_ALLOCATED, page, found, 1, count))
         if int(count[0]) == 0 or int(found[0]) != page:
-            return OutOfBounds(f"{where}, which is free in the pager")
+            return error_for(lib.MP_EOUT_OF_BOUNDS, f"{where}, which is free in the pager")
         if sub_id in seen:
-            return ValueError(f"restore: sub-page id {sub_id} is given twice")
+            twice = f"restore: sub-page id {sub_id} is given twice"
+            return error_for(lib.MP_EINVALID_ARGUMENT, twice)
         seen.add(sub_id)
-    return ValueError("restore: the ids were refused")
+    return error_for(lib.MP_EINVALID_ARGUMENT, "restore", detail="the ids were refused")
 
 
 class SubPageAllocator:
@@ -141,7 +139,7 @@ class SubPageAllocator:
             values = [_sub_id(i) for i in live_ids]
             for v in values:
                 if v >= _U64_LIMIT:
-                    raise OutOfBounds(f"sub-page id {v} is out of bounds")
+                    raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {v}")
             if values:
                 arr = ffi.new("uint64_t[]", values)
                 with pager._lock:
@@ -221,9 +219,10 @@ class SubPageAllocator:
             if where[0] < len(pages):
                 page = pages[where[0]]
                 sub_id = next(v for v in values if v // slots == page)
-                raise ReservedPage(
+                raise_for(
+                    lib.MP_ERESERVED_PAGE,
                     f"restore: sub-page id {sub_id} lies in page {page}, which another "
-                    f"SubPageAllocator on this pager holds (sub_size {other.sub_size})"
+                    f"SubPageAllocator on this pager holds (sub_size {other.sub_size})",
                 )
 
     def _list(self) -> list[tuple[int, int]]:
@@ -326,7 +325,7 @@ class SubPageAllocator:
             if pager._mv is None or pager._forked or self._handle is None or pager._txn_depth:
                 self._mutable()
             if sub_id >= _U64_LIMIT:
-                raise OutOfBounds(f"sub-page id {sub_id} is out of bounds")
+                raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {sub_id}")
             handle = self._handle
             rc = _free(handle, sub_id)
             if rc:
@@ -353,7 +352,7 @@ class SubPageAllocator:
             stats = ffi.new("mp_stats *")
             pager._check(lib.mp_pager_stats(pager._handle, stats))
             if n > int(stats.max_pages) * self._slots:
-                raise FileFull(f"alloc_bulk({n}): more sub-pages than the file can hold")
+                raise_for(lib.MP_EFILE_FULL, f"alloc_bulk({n})", detail="more sub-pages than that")
             out = ffi.new("uint64_t[]", n)
             rc = lib.mp_subpage_alloc_bulk(handle, n, out)
             if rc:
@@ -378,7 +377,7 @@ class SubPageAllocator:
                 return
             for v in values:
                 if v >= _U64_LIMIT:
-                    raise OutOfBounds(f"sub-page id {v} is out of bounds")
+                    raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {v}")
             arr = ffi.new("uint64_t[]", values)
             rc = lib.mp_subpage_free_bulk(handle, arr, len(values))
             if rc:
@@ -402,7 +401,7 @@ class SubPageAllocator:
             if pager._mv is None or pager._forked or self._handle is None:
                 self._usable()
             if sub_id >= _U64_LIMIT:
-                raise OutOfBounds(f"sub-page id {sub_id} is out of bounds")
+                raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {sub_id}")
             rc = _check(self._handle, sub_id, self._out)
             if rc:
                 pager._check(rc, f"sub-page {sub_id}")

@@ -35,7 +35,20 @@ def test_broken_invariants_fail_the_commit(tmp_path: Path) -> None:
     exe = build(tmp_path, "check_harness.c", "-DMAPPEDPAGES_CHECK")
     proc = subprocess.run([str(exe), str(tmp_path / "f.mpp")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(" 20 then 9") == 4, proc.stdout  # MP_EINTERNAL, MP_EUNAVAILABLE
+    assert proc.stdout.count(" 20 then 9") == 6, proc.stdout  # MP_EINTERNAL, MP_EUNAVAILABLE
+
+
+def test_flag_combinations_outside_every_named_state_fail_the_check(tmp_path: Path) -> None:
+    exe = build(tmp_path, "check_harness.c", "-DMAPPEDPAGES_CHECK")
+    proc = subprocess.run([str(exe), str(tmp_path / "f.mpp")], capture_output=True, text=True)
+    assert "meta_unwritten in compat: 20 then 9" in proc.stdout, proc.stdout
+    assert "pending in compat: 20 then 9" in proc.stdout, proc.stdout
+
+
+def test_pager_state_names_each_stage_of_a_pagers_life(tmp_path: Path) -> None:
+    exe = build(tmp_path, "check_harness.c", "-DMAPPEDPAGES_CHECK")
+    proc = subprocess.run([str(exe), str(tmp_path / "f.mpp")], capture_output=True, text=True)
+    assert "states: ok" in proc.stdout, proc.stdout
 
 
 def test_without_check_builds_nothing_is_checked(tmp_path: Path) -> None:
