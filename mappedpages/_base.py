@@ -240,13 +240,11 @@ class _PagerBase:
         stats = ffi.new("mp_stats *")
         raise_for_rc(lib.mp_pager_stats(handle, stats))
         self._page_size = int(stats.page_size)
-        # Pages per free-map chunk: in the extended layout each chunk past the
-        # first starts with its layout pages, refused like reserved ones. The
-        # geometry comes from the core (format.c owns it).
+        # Pages per chunk: below it no page but 0-2 belongs to the layout; past
+        # it the core says which pages do (format.c owns the placement).
         lay = ffi.new("mp_layout *")
         raise_for_rc(lib.mp_layout_get(self._page_size, lay))
         self._chunk = int(lay.chunk_pages)
-        self._layout_pages = int(lay.layout_pages_per_chunk)
         base = ffi.new("uint8_t **")
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
@@ -324,6 +322,19 @@ class _PagerBase:
             )
         )
 
+    def _layout_pages_below(self, total: int) -> int:
+        out = ffi.new("uint64_t *")
+        raise_for_rc(lib.mp_layout_pages_below(self._page_size, total, out))
+        return int(out[0])
+
+    def _is_data_position(self, page_id: int) -> bool:
+        # Past the first chunk the core says where layout pages lie.
+        kind = ffi.new("int *")
+        return bool(
+            lib.mp_layout_page_kind(self._page_size, page_id, kind) == 0
+            and kind[0] == lib.MP_PAGE_DATA
+        )
+
     def _page_view(self, page_id: object, mv: memoryview | None) -> memoryview:
         # The fast path reads only values that are safe without the lock:
         # page_count never shrinks while the pager is open, and a view of a
@@ -331,7 +342,7 @@ class _PagerBase:
         if (
             type(page_id) is int
             and 3 <= page_id < self._page_count
-            and (page_id < self._chunk or page_id % self._chunk >= self._layout_pages)
+            and (page_id < self._chunk or self._is_data_position(page_id))
             and page_id not in self._system
             and mv is not None
             and not self._forked
@@ -512,10 +523,9 @@ class _PagerBase:
                 raise_for(lib.MP_ERESERVED_PAGE, pages, detail="pages 0-2 are the pager's")
             if self._system and any(i in self._system for i in range(first, first + n)):
                 raise_for(lib.MP_ERESERVED_PAGE, pages, detail="they include pager pages")
-            # The first chunk whose layout pages end past `first`.
-            chunk, lp = self._chunk, self._layout_pages
-            if chunk * max(1, (first + chunk - lp) // chunk) < first + n:
-                layout = "the first four pages of each chunk of the extended layout"
+            # Layout pages in the run: the core counts them (format.c places them).
+            if self._layout_pages_below(first + n) != self._layout_pages_below(first):
+                layout = "layout pages of the extended layout"
                 raise_for(lib.MP_ERESERVED_PAGE, pages, detail=f"they include {layout}")
             mv = self._ro if readonly else self._mv
             assert mv is not None
