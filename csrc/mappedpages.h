@@ -361,6 +361,27 @@ int mp_readers_inspect(const char *table_path, uint64_t *out_pids, uint64_t *out
 /* The CRC a protected page's directory entry records for its content. */
 int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc);
 
+/* Giving space back (space.c). trim: one durable commit of the smaller page
+ * count, then one ftruncate past the last page in use (never below a live
+ * registered reader's page count); *out_pages = pages given back. */
+int mp_pager_trim(mp_pager *p, uint64_t *out_pages);
+/* Punches the disk blocks of every committed-free page no reader pins;
+ * *out_bytes = bytes released (st_blocks), *out_unsupported = 1 when the file
+ * system cannot punch holes (then nothing changed). */
+int mp_pager_punch_free(mp_pager *p, uint64_t *out_bytes, int *out_unsupported);
+/* Punch each page as its free is committed (0 = off, the default). */
+int mp_pager_set_punch_on_free(mp_pager *p, int on);
+/* Pages punched and not handed out since (tests). */
+int mp_pager_punched(const mp_pager *p, uint64_t *out_count);
+/* Online backup (backup.c): a copy of one commit (a writer's latest, a
+ * reader's own) at dest, a new path (-EEXIST if it exists), written sparse
+ * under a temporary name, synced and published without replacing anything.
+ * progress (NULL, or two words the caller polls from another thread for a
+ * progress bar): [0] bytes copied so far, [1] bytes to copy once known.
+ * *out_bytes = the bytes of pages the copy holds. */
+int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
+                    uint64_t *progress, uint64_t *out_bytes);
+
 /* CDEF-END */
 
 #ifdef __cplusplus

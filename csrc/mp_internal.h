@@ -323,6 +323,12 @@ int os_create_temp(const char *path, char **out_tmp, int *out_fd);
  * nothing) if path exists; tmp is gone afterwards on success. */
 int os_publish(const char *tmp, const char *path);
 uint64_t os_page_size(void);
+/* space.c's system calls: punch a hole (-EOPNOTSUPP when the file system
+ * cannot), give a range blocks again, and replace the mapping past len with
+ * zero memory before the file is cut there. */
+int os_punch_range(const mp_map *m, uint64_t offset, uint64_t len);
+int os_fill_range(const mp_map *m, uint64_t offset, uint64_t len);
+int os_map_detach_tail(mp_map *m, uint64_t len);
 
 /* ---- pager.c (lifetime), recover.c (open), grow.c, alloc.c ---- */
 
@@ -402,6 +408,7 @@ struct mp_pager {
     int meta_fell_back;      /* open chose the older metadata copy: the newer one failed */
     uint64_t file_pages;     /* whole pages in the file as open found it */
     struct mp_readers *rd;   /* reader table and pins (readers.c), or NULL */
+    struct mp_space *sp;     /* punched pages and punch_on_free (space.c), or NULL */
 };
 
 /* Pages that belong to the layout: 0-2, and each chunk's first four. */
@@ -571,5 +578,15 @@ void readers_note_loaded(mp_pager *p, const uint8_t *snap);
 /* Lets go of the table (clearing the slot only when clear is set). */
 void readers_forget(mp_pager *p, int clear);
 void readers_release(mp_pager *p);
+
+/* ---- space.c: trim, hole punching ---- */
+
+/* Page id is about to be handed out: a punched page gets its blocks back
+ * first when the pager preallocates (nothing changes on failure). */
+int space_before_take(mp_pager *p, uint64_t id);
+/* The frees of ids[0..n) were committed: punch those now durable and free
+ * (punch_on_free). */
+void space_after_free(mp_pager *p, const uint64_t *ids, uint64_t n);
+void space_release(mp_pager *p);
 
 #endif /* MP_INTERNAL_H */

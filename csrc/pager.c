@@ -85,6 +85,7 @@ static void pager_destroy(mp_pager *p)
     if (!p)
         return;
     readers_release(p);
+    space_release(p);
     dir_release(p);
     os_map_release(&p->map);
     os_free_zeroed(p->bits, p->map_bytes);

@@ -278,7 +278,10 @@ static int publish(mp_pager *p)
     /* Only the generation and page count change; pid and start stay. */
     uint8_t v[16];
     mp_store_u64(v, p->generation);
-    mp_store_u64(v + 8, p->total_pages);
+    /* The most pages the reader has mapped, not only its state's: its views
+     * of an older, longer state must not run past a trimmed file (space.c). */
+    uint64_t mapped = p->map.mapped / p->page_size;
+    mp_store_u64(v + 8, mapped > p->total_pages ? mapped : p->total_pages);
     return os_write_all(NULL, rd->fd, v, sizeof v, slot_off((uint64_t)rd->slot) + 8);
 }
 

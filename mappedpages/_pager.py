@@ -47,6 +47,7 @@ from mappedpages._readers import (
     table_error,
     table_path,
 )
+from mappedpages._space import SpaceMixin
 from mappedpages._types import PageId, ProtectedPageId
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
     return packed, ffi.from_buffer("uint64_t[]", packed)
 
 
-class Pager(_PagerBase):
+class Pager(SpaceMixin, _PagerBase):
     """A file of fixed-size pages, allocated and freed with durable commits.
 
     Use :meth:`create` or :meth:`open`; a Pager is a context manager.
@@ -217,6 +218,8 @@ class Pager(_PagerBase):
         grow_step: int = DEFAULT_GROW_STEP,
         preallocate: bool = True,
         max_readers: int = DEFAULT_MAX_READERS,
+        trim_on_close: bool = False,
+        punch_on_free: bool = False,
     ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
@@ -224,7 +227,8 @@ class Pager(_PagerBase):
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
         lock is taken as for :meth:`open`; ``durability``, ``grow_step``,
-        ``preallocate`` and ``max_readers`` as for :meth:`open`.
+        ``preallocate``, ``max_readers``, ``trim_on_close`` and ``punch_on_free``
+        as for :meth:`open`.
         """
         size = _check_page_size(page_size, allow_none=False)
         readers = check_max_readers(max_readers)
@@ -235,6 +239,7 @@ class Pager(_PagerBase):
         pager = cls(out[0], text)
         pager._durability = durability
         pager._attach_readers(raw, readers)
+        pager._space_options(trim_on_close, punch_on_free)
         return pager
 
     def _attach_readers(self, raw: bytes, max_readers: int) -> None:
@@ -260,6 +265,8 @@ class Pager(_PagerBase):
         preallocate: bool = True,
         salvage: bool = False,
         max_readers: int = DEFAULT_MAX_READERS,
+        trim_on_close: bool = False,
+        punch_on_free: bool = False,
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
@@ -301,6 +308,12 @@ class Pager(_PagerBase):
         page freed is not handed out again while a live reader's snapshot
         has it allocated (see :attr:`pinned_free_pages`); a table that cannot
         be created or written raises ``PermissionError``.
+
+        ``trim_on_close=True`` trims the file (:meth:`trim`) at :meth:`close`;
+        ``punch_on_free=True`` punches the disk blocks of each page whose free
+        is durable when ``free``/``free_bulk`` returns (frees held back for a
+        reader, in a transaction or in ``"none"`` mode wait for
+        :meth:`punch_free`).
         """
         size = _check_page_size(page_size, allow_none=True)
         readers = check_max_readers(max_readers)
@@ -313,6 +326,7 @@ class Pager(_PagerBase):
         pager = cls(out[0], text)
         pager._durability = durability
         pager._attach_readers(raw, readers)
+        pager._space_options(trim_on_close, punch_on_free)
         pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)
         return pager
@@ -331,6 +345,7 @@ class Pager(_PagerBase):
         # allocator holds none) in a plain dict, whose emptiness free() can
         # test at C speed.
         self._subs: dict[int, weakref.ref[Any]] = {}
+        self._trim_on_close = False
 
     # ------------------------------------------------------------- pages
 
@@ -590,6 +605,8 @@ class Pager(_PagerBase):
                     f"cannot close a pager while a ProtectedWriter is open on protected "
                     f"page(s) {pids}; commit or discard it first"
                 )
+            if self._trim_on_close and self._mv is not None and not self._forked:
+                self._trim_at_close()
             super().close()
 
     # ------------------------------------------------------------ readers

@@ -35,10 +35,11 @@ from mappedpages._base import (
 )
 from mappedpages._core import ffi, lib
 from mappedpages._pager import _check_page_size, _options, _salvage_flag, raise_for_open
+from mappedpages._space import BackupMixin
 from mappedpages._types import PageId, ProtectedPageId
 
 
-class ReadOnlyPager(_PagerBase):
+class ReadOnlyPager(BackupMixin, _PagerBase):
     """A read-only pager over a file that a writer may be changing."""
 
     def __init__(self, handle: Any, path: str) -> None:

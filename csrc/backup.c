@@ -1,0 +1,302 @@
+/*
+ * backup.c - online backup: a copy of one commit of a live file.
+ *
+ * Owns: mp_pager_backup, which writes a new file holding exactly one commit
+ * (a writer's latest, through a registered snapshot of its own; a reader's
+ * own state) while the writer goes on committing.
+ *
+ * How, and why it is safe:
+ *   - The source is a reader registered in the reader table for the whole
+ *     copy, so the writer never hands out a page its commit has allocated:
+ *     the content of every allocated page stays that page's (it is live, as
+ *     for any reader).
+ *   - Pages 0-2 come from the reader's fingerprint, the bytes its state was
+ *     loaded from. The other pages of the commit's structure (the committed
+ *     free-map and index copies, directory pages, protected pages' current
+ *     copies) are copied from the file, then the copy is opened and checked
+ *     against the snapshot in memory: the writer may have rewritten one of
+ *     them since (two commits later). A writer's backup then takes a new
+ *     snapshot and tries again; a reader's gives up with MP_EUNAVAILABLE.
+ *   - Only the pages the commit needs are written, at their offsets, into a
+ *     file made the full size with ftruncate: free pages and the inactive
+ *     copies are holes, so the copy costs the time and space of live pages.
+ *   - The copy is written under a temporary name beside dest, fsync'd, then
+ *     published without replacing anything (os_publish) and the directory
+ *     fsync'd: a crash never leaves a partial file at dest.
+ */
+#include "mp_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BK_ATTEMPTS 64
+
+typedef struct {
+    mp_pager *s;             /* the source: a registered reader */
+    int fd;                  /* the copy */
+    uint64_t *progress;      /* the caller's two words, or NULL */
+    uint64_t done;           /* bytes written */
+    int use_cfr;             /* copy_file_range works between these files */
+} bk_copy;
+
+static void note_progress(bk_copy *b, uint64_t bytes)
+{
+    b->done += bytes;
+    if (b->progress)
+        __atomic_store_n(&b->progress[0], b->done, __ATOMIC_RELAXED);
+}
+
+/* Pages [a, b) of the source into the copy, at the same offset. */
+static int copy_run(bk_copy *b, uint64_t a, uint64_t e)
+{
+    uint64_t ps = b->s->page_size;
+    uint64_t off = a * ps, len = (e - a) * ps;
+#if defined(__linux__)
+    while (b->use_cfr && len > 0) {
+        loff_t in = (loff_t)off, out = (loff_t)off;
+        ssize_t n = copy_file_range(b->s->fd, &in, b->fd, &out, (size_t)len, 0);
+        if (n > 0) {
+            off += (uint64_t)n;
+            len -= (uint64_t)n;
+            note_progress(b, (uint64_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || errno == EXDEV || errno == ENOSYS || errno == EINVAL ||
+            errno == EOPNOTSUPP || errno == EBADF)
+            b->use_cfr = 0; /* fall back to writing from the mapping */
+        else
+            return -errno;
+    }
+#endif
+    if (len == 0)
+        return MP_OK;
+    /* From the mapping: the reader maps every page below its total. */
+    int rc = os_write_all(NULL, b->fd, pager_page_ptr(b->s, off / ps), (size_t)len, off);
+    if (rc == MP_OK)
+        note_progress(b, len);
+    return rc;
+}
+
+static int page_is_zero(const mp_pager *s, uint64_t id)
+{
+    const uint8_t *q = pager_page_ptr(s, id);
+    for (uint32_t i = 0; i < s->page_size; i++)
+        if (q[i])
+            return 0;
+    return 1;
+}
+
+/* The commit's structure: pages 0-2, each chunk's committed free-map copy,
+ * the index pages in use, the directory's current copies, and each
+ * protected page's current copy. Sets copied[] for them. */
+static int copy_structure(bk_copy *b, uint64_t *copied)
+{
+    mp_pager *s = b->s;
+    uint64_t ps = s->page_size;
+    const uint8_t *head = s->rd && s->rd->fp_valid ? s->rd->fingerprint : pager_page_ptr(s, 0);
+    uint8_t *buf = malloc((size_t)(MP_RESERVED_PAGES * ps));
+    if (!buf)
+        return MP_ENO_MEMORY;
+    memcpy(buf, head, (size_t)(MP_RESERVED_PAGES * ps));
+    /* Page 0 names the commit copied, as a "compat" commit leaves it (a
+     * "fast" writer's page 0 may still name the older copy, which the crate
+     * would read): the selector, and in v0.2 the directory index. */
+    fmt_superblock_write(buf, s->log2, (uint8_t)s->minor, (uint8_t)s->active);
+    if (!pager_extended(s)) {
+        fmt_dir_index_write(buf, s->page_size, s->dir_count, s->refs);
+        /* The older metadata copy: the same state one generation back, so a
+         * fallback to it finds the pages this copy holds (and no copy counts
+         * pages past the copy's end). */
+        if (s->generation > 0)
+            fmt_meta_write(buf + (size_t)(1u + (s->active ^ 1u)) * ps, s->page_size,
+                           s->total_pages, s->generation - 1, s->free_count, s->bits);
+    }
+    int rc = os_write_all(NULL, b->fd, buf, (size_t)(MP_RESERVED_PAGES * ps), 0);
+    free(buf);
+    if (rc != MP_OK)
+        return rc;
+    note_progress(b, MP_RESERVED_PAGES * ps);
+    for (uint64_t id = 0; id < MP_RESERVED_PAGES; id++)
+        bitmap_set(copied, id);
+    uint64_t chunks = fmt_chunks_below(s->chunk_pages, s->total_pages);
+    for (uint64_t c = 1; c <= chunks; c++) {
+        uint64_t id = fmt_free_map_page(s->chunk_pages, c, (uint32_t)bitmap_get(s->chunk_active, c));
+        bitmap_set(copied, id);
+        if (!page_is_zero(s, id) && (rc = copy_run(b, id, id + 1)) != MP_OK)
+            return rc;
+    }
+    uint64_t per = fmt_max_dir_blocks(s->page_size);
+    if (pager_extended(s) && s->dir_count > 0 && per > 0) {
+        for (uint64_t k = 0; k <= (s->dir_count - 1u) / per; k++) {
+            uint64_t id = fmt_index_page(s->chunk_pages, k, (uint32_t)bitmap_get(s->index_active, k));
+            bitmap_set(copied, id);
+            if ((rc = copy_run(b, id, id + 1)) != MP_OK)
+                return rc;
+        }
+    }
+    for (uint32_t d = 0; d < s->dir_count; d++) {
+        const mp_dir_ref *r = &s->refs[d];
+        uint64_t id = r->active ? r->page_b : r->page_a;
+        if (id >= s->total_pages)
+            return MP_ECORRUPT_DIRECTORY_INDEX;
+        bitmap_set(copied, id);
+        if ((rc = copy_run(b, id, id + 1)) != MP_OK)
+            return rc;
+        const mp_dir_entry *e = s->dirs[d].entries;
+        for (uint32_t i = 0; e && i < s->epp; i++) {
+            if (!e[i].in_use)
+                continue;
+            uint64_t pid = e[i].active_slot ? e[i].page_b : e[i].page_a;
+            if (pid >= s->total_pages)
+                return MP_ECORRUPT_PROTECTED_DIRECTORY;
+            bitmap_set(copied, pid);
+            if ((rc = copy_run(b, pid, pid + 1)) != MP_OK)
+                return rc;
+        }
+    }
+    /* The other copies of system and layout pages stay holes (copied[] set
+     * so the data pass skips them). */
+    return MP_OK;
+}
+
+/* Every allocated page not written yet: the regular data pages. */
+static int copy_data(bk_copy *b, uint64_t *copied)
+{
+    mp_pager *s = b->s;
+    uint64_t words = bitmap_words(s->total_pages);
+    uint64_t run = 0, in_run = 0;
+    for (uint64_t w = 0; w < words; w++) {
+        uint64_t v = s->bits[w] & ~s->system[w] & ~copied[w];
+        if (v == 0 && !in_run)
+            continue;
+        for (uint64_t i = 0; i < 64; i++) {
+            uint64_t id = (w << 6) + i;
+            int want = id < s->total_pages && ((v >> i) & 1u) && !pager_is_layout_page(s, id);
+            if (want && !in_run) {
+                run = id;
+                in_run = 1;
+            } else if (!want && in_run) {
+                int rc = copy_run(b, run, id);
+                if (rc != MP_OK)
+                    return rc;
+                in_run = 0;
+            }
+        }
+    }
+    return in_run ? copy_run(b, run, s->total_pages) : MP_OK;
+}
+
+/* The copy at tmp opens as exactly the source's commit. */
+static int copy_matches(const mp_pager *s, const char *tmp)
+{
+    mp_options o;
+    memset(&o, 0, sizeof o);
+    o.read_only = 1;
+    mp_pager *c;
+    mp_open_report rep;
+    if (mp_pager_open(tmp, &o, &c, &rep) != MP_OK)
+        return 0;
+    int same = c->generation == s->generation && c->total_pages == s->total_pages &&
+               c->free_count == s->free_count && c->dir_count == s->dir_count &&
+               c->protected_count == s->protected_count &&
+               memcmp(c->bits, s->bits, bitmap_words(s->total_pages) * sizeof(uint64_t)) == 0;
+    for (uint32_t d = 0; same && d < s->dir_count; d++) {
+        const mp_dir_entry *x = s->dirs[d].entries, *y = c->dirs[d].entries;
+        for (uint32_t i = 0; same && x && y && i < s->epp; i++) {
+            same = x[i].in_use == y[i].in_use && x[i].page_a == y[i].page_a &&
+                   x[i].page_b == y[i].page_b && x[i].active_slot == y[i].active_slot &&
+                   x[i].generation == y[i].generation && x[i].crc == y[i].crc;
+            if (same && y[i].in_use) {
+                uint64_t pid = y[i].active_slot ? y[i].page_b : y[i].page_a;
+                same = mp_crc32(pager_page_ptr(c, pid), c->page_size) == y[i].crc;
+            }
+        }
+    }
+    (void)mp_pager_close(c);
+    return same;
+}
+
+/* One attempt: the whole copy at tmp (created, empty). 1 = it matched. */
+static int copy_once(bk_copy *b, const char *tmp, uint64_t *copied, int *matched)
+{
+    mp_pager *s = b->s;
+    uint64_t ps = s->page_size;
+    memset(copied, 0, s->map_bytes);
+    b->done = 0;
+    if (ftruncate(b->fd, (off_t)(s->total_pages * ps)) != 0)
+        return -errno;
+    if (b->progress) {
+        uint64_t live = (s->total_pages - s->free_count) * ps;
+        __atomic_store_n(&b->progress[1], live, __ATOMIC_RELAXED);
+    }
+    int rc = copy_structure(b, copied);
+    if (rc != MP_OK)
+        return rc;
+    *matched = copy_matches(s, tmp);
+    if (!*matched)
+        return MP_OK;
+    if ((rc = copy_data(b, copied)) != MP_OK)
+        return rc;
+    return fsync(b->fd) == 0 ? MP_OK : -errno;
+}
+
+int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
+                    uint64_t *progress, uint64_t *out_bytes)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if (!dest || !out_bytes || (!p->read_only && !table_path))
+        return MP_EINVALID_ARGUMENT;
+    struct stat st;
+    if (lstat(dest, &st) == 0)
+        return -EEXIST;
+    uint64_t *copied = os_alloc_zeroed(p->map_bytes);
+    if (!copied)
+        return MP_ENO_MEMORY;
+    bk_copy b;
+    memset(&b, 0, sizeof b);
+    b.progress = progress;
+    int matched = 0;
+    for (int attempt = 0; attempt < BK_ATTEMPTS && !matched; attempt++) {
+        mp_pager *s = p;
+        if (!p->read_only) {
+            mp_open_report rep;
+            if ((rc = mp_pager_snapshot(p, table_path, &s, &rep)) != MP_OK)
+                break;
+        }
+        char *tmp = NULL;
+        if ((rc = os_create_temp(dest, &tmp, &b.fd)) == MP_OK) {
+            b.s = s;
+            b.use_cfr = 1;
+            rc = copy_once(&b, tmp, copied, &matched);
+            (void)close(b.fd);
+            if (rc == MP_OK && matched) {
+                rc = os_publish(tmp, dest);
+                if (rc == MP_OK)
+                    rc = os_sync_dir_of(dest);
+            }
+            if (rc != MP_OK || !matched)
+                (void)unlink(tmp);
+            free(tmp);
+        }
+        if (s != p)
+            (void)mp_pager_close(s);
+        /* A reader cannot load its commit again: its structure is gone. */
+        if (rc != MP_OK || (p->read_only && !matched && attempt >= 3))
+            break;
+    }
+    os_free_zeroed(copied, p->map_bytes);
+    if (rc != MP_OK)
+        return rc;
+    if (!matched)
+        return MP_EUNAVAILABLE;
+    *out_bytes = b.done;
+    return MP_OK;
+}
