@@ -160,8 +160,8 @@ static int copy_structure(bk_copy *b, uint64_t *copied)
                 return rc;
         }
     }
-    /* The other copies of system and layout pages stay holes (copied[] set
-     * so the data pass skips them). */
+    /* The other copies of system and layout pages stay holes: the data
+     * pass skips system and layout pages. */
     return MP_OK;
 }
 
@@ -227,7 +227,9 @@ static int copy_once(bk_copy *b, const char *tmp, uint64_t *copied, int *matched
 {
     mp_pager *s = b->s;
     uint64_t ps = s->page_size;
-    memset(copied, 0, s->map_bytes);
+    /* The map is sized for the largest file: only the words below the
+     * commit's pages are used, and cleared again when the attempt fails. */
+    size_t used = (size_t)bitmap_words(s->total_pages) * sizeof(uint64_t);
     b->done = 0;
     if (ftruncate(b->fd, (off_t)(s->total_pages * ps)) != 0)
         return -errno;
@@ -236,11 +238,15 @@ static int copy_once(bk_copy *b, const char *tmp, uint64_t *copied, int *matched
         __atomic_store_n(&b->progress[1], live, __ATOMIC_RELAXED);
     }
     int rc = copy_structure(b, copied);
-    if (rc != MP_OK)
+    if (rc != MP_OK) {
+        memset(copied, 0, used);
         return rc;
+    }
     *matched = copy_matches(s, tmp);
-    if (!*matched)
+    if (!*matched) {
+        memset(copied, 0, used);
         return MP_OK;
+    }
     if ((rc = copy_data(b, copied)) != MP_OK)
         return rc;
     return fsync(b->fd) == 0 ? MP_OK : -errno;
@@ -288,6 +294,7 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
         }
         if (s != p)
             (void)mp_pager_close(s);
+
         /* A reader cannot load its commit again: its structure is gone. */
         if (rc != MP_OK || (p->read_only && !matched && attempt >= 3))
             break;

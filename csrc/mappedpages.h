@@ -183,7 +183,8 @@ enum mp_io_kind {
     MP_IO_MSYNC = 0,
     MP_IO_FSYNC = 1,          /* fdatasync, or F_FULLFSYNC on macOS */
     MP_IO_FTRUNCATE = 2,
-    MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS */
+    MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS; and
+                                 punching holes (space.c) */
     MP_IO_MMAP = 4,
     MP_IO_MUNMAP = 5,
     MP_IO_PWRITE = 6,         /* page 0's rewrites and a new file's pages */

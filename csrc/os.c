@@ -627,9 +627,13 @@ int os_write_all(mp_io_hooks *io, int fd, const uint8_t *buf, size_t len, uint64
 
 /* Deallocates the disk blocks of [offset, offset + len), keeping the size: the
  * range reads as zeros afterwards. -EOPNOTSUPP where the file system (or the
- * platform) cannot punch holes. */
+ * platform) cannot punch holes (ENOSYS and EINVAL are reported as that). */
 int os_punch_range(const mp_map *m, uint64_t offset, uint64_t len)
 {
+    /* Routed through the fallocate hook (tests inject EOPNOTSUPP there). */
+    int err = io_gate(m->io, MP_IO_FALLOCATE);
+    if (err != 0)
+        return -err;
 #if defined(__linux__) && defined(FALLOC_FL_PUNCH_HOLE)
     int rc;
     do {

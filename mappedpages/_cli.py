@@ -35,6 +35,9 @@ Commands:
     reopens and verifies.
 ``bench``
     Runs the benchmark suite, when this installation has it.
+``backup SRC DST`` and ``compact FILE``
+    A consistent, sparse copy of a live file; trim and hole punching of a file
+    no writer holds (mappedpages/_cli_space.py).
 
 The tool reads page 0's 20-byte superblock itself (to name the format version
 and to tell a file that is not a pager file from a damaged one); everything
@@ -70,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO, TypeVar
 
-from mappedpages import __version__
+from mappedpages import __version__, _cli_space
 from mappedpages._core import ffi, lib
 from mappedpages._errors import (
     CorruptFileError,
@@ -1417,6 +1420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmark suite (when installed; `bench --help`)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark suite")
     p.set_defaults(func=cmd_bench)
+
+    _cli_space.add_commands(sub)
     return parser
 
 
