@@ -109,8 +109,10 @@ static int punch_run(mp_pager *p, uint64_t a, uint64_t b)
     if (rc != MP_OK)
         return rc;
     for (uint64_t id = a; id < b; id++) {
-        bitmap_set(p->sp->punched, id);
-        p->sp->punched_count++;
+        if (!bitmap_get(p->sp->punched, id)) {
+            bitmap_set(p->sp->punched, id);
+            p->sp->punched_count++;
+        }
     }
     return MP_OK;
 }
@@ -160,16 +162,50 @@ int mp_pager_punch_free(mp_pager *p, uint64_t *out_bytes, int *out_unsupported)
     return MP_OK;
 }
 
+/* Free, durable and unpinned, punched or not: a punch may cover it. */
+static int coverable(const mp_pager *p, uint64_t id)
+{
+    return id >= MP_RESERVED_PAGES && id < p->total_pages && !bitmap_get(p->bits, id) &&
+           !bitmap_get(p->pending, id);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 void space_after_free(mp_pager *p, const uint64_t *ids, uint64_t n)
 {
-    if (!p->sp || !p->sp->punch_on_free || p->txn_depth > 0 || p->poisoned)
+    if (!p->sp || !p->sp->punch_on_free || p->txn_depth > 0 || p->poisoned || n == 0)
         return;
-    /* Pages still pending (a lazy mode, a reader's pin) wait for punch_free. */
+    uint64_t *sorted = pager_ids_copy(ids, n);
+    if (!sorted)
+        return; /* punching is only a saving */
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_u64);
+    /* Each run reaches over free neighbours up to a file-system block either
+     * side, so pages smaller than a block still free whole blocks. Pages
+     * still pending (a lazy mode, a reader's pin) wait for punch_free. */
+    uint64_t reach = os_page_size() / p->page_size;
+    uint64_t done = 0;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t id = ids[i];
-        if (id < p->total_pages && punchable(p, id) && punch_run(p, id, id + 1) != MP_OK)
-            return; /* unsupported, or failing: punching is only a saving */
+        uint64_t id = sorted[i];
+        if (id < done || !coverable(p, id) || bitmap_get(p->sp->punched, id))
+            continue;
+        /* The run of consecutive ids from here, then the reach. */
+        uint64_t j = i;
+        while (j + 1 < n && sorted[j + 1] <= sorted[j] + 1)
+            j++;
+        uint64_t a = id, b = id + 1, last = sorted[j];
+        while (a > done && id - a < reach && coverable(p, a - 1))
+            a--;
+        while (coverable(p, b) && b <= last + reach)
+            b++;
+        if (punch_run(p, a, b) != MP_OK)
+            break; /* unsupported, or failing */
+        done = b;
     }
+    free(sorted);
 }
 
 int mp_pager_set_punch_on_free(mp_pager *p, int on)
