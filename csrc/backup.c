@@ -11,12 +11,15 @@
  *     the content of every allocated page stays that page's (it is live, as
  *     for any reader).
  *   - Pages 0-2 come from the reader's fingerprint, the bytes its state was
- *     loaded from. The other pages of the commit's structure (the committed
- *     free-map and index copies, directory pages, protected pages' current
- *     copies) are copied from the file, then the copy is opened and checked
- *     against the snapshot in memory: the writer may have rewritten one of
- *     them since (two commits later). A writer's backup then takes a new
- *     snapshot and tries again; a reader's gives up with MP_EUNAVAILABLE.
+ *     loaded from; directory pages are written from the entries it loaded;
+ *     protected pages from the copies a snapshot reader took at load (passed
+ *     in, checked against the recorded CRC). The rest of the commit's
+ *     structure (the committed free-map and index copies of the extended
+ *     layout, protected pages without a copy) is copied from the file, then
+ *     the copy is opened and checked against the snapshot in memory: the
+ *     writer may have rewritten one of them since (two commits later). A
+ *     writer's backup then takes a new snapshot and tries again; a reader's
+ *     gives up with MP_EUNAVAILABLE.
  *   - Only the pages the commit needs are written, at their offsets, into a
  *     file made the full size with ftruncate: free pages and the inactive
  *     copies are holes, so the copy costs the time and space of live pages.
@@ -41,6 +44,10 @@ typedef struct {
     uint64_t *progress;      /* the caller's two words, or NULL */
     uint64_t done;           /* bytes written */
     int use_cfr;             /* copy_file_range works between these files */
+    uint64_t *over_pages;    /* the caller's protected copies: page ids, sorted, */
+    uint8_t *over_data;      /* and their bytes, in core-owned memory */
+    uint64_t over_n;
+    uint8_t *page;           /* page_size bytes of scratch */
 } bk_copy;
 
 static void note_progress(bk_copy *b, uint64_t bytes)
@@ -81,6 +88,33 @@ static int copy_run(bk_copy *b, uint64_t a, uint64_t e)
     if (rc == MP_OK)
         note_progress(b, len);
     return rc;
+}
+
+static int write_page(bk_copy *b, uint64_t id, const uint8_t *bytes)
+{
+    uint64_t ps = b->s->page_size;
+    int rc = os_write_all(NULL, b->fd, bytes, (size_t)ps, id * ps);
+    if (rc == MP_OK)
+        note_progress(b, ps);
+    return rc;
+}
+
+/* The caller's copy of page id when it holds the content the commit
+ * records (its CRC), else NULL. */
+static const uint8_t *override_of(const bk_copy *b, uint64_t id, uint32_t crc)
+{
+    uint64_t lo = 0, hi = b->over_n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (b->over_pages[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo >= b->over_n || b->over_pages[lo] != id)
+        return NULL;
+    const uint8_t *data = b->over_data + (size_t)lo * b->s->page_size;
+    return mp_crc32(data, b->s->page_size) == crc ? data : NULL;
 }
 
 static int page_is_zero(const mp_pager *s, uint64_t id)
@@ -146,17 +180,24 @@ static int copy_structure(bk_copy *b, uint64_t *copied)
         if (id >= s->total_pages)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         bitmap_set(copied, id);
-        if ((rc = copy_run(b, id, id + 1)) != MP_OK)
-            return rc;
         const mp_dir_entry *e = s->dirs[d].entries;
-        for (uint32_t i = 0; e && i < s->epp; i++) {
+        if (!e)
+            return MP_ECORRUPT_PROTECTED_DIRECTORY;
+        /* Written from the entries the reader loaded, not read from the
+         * file, where the writer may have reused this copy since. */
+        fmt_dir_page_write(b->page, s->page_size, e);
+        if ((rc = write_page(b, id, b->page)) != MP_OK)
+            return rc;
+        for (uint32_t i = 0; i < s->epp; i++) {
             if (!e[i].in_use)
                 continue;
             uint64_t pid = e[i].active_slot ? e[i].page_b : e[i].page_a;
             if (pid >= s->total_pages)
                 return MP_ECORRUPT_PROTECTED_DIRECTORY;
             bitmap_set(copied, pid);
-            if ((rc = copy_run(b, pid, pid + 1)) != MP_OK)
+            const uint8_t *mine = override_of(b, pid, e[i].crc);
+            rc = mine ? write_page(b, pid, mine) : copy_run(b, pid, pid + 1);
+            if (rc != MP_OK)
                 return rc;
         }
     }
@@ -204,7 +245,6 @@ static int copy_matches(const mp_pager *s, const char *tmp)
         return 0;
     int same = c->generation == s->generation && c->total_pages == s->total_pages &&
                c->free_count == s->free_count && c->dir_count == s->dir_count &&
-               c->protected_count == s->protected_count &&
                memcmp(c->bits, s->bits, bitmap_words(s->total_pages) * sizeof(uint64_t)) == 0;
     for (uint32_t d = 0; same && d < s->dir_count; d++) {
         const mp_dir_entry *x = s->dirs[d].entries, *y = c->dirs[d].entries;
@@ -252,7 +292,37 @@ static int copy_once(bk_copy *b, const char *tmp, uint64_t *copied, int *matched
     return fsync(b->fd) == 0 ? MP_OK : -errno;
 }
 
+/* The caller's overrides, read once into core-owned memory, sorted by page. */
+static int take_overrides(bk_copy *b, const mp_pager *p, const uint64_t *pages,
+                          const uint8_t *data, uint64_t n)
+{
+    if (n == 0)
+        return MP_OK;
+    if (!pages || !data || n > p->max_pages || n > SIZE_MAX / p->page_size)
+        return MP_EINVALID_ARGUMENT;
+    b->over_pages = pager_ids_copy(pages, n);
+    b->over_data = malloc((size_t)n * p->page_size);
+    if (!b->over_pages || !b->over_data)
+        return MP_ENO_MEMORY;
+    memcpy(b->over_data, data, (size_t)n * p->page_size);
+    b->over_n = n;
+    /* Insertion sort of (page, bytes) pairs: a reader's protected pages. */
+    for (uint64_t i = 1; i < n; i++) {
+        for (uint64_t j = i; j > 0 && b->over_pages[j - 1] > b->over_pages[j]; j--) {
+            uint64_t t = b->over_pages[j];
+            b->over_pages[j] = b->over_pages[j - 1];
+            b->over_pages[j - 1] = t;
+            uint8_t *x = b->over_data + (size_t)j * p->page_size;
+            memcpy(b->page, x, p->page_size);
+            memcpy(x, x - p->page_size, p->page_size);
+            memcpy(x - p->page_size, b->page, p->page_size);
+        }
+    }
+    return MP_OK;
+}
+
 int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
+                    const uint64_t *over_pages, const uint8_t *over_data, uint64_t over_n,
                     uint64_t *progress, uint64_t *out_bytes)
 {
     int rc = pager_usable(p, 0);
@@ -263,12 +333,19 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
     struct stat st;
     if (lstat(dest, &st) == 0)
         return -EEXIST;
-    uint64_t *copied = os_alloc_zeroed(p->map_bytes);
-    if (!copied)
-        return MP_ENO_MEMORY;
     bk_copy b;
     memset(&b, 0, sizeof b);
     b.progress = progress;
+    b.page = malloc(p->page_size);
+    uint64_t *copied = os_alloc_zeroed(p->map_bytes);
+    if (!copied || !b.page ||
+        (rc = take_overrides(&b, p, over_pages, over_data, over_n)) != MP_OK) {
+        os_free_zeroed(copied, p->map_bytes);
+        free(b.page);
+        free(b.over_pages);
+        free(b.over_data);
+        return copied && b.page ? rc : MP_ENO_MEMORY;
+    }
     int matched = 0;
     for (int attempt = 0; attempt < BK_ATTEMPTS && !matched; attempt++) {
         mp_pager *s = p;
@@ -300,6 +377,9 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
             break;
     }
     os_free_zeroed(copied, p->map_bytes);
+    free(b.page);
+    free(b.over_pages);
+    free(b.over_data);
     if (rc != MP_OK)
         return rc;
     if (!matched)

@@ -377,10 +377,14 @@ int mp_pager_punched(const mp_pager *p, uint64_t *out_count);
 /* Online backup (backup.c): a copy of one commit (a writer's latest, a
  * reader's own) at dest, a new path (-EEXIST if it exists), written sparse
  * under a temporary name, synced and published without replacing anything.
- * progress (NULL, or two words the caller polls from another thread for a
- * progress bar): [0] bytes copied so far, [1] bytes to copy once known.
- * *out_bytes = the bytes of pages the copy holds. */
+ * A reader may pass the protected pages' current copies it took when it
+ * loaded its commit (over_pages[i]: a page id, over_data: over_n pages of
+ * bytes), used where they match the CRC the commit records: the writer may
+ * have rewritten the file's copy since. progress (NULL, or two words the
+ * caller polls from another thread for a progress bar): [0] bytes copied so
+ * far, [1] bytes to copy once known. *out_bytes = the bytes written. */
 int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
+                    const uint64_t *over_pages, const uint8_t *over_data, uint64_t over_n,
                     uint64_t *progress, uint64_t *out_bytes);
 
 /* CDEF-END */

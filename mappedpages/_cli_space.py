@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from functools import partial
 from typing import Any, Callable
 
 from mappedpages._core import ffi
@@ -90,7 +91,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         reader = _open_source(args.src)
         try:
             pages, free, size = reader.page_count, reader.free_page_count, reader.page_size
-            written = _with_progress(lambda prog: reader._backup(args.dst, prog), args.quiet)
+            written = _with_progress(partial(reader._backup, args.dst), args.quiet)
             generation = reader.generation
             break
         except Unavailable:

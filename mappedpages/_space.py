@@ -28,14 +28,35 @@ def _check_dest(dest: Any) -> tuple[str, bytes]:
     return text, raw
 
 
+def _protected_copies(reader: Any, handle: Any) -> tuple[Any, Any]:
+    """The protected pages a snapshot reader copied at load: page ids and bytes."""
+    copies: dict[int, tuple[memoryview, int]] = getattr(reader, "_copies", {})
+    ids: list[int] = []
+    chunks: list[bytes] = []
+    page = ffi.new("uint64_t *")
+    for pid, (view, _crc) in copies.items():
+        if lib.mp_protected_page(handle, pid, page) == 0:
+            ids.append(int(page[0]))
+            chunks.append(bytes(view))
+    return ffi.new("uint64_t[]", ids), ffi.from_buffer(b"".join(chunks))
+
+
 def _copy(reader: Any, raw_dest: bytes, text_dest: str, progress: Any) -> int:
     """Back up a reader's commit (under its lock) and return the bytes written."""
     out = ffi.new("uint64_t *")
     with reader._lock:
         handle = reader._usable()
-        rc = lib.mp_pager_backup(handle, ffi.NULL, raw_dest, progress, out)
+        pages, data = _protected_copies(reader, handle)
+        rc = lib.mp_pager_backup(
+            handle, ffi.NULL, raw_dest, pages, data, len(pages), progress, out
+        )
     if rc == -17:
         raise FileExistsError(17, "backup destination exists", text_dest)
+    if rc == lib.MP_EUNAVAILABLE:
+        raise Unavailable(
+            f"backup to {text_dest}: the writer rewrote pages of this reader's commit while "
+            "they were copied; back up a newer commit (refresh, or a new snapshot)"
+        )
     raise_for_rc(rc, "backup", text_dest)
     return int(out[0])
 

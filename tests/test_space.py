@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from iohooks import CrashRecorder, IoHooks, create_pager, crash_images
+from iohooks import CrashRecorder, IoHooks, crash_images, create_pager
 
 import mappedpages
 from mappedpages import Pager, ReadOnlyPager, RecoveryWarning
