@@ -49,9 +49,10 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
+from suite import machine  # benchmarks/suite.py: the same machine line as `mappedpages bench`
+
 import mappedpages
 from mappedpages import Pager, ReadOnlyPager
-from mappedpages._bench import machine  # the same machine line as `python -m mappedpages bench`
 
 SIZES = (2**12, 2**20, 2**27)
 QUICK_SIZES = (2**12, 2**16, 2**20)

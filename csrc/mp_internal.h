@@ -542,6 +542,7 @@ typedef struct mp_readers {
     uint64_t published;      /* the pinned count last written to the header */
     /* reader (readers.c) */
     uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
+    uint64_t started;        /* when the reader took its slot (ns since the epoch) */
     int fp_valid;
 } mp_readers;
 

@@ -47,6 +47,87 @@ static void publish_writer(int fd, uint64_t pid)
 
 /* ------------------------------------------------------- writer: pinning */
 
+static int pinning(const mp_pager *p)
+{
+    return p->rd && p->rd->fd >= 0 && !p->read_only;
+}
+
+/* Appends a pin; 0 when out of memory (the page then stays pending until the
+ * pager closes: never unsafe). */
+static int push(mp_readers *rd, uint64_t id, uint64_t gen)
+{
+    if (rd->tail == rd->cap) {
+        if (rd->head > 0) {
+            /* Slide the live part down rather than grow. */
+            memmove(rd->pins, rd->pins + rd->head, (size_t)(rd->tail - rd->head) * sizeof *rd->pins);
+            rd->tail -= rd->head;
+            rd->durable -= rd->head;
+            rd->head = 0;
+        }
+        if (rd->tail == rd->cap) {
+            uint64_t ncap = rd->cap ? rd->cap * 2 : 256;
+            rd_pin *np = realloc(rd->pins, (size_t)ncap * sizeof *np);
+            if (!np)
+                return 0;
+            rd->pins = np;
+            rd->cap = ncap;
+        }
+    }
+    rd->pins[rd->tail].id = id;
+    rd->pins[rd->tail].gen = gen;
+    rd->tail++;
+    return 1;
+}
+
+int readers_pin(mp_pager *p, uint64_t id)
+{
+    if (!pinning(p))
+        return 0;
+    (void)push(p->rd, id, p->generation);
+    return 1;
+}
+
+/* Marks a free page pending (out of allocation's reach). */
+static void hold(mp_pager *p, uint64_t id)
+{
+    bitmap_set(p->pending, id);
+    uint64_t w = id >> 6;
+    if (p->pending_count == 0 || w < p->pending_lo)
+        p->pending_lo = w;
+    if (p->pending_count == 0 || w > p->pending_hi)
+        p->pending_hi = w;
+    p->pending_count++;
+    if (p->sum.mem)
+        summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+}
+
+/* A writer that opens beside readers holding an older commit than its own
+ * (an earlier writer freed pages under them and closed, or open's repairs
+ * committed) cannot know which free pages their commits have allocated: it
+ * holds back every free page, as freed just before its first commit, until
+ * those readers move on. */
+static int hold_free_pages(mp_pager *p)
+{
+    uint64_t oldest;
+    int rc = readers_table_scan(p->rd->fd, -1, 1, NULL, 0, NULL, &oldest);
+    if (rc != MP_OK || oldest >= p->generation)
+        return rc;
+    uint64_t gen = p->generation - 1;
+    for (uint64_t w = 0; w < bitmap_words(p->total_pages); w++) {
+        uint64_t free = ~(p->bits[w] | p->pending[w]);
+        for (; free; free &= free - 1) {
+            uint64_t id = (w << 6) + (uint64_t)__builtin_ctzll(free);
+            if (id >= p->total_pages)
+                break;
+            if (!push(p->rd, id, gen))
+                return MP_ENO_MEMORY;
+            hold(p, id);
+        }
+    }
+    p->rd->durable = p->rd->tail;
+    return MP_OK;
+}
+
 int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
 {
     int rc = pager_usable(p, 0);
@@ -65,41 +146,15 @@ int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
     rd->fd = fd;
     rd->bound = 0;
     rd->published = 0;
-    publish_writer(fd, (uint64_t)getpid());
-    return MP_OK;
-}
-
-static int pinning(const mp_pager *p)
-{
-    return p->rd && p->rd->fd >= 0 && !p->read_only;
-}
-
-int readers_pin(mp_pager *p, uint64_t id)
-{
-    if (!pinning(p))
-        return 0;
-    mp_readers *rd = p->rd;
-    if (rd->tail == rd->cap) {
-        if (rd->head > 0) {
-            /* Slide the live part down rather than grow. */
-            memmove(rd->pins, rd->pins + rd->head, (size_t)(rd->tail - rd->head) * sizeof *rd->pins);
-            rd->tail -= rd->head;
-            rd->durable -= rd->head;
-            rd->head = 0;
-        }
-        if (rd->tail == rd->cap) {
-            uint64_t ncap = rd->cap ? rd->cap * 2 : 256;
-            rd_pin *np = realloc(rd->pins, (size_t)ncap * sizeof *np);
-            if (!np)
-                return 1; /* stays pending until the pager closes: never unsafe */
-            rd->pins = np;
-            rd->cap = ncap;
-        }
+    if ((rc = hold_free_pages(p)) != MP_OK) {
+        pins_release(p);
+        close(fd);
+        rd->fd = -1;
+        return rc;
     }
-    rd->pins[rd->tail].id = id;
-    rd->pins[rd->tail].gen = p->generation;
-    rd->tail++;
-    return 1;
+    publish_writer(fd, (uint64_t)getpid());
+    publish_pinned(p);
+    return MP_OK;
 }
 
 static void unpin(mp_pager *p, uint64_t id)
@@ -186,17 +241,8 @@ void readers_after_reload(mp_pager *p)
     rd->tail = rd->durable;
     for (uint64_t i = rd->head; i < rd->durable; i++) {
         uint64_t id = rd->pins[i].id;
-        if (bitmap_get(p->bits, id) || bitmap_get(p->pending, id))
-            continue;
-        bitmap_set(p->pending, id);
-        uint64_t w = id >> 6;
-        if (p->pending_count == 0 || w < p->pending_lo)
-            p->pending_lo = w;
-        if (p->pending_count == 0 || w > p->pending_hi)
-            p->pending_hi = w;
-        p->pending_count++;
-        if (p->sum.mem)
-            summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+        if (!bitmap_get(p->bits, id) && !bitmap_get(p->pending, id))
+            hold(p, id);
     }
 }
 
@@ -209,9 +255,11 @@ int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
         return MP_EINVALID_ARGUMENT;
     uint64_t n = 0;
     if (pinning(p)) {
-        /* Look again first, so the count is of pages readers hold now. */
+        /* Look again first, testing every slot's lock, so the count is of
+         * pages live readers hold now. */
         if (p->txn_depth == 0)
-            (void)release_pins(p, 0);
+            (void)release_pins(p, 1);
+        publish_pinned(p);
         n = p->rd->durable - p->rd->head;
     }
     *out_count = n;

@@ -275,14 +275,14 @@ static int publish(mp_pager *p)
     mp_readers *rd = p->rd;
     if (!rd || rd->slot < 0)
         return MP_OK;
-    /* Only the generation and page count change; pid and start stay. */
-    uint8_t v[16];
-    mp_store_u64(v, p->generation);
-    /* The most pages the reader has mapped, not only its state's: its views
-     * of an older, longer state must not run past a trimmed file (space.c). */
+    /* The whole slot again: another process that wrote over it (the table is
+     * writable by all the file's readers) is corrected at the next refresh.
+     * Its page count is the most pages the reader has mapped, not only its
+     * state's: its views of an older, longer state must not run past a
+     * trimmed file (space.c). */
     uint64_t mapped = p->map.mapped / p->page_size;
-    mp_store_u64(v + 8, mapped > p->total_pages ? mapped : p->total_pages);
-    return os_write_all(NULL, rd->fd, v, sizeof v, slot_off((uint64_t)rd->slot) + 8);
+    return slot_write(rd->fd, rd->slot, p->generation,
+                      mapped > p->total_pages ? mapped : p->total_pages, rd->started);
 }
 
 void readers_note_loaded(mp_pager *p, const uint8_t *snap)
@@ -342,8 +342,13 @@ int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed)
         return MP_OK;
     }
     uint32_t before = state_digest(p);
-    if ((rc = mp_pager_refresh(p, report)) != MP_OK)
+    if ((rc = mp_pager_refresh(p, report)) != MP_OK) {
+        /* The reader keeps its state, but a look that loaded and then gave
+         * up may have replaced the fingerprint: the next refresh loads. */
+        if (p->rd)
+            p->rd->fp_valid = 0;
         return rc;
+    }
     /* Published only now: until here the slot's older generation held the
      * pages of both states. */
     (void)publish(p);
@@ -383,7 +388,8 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
             continue;
         }
         /* Generation 0 pins everything until the state is known current. */
-        if (slot_write(fd, i, 0, p->total_pages, now_ns()) != MP_OK) {
+        rd->started = now_ns();
+        if (slot_write(fd, i, 0, p->total_pages, rd->started) != MP_OK) {
             (void)range_lock(fd, F_UNLCK, slot_off(i), RD_SLOT, 0);
             continue;
         }

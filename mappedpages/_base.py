@@ -431,7 +431,8 @@ class _PagerBase:
         """The file's layout: ``"0.2"`` (the Rust crate's) or ``"0.3"`` (extended).
 
         A file moves to ``"0.3"`` when it grows past what v0.2 can describe
-        (``(page_size - 28) * 8`` pages); the Rust crate refuses such a file.
+        (one metadata bitmap's pages: 7968 at 1 KiB, 32544 at 4 KiB; FORMAT.md); the Rust
+        crate refuses such a file.
         """
         self._refreshed()
         return f"0.{self._format_minor}"

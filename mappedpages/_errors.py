@@ -62,6 +62,14 @@ class ReservedPage(MappedPageError):
     """The page belongs to the pager (pages 0-2, directory, backing) or to a SubPageAllocator."""
 
 
+class ReservedSubPageId(ReservedPage, OutOfBounds):
+    """A sub-page id whose big page is reserved (``SubPageAllocator.restore``).
+
+    A ``ReservedPage`` that is still an ``OutOfBounds``, which restore raised
+    before its message said why.
+    """
+
+
 class DoubleFree(MappedPageError):
     """The page is already free, or an id was given twice in one bulk call."""
 

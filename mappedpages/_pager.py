@@ -6,24 +6,23 @@ calls), so other threads run meanwhile. Each state change is one durable
 commit of the double-buffered metadata before the call returns. Data written
 through page views is durable only after :meth:`Pager.sync` (or, for protected
 pages, a writer's commit).
+
+This module holds the Pager's lifetime, pages, bulk calls and transactions;
+its protected-page calls are ``_pager_protected``'s, its awaitable ones
+``_pager_async``'s, and the checking of id arrays ``_ids``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
-import threading
-import warnings
 import weakref
-from array import array
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from mappedpages._base import (
     _U64_LIMIT,
-    _PagerBase,
     as_id,
     fspath_bytes,
     open_error,
@@ -39,6 +38,9 @@ from mappedpages._errors import (
     ReservedPage,
     WriterOpen,
 )
+from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer
+from mappedpages._pager_async import _AsyncCalls
+from mappedpages._pager_protected import _ProtectedCalls
 from mappedpages._protected import ProtectedWriter
 from mappedpages._readers import (
     DEFAULT_MAX_READERS,
@@ -48,7 +50,7 @@ from mappedpages._readers import (
     table_path,
 )
 from mappedpages._space import SpaceMixin
-from mappedpages._types import PageId, ProtectedPageId
+from mappedpages._types import PageId
 
 if TYPE_CHECKING:
     from mappedpages._readonly import ReadOnlyPager
@@ -144,62 +146,7 @@ def _salvage_flag(salvage: bool) -> int:
     return 1 if salvage else 0
 
 
-_U64_FORMATS = frozenset(
-    {"Q", "<Q", "=Q", "@Q"}
-    | ({"L", "<L", "=L", "@L"} if ffi.sizeof("unsigned long") == 8 else set())
-)
-
-
-def _has_buffer(obj: object) -> bool:
-    try:
-        memoryview(obj).release()  # type: ignore[arg-type]
-    except TypeError:
-        return False
-    return True
-
-
-def _u64_buffer(obj: Any, writable: bool) -> Any:
-    """Return a uint64_t[] over obj's memory, or None if obj is not such a buffer."""
-    if isinstance(obj, (list, tuple, range, str, bytes)):
-        return None
-    try:
-        mv = memoryview(obj)
-    except TypeError:
-        return None
-    with mv:
-        ok = mv.format in _U64_FORMATS and mv.itemsize == 8 and mv.c_contiguous
-        if writable and mv.readonly:
-            raise TypeError("out must be a writable buffer")
-    if not ok:
-        if writable:
-            raise TypeError("out must be a contiguous buffer of unsigned 64-bit integers")
-        return None
-    return ffi.from_buffer("uint64_t[]", obj, require_writable=writable)
-
-
-def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
-    """Return the ids and a uint64 C array over them, or raise TypeError/OutOfBounds."""
-    if isinstance(ids, (str, bytes)):
-        raise TypeError(f"{what}s must be an iterable of ints")
-    values = ids if isinstance(ids, (list, tuple)) else list(ids)
-    try:
-        # array('Q') checks every item is an integer in [0, 2**64) at C speed.
-        packed = array("Q", values)
-    except (TypeError, OverflowError):
-        checked = [as_id(i, what) for i in values]
-        bad = next((v for v in checked if v < 0 or v >= _U64_LIMIT), None)
-        if bad is not None:
-            raise OutOfBounds(f"{what} {bad} is out of bounds") from None
-        raise
-    # array('Q') takes True as 1; bool is no id. Only 0 and 1 can be bools,
-    # so the Python-speed scan runs only when one of them is there.
-    if packed and min(packed) <= 1:
-        for v in values:
-            as_id(v, what)
-    return packed, ffi.from_buffer("uint64_t[]", packed)
-
-
-class Pager(SpaceMixin, _PagerBase):
+class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls):
     """A file of fixed-size pages, allocated and freed with durable commits.
 
     Use :meth:`create` or :meth:`open`; a Pager is a context manager.
@@ -227,8 +174,7 @@ class Pager(SpaceMixin, _PagerBase):
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
         lock is taken as for :meth:`open`; ``durability``, ``grow_step``,
-        ``preallocate``, ``max_readers``, ``trim_on_close`` and ``punch_on_free``
-        as for :meth:`open`.
+        ``preallocate``, ``max_readers`` and the others as for :meth:`open`.
         """
         size = _check_page_size(page_size, allow_none=False)
         readers = check_max_readers(max_readers)
@@ -238,7 +184,13 @@ class Pager(SpaceMixin, _PagerBase):
         raise_for_rc(lib.mp_pager_create(raw, opts, out), text, text)
         pager = cls(out[0], text)
         pager._durability = durability
-        pager._attach_readers(raw, readers)
+        try:
+            pager._attach_readers(raw, readers)
+        except BaseException:
+            # Nothing is left behind: the new file goes again.
+            with contextlib.suppress(OSError):
+                os.unlink(raw)
+            raise
         pager._space_options(trim_on_close, punch_on_free)
         return pager
 
@@ -309,11 +261,8 @@ class Pager(SpaceMixin, _PagerBase):
         has it allocated (see :attr:`pinned_free_pages`); a table that cannot
         be created or written raises ``PermissionError``.
 
-        ``trim_on_close=True`` trims the file (:meth:`trim`) at :meth:`close`;
-        ``punch_on_free=True`` punches the disk blocks of each page whose free
-        is durable when ``free``/``free_bulk`` returns (frees held back for a
-        reader, in a transaction or in ``"none"`` mode wait for
-        :meth:`punch_free`).
+        ``trim_on_close=True`` trims at :meth:`close`; ``punch_on_free=True``
+        punches each page as its free is committed (see :meth:`punch_free`).
         """
         size = _check_page_size(page_size, allow_none=True)
         readers = check_max_readers(max_readers)
@@ -345,7 +294,6 @@ class Pager(SpaceMixin, _PagerBase):
         # allocator holds none) in a plain dict, whose emptiness free() can
         # test at C speed.
         self._subs: dict[int, weakref.ref[Any]] = {}
-        self._trim_on_close = False
 
     # ------------------------------------------------------------- pages
 
@@ -650,233 +598,3 @@ class Pager(SpaceMixin, _PagerBase):
         """
         self._usable()
         return self._lock
-
-    # ------------------------------------------------------------- protected
-
-    def alloc_protected(self) -> ProtectedPageId:
-        """Allocate a protected page (zero-filled) and return its id."""
-        with self._lock:
-            handle = self._usable()
-            self._check(lib.mp_protected_alloc(handle, self._out), "alloc_protected")
-            pid = ProtectedPageId(self._out[0])
-            blocks = self._dir_blocks
-            self._refresh_stats()
-            self._system.update(self._backing(pid))
-            for block in range(blocks, self._dir_blocks):
-                pair = ffi.new("uint64_t[2]")
-                lib.mp_pager_dir_block_pages(handle, block, pair, pair + 1)
-                self._system.update((int(pair[0]), int(pair[1])))
-            return pid
-
-    def _backing(self, pid: int) -> tuple[int, int]:
-        pair = ffi.new("uint64_t[2]")
-        self._check(lib.mp_protected_backing(self._handle, pid, pair, pair + 1))
-        return int(pair[0]), int(pair[1])
-
-    def alloc_protected_bulk(self, n: int) -> list[ProtectedPageId]:
-        """Allocate ``n`` protected pages; on failure, frees those it allocated."""
-        n = as_id(n, "n")
-        if n < 0:
-            raise ValueError("n must not be negative")
-        with self._lock:
-            self._usable()
-            got: list[ProtectedPageId] = []
-            try:
-                for _ in range(n):
-                    got.append(self.alloc_protected())
-            except BaseException:
-                if got:
-                    self.free_protected_bulk(got)
-                raise
-            return got
-
-    def free_protected(self, pid: ProtectedPageId) -> None:
-        """Free a protected page and the two pages behind it."""
-        self.free_protected_bulk([pid])
-
-    def free_protected_bulk(self, pids: Iterable[ProtectedPageId]) -> None:
-        """Free many protected pages; checks every id first and changes nothing on error."""
-        values, arr = _ids_array(pids, "protected page id")
-        with self._lock:
-            handle = self._usable()
-            for pid in values:
-                if pid in self._writers:
-                    raise WriterOpen(f"protected page {pid} has an open writer")
-            if not values:
-                return
-            pages: list[int] = []
-            for pid in values:
-                pair = ffi.new("uint64_t[2]")
-                if lib.mp_protected_backing(handle, pid, pair, pair + 1) == 0:
-                    pages += (int(pair[0]), int(pair[1]))
-            self._check(lib.mp_protected_free_bulk(handle, arr, len(values)), "free_protected")
-            self._refresh_stats()
-            self._system.difference_update(pages)
-
-    def write_protected(self, pid: ProtectedPageId) -> ProtectedWriter:
-        """Open a writer on a protected page.
-
-        ``writer.page`` is a writable copy of the committed content;
-        ``writer.commit()`` makes it the committed content atomically, and
-        ``writer.discard()`` drops it. Used as a context manager, the writer
-        commits on a clean exit and discards when the block raises.
-        """
-        pid = ProtectedPageId(as_id(pid, "protected page id"))
-        with self._lock:
-            handle = self._usable()
-            if pid < 0 or pid >= _U64_LIMIT:
-                raise OutOfBounds(f"protected page {pid} is out of bounds")
-            self._check(lib.mp_protected_begin(handle, pid, self._out), f"protected page {pid}")
-            writer = ProtectedWriter(self, pid, self._view(int(self._out[0]), readonly=False))
-            self._writers[pid] = writer
-            return writer
-
-    def _writer_finish(self, writer: ProtectedWriter, commit: bool) -> None:
-        with self._lock:
-            handle = self._usable()
-            pid = writer.pid
-            if commit and self._writers.get(pid) is writer:
-                # The staged copy is the backing page the directory does not
-                # name; the writer's bytes go there just before the C commit
-                # flushes it (or, in a transaction, queues it for one flush).
-                active = ffi.new("uint64_t *")
-                self._check(lib.mp_protected_page(handle, pid, active), f"protected page {pid}")
-                a, b = self._backing(pid)
-                self._view(b if int(active[0]) == a else a, readonly=False)[:] = writer._buf
-            self._writers.pop(pid, None)
-            fn = lib.mp_protected_commit if commit else lib.mp_protected_discard
-            self._check(fn(handle, pid), f"protected page {pid}")
-
-    # ------------------------------------------------------------- asyncio
-
-    async def _run(
-        self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None
-    ) -> _T:
-        """Run ``fn(*args)`` in the loop's default executor and await it.
-
-        A caller that stops waiting (cancellation, ``asyncio.wait_for``'s
-        timeout) would otherwise never learn what the call did. So: a call not
-        started yet (queued, or waiting for the pager's lock) does not run; one
-        already running finishes, and then ``undo(result)`` takes its effect
-        back in the worker thread, before the lock is let go; one that finished
-        just before the cancellation arrived is undone here.
-        """
-        loop = asyncio.get_running_loop()
-        handoff = _Handoff()
-
-        def work() -> Any:
-            # The pager's lock is held from the call through its undo, so no
-            # other thread sees what a cancelled call allocated.
-            with self._lock:
-                with handoff.lock:
-                    if handoff.abandoned:
-                        return None
-                result = fn(*args)
-                with handoff.lock:
-                    if not handoff.abandoned:
-                        handoff.delivered = True
-                        handoff.result = result
-                        return result
-                if undo is not None:
-                    _undo_quietly(undo, result)
-                return None
-
-        try:
-            result: _T = await loop.run_in_executor(None, work)
-            return result
-        except asyncio.CancelledError:
-            with handoff.lock:
-                handoff.abandoned = True
-                delivered = handoff.delivered
-            if delivered and undo is not None:
-                # Rare: the worker finished while the cancellation was on its
-                # way. One commit on the loop's thread beats a leaked page.
-                _undo_quietly(undo, handoff.result)
-            raise
-
-    async def alloc_async(self, zero: bool = False) -> PageId:
-        """Awaitable :meth:`alloc`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the page is freed again if it was.
-        """
-        return await self._run(self.alloc, zero, undo=self.free)
-
-    async def free_async(self, page_id: PageId) -> None:
-        """Awaitable :meth:`free`; runs off the event loop.
-
-        Cancelled before it started (queued, or waiting for the pager), it does
-        not run; cancelled while it runs, it still frees the page (a free
-        cannot be taken back).
-        """
-        await self._run(self.free, page_id)
-
-    async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[PageId]:
-        """Awaitable :meth:`alloc_bulk`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the pages are freed again if they were.
-        """
-        return await self._run(self.alloc_bulk, n, zero, undo=self.free_bulk)
-
-    async def free_bulk_async(self, ids: Iterable[PageId]) -> None:
-        """Awaitable :meth:`free_bulk`; runs off the event loop.
-
-        Cancelled while it runs, it still frees the pages (see :meth:`free_async`).
-        """
-        await self._run(self.free_bulk, list(ids))
-
-    async def alloc_protected_async(self) -> ProtectedPageId:
-        """Awaitable :meth:`alloc_protected`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the page is freed again if it was.
-        """
-        return await self._run(self.alloc_protected, undo=self.free_protected)
-
-    async def free_protected_async(self, pid: ProtectedPageId) -> None:
-        """Awaitable :meth:`free_protected`; runs off the event loop.
-
-        Cancelled while it runs, it still frees the page (see :meth:`free_async`).
-        """
-        await self._run(self.free_protected, pid)
-
-    async def alloc_protected_bulk_async(self, n: int) -> list[ProtectedPageId]:
-        """Awaitable :meth:`alloc_protected_bulk`; runs off the event loop.
-
-        Cancelled, it allocates nothing: the pages are freed again if they were.
-        """
-        return await self._run(self.alloc_protected_bulk, n, undo=self.free_protected_bulk)
-
-    async def free_protected_bulk_async(self, pids: Iterable[ProtectedPageId]) -> None:
-        """Awaitable :meth:`free_protected_bulk`; runs off the event loop.
-
-        Cancelled while it runs, it still frees the pages (see :meth:`free_async`).
-        """
-        await self._run(self.free_protected_bulk, list(pids))
-
-
-class _Handoff:
-    """What an executor call and the coroutine awaiting it agree on, under a lock.
-
-    ``abandoned``: the coroutine was cancelled; ``delivered``: the worker
-    handed ``result`` over before that, so undoing it is the coroutine's job.
-    """
-
-    __slots__ = ("lock", "abandoned", "delivered", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.abandoned = False
-        self.delivered = False
-        self.result: Any = None
-
-
-def _undo_quietly(undo: Callable[[Any], object], result: Any) -> None:
-    """Take back a cancelled call's effect; a failure can only be reported."""
-    try:
-        undo(result)
-    except Exception as exc:  # nobody awaits this any more: warn instead
-        warnings.warn(
-            f"a cancelled mappedpages call could not be undone ({exc!r}); "
-            "what it allocated stays allocated",
-            RuntimeWarning,
-            stacklevel=2,
-        )

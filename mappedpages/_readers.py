@@ -217,3 +217,45 @@ def inspect_table(path: str) -> dict[str, Any] | None:
         "pinned_free_pages": int(pinned[0]),
         "writer_pid": int(writer[0]),
     }
+
+
+def reader_table_data(path: str) -> dict[str, Any] | None:
+    """``info``'s view of the reader table beside the file (None when there is none)."""
+    from mappedpages._errors import MappedPageError
+
+    try:
+        table = inspect_table(path)
+    except (OSError, MappedPageError) as exc:
+        return {"error": str(exc)}
+    if table is None:
+        return None
+    table["readers"] = [r._asdict() for r in table["readers"]]
+    return table
+
+
+def reader_table_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``info``'s lines on snapshot readers: who holds which commit, what it costs."""
+    table = data.get("reader_table")
+    if table is None:
+        return [("readers", "none (no reader table)")]
+    if "error" in table:
+        return [("readers", f"reader table unreadable: {table['error']}")]
+    rows = []
+    if not table["readers"]:
+        rows.append(("readers", "none live"))
+    for r in table["readers"]:
+        rows.append(
+            (
+                "reader",
+                f"pid {r['pid']}, generation {r['generation']}, age {r['age']:.1f} s, "
+                f"{r['page_count']} pages",
+            )
+        )
+    who = f"writer pid {table['writer_pid']}" if table["writer_pid"] else "no writer open"
+    rows.append(
+        (
+            "pinned free pages",
+            f"{table['pinned_free_pages']} (freed, held back for readers; {who})",
+        )
+    )
+    return rows

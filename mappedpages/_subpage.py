@@ -20,7 +20,7 @@ from typing import Any
 
 from mappedpages._base import _U64_LIMIT, as_id
 from mappedpages._core import ffi, lib
-from mappedpages._errors import FileFull, OutOfBounds, ReservedPage
+from mappedpages._errors import FileFull, OutOfBounds, ReservedPage, ReservedSubPageId
 from mappedpages._pager import Pager
 
 # Bound once: these run on every single-sub-page call.
@@ -79,7 +79,7 @@ def _restore_error(pager: Pager, values: list[int], slots: int) -> Exception:
         if rc == lib.MP_EOUT_OF_BOUNDS:
             return OutOfBounds(f"{where}, past the end of the file ({pager._page_count} pages)")
         if rc == lib.MP_ERESERVED_PAGE:
-            return OutOfBounds(
+            return ReservedSubPageId(
                 f"{where}, which is reserved (pages 0-2, a layout or directory page, "
                 "or a protected page's backing page), not a regular page"
             )
@@ -110,6 +110,7 @@ class SubPageAllocator:
         self._slots = pager.page_size // size
         self._handle: Any = None
         self._out = ffi.new("uint64_t *")
+        self._stats = ffi.new("mp_sub_stats *")
         with pager._lock:
             raw = ffi.new("mp_subpage **")
             pager._check(lib.mp_subpage_new(pager._usable(), size, raw), "SubPageAllocator")
@@ -126,7 +127,8 @@ class SubPageAllocator:
         """Rebuild an allocator after a reopen from the sub-page ids known to be live.
 
         Every id's big page must be an allocated regular page of ``pager``
-        (else :class:`OutOfBounds`) that no other live allocator on ``pager``
+        (else :class:`OutOfBounds`; for a reserved page :class:`ReservedPage`,
+        which is then also an :class:`OutOfBounds`) that no other live allocator on ``pager``
         holds (else :class:`ReservedPage`); an id given twice raises
         ``ValueError``. The message names the id refused. Nothing changes on
         error. Big pages the caller once held but that have no live id left
@@ -250,9 +252,8 @@ class SubPageAllocator:
         pager = self.pager
         with pager._lock:
             pager, handle = self._usable()
-            st = ffi.new("mp_sub_stats *")
-            pager._check(lib.mp_subpage_stats(handle, st))
-            return int(st.live_count)
+            pager._check(lib.mp_subpage_stats(handle, self._stats))
+            return int(self._stats.live_count)
 
     def big_pages(self) -> list[int]:
         """The pager pages this allocator holds, ascending."""

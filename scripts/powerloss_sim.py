@@ -8,7 +8,8 @@ returns, every file a power loss could leave is built and opened with
 Pager.open: the durable image plus each subset of the pages dirtied since it
 (all subsets up to --exhaustive-pages dirty pages, a random sample above),
 each page written whole or torn at a 512-byte sector boundary, with the old or
-the new file size. The model is in tests/iohooks.py.
+the new file size. The model is tests/support/powerloss.py (run this from the
+repository root, as a module, so that it imports the tests.support package).
 
 Reported per run: crash points, images (and distinct images), images with a
 torn sector, acknowledged commits lost, states the workload never had,
@@ -22,9 +23,9 @@ Also:
                 of page 0 (the superblock's) is garbage.
 
 Usage:
-  python scripts/powerloss_sim.py                       # everything, default sizes
-  python scripts/powerloss_sim.py --modes compat --page-sizes 1024 --workloads standard
-  python scripts/powerloss_sim.py --json out.json
+  python -m scripts.powerloss_sim                       # everything, default sizes
+  python -m scripts.powerloss_sim --modes compat --page-sizes 1024 --workloads standard
+  python -m scripts.powerloss_sim --json out.json
 Exit status 1 when an acknowledged commit is lost, a state is unknown, or an
 image cannot be opened.
 """
@@ -43,41 +44,53 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from mappedpages import CorruptFileError, Pager
 
-import iohooks as H  # noqa: E402
+try:
+    from tests.support.geometry import layout
+    from tests.support.powerloss import Image, ImageChecker, check_recording, record_workload
+    from tests.support.workloads import (
+        WORKLOADS,
+        Op,
+        _store,
+        random_workload,
+        short_workload,
+        standard_workload,
+    )
+except ImportError:
+    sys.exit(
+        "powerloss_sim: run it from the repository root as a module, "
+        "`python -m scripts.powerloss_sim` (the model is the tests.support package)"
+    )
 
-from mappedpages import CorruptFileError, Pager  # noqa: E402
 
-
-def near_cap_workload(page_size: int) -> list[H.Op]:
+def near_cap_workload(page_size: int) -> list[Op]:
     """Grow near v0.2's page cap, commit there, then cross it and commit more.
 
     Crossing the cap is the upgrade to the extended layout; the commits after
     it (protected and regular) run in that layout.
     """
-    cap = (page_size - 28) * 8
+    cap = layout(page_size).v02_max_pages
     ops = [
-        H.Op("alloc_bulk", f"alloc_bulk to near the v0.2 cap ({cap} pages)",
-             H._store("fill", lambda p: p.alloc_bulk(cap - 3 - 40))),
+        Op("alloc_bulk", f"alloc_bulk to near the v0.2 cap ({cap} pages)",
+             _store("fill", lambda p: p.alloc_bulk(cap - 3 - 40))),
     ]
     cross = [
-        H.Op("alloc_bulk", "alloc_bulk(60): across the cap, the upgrade",
-             H._store("cross", lambda p: p.alloc_bulk(60))),
-        H.Op("free_bulk", "free_bulk in both chunks",
+        Op("alloc_bulk", "alloc_bulk(60): across the cap, the upgrade",
+             _store("cross", lambda p: p.alloc_bulk(60))),
+        Op("free_bulk", "free_bulk in both chunks",
              lambda p, c: p.free_bulk([c["fill"][5], c["cross"][-1]])),
     ]
-    return ops + H.short_workload() + cross + H.short_workload()
+    return ops + short_workload() + cross + short_workload()
 
 
-def workload(name: str, page_size: int) -> list[H.Op]:
+def workload(name: str, page_size: int) -> list[Op]:
     """The named workload's operations."""
     if name == "near_cap":
         return near_cap_workload(page_size)
     if name.startswith("random:"):
-        return H.random_workload(int(name.split(":", 1)[1]))
-    return H.WORKLOADS[name]()
+        return random_workload(int(name.split(":", 1)[1]))
+    return WORKLOADS[name]()
 
 
 def scratch() -> str | None:
@@ -90,15 +103,15 @@ def run_one(mode: str, page_size: int, wl: str, exhaustive_pages: int, samples: 
     """Record one workload and judge every crash image of it."""
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mp-sim-", dir=scratch()) as tmp:
-        rec = H.record_workload(Path(tmp) / "work", workload(wl, page_size), page_size,
+        rec = record_workload(Path(tmp) / "work", workload(wl, page_size), page_size,
                                 mode=mode)
-        checker = H.ImageChecker(Path(tmp) / "img", reopen=True)
+        checker = ImageChecker(Path(tmp) / "img", reopen=True)
         # 1024-byte pages: every sector combination (2 sectors: 4 ways per page).
         # 4096: first-k-sectors-new tears (9 ways per page); a point whose
         # combinations exceed 4096 is sampled (--samples images) instead.
         both = page_size <= 1024
         cap = 1 << 16 if page_size <= 1024 else 1 << 12
-        tally = H.check_recording(rec, checker, exhaustive_pages, samples, seed,
+        tally = check_recording(rec, checker, exhaustive_pages, samples, seed,
                                   both_ways=both, max_exhaustive=cap)
     return {
         "mode": mode, "page_size": page_size, "workload": wl,
@@ -115,18 +128,18 @@ def run_one(mode: str, page_size: int, wl: str, exhaustive_pages: int, samples: 
 
 def skip_sweep(page_size: int = 4096, mode: str = "compat") -> dict[str, Any]:
     """Turn each msync of the short workload into a no-op in turn; see if the harness notices."""
-    ops = H.short_workload()
+    ops = short_workload()
     out: dict[str, Any] = {"page_size": page_size, "mode": mode, "runs": []}
     with tempfile.TemporaryDirectory(prefix="mp-skip-", dir=scratch()) as tmp:
-        clean = H.record_workload(Path(tmp) / "clean", ops, page_size, mode=mode)
+        clean = record_workload(Path(tmp) / "clean", ops, page_size, mode=mode)
         total = clean.barrier_counts["msync"]
         ranges = [pt.label.split("before msync ")[1] for pt in clean.points
                   if "before msync" in pt.label]
         for n in range(1, total + 1):
             op = next(i + 1 for i, (a, b) in enumerate(clean.op_msyncs) if a <= n <= b)
-            rec = H.record_workload(Path(tmp) / f"s{n}", ops, page_size, mode=mode,
+            rec = record_workload(Path(tmp) / f"s{n}", ops, page_size, mode=mode,
                                     skip_msync_at=n)
-            tally = H.check_recording(rec, H.ImageChecker(Path(tmp) / f"i{n}"), 4, 16, n,
+            tally = check_recording(rec, ImageChecker(Path(tmp) / f"i{n}"), 4, 16, n,
                                       both_ways=False, max_exhaustive=1 << 10)
             out["runs"].append({"msync": n, "op": op, "op_label": ops[op - 1].label,
                                 "range": ranges[n - 1] if n <= len(ranges) else "?",
@@ -141,8 +154,8 @@ def garble(page_size: int, trials: int = 8) -> dict[str, Any]:
     counts = {"images": 0, "opened": 0, "opened_right_state": 0, "corrupt": 0, "other": 0}
     by_class: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="mp-garble-", dir=scratch()) as tmp:
-        rec = H.record_workload(Path(tmp) / "work", H.standard_workload(), page_size)
-        checker = H.ImageChecker(Path(tmp) / "img")
+        rec = record_workload(Path(tmp) / "work", standard_workload(), page_size)
+        checker = ImageChecker(Path(tmp) / "img")
         path = Path(tmp) / "g.mpp"
         for pt in rec.points:
             if not pt.label.endswith(": returned"):
@@ -171,7 +184,7 @@ def garble(page_size: int, trials: int = 8) -> dict[str, Any]:
                         continue
                 p.close()
                 counts["opened"] += 1
-                img = H.Image(pt, data, ((0, "garbled"),), pt.current_size)
+                img = Image(pt, data, ((0, "garbled"),), pt.current_size)
                 if checker.judge(img, rec.states).category == "ok":
                     counts["opened_right_state"] += 1
     counts["errors"] = by_class  # type: ignore[assignment]
@@ -186,10 +199,6 @@ def table(results: list[dict[str, Any]]) -> str:
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = [head]
     for r in results:
-        if "skipped" in r:
-            rows.append(f"| {r['mode']} | {r['page_size']} | {r['workload']} | skipped: "
-                        f"{r['skipped']} | | | | | | |")
-            continue
         rows.append(
             f"| {r['mode']} | {r['page_size']} | {r['workload']} | {r['points']} | "
             f"{r['images']} ({r['distinct']}) | {r['torn']} | {r['lost']} | {r['unknown']} | "
@@ -210,8 +219,6 @@ def main() -> int:
                     help="random images per point above the exhaustive limit")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--c-level", action="store_true",
-                    help="run durability modes the C core takes even if Pager.create does not")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--garble", action="store_true")
     ap.add_argument("--only-extras", action="store_true",
@@ -227,11 +234,6 @@ def main() -> int:
                 for wl in args.workloads.split(","):
                     if wl == "near_cap" and ps > 1024:
                         continue  # 127 MiB files at 4096: the 1024 run covers the regime
-                    reason = H.durability_skip_reason(mode, c_level=args.c_level)
-                    if reason:
-                        results.append({"mode": mode, "page_size": ps, "workload": wl,
-                                        "skipped": reason})
-                        continue
                     jobs.append((mode, ps, wl, args.exhaustive_pages, args.samples, args.seed))
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_one, *j) for j in jobs]

@@ -12,7 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import force_close, read_image
+from support.format_v02 import read_image
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Pager, ReadOnlyPager

@@ -19,7 +19,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import check_valid_v02, read_v03
+from support.format_v02 import check_valid_v02
+from support.format_v03 import read_v03
 
 from mappedpages import Pager, ReadOnlyPager, RecoveryWarning
 

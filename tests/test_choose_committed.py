@@ -15,7 +15,7 @@ import itertools
 
 from mappedpages._core import ffi, lib
 
-CHUNK = 8160  # pages per chunk at 1 KiB pages: (1024 - 28) * 8
+CHUNK = 8160  # any chunk size: the decision only compares page counts with it
 PROBLEMS = [
     lib.MP_META_OK,
     lib.MP_META_BAD_CRC,

@@ -7,21 +7,24 @@ and stderr. Bad input must give one line on stderr and never a traceback.
 
 from __future__ import annotations
 
-import importlib.machinery
+import importlib.util
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
-import types
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import copy_fixture, load_manifest, read_at, read_image
+from support.edit import read_at
+from support.format_v02 import read_image
+from support.geometry import layout
+from support.rust_fixtures import copy_fixture, load_manifest
 
 from mappedpages import Pager, ReadOnlyPager
 from mappedpages import _cli as cli
+from mappedpages import _inspect as inspection
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
@@ -644,7 +647,7 @@ def test_permission_denied(tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    monkeypatch.setattr(inspection, "open", refuse, raising=False)
     assert cli.main(["check", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mappedpages: {path}: permission denied"]
@@ -658,45 +661,51 @@ def test_permission_denied(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- bench
 
 
-def test_bench_when_the_suite_is_missing(monkeypatch, capsys):
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+def test_bench_when_the_suite_is_missing(monkeypatch, tmp_path, capsys):
+    # An installed wheel has no benchmarks/ beside the package: one clear line, status 2.
+    monkeypatch.setattr(cli, "BENCH_SUITE", tmp_path / "benchmarks" / "suite.py")
     assert cli.main(["bench"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not available" in err[0]
+    assert len(err) == 1 and "not available" in err[0] and "benchmarks/suite.py" in err[0]
 
 
-def test_bench_runs_the_suite(monkeypatch):
-    seen = []
-    fake = types.ModuleType("mappedpages._bench")
-    fake.__spec__ = importlib.machinery.ModuleSpec("mappedpages._bench", None)
-
-    def main(argv):
-        seen.append(argv)
-        return 0
-
-    fake.main = main
-    monkeypatch.setitem(sys.modules, "mappedpages._bench", fake)
+def test_bench_runs_the_suite(monkeypatch, tmp_path):
+    suite = tmp_path / "suite.py"
+    suite.write_text(
+        "SEEN = []\n"
+        "def main(argv):\n"
+        "    SEEN.append(argv)\n"
+        "    return 3 if argv == ['--fail'] else 0\n"
+    )
+    monkeypatch.setattr(cli, "BENCH_SUITE", suite)
     assert cli.main(["bench", "--quick", "x"]) == 0
-    assert seen == [["--quick", "x"]]
+    assert sys.modules["_mappedpages_bench_suite"].SEEN == [["--quick", "x"]]
+    assert cli.main(["bench", "--fail"]) == 3
 
-    def main_no_args():
-        seen.append(sys.argv[1:])
 
-    fake.main = main_no_args
-    assert cli.main(["bench", "--n", "5"]) == 0
-    assert seen[-1] == ["--n", "5"]
+def test_bench_suite_that_fails_to_import(monkeypatch, tmp_path, capsys):
+    suite = tmp_path / "suite.py"
+    suite.write_text("import mappedpages_no_such_module\n")
+    monkeypatch.setattr(cli, "BENCH_SUITE", suite)
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be loaded" in err[0]
+
+
+def test_bench_lives_in_the_checkout():
+    # The suite is no part of the installed package.
+    assert cli.BENCH_SUITE.parent.name == "benchmarks"
+    assert importlib.util.find_spec("mappedpages._bench") is None
 
 
 def test_bench_subprocess(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("mappedpages._bench") is None:
+    if not cli.BENCH_SUITE.is_file():
         one_line_error(run("bench", cwd=tmp_path), 2)
         return
-    # The suite is installed: its options, --help included, are its own.
+    # The suite is in the checkout: its options, --help included, are its own.
     r = run("bench", "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "usage: " in r.stdout
+    assert "usage: mappedpages bench" in r.stdout
 
 
 # ---------------------------------------------------------------- helpers
@@ -723,7 +732,7 @@ def test_main_in_process_output(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the extended layout (0.3)
 
-CHUNK_1K = (1024 - 28) * 8  # pages per free-map chunk at 1 KiB: v0.2's cap
+CHUNK_1K = layout(1024).chunk_pages  # pages per free-map chunk at 1 KiB: v0.2's cap
 
 
 def make_extended_file(path, n=9000):

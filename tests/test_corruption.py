@@ -15,7 +15,8 @@ import struct
 import warnings
 
 import pytest
-from conftest import (
+from support.edit import edit_meta, flip_byte, patch, reseal_dir_index
+from support.format_v02 import (
     OFF_BUILD,
     OFF_DIR_COUNT,
     OFF_LOG2,
@@ -25,15 +26,12 @@ from conftest import (
     OFF_PATCH,
     OFF_SELECTOR,
     check_valid_v02,
-    edit_meta,
-    flip_byte,
-    force_close,
     max_dir_blocks,
-    patch,
     pattern,
     read_image,
-    reseal_dir_index,
 )
+from support.geometry import layout
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Pager
@@ -245,7 +243,7 @@ INVALIDATING = {
     "total_no_reseal": lambda path, i: flip_byte(path, (1 + i) * PS + 0, 0x10),
     "total_huge": lambda path, i: edit_meta(path, i, total_pages=2**64 - 1),
     "total_2_63": lambda path, i: edit_meta(path, i, total_pages=2**63),
-    "total_past_cap": lambda path, i: edit_meta(path, i, total_pages=(PS - 28) * 8 + 1),
+    "total_past_cap": lambda path, i: edit_meta(path, i, total_pages=layout(PS).v02_max_pages + 1),
     "total_past_file": lambda path, i: edit_meta(
         path, i, total_pages=32, free_count=read_image(path).metas[i].free_count + 16
     ),
@@ -269,7 +267,9 @@ INVALIDATING = {
         path, i, clear_bits=[2], free_count=read_image(path).metas[i].free_count + 1
     ),
     "bit_past_total": lambda path, i: edit_meta(path, i, set_bits=[16]),
-    "bit_at_bitmap_end": lambda path, i: edit_meta(path, i, set_bits=[(PS - 28) * 8 - 1]),
+    "bit_at_bitmap_end": lambda path, i: edit_meta(
+        path, i, set_bits=[layout(PS).v02_max_pages - 1]
+    ),
     "bitmap_bit_no_free_fix": lambda path, i: edit_meta(path, i, set_bits=[13]),
     "bitmap_bit_cleared_no_free_fix": lambda path, i: edit_meta(path, i, clear_bits=[3]),
     "all_ones_page": lambda path, i: patch(path, (1 + i) * PS, b"\xff" * PS),

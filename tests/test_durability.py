@@ -24,15 +24,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import check_valid_v02, force_close, kill_when_ready, read_image
-from iohooks import (
-    DURABILITY_MODES,
-    CrashRecorder,
-    IoHooks,
-    count_problem,
-    create_pager,
-    state_of,
-)
+from support.format_v02 import check_valid_v02, read_image
+from support.iohooks import DURABILITY_MODES, IoHooks, create_pager
+from support.pagers import force_close, kill_when_ready
+from support.powerloss import CrashRecorder
+from support.workloads import count_problem, state_of
 
 from mappedpages import Pager, ReadOnlyPager, RecoveryWarning
 from mappedpages._core import lib

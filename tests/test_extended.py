@@ -1,7 +1,7 @@
 """The extended layout (file format 0.3): files that grow past the v0.2 cap.
 
 A v0.2 file keeps its free bitmap in one metadata page, so it holds at most
-C = (page_size - 28) * 8 pages (7968 at 1 KiB). When growth takes a file past
+C pages (the v0.2 cap: 7968 at 1 KiB, support.geometry.layout). When growth takes a file past
 C it is upgraded in place, in one crash-safe commit, to minor version 3: each
 chunk i >= 1 of C pages starts with four layout pages (two copies of its
 free-map page, two of directory-index page i-1), each copy stamped with the
@@ -37,37 +37,28 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import pytest
-from conftest import (
+from hypothesis import HealthCheck, event, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support.edit import flip_byte, patch, read_at
+from support.format_v02 import OFF_MINOR, check_valid_v02, entries_per_dir_page, max_dir_blocks
+from support.format_v03 import (
     CHUNK_HEADER,
     LAYOUT_PAGES,
-    OFF_MINOR,
     check_valid_any,
-    check_valid_v02,
     check_valid_v03,
     chunk_count,
     chunk_pages,
-    commit_bytes,
-    entries_per_dir_page,
     expected_free_count,
-    flip_byte,
-    force_close,
     inspect_v03,
     is_layout_page,
-    kill_when_ready,
     layout_page_ids,
-    max_dir_blocks,
     parse_layout_copy,
-    patch,
-    read_at,
-    read_page,
-    read_protected,
     read_v03,
     regular_page_id,
     regular_page_total,
     seal,
 )
-from hypothesis import HealthCheck, event, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support.pagers import commit_bytes, force_close, kill_when_ready, read_page, read_protected
 
 from mappedpages import (
     CorruptMetadata,

@@ -12,13 +12,15 @@ import warnings
 import zlib
 
 import pytest
-from iohooks import KINDS, IoHooks, _list_system, create_pager
+from support.geometry import layout
+from support.iohooks import KINDS, IoHooks, create_pager
+from support.workloads import _list_system
 
 import mappedpages
 from mappedpages import CorruptMetadata, Pager, ReadOnlyPager, RecoveryWarning
 
 PS = 1024
-C = (PS - 28) * 8  # pages per chunk; the v0.2 cap
+C = layout(PS).chunk_pages  # pages per chunk; the v0.2 cap
 
 
 def page(data: bytes, n: int) -> bytes:
@@ -136,7 +138,7 @@ def test_a_leftover_copy_never_becomes_current(tmp_path):
     # except its layout pages, stamped G+1 (as an unfinished commit would).
     body = bytearray(page(bytes(data), C + live))
     struct.pack_into("<Q", body, 0, gen + 1)
-    bitmap = bytearray(PS - 28)
+    bitmap = bytearray(C // 8)
     bitmap[0] = 0x0F
     body[24 : PS - 4] = bitmap
     total = max(

@@ -9,16 +9,9 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import (
-    check_valid_v02,
-    copy_fixture,
-    crc32,
-    force_close,
-    load_manifest,
-    pattern,
-    read_image,
-    require_fixtures_dir,
-)
+from support.format_v02 import check_valid_v02, crc32, pattern, read_image
+from support.pagers import force_close
+from support.rust_fixtures import copy_fixture, load_manifest, require_fixtures_dir
 
 import mappedpages
 from mappedpages import Pager

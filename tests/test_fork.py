@@ -20,7 +20,8 @@ import traceback
 from pathlib import Path
 
 import pytest
-from conftest import check_valid_v02, force_close
+from support.format_v02 import check_valid_v02
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Locked, Pager, ReadOnlyPager, Unavailable

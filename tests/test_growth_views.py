@@ -7,15 +7,10 @@ import os
 import struct
 
 import pytest
-from conftest import (
-    check_valid_v02,
-    check_valid_v03,
-    crc32,
-    force_close,
-    max_pages,
-    pattern,
-    read_at,
-)
+from support.edit import read_at
+from support.format_v02 import check_valid_v02, crc32, max_pages, pattern
+from support.format_v03 import check_valid_v03
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Pager

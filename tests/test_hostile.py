@@ -39,7 +39,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from iohooks import State, state_of  # noqa: E402
+from support.workloads import State, state_of  # noqa: E402
 
 PS = 1024
 U64 = (1 << 64) - 1
@@ -361,7 +361,7 @@ def classify(path: Path, history: list[State]) -> tuple[str, str]:
     inconsistent: counts that disagree with the page sets; corrupt:<class>: a
     CorruptFileError; error: any other exception.
     """
-    from iohooks import count_problem
+    from support.workloads import count_problem
 
     from mappedpages import CorruptFileError, Pager, RecoveryWarning
 

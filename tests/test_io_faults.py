@@ -26,18 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from iohooks import (
-    FLUSH_KINDS,
-    KINDS,
-    IoHooks,
-    State,
-    close_quietly,
-    create_pager,
-    durability_skip_reason,
-    open_pager,
-    standard_workload,
-    state_of,
-)
+from support.iohooks import FLUSH_KINDS, KINDS, IoHooks, close_quietly, create_pager, open_pager
+from support.workloads import State, standard_workload, state_of
 
 from mappedpages import MappedPageError, Pager, RecoveryWarning, Unavailable
 from mappedpages._core import lib
@@ -233,9 +223,6 @@ def run_with_fault(tmp: Path, kind: str, n: int, persistent: bool,
 # workload makes no such call); test_ftruncate_after_failed_fallocate covers it.
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "ftruncate"])
 def test_nth_call_fails(tmp_path, kind, persistent, mode):
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     ref = reference(tmp_path, mode)
     total = ref.total_calls[kind]
     assert total > 0, f"the workload makes no {kind} call"
@@ -434,8 +421,6 @@ if __name__ == "__main__":
     all_problems: list[str] = []
     t0 = time.monotonic()
     for mode in ("compat", "fast"):
-        if durability_skip_reason(mode):
-            continue
         ref = reference(tmp, mode)
         for kind in KINDS:
             n_calls = ref.total_calls[kind]

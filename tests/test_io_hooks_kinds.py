@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from iohooks import IoHooks, create_pager, open_pager  # noqa: E402
+from support.iohooks import IoHooks, create_pager, open_pager  # noqa: E402
 
 import mappedpages as mp  # noqa: E402
 from mappedpages._core import lib  # noqa: E402

@@ -8,9 +8,10 @@ import warnings
 from pathlib import Path
 
 import hypothesis.strategies as st
-from conftest import check_valid_v02, force_close, max_pages
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support.format_v02 import check_valid_v02, max_pages
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Pager

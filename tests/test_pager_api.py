@@ -9,18 +9,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import (
-    CRC_RESIDUE,
-    MAGIC,
-    check_valid_v02,
-    check_valid_v03,
-    crc32,
-    inspect_v03,
-    pager_state,
-    pattern,
-    read_at,
-    read_image,
-)
+from support.edit import read_at
+from support.format_v02 import CRC_RESIDUE, MAGIC, check_valid_v02, crc32, pattern, read_image
+from support.format_v03 import check_valid_v03, inspect_v03
+from support.geometry import layout
+from support.pagers import pager_state
 
 import mappedpages
 from mappedpages import Pager
@@ -663,7 +656,7 @@ def committed_meta(path, page_size: int) -> tuple:
     return max(copies, key=lambda c: c[1])
 
 
-SMALL_CAP = (1024 - 28) * 8  # the v0.2 cap at 1 KiB, and the size of a chunk past it
+SMALL_CAP = layout(1024).v02_max_pages  # the v0.2 cap at 1 KiB, and the size of a chunk past it
 
 
 @pytest.mark.parametrize("n", [10**6, 2**40, 2**63, 2**64, 2**70])

@@ -16,19 +16,21 @@ import random
 import warnings
 
 import pytest
-from iohooks import (
-    DURABILITY_MODES,
+from support.geometry import layout
+from support.iohooks import DURABILITY_MODES
+from support.powerloss import (
     CrashPoint,
     Image,
     ImageChecker,
+    check_recording,
+    crash_images,
+    record_workload,
+)
+from support.workloads import (
     Op,
     _store,
     _write_protected,
-    check_recording,
-    crash_images,
-    durability_skip_reason,
     random_workload,
-    record_workload,
     short_workload,
     standard_workload,
 )
@@ -46,9 +48,6 @@ _TALLIES: dict = {}
 
 def _tally(tmp_path_factory, mode: str, page_size: int):
     """Record the standard workload in MODE and check its crash images (once per session)."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     key = (mode, page_size)
     if key not in _TALLIES:
         opts = dict(CASES)[page_size]
@@ -96,9 +95,6 @@ def test_torn_sector_never_makes_the_file_unopenable(tmp_path_factory, mode, pag
 @pytest.mark.parametrize("seed", [2, 3])
 def test_random_workload_crashes(tmp_path, mode, seed):
     """A seeded random mix of every operation (scripts/powerloss_sim.py runs more)."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     rec = record_workload(tmp_path / "work", random_workload(seed), 1024, mode=mode)
     tally = check_recording(rec, ImageChecker(tmp_path / "img", reopen=True),
                             exhaustive_pages=2, samples=8, seed=seed, max_exhaustive=64)
@@ -116,9 +112,6 @@ def test_protected_commit_never_outlives_an_earlier_alloc(tmp_path, mode, page_s
     """The pattern of every structure built on the pager: allocate a page, then
     record its id in a protected (root) page. No crash may keep the record and
     lose the allocation: the id would then name a free page."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     ops = [
         Op("alloc_protected", "alloc_protected",
            lambda p, c: c.update(pid=p.alloc_protected())),
@@ -148,9 +141,6 @@ def test_alloc_protected_that_grows_the_file(tmp_path, mode, page_size):
     between the directory commit (page 0) and that metadata commit must leave a
     file that opens (the entry dropped as an unfinished alloc), not one that
     raises CorruptProtectedDirectory."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     ops = [
         Op("alloc_protected", "alloc_protected (new block, grows 4 -> 8)",
            lambda p, c: p.alloc_protected()),
@@ -245,11 +235,8 @@ def test_upgrade_to_extended_layout_survives_power_loss(tmp_path, mode):
     mark, the new chunk's free-map and index pages, then the metadata copy),
     and commits after it in the new layout: every crash image opens and shows
     an acknowledged state or the one in flight."""
-    reason = durability_skip_reason(mode)
-    if reason is not None:
-        pytest.skip(reason)
     page_size = 1024
-    cap = (page_size - 28) * 8
+    cap = layout(page_size).v02_max_pages
     ops = [
         Op("alloc_protected", "alloc_protected (v0.2)",
            _store("p0", lambda p: p.alloc_protected())),

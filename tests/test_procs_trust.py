@@ -32,8 +32,8 @@ from array import array
 from pathlib import Path
 
 import pytest
-from conftest import force_close
-from iohooks import IoHooks, create_pager
+from support.iohooks import IoHooks, create_pager
+from support.pagers import force_close
 
 from mappedpages import Locked, Pager, ReadOnlyPager, RecoveryWarning, Unavailable
 

@@ -18,24 +18,21 @@ import weakref
 import zlib
 
 import pytest
-from conftest import (
+from support.edit import patch, read_at
+from support.format_v02 import (
     DIR_ENTRY_SIZE,
     DIR_PAGE_HEADER,
     DIR_REF_SIZE,
-    check_valid_v03,
-    commit_bytes,
-    copy_fixture,
     crc32,
     entries_per_dir_page,
-    force_close,
-    load_manifest,
     max_dir_blocks,
-    patch,
     pattern,
-    read_at,
     read_image,
-    read_protected,
 )
+from support.format_v03 import check_valid_v03
+from support.geometry import layout
+from support.pagers import commit_bytes, force_close, read_protected
+from support.rust_fixtures import copy_fixture, load_manifest
 
 import mappedpages
 from mappedpages import (
@@ -846,7 +843,7 @@ def extended_dir_blocks(path) -> list[tuple[int, int, int]]:
     """(page_a, page_b, active) of every directory block of a 0.3 file, read from
     chunk 1's free-map page (the block count) and the directory-index pages."""
     ps = read_image(path).page_size
-    chunk = (ps - 28) * 8
+    chunk = layout(ps).chunk_pages
     per_index = max_dir_blocks(ps)
     page0 = read_at(path, 0, ps)
     assert page0[5] == 3 and page0[13:16] == b"EXT"
@@ -914,7 +911,7 @@ def test_directory_grows_past_page0_at_1024(tmp_path):
         assert list(p.allocated_pages()) == [reg]
         # no page leaked: reserved, regular, protected copies, directory pages, layout pages
         n_blocks = -(-total // epp)
-        chunks_past_0 = (p.page_count - 1) // ((ps - 28) * 8)
+        chunks_past_0 = (p.page_count - 1) // layout(ps).chunk_pages
         assert chunks_past_0 >= 2  # index page 1 lives in chunk 2
         used = p.page_count - p.free_page_count
         assert used == 3 + 1 + 2 * total + 2 * n_blocks + 4 * chunks_past_0

@@ -25,28 +25,21 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import (
+from support.edit import flip_byte, patch, read_at, reseal_dir_index
+from support.format_v02 import (
     DIR_ENTRY_SIZE,
     DIR_PAGE_HEADER,
     DIR_REF_SIZE,
     OFF_DIR_COUNT,
-    commit_bytes,
-    copy_fixture,
     crc32,
     entries_per_dir_page,
-    flip_byte,
-    force_close,
-    kill_when_ready,
-    load_manifest,
     max_dir_blocks,
-    patch,
     pattern,
-    read_at,
     read_image,
-    read_page,
-    read_protected,
-    reseal_dir_index,
 )
+from support.geometry import layout
+from support.pagers import commit_bytes, force_close, kill_when_ready, read_page, read_protected
+from support.rust_fixtures import copy_fixture, load_manifest
 
 from mappedpages import (
     CorruptDirectoryIndex,
@@ -427,7 +420,7 @@ def made_at_cap(tmp_path):
         for pid in ids:
             commit_bytes(p, pid, v1(pid))
         p.free_bulk(filler[10:])
-        assert p.page_count == (MPS - 28) * 8
+        assert p.page_count == layout(MPS).v02_max_pages
     return path
 
 

@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import force_close, read_image
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,6 +26,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from support.format_v02 import read_image
+from support.pagers import force_close
 
 from mappedpages import DoubleFree, OutOfBounds, Pager, ReservedPage, WriterOpen
 

@@ -21,7 +21,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import edit_meta, force_close, pattern, read_at, read_image
+from support.edit import edit_meta, read_at
+from support.format_v02 import pattern, read_image
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Pager, ReadOnlyPager

@@ -26,15 +26,9 @@ import sys
 import warnings
 
 import pytest
-from conftest import (
-    DIR_REF_SIZE,
-    edit_meta,
-    force_close,
-    pattern,
-    read_at,
-    read_image,
-    reseal_dir_index,
-)
+from support.edit import edit_meta, read_at, reseal_dir_index
+from support.format_v02 import DIR_REF_SIZE, pattern, read_image
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import (

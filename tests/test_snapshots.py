@@ -533,6 +533,7 @@ def test_kill_9_readers_mid_scan_clears_their_slots(tmp_path):
             p.stdout.close()
             p.stderr.close()
         # The writer sees the holders gone, clears their slots, reuses pages.
+        assert w.pinned_free_pages == 0
         assert w.readers() == []
         size = w.page_count
         for _ in range(200):
@@ -712,7 +713,7 @@ def test_a_reader_listing_readers_keeps_its_own_slot(tmp_path):
 def extended_file(path: Path) -> Pager:
     """A writer on a file past v0.2's cap (the extended layout, format 0.3)."""
     w = Pager.create(path, page_size=1024, preallocate=False)
-    w.free_bulk(w.alloc_bulk((1024 - 28) * 8 + 16))
+    w.free_bulk(w.alloc_bulk(w._chunk + 16))  # past the v0.2 cap (a chunk)
     assert w.format_version == "0.3"
     return w
 
@@ -793,3 +794,107 @@ def test_releasing_a_protected_view_keeps_the_snapshot_copy(tmp_path):
             v.release()
             assert bytes(r.protected_page(pid)[:2]) == b"ok"
             assert r.verify_protected(pid) is True
+
+
+def test_the_writer_reads_the_table_only_when_a_pin_waits(tmp_path):
+    from mappedpages._core import ffi, lib
+
+    def scans(w: Pager) -> int:
+        out = ffi.new("uint64_t *")
+        assert lib.mp_readers_scans(w._handle, out) == 0
+        return int(out[0])
+
+    path = tmp_path / "scan.mpp"
+    with Pager.create(path, page_size=1024) as w:
+        with ReadOnlyPager.open(path):
+            start = scans(w)
+            for _ in range(20):
+                w.alloc_bulk(3)  # allocation commits free nothing: no look at the table
+            assert scans(w) == start
+            a = w.alloc()
+            w.free(a)  # a pin: the commit looks once
+            assert start < scans(w) <= start + 2
+
+
+def test_a_new_writer_holds_back_pages_an_older_reader_may_have(tmp_path):
+    """Pins live in the writer's memory: a writer that opens beside a reader of an
+    older commit holds back every free page until that reader moves on."""
+    path = tmp_path / "handover.mpp"
+    w = Pager.create(path, page_size=1024)
+    ids = w.alloc_bulk(6)
+    for i in ids:
+        stamp(w.page(i), 40 + i)
+    r = ReadOnlyPager.open(path)
+    w.free_bulk(ids)
+    w.close()  # its pins go with it
+    with Pager.open(path) as w2:
+        assert w2.pinned_free_pages >= 6
+        fresh = w2.alloc_bulk(10)
+        assert not set(fresh) & set(ids)
+        for i in fresh:
+            stamp(w2.page(i), 0)
+        assert [read_stamp(r.page(i)) for i in ids] == [40 + i for i in ids]
+        assert r.refresh() is True
+        w2.alloc()
+        assert w2.pinned_free_pages == 0
+    r.close()
+    # With no older reader, a writer opens holding nothing back.
+    with ReadOnlyPager.open(path), Pager.open(path) as w3:
+        assert w3.pinned_free_pages == 0
+
+
+def test_a_reader_table_that_cannot_be_opened_fails_create_and_open_cleanly(tmp_path):
+    path = tmp_path / "blocked.mpp"
+    os.mkdir(str(path) + "-readers")  # not a file: the table cannot be opened
+    with pytest.raises(OSError):
+        Pager.create(path)
+    assert not path.exists(), "a failed create left its file behind"
+    os.rmdir(str(path) + "-readers")
+    Pager.create(path).close()
+    os.unlink(str(path) + "-readers")
+    os.mkdir(str(path) + "-readers")
+    before = path.read_bytes()
+    with pytest.raises(OSError):
+        Pager.open(path)
+    with pytest.raises(OSError):
+        ReadOnlyPager.open(path)
+    with ReadOnlyPager.open(path, snapshot=False) as r:
+        assert r.page_count == 4
+    assert path.read_bytes() == before
+    os.rmdir(str(path) + "-readers")
+    with Pager.open(path):  # the writer lock was released by the failed opens
+        pass
+
+
+@pytest.mark.skipif(
+    not hasattr(Pager, "set_root"), reason="roots come with engine transactions (issue 15)"
+)
+def test_roots_are_the_snapshots(tmp_path):
+    path = tmp_path / "roots.mpp"
+    with Pager.create(path, page_size=1024) as w:
+        w.set_root(0, 11)
+        with ReadOnlyPager.open(path) as r, w.snapshot() as s:
+            w.set_root(0, 22)
+            w.set_root(1, 33)
+            assert r.roots[:2] == (11, 0) and s.roots[:2] == (11, 0)
+            assert r.refresh() is True
+            assert r.roots[:2] == (22, 33)
+            assert s.roots[:2] == (11, 0)
+
+
+def test_a_refresh_writes_its_whole_slot_again(tmp_path):
+    """The table is writable by every reader of the file: a slot someone wrote
+    over is put right by its reader's next refresh that moves."""
+    path = tmp_path / "over.mpp"
+    with Pager.create(path) as w, ReadOnlyPager.open(path) as r:
+        table = str(path) + "-readers"
+        with open(table, "r+b") as fh:
+            data = bytearray(fh.read())
+            slots = [i for i in range(64, len(data), 64) if any(data[i : i + 8])]
+            assert len(slots) == 1
+            fh.seek(slots[0])
+            fh.write(bytes(64))
+        assert w.readers() == []
+        w.alloc()
+        assert r.refresh() is True
+        assert [(x.pid, x.generation) for x in w.readers()] == [(os.getpid(), r.generation)]

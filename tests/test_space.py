@@ -2,7 +2,7 @@
 
 Crash safety is checked two ways in both layouts: a child killed (SIGKILL) at
 each durability barrier of a trim or a punching free, and after the call
-returns; and the power-loss images the barriers allow (tests/iohooks.py).
+returns; and the power-loss images the barriers allow (tests/support/iohooks.py, tests/support/powerloss.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from iohooks import CrashRecorder, IoHooks, crash_images, create_pager
+from support.iohooks import IoHooks, create_pager
+from support.powerloss import CrashRecorder, crash_images
 
 import mappedpages
 from mappedpages import Pager, ReadOnlyPager, RecoveryWarning
@@ -327,7 +328,7 @@ def test_enospc_while_refilling_a_punched_page_is_an_oserror(tmp_path: Path) -> 
 
 
 def lib_kind(name: str) -> int:
-    from iohooks import KINDS
+    from support.iohooks import KINDS
 
     return KINDS[name]
 
@@ -366,7 +367,7 @@ def test_punch_on_free(tmp_path: Path) -> None:
 
 KILL_CHILD = """
     import os, signal, sys
-    from iohooks import IoHooks, create_pager
+    from support.iohooks import IoHooks, create_pager
     path, n, at, what = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     hooks = IoHooks()
     p = create_pager(path, 1024, hooks)

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import force_close, pattern, read_image
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -22,7 +21,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from iohooks import IoHooks, close_quietly, create_pager
+from support.format_v02 import pattern, read_image
+from support.iohooks import IoHooks, close_quietly, create_pager
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import DoubleFree, FileFull, OutOfBounds, Pager, SubPageAllocator

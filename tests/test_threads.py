@@ -15,7 +15,8 @@ import time
 import traceback
 
 import pytest
-from conftest import check_valid_v02, force_close
+from support.format_v02 import check_valid_v02
+from support.pagers import force_close
 
 import mappedpages
 from mappedpages import Pager

@@ -38,18 +38,11 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import force_close, kill_when_ready, read_image
-from iohooks import (
-    DURABILITY_MODES,
-    ImageChecker,
-    IoHooks,
-    Op,
-    check_recording,
-    count_problem,
-    create_pager,
-    record_workload,
-    state_of,
-)
+from support.format_v02 import read_image
+from support.iohooks import DURABILITY_MODES, IoHooks, create_pager
+from support.pagers import force_close, kill_when_ready
+from support.powerloss import ImageChecker, check_recording, record_workload
+from support.workloads import Op, count_problem, state_of
 
 from mappedpages import (
     DoubleFree,

@@ -34,7 +34,7 @@ def test_subpage_free_bulk_applies_the_ids_it_checked(tmp_path: Path) -> None:
     """Ids changed during free_bulk's commit: the freed slots are the ones checked."""
     run_child(
         f"""
-        from iohooks import IoHooks, create_pager
+        from support.iohooks import IoHooks, create_pager
         from mappedpages._core import ffi, lib
 
         buf = ffi.new("uint64_t[3]")

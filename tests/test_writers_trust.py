@@ -22,7 +22,8 @@ import threading
 from array import array
 
 import pytest
-from conftest import pager_state, read_image
+from support.format_v02 import read_image
+from support.pagers import pager_state
 
 import mappedpages
 from mappedpages import (
@@ -132,8 +133,10 @@ def test_restore_messages_name_the_id(new_pager):
     before = full_state(p)
     with pytest.raises(ValueError, match=f"sub-page id {page * 8 + 1} is given twice"):
         SubPageAllocator.restore(p, 512, [page * 8, page * 8 + 1, page * 8 + 1])
-    with pytest.raises(OutOfBounds, match=r"sub-page id 9 lies in page 1, which is reserved"):
+    with pytest.raises(ReservedPage, match=r"sub-page id 9 lies in page 1, which is reserved"):
         SubPageAllocator.restore(p, 512, [page * 8, 9])
+    with pytest.raises(OutOfBounds):  # and still what restore raised before
+        SubPageAllocator.restore(p, 512, [9])
     with pytest.raises(OutOfBounds, match=r"sub-page id 800 lies in page 100, past the end"):
         SubPageAllocator.restore(p, 512, [800])
     with pytest.raises(OutOfBounds, match=r"sub-page id 5 lies in page 1, which is reserved"):

@@ -1,4 +1,5 @@
-"""The benchmark suite: ``python -m mappedpages bench [--dir DIR] [--quick]``.
+"""The benchmark suite: ``python -m mappedpages bench [--dir DIR] [--quick]`` from a checkout,
+or ``python benchmarks/suite.py``.
 
 Prints one table. Every figure stands beside the floor it is judged against,
 measured in the same run, on the same file system, interleaved with the

@@ -1,0 +1,71 @@
+"""Page ids as C arrays: what the bulk calls accept and how they check it.
+
+``_ids_array`` turns any iterable of ids into a ``uint64_t[]`` (refusing
+bools, negatives and ids past 2**64 before the core sees them);
+``_u64_buffer`` takes a caller's ``array('Q')`` or NumPy ``uint64`` array
+without a copy. Both are the Pager's (``_pager``, ``_pager_protected``).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from typing import Any
+
+from mappedpages._base import _U64_LIMIT, as_id
+from mappedpages._core import ffi
+from mappedpages._errors import OutOfBounds
+
+_U64_FORMATS = frozenset(
+    {"Q", "<Q", "=Q", "@Q"}
+    | ({"L", "<L", "=L", "@L"} if ffi.sizeof("unsigned long") == 8 else set())
+)
+
+
+def _has_buffer(obj: object) -> bool:
+    try:
+        memoryview(obj).release()  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def _u64_buffer(obj: Any, writable: bool) -> Any:
+    """Return a uint64_t[] over obj's memory, or None if obj is not such a buffer."""
+    if isinstance(obj, (list, tuple, range, str, bytes)):
+        return None
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        return None
+    with mv:
+        ok = mv.format in _U64_FORMATS and mv.itemsize == 8 and mv.c_contiguous
+        if writable and mv.readonly:
+            raise TypeError("out must be a writable buffer")
+    if not ok:
+        if writable:
+            raise TypeError("out must be a contiguous buffer of unsigned 64-bit integers")
+        return None
+    return ffi.from_buffer("uint64_t[]", obj, require_writable=writable)
+
+
+def _ids_array(ids: Iterable[object], what: str) -> tuple[array[int], Any]:
+    """Return the ids and a uint64 C array over them, or raise TypeError/OutOfBounds."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{what}s must be an iterable of ints")
+    values = ids if isinstance(ids, (list, tuple)) else list(ids)
+    try:
+        # array('Q') checks every item is an integer in [0, 2**64) at C speed.
+        packed = array("Q", values)
+    except (TypeError, OverflowError):
+        checked = [as_id(i, what) for i in values]
+        bad = next((v for v in checked if v < 0 or v >= _U64_LIMIT), None)
+        if bad is not None:
+            raise OutOfBounds(f"{what} {bad} is out of bounds") from None
+        raise
+    # array('Q') takes True as 1; bool is no id. Only 0 and 1 can be bools,
+    # so the Python-speed scan runs only when one of them is there.
+    if packed and min(packed) <= 1:
+        for v in values:
+            as_id(v, what)
+    return packed, ffi.from_buffer("uint64_t[]", packed)
