@@ -2,7 +2,8 @@
 
 Crash safety is checked two ways in both layouts: a child killed (SIGKILL) at
 each durability barrier of a trim or a punching free, and after the call
-returns; and the power-loss images the barriers allow (tests/support/iohooks.py, tests/support/powerloss.py).
+returns; and the power-loss images the barriers allow
+(tests/support/powerloss.py).
 """
 
 from __future__ import annotations
