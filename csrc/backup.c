@@ -15,11 +15,10 @@
  *     protected pages from the copies a snapshot reader took at load (passed
  *     in, checked against the recorded CRC). The rest of the commit's
  *     structure (the committed free-map and index copies of the extended
- *     layout, protected pages without a copy) is copied from the file, then
- *     the copy is opened and checked against the snapshot in memory: the
- *     writer may have rewritten one of them since (two commits later). A
- *     writer's backup then takes a new snapshot and tries again; a reader's
- *     gives up with MP_EUNAVAILABLE.
+ *     layout, protected pages without a copy) is read from the file and
+ *     checked page by page (copy_checked): the writer may have rewritten one
+ *     of them since (two commits later). A writer's backup then takes a new
+ *     snapshot and tries again; a reader's gives up with MP_EUNAVAILABLE.
  *   - Only the pages the commit needs are written, at their offsets, into a
  *     file made the full size with ftruncate: free pages and the inactive
  *     copies are holes, so the copy costs the time and space of live pages.
@@ -48,6 +47,7 @@ typedef struct {
     uint8_t *over_data;      /* and their bytes, in core-owned memory */
     uint64_t over_n;
     uint8_t *page;           /* page_size bytes of scratch */
+    mp_dir_ref *refs;        /* an index page's references, for its check */
 } bk_copy;
 
 static void note_progress(bk_copy *b, uint64_t bytes)
@@ -117,19 +117,46 @@ static const uint8_t *override_of(const bk_copy *b, uint64_t id, uint32_t crc)
     return mp_crc32(data, b->s->page_size) == crc ? data : NULL;
 }
 
-static int page_is_zero(const mp_pager *s, uint64_t id)
+/* Reads page id of the source into b->page. */
+static int read_page(bk_copy *b, uint64_t id)
 {
-    const uint8_t *q = pager_page_ptr(s, id);
-    for (uint32_t i = 0; i < s->page_size; i++)
-        if (q[i])
-            return 0;
-    return 1;
+    size_t got = 0;
+    uint64_t ps = b->s->page_size;
+    int rc = os_pread_all(NULL, b->s->fd, b->page, (size_t)ps, id * ps, &got);
+    return rc == MP_OK && got != ps ? MP_ECORRUPT_METADATA : rc;
+}
+
+/* Copies a page the writer rewrites in place two commits later, checking
+ * that it is still the commit's: a valid copy (CRC) of a generation not
+ * above the commit's can only be the one the commit selected, since each
+ * rewrite goes to the other copy with a newer generation. kind: 0 a chunk's
+ * free-map page (arg: the chunk), 1 a directory-index page (arg: its
+ * number), 2 a protected page (arg: its CRC). *ok = 0 when it is not. */
+static int copy_checked(bk_copy *b, uint64_t id, int kind, uint64_t arg, int *ok)
+{
+    const mp_pager *s = b->s;
+    int rc = read_page(b, id);
+    if (rc != MP_OK)
+        return rc;
+    if (kind == 0) {
+        mp_chunk_header h;
+        fmt_chunk_check(b->page, s->page_size, arg, s->total_pages, s->generation, &h);
+        *ok = h.valid;
+    } else if (kind == 1) {
+        uint64_t gen;
+        uint32_t count;
+        *ok = fmt_index_read(b->page, s->page_size, arg, s->generation, &gen, &count,
+                             b->refs) == MP_OK;
+    } else {
+        *ok = mp_crc32(b->page, s->page_size) == (uint32_t)arg;
+    }
+    return *ok ? write_page(b, id, b->page) : MP_OK;
 }
 
 /* The commit's structure: pages 0-2, each chunk's committed free-map copy,
  * the index pages in use, the directory's current copies, and each
  * protected page's current copy. Sets copied[] for them. */
-static int copy_structure(bk_copy *b, uint64_t *copied)
+static int copy_structure(bk_copy *b, uint64_t *copied, int *ok)
 {
     mp_pager *s = b->s;
     uint64_t ps = s->page_size;
@@ -162,7 +189,7 @@ static int copy_structure(bk_copy *b, uint64_t *copied)
     for (uint64_t c = 1; c <= chunks; c++) {
         uint64_t id = fmt_free_map_page(s->chunk_pages, c, (uint32_t)bitmap_get(s->chunk_active, c));
         bitmap_set(copied, id);
-        if (!page_is_zero(s, id) && (rc = copy_run(b, id, id + 1)) != MP_OK)
+        if ((rc = copy_checked(b, id, 0, c, ok)) != MP_OK || !*ok)
             return rc;
     }
     uint64_t per = fmt_max_dir_blocks(s->page_size);
@@ -170,7 +197,7 @@ static int copy_structure(bk_copy *b, uint64_t *copied)
         for (uint64_t k = 0; k <= (s->dir_count - 1u) / per; k++) {
             uint64_t id = fmt_index_page(s->chunk_pages, k, (uint32_t)bitmap_get(s->index_active, k));
             bitmap_set(copied, id);
-            if ((rc = copy_run(b, id, id + 1)) != MP_OK)
+            if ((rc = copy_checked(b, id, 1, k, ok)) != MP_OK || !*ok)
                 return rc;
         }
     }
@@ -196,8 +223,8 @@ static int copy_structure(bk_copy *b, uint64_t *copied)
                 return MP_ECORRUPT_PROTECTED_DIRECTORY;
             bitmap_set(copied, pid);
             const uint8_t *mine = override_of(b, pid, e[i].crc);
-            rc = mine ? write_page(b, pid, mine) : copy_run(b, pid, pid + 1);
-            if (rc != MP_OK)
+            rc = mine ? write_page(b, pid, mine) : copy_checked(b, pid, 2, e[i].crc, ok);
+            if (rc != MP_OK || !*ok)
                 return rc;
         }
     }
@@ -233,37 +260,8 @@ static int copy_data(bk_copy *b, uint64_t *copied)
     return in_run ? copy_run(b, run, s->total_pages) : MP_OK;
 }
 
-/* The copy at tmp opens as exactly the source's commit. */
-static int copy_matches(const mp_pager *s, const char *tmp)
-{
-    mp_options o;
-    memset(&o, 0, sizeof o);
-    o.read_only = 1;
-    mp_pager *c;
-    mp_open_report rep;
-    if (mp_pager_open(tmp, &o, &c, &rep) != MP_OK)
-        return 0;
-    int same = c->generation == s->generation && c->total_pages == s->total_pages &&
-               c->free_count == s->free_count && c->dir_count == s->dir_count &&
-               memcmp(c->bits, s->bits, bitmap_words(s->total_pages) * sizeof(uint64_t)) == 0;
-    for (uint32_t d = 0; same && d < s->dir_count; d++) {
-        const mp_dir_entry *x = s->dirs[d].entries, *y = c->dirs[d].entries;
-        for (uint32_t i = 0; same && x && y && i < s->epp; i++) {
-            same = x[i].in_use == y[i].in_use && x[i].page_a == y[i].page_a &&
-                   x[i].page_b == y[i].page_b && x[i].active_slot == y[i].active_slot &&
-                   x[i].generation == y[i].generation && x[i].crc == y[i].crc;
-            if (same && y[i].in_use) {
-                uint64_t pid = y[i].active_slot ? y[i].page_b : y[i].page_a;
-                same = mp_crc32(pager_page_ptr(c, pid), c->page_size) == y[i].crc;
-            }
-        }
-    }
-    (void)mp_pager_close(c);
-    return same;
-}
-
 /* One attempt: the whole copy at tmp (created, empty). 1 = it matched. */
-static int copy_once(bk_copy *b, const char *tmp, uint64_t *copied, int *matched)
+static int copy_once(bk_copy *b, uint64_t *copied, int *matched)
 {
     mp_pager *s = b->s;
     uint64_t ps = s->page_size;
@@ -277,15 +275,11 @@ static int copy_once(bk_copy *b, const char *tmp, uint64_t *copied, int *matched
         uint64_t live = (s->total_pages - s->free_count) * ps;
         __atomic_store_n(&b->progress[1], live, __ATOMIC_RELAXED);
     }
-    int rc = copy_structure(b, copied);
-    if (rc != MP_OK) {
+    *matched = 1;
+    int rc = copy_structure(b, copied, matched);
+    if (rc != MP_OK || !*matched) {
         memset(copied, 0, used);
         return rc;
-    }
-    *matched = copy_matches(s, tmp);
-    if (!*matched) {
-        memset(copied, 0, used);
-        return MP_OK;
     }
     if ((rc = copy_data(b, copied)) != MP_OK)
         return rc;
@@ -337,14 +331,16 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
     memset(&b, 0, sizeof b);
     b.progress = progress;
     b.page = malloc(p->page_size);
+    b.refs = malloc(sizeof *b.refs * (fmt_max_dir_blocks(p->page_size) + 1u));
     uint64_t *copied = os_alloc_zeroed(p->map_bytes);
-    if (!copied || !b.page ||
+    if (!copied || !b.page || !b.refs ||
         (rc = take_overrides(&b, p, over_pages, over_data, over_n)) != MP_OK) {
         os_free_zeroed(copied, p->map_bytes);
         free(b.page);
+        free(b.refs);
         free(b.over_pages);
         free(b.over_data);
-        return copied && b.page ? rc : MP_ENO_MEMORY;
+        return copied && b.page && b.refs ? rc : MP_ENO_MEMORY;
     }
     int matched = 0;
     for (int attempt = 0; attempt < BK_ATTEMPTS && !matched; attempt++) {
@@ -358,7 +354,7 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
         if ((rc = os_create_temp(dest, &tmp, &b.fd)) == MP_OK) {
             b.s = s;
             b.use_cfr = 1;
-            rc = copy_once(&b, tmp, copied, &matched);
+            rc = copy_once(&b, copied, &matched);
             (void)close(b.fd);
             if (rc == MP_OK && matched) {
                 rc = os_publish(tmp, dest);
@@ -378,6 +374,7 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
     }
     os_free_zeroed(copied, p->map_bytes);
     free(b.page);
+    free(b.refs);
     free(b.over_pages);
     free(b.over_data);
     if (rc != MP_OK)
