@@ -321,47 +321,46 @@ int mp_pager_trim(mp_pager *p, uint64_t *out_pages)
         return rc;
     if (!out_pages || p->txn_depth > 0)
         return MP_EINVALID_ARGUMENT;
-    /* Frees made durable and pins no reader needs any more are cut too. */
+    /* Frees made durable and pins no reader needs any more are cut too
+     * (pinned pages are pending: used_extent keeps them). */
     if ((rc = pager_settle_deferred(p)) != MP_OK)
         return rc;
     (void)readers_reclaim(p, 1);
-    uint64_t keep = used_extent(p), floor = layout_floor(p), seen;
-    if ((rc = readers_floor(p, &seen)) != MP_OK)
+    uint64_t ps = p->page_size, file_bytes;
+    if ((rc = os_file_size(p->fd, &file_bytes)) != MP_OK)
         return rc;
-    if (keep < floor)
-        keep = floor;
-    if (keep < seen)
-        keep = seen;
-    keep = fmt_fit_total(p->chunk_pages, keep);
-    uint64_t old = p->total_pages;
-    if (keep >= old) {
+    uint64_t file_pages = file_bytes / ps;
+    uint64_t keep = used_extent(p), floor = layout_floor(p);
+    keep = fmt_fit_total(p->chunk_pages, keep < floor ? floor : keep);
+    if (keep < p->total_pages) {
+        /* The commit point: the smaller count durable in every durability
+         * mode. Then the other metadata copy is brought to the same state,
+         * so that neither copy counts pages past the new end (open would
+         * take such a copy for damage and say so); a crash between the two
+         * leaves the old size, which both copies fit. */
+        cut_state(p, keep);
+        for (int copy = 0; copy < 2; copy++) {
+            p->changed = 1;
+            if ((rc = pager_commit(p, MP_ORDER_META_FIRST)) != MP_OK ||
+                (rc = pager_settle_deferred(p)) != MP_OK) {
+                p->poisoned = 1;
+                return rc;
+            }
+        }
+    }
+    /* Read after the commit: a reader registering later loads the new
+     * state. The file keeps every page a live reader has mapped. */
+    uint64_t seen;
+    if ((rc = readers_floor(p, &seen)) != MP_OK)
+        seen = file_pages;
+    uint64_t cut = seen > p->total_pages ? seen : p->total_pages;
+    if (cut >= file_pages) {
         *out_pages = 0;
         return MP_OK;
     }
-    /* The commit point: the smaller count durable in every durability mode.
-     * Then the other metadata copy is brought to the same state, so that
-     * neither copy counts pages past the new end (open would take such a
-     * copy for damage and say so); a crash between the two leaves the old
-     * size, which both copies fit. */
-    cut_state(p, keep);
-    for (int copy = 0; copy < 2; copy++) {
-        p->changed = 1;
-        if ((rc = pager_commit(p, MP_ORDER_META_FIRST)) != MP_OK ||
-            (rc = pager_settle_deferred(p)) != MP_OK) {
-            p->poisoned = 1;
-            return rc;
-        }
-    }
-    /* A reader that registered before the commit was seen: it keeps its
-     * pages in the file (a longer file is valid). */
-    if ((rc = readers_floor(p, &seen)) != MP_OK)
-        seen = old;
-    uint64_t cut = seen > keep ? (seen < old ? seen : old) : keep;
-    uint64_t ps = p->page_size;
-    if ((rc = os_map_detach_tail(&p->map, keep * ps)) != MP_OK)
+    if ((rc = os_map_detach_tail(&p->map, p->total_pages * ps)) != MP_OK ||
+        (rc = os_shrink_file(&p->map, cut * ps)) != MP_OK)
         return rc;
-    if (cut < old && (rc = os_shrink_file(&p->map, cut * ps)) != MP_OK)
-        return rc;
-    *out_pages = old - cut;
+    *out_pages = file_pages - cut;
     return MP_OK;
 }

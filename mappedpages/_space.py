@@ -145,7 +145,8 @@ class SpaceMixin:
     def punch_free(self) -> int:
         """Deallocate the disk blocks of every free page; return the bytes released.
 
-        Runs of free pages whose free is durable and that no live reader's
+        Runs of free pages whose free is durable (frees a lazy durability
+        mode deferred are made durable first) and that no live reader's
         snapshot still has allocated are punched (``fallocate`` with
         ``FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE``), so the file's disk
         usage follows its live pages, not its size; they read as zeros. With

@@ -237,6 +237,61 @@ def test_trim_leaves_a_live_reader_its_pages(tmp_path: Path) -> None:
         assert os.path.getsize(path) == p.page_count * PS == (max(ids[:100]) + 1) * PS
 
 
+def test_a_reader_that_refreshed_keeps_its_older_views_valid(tmp_path: Path) -> None:
+    # The reader holds a view of a page of an older, longer commit, then
+    # refreshes to a trimmed one: the writer must not cut under that view
+    # (the reader publishes the most pages it has mapped, not its commit's).
+    path = tmp_path / "f.mpp"
+    code = """
+        import sys
+        from mappedpages import ReadOnlyPager
+        r = ReadOnlyPager.open(sys.argv[1])
+        last = max(r.allocated_pages())
+        view = r.page(last)
+        print(last, flush=True)
+        for _ in range(2):
+            sys.stdin.readline()
+            r.refresh()
+            print(r.page_count, flush=True)
+        sys.stdin.readline()
+        print("read", bytes(view[:8]).hex(), flush=True)
+        del view
+        r.close()
+    """
+    with Pager.create(path, PS, preallocate=False) as p:
+        ids = fill(p, 3000)
+        child = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert child.stdout is not None and child.stdin is not None
+
+        def step() -> int:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write("\n")
+            child.stdin.flush()
+            return int(child.stdout.readline())
+
+        last = int(child.stdout.readline())
+        p.free_bulk(ids[100:])
+        p.trim()  # the freed pages are pinned for the reader: kept in the state
+        step()
+        p.trim()  # pins released: the state is cut to the live extent
+        assert p.page_count == max(ids[:100]) + 1
+        assert step() == p.page_count < last  # the reader's commit is short now
+        p.trim()
+        assert os.path.getsize(path) > last * PS  # its mapping is not
+        child.stdin.write("\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, (child.returncode, err)
+        assert out.split()[0] == "read"
+    # Closed: nothing holds the tail any more.
+    with Pager.open(path) as q:
+        q.trim()
+        assert os.path.getsize(path) == q.page_count * PS
+
+
 def test_trim_leaves_an_in_process_snapshot_its_pages(tmp_path: Path) -> None:
     path = tmp_path / "f.mpp"
     with Pager.create(path, PS, preallocate=False) as p:
