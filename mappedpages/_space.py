@@ -126,8 +126,10 @@ class SpaceMixin:
         one, and both open. Frees not yet durable are made durable first. The
         file is never cut below the layout's minimum (4 pages in v0.2; an
         extended-layout file stays extended and keeps chunk 1's layout pages
-        and its directory-index chunks), nor below the page count of any live
-        registered reader (snapshot readers, in any process). In this process
+        and its directory-index chunks). The file is never cut below the
+        pages a live registered reader (a snapshot reader, in any process)
+        has mapped: the page count may go lower, the file then stays longer
+        until a later trim finds the reader gone. In this process
         views of cut pages stay valid: the cut range is replaced by zero
         memory, and a later growth maps the file there again. The next growth
         starts from the new size. Not allowed inside a transaction
