@@ -45,7 +45,7 @@ from typing import Any
 
 from mappedpages import Pager
 from mappedpages._core import ffi, lib
-from mappedpages._pager import _options
+from mappedpages._options import _options
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "btree.py"

@@ -37,6 +37,9 @@ int pager_take_lowest(mp_pager *p, uint64_t *out_id)
         if (id >= p->total_pages)
             return MP_ECORRUPT_METADATA;
     }
+    /* A punched page gets its blocks back first (space.c). */
+    if ((rc = space_before_take(p, id)) != MP_OK)
+        return rc;
     pager_bit_take(p, id);
     p->free_count--;
     p->hint = id + 1;
@@ -150,6 +153,12 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
                 return MP_ECORRUPT_METADATA;
             }
         }
+        if ((rc = space_before_take(p, id)) != MP_OK) {
+            for (uint64_t j = 0; j < i; j++)
+                pager_bit_give(p, ids[j]);
+            free(ids);
+            return rc;
+        }
         pager_bit_take(p, id);
         ids[i] = id;
         at = id + 1;
@@ -188,7 +197,10 @@ int mp_pager_free(mp_pager *p, uint64_t id)
     if ((rc = check_freeable(p, id)) != MP_OK)
         return rc;
     pager_release_bit(p, id);
-    return pager_commit(p, MP_ORDER_META_FIRST);
+    if ((rc = pager_commit(p, MP_ORDER_META_FIRST)) != MP_OK)
+        return rc;
+    space_after_free(p, &id, 1);
+    return MP_OK;
 }
 
 int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
@@ -224,8 +236,11 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
         bitmap_set(p->bits, ids[i]);
         pager_release_bit(p, ids[i]);
     }
+    rc = pager_commit(p, MP_ORDER_META_FIRST);
+    if (rc == MP_OK)
+        space_after_free(p, ids, n);
     free(ids);
-    return pager_commit(p, MP_ORDER_META_FIRST);
+    return rc;
 }
 
 int mp_pager_check_page(const mp_pager *p, uint64_t id)

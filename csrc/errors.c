@@ -44,6 +44,8 @@ static const char *const error_text[MP_ERROR_CODES] = {
                      "mappedpages); the pager is unusable, the file as last committed",
     [MP_EREADERS_FULL] = "every slot of the reader table is held by a live reader (the "
                          "writer's max_readers)",
+    [MP_ESNAPSHOT_MOVED] = "the writer rewrote pages of this reader's commit while they were "
+                           "copied; back up a newer commit (refresh, or a new snapshot)",
 };
 
 /* Indexed by bit number. */

@@ -53,7 +53,9 @@ enum mp_error {
     MP_EINTERNAL = 20,              /* pager_check found a broken invariant (a bug); the
                                        pager is poisoned */
     MP_EREADERS_FULL = 21,          /* every slot of the reader table is held by a live reader */
-    MP_ERROR_CODES = 22             /* one past the last code */
+    MP_ESNAPSHOT_MOVED = 22,        /* a reader's backup: the writer rewrote pages of the
+                                       reader's commit while they were copied */
+    MP_ERROR_CODES = 23             /* one past the last code */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -185,7 +187,8 @@ enum mp_io_kind {
     MP_IO_MSYNC = 0,
     MP_IO_FSYNC = 1,          /* fdatasync, or F_FULLFSYNC on macOS */
     MP_IO_FTRUNCATE = 2,
-    MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS */
+    MP_IO_FALLOCATE = 3,      /* posix_fallocate, or F_PREALLOCATE on macOS; and
+                                 punching holes (space.c) */
     MP_IO_MMAP = 4,
     MP_IO_MUNMAP = 5,
     MP_IO_PWRITE = 6,         /* page 0's rewrites and a new file's pages */
@@ -235,7 +238,8 @@ typedef struct {
     uint32_t dir_fallbacks;   /* directory blocks read from their inactive copy */
     uint32_t dropped_entries; /* directory entries dropped */
     uint32_t dropped_blocks;  /* trailing directory blocks dropped */
-    /* Also filled when open fails with MP_EFILE_TRUNCATED, to say why. */
+    /* Also filled when open fails with MP_EFILE_TRUNCATED, to say why;
+     * page_size also with MP_EINVALID_PAGE_SIZE (the file's page size). */
     uint32_t page_size;
     uint64_t file_bytes;      /* the file's length as open found it */
     uint64_t cut_pages;       /* pages the newest commit counts past a cut end, or 0 */
@@ -373,6 +377,31 @@ int mp_readers_inspect(const char *table_path, uint64_t *out_pids, uint64_t *out
                        uint64_t *out_n, uint64_t *out_pinned, uint64_t *out_writer_pid);
 /* The CRC a protected page's directory entry records for its content. */
 int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc);
+
+/* Giving space back (space.c). trim: one durable commit of the smaller page
+ * count, then one ftruncate past the last page in use (never below a live
+ * registered reader's page count); *out_pages = pages given back. */
+int mp_pager_trim(mp_pager *p, uint64_t *out_pages);
+/* Punches the disk blocks of every committed-free page no reader pins;
+ * *out_bytes = bytes released (st_blocks), *out_unsupported = 1 when the file
+ * system cannot punch holes (then nothing changed). */
+int mp_pager_punch_free(mp_pager *p, uint64_t *out_bytes, int *out_unsupported);
+/* Punch each page as its free is committed (0 = off, the default). */
+int mp_pager_set_punch_on_free(mp_pager *p, int on);
+/* Pages punched and not handed out since (tests). */
+int mp_pager_punched(const mp_pager *p, uint64_t *out_count);
+/* Online backup (backup.c): a copy of one commit (a writer's latest, a
+ * reader's own) at dest, a new path (-EEXIST if it exists), written sparse
+ * under a temporary name, synced and published without replacing anything.
+ * A reader may pass the protected pages' current copies it took when it
+ * loaded its commit (over_pages[i]: a page id, over_data: over_n pages of
+ * bytes), used where they match the CRC the commit records: the writer may
+ * have rewritten the file's copy since. progress (NULL, or two words the
+ * caller polls from another thread for a progress bar): [0] bytes copied so
+ * far, [1] bytes to copy once known. *out_bytes = the bytes written. */
+int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
+                    const uint64_t *over_pages, const uint8_t *over_data, uint64_t over_n,
+                    uint64_t *progress, uint64_t *out_bytes);
 
 /* CDEF-END */
 

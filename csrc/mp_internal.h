@@ -348,6 +348,12 @@ int os_create_temp(const char *path, char **out_tmp, int *out_fd);
  * nothing) if path exists; tmp is gone afterwards on success. */
 int os_publish(const char *tmp, const char *path);
 uint64_t os_page_size(void);
+/* space.c's system calls: punch a hole (-EOPNOTSUPP when the file system
+ * cannot), give a range blocks again, and replace the mapping past len with
+ * zero memory before the file is cut there. */
+int os_punch_range(const mp_map *m, uint64_t offset, uint64_t len);
+int os_fill_range(const mp_map *m, uint64_t offset, uint64_t len);
+int os_map_detach_tail(mp_map *m, uint64_t len);
 
 /* ---- pager.c (lifetime), recover.c (open), grow.c, alloc.c ---- */
 
@@ -480,6 +486,7 @@ struct mp_pager {
     uint64_t snap_total, snap_free, snap_pending_count, snap_pending_lo, snap_pending_hi;
     uint64_t snap_roots[MP_ROOTS];
     mp_rec rec[MP_MAX_RECORD];
+    struct mp_space *sp;     /* punched pages and punch_on_free (space.c), or NULL */
 };
 
 #include "mp_state.h"
@@ -678,5 +685,15 @@ void readers_note_loaded(mp_pager *p, const uint8_t *snap);
 /* Lets go of the table (clearing the slot only when clear is set). */
 void readers_forget(mp_pager *p, int clear);
 void readers_release(mp_pager *p);
+
+/* ---- space.c: trim, hole punching ---- */
+
+/* Page id is about to be handed out: a punched page gets its blocks back
+ * first when the pager preallocates (nothing changes on failure). */
+int space_before_take(mp_pager *p, uint64_t id);
+/* The frees of ids[0..n) were committed: punch those now durable and free
+ * (punch_on_free). */
+void space_after_free(mp_pager *p, const uint64_t *ids, uint64_t n);
+void space_release(mp_pager *p);
 
 #endif /* MP_INTERNAL_H */

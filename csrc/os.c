@@ -622,3 +622,77 @@ int os_write_all(mp_io_hooks *io, int fd, const uint8_t *buf, size_t len, uint64
     }
     return MP_OK;
 }
+
+/* ---------------------------------------------- giving space back (space.c) */
+
+/* Deallocates the disk blocks of [offset, offset + len), keeping the size: the
+ * range reads as zeros afterwards. -EOPNOTSUPP where the file system (or the
+ * platform) cannot punch holes (ENOSYS and EINVAL are reported as that). */
+int os_punch_range(const mp_map *m, uint64_t offset, uint64_t len)
+{
+    /* Routed through the fallocate hook (tests inject EOPNOTSUPP there). */
+    int err = io_gate(m->io, MP_IO_FALLOCATE);
+    if (err != 0)
+        return -err;
+#if defined(__linux__) && defined(FALLOC_FL_PUNCH_HOLE)
+    int rc;
+    do {
+        rc = fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+                       (off_t)len);
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0)
+        return MP_OK;
+    return (errno == ENOSYS || errno == EINVAL) ? -EOPNOTSUPP : -errno;
+#else
+    (void)m;
+    (void)offset;
+    (void)len;
+    return -EOPNOTSUPP;
+#endif
+}
+
+/* Gives [offset, offset + len) of the file real blocks again (a punched page
+ * about to be handed out), routed through the fallocate hook: a full disk is
+ * an error here, never SIGBUS at a later write through a view. */
+int os_fill_range(const mp_map *m, uint64_t offset, uint64_t len)
+{
+    int err = io_gate(m->io, MP_IO_FALLOCATE);
+    if (err != 0)
+        return -err;
+#if defined(__APPLE__)
+    (void)offset;
+    (void)len;
+    return MP_OK; /* no holes are punched on macOS (os_punch_range) */
+#else
+    err = posix_fallocate(m->fd, (off_t)offset, (off_t)len);
+    if (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS)
+        return MP_OK; /* cannot preallocate: as when the file grows */
+    return err ? -err : MP_OK;
+#endif
+}
+
+/* Before the file is cut to len bytes: every address of the mapping (and of
+ * the ranges it outgrew) past len is replaced with anonymous zero memory, so
+ * a view of a cut page reads zeros instead of faulting. A later growth maps
+ * the file over that memory again (os_map_extend starts at `mapped`). */
+int os_map_detach_tail(mp_map *m, uint64_t len)
+{
+    uint64_t ps = os_page_size();
+    uint64_t from = (len + ps - 1) & ~(ps - 1);
+    for (uint32_t i = 0; i < m->retired_count; i++) {
+        if (m->retired[i].len > from) {
+            int rc = detach_range(m->retired[i].base + from, m->retired[i].len - from);
+            if (rc != MP_OK)
+                return rc;
+        }
+    }
+    uint64_t end = (m->mapped + ps - 1) & ~(ps - 1);
+    if (m->base && end > from) {
+        int rc = detach_range(m->base + from, end - from);
+        if (rc != MP_OK)
+            return rc;
+    }
+    if (m->mapped > len)
+        m->mapped = len;
+    return MP_OK;
+}

@@ -86,6 +86,7 @@ static void pager_destroy(mp_pager *p)
     if (!p)
         return;
     readers_release(p);
+    space_release(p);
     mp_committed st;
     memset(&st, 0, sizeof st);
     committed_swap(p, &st);
@@ -227,6 +228,8 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     }
     uint32_t ps = 1u << sb.page_size_log2;
     if (want_size != 0 && want_size != ps) {
+        /* Said in the report, so the error can name the file's page size. */
+        report->page_size = ps;
         (void)os_close_file(fd);
         return MP_EINVALID_PAGE_SIZE;
     }

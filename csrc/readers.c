@@ -276,8 +276,13 @@ static int publish(mp_pager *p)
     if (!rd || rd->slot < 0)
         return MP_OK;
     /* The whole slot again: another process that wrote over it (the table is
-     * writable by all the file's readers) is corrected at the next refresh. */
-    return slot_write(rd->fd, rd->slot, p->generation, p->total_pages, rd->started);
+     * writable by all the file's readers) is corrected at the next refresh.
+     * Its page count is the most pages the reader has mapped, not only its
+     * state's: its views of an older, longer state must not run past a
+     * trimmed file (space.c). */
+    uint64_t mapped = p->map.mapped / p->page_size;
+    return slot_write(rd->fd, rd->slot, p->generation,
+                      mapped > p->total_pages ? mapped : p->total_pages, rd->started);
 }
 
 void readers_note_loaded(mp_pager *p, const uint8_t *snap)

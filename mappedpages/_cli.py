@@ -36,6 +36,9 @@ Commands:
 ``bench``
     Runs the benchmark suite, ``benchmarks/suite.py`` of a source checkout (an
     installed wheel has no ``benchmarks/`` and says so).
+``backup SRC DST`` and ``compact FILE``
+    A consistent, sparse copy of a live file; trim and hole punching of a file
+    no writer holds (mappedpages/_cli_space.py).
 
 This module is the argument parsing and the rendering of text; what a file
 holds comes from ``_inspect`` (built on the library's own API and layout
@@ -58,7 +61,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, TextIO
 
-from mappedpages import __version__
+from mappedpages import __version__, _cli_space
 from mappedpages._check import CheckResult, check_file, repair_file
 from mappedpages._errors import MappedPageError
 from mappedpages._inspect import (
@@ -528,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark suite")
     p.set_defaults(func=cmd_bench)
+
+    _cli_space.add_commands(sub)
     return parser
 
 

@@ -133,6 +133,7 @@ ERRORS: dict[int, type[Exception]] = {
     lib.MP_EFILE_TRUNCATED: FileTruncated,
     lib.MP_EINTERNAL: InternalError,
     lib.MP_EREADERS_FULL: ReadersFull,
+    lib.MP_ESNAPSHOT_MOVED: Unavailable,
 }
 
 

@@ -15,17 +15,15 @@ its protected-page calls are ``_pager_protected``'s, its awaitable ones
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from mappedpages._base import (
     _U64_LIMIT,
     as_id,
     fspath_bytes,
-    open_error,
     raise_for_rc,
     report_dict,
     warn_recovery,
@@ -33,6 +31,13 @@ from mappedpages._base import (
 from mappedpages._core import ffi, lib
 from mappedpages._errors import raise_for
 from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer
+from mappedpages._options import (
+    DEFAULT_GROW_STEP,
+    _check_page_size,
+    _options,
+    _salvage_flag,
+    raise_for_open,
+)
 from mappedpages._pager_async import _AsyncCalls
 from mappedpages._pager_engine import _EngineCalls
 from mappedpages._pager_protected import _ProtectedCalls
@@ -42,111 +47,16 @@ from mappedpages._readers import (
     DEFAULT_MAX_READERS,
     check_max_readers,
 )
+from mappedpages._space import SpaceMixin
 from mappedpages._transaction import Transaction
 from mappedpages._types import PageId
-
-if TYPE_CHECKING:
-    pass
 
 _T = TypeVar("_T")
 _alloc = lib.mp_pager_alloc
 _free = lib.mp_pager_free
 
 
-def _check_page_size(page_size: object, allow_none: bool) -> int:
-    if page_size is None and allow_none:
-        return 0
-    if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise TypeError(f"page_size must be an int, not {type(page_size).__name__}")
-    if page_size < 1024 or page_size > (1 << 30) or page_size & (page_size - 1):
-        rule = "it must be a power of two from 1024 to 2**30"
-        raise_for(lib.MP_EINVALID_PAGE_SIZE, f"page_size={page_size}", detail=rule)
-    return page_size
-
-
-DURABILITY_MODES = {
-    "compat": lib.MP_DURABILITY_COMPAT,
-    "fast": lib.MP_DURABILITY_FAST,
-    "none": lib.MP_DURABILITY_NONE,
-}
-
-
-DEFAULT_GROW_STEP = 1 << 30
-
-
-def _options(
-    page_size: int,
-    lock_timeout: float,
-    read_only: bool,
-    durability: str = "compat",
-    grow_step: int = DEFAULT_GROW_STEP,
-    preallocate: bool = True,
-    layout: str = "0.2",
-) -> Any:
-    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
-        raise TypeError(
-            f"lock_timeout must be a number of seconds, not {type(lock_timeout).__name__}"
-        )
-    if not math.isfinite(lock_timeout):
-        raise ValueError(f"lock_timeout must be a finite number of seconds, not {lock_timeout}")
-    if lock_timeout < 0:
-        raise ValueError(f"lock_timeout must not be negative, not {lock_timeout}")
-    if not isinstance(durability, str):
-        raise TypeError("durability must be 'compat', 'fast' or 'none'")
-    if durability not in DURABILITY_MODES:
-        raise ValueError(f"durability must be 'compat', 'fast' or 'none', not {durability!r}")
-    opts = ffi.new("mp_options *")
-    opts.page_size = page_size
-    opts.read_only = 1 if read_only else 0
-    opts.lock_timeout = float(lock_timeout)
-    opts.durability = DURABILITY_MODES[durability]
-    if isinstance(grow_step, bool) or not isinstance(grow_step, int):
-        raise TypeError(f"grow_step must be an int (bytes), not {type(grow_step).__name__}")
-    if grow_step < 1 or grow_step >= 1 << 64:
-        raise ValueError(f"grow_step must be a positive number of bytes, not {grow_step}")
-    opts.grow_step = grow_step
-    opts.sparse = 0 if preallocate else 1
-    if not isinstance(layout, str):
-        raise TypeError("layout must be '0.2' or '0.3'")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be '0.2' or '0.3', not {layout!r}")
-    opts.layout = LAYOUTS[layout]
-    return opts
-
-
-LAYOUTS = {"0.2": 2, "0.3": 3}
-
-
-def _file_page_size(raw: bytes) -> int | None:
-    """The page size a file's superblock names, or None if it names none."""
-    try:
-        with open(raw, "rb") as fh:
-            head = fh.read(12)
-    except OSError:
-        return None
-    if len(head) < 12 or head[:4] != b"MPPG":
-        return None
-    log2 = int.from_bytes(head[8:12], "little")
-    return 1 << log2 if 10 <= log2 <= 30 else None
-
-
-def raise_for_open(rc: int, report: Any, text: str, raw: bytes, page_size: int) -> None:
-    """Raise for an open's return code; a page-size mismatch names both sizes."""
-    if rc == lib.MP_EINVALID_PAGE_SIZE and page_size:
-        found = _file_page_size(raw)
-        if found is not None and found != page_size:
-            detail = f"the file's page size is {found}, not page_size={page_size}"
-            raise_for(rc, text, text, detail)
-    open_error(rc, report, text)
-
-
-def _salvage_flag(salvage: bool) -> int:
-    if not isinstance(salvage, bool):
-        raise TypeError(f"salvage must be True or False, not {type(salvage).__name__}")
-    return 1 if salvage else 0
-
-
-class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
+class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
     """A file of fixed-size pages, allocated and freed with durable commits.
 
     Use :meth:`create` or :meth:`open`; a Pager is a context manager.
@@ -166,6 +76,8 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
         preallocate: bool = True,
         max_readers: int = DEFAULT_MAX_READERS,
         layout: str = "0.2",
+        trim_on_close: bool = False,
+        punch_on_free: bool = False,
     ) -> Pager:
         """Create a new pager file; ``FileExistsError`` if ``path`` exists.
 
@@ -173,7 +85,8 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
         :class:`InvalidPageSize`). The new file has 4 pages, page 3 free, and is
         durable (data, size and directory entry) when this returns. The writer
         lock is taken as for :meth:`open`; ``durability``, ``grow_step``,
-        ``preallocate`` and ``max_readers`` as for :meth:`open`. ``layout="0.2"``
+        ``preallocate``, ``max_readers``, ``trim_on_close`` and
+        ``punch_on_free`` as for :meth:`open`. ``layout="0.2"``
         (default) starts the file in the Rust crate's layout; ``layout="0.3"``
         starts it in the extended layout, which the crate refuses, and whose
         commits never rewrite page 0 (one flush per commit in ``"compat"`` as in
@@ -194,6 +107,7 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
             with contextlib.suppress(OSError):
                 os.unlink(raw)
             raise
+        pager._space_options(trim_on_close, punch_on_free)
         return pager
 
     @classmethod
@@ -208,6 +122,8 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
         preallocate: bool = True,
         salvage: bool = False,
         max_readers: int = DEFAULT_MAX_READERS,
+        trim_on_close: bool = False,
+        punch_on_free: bool = False,
     ) -> Pager:
         """Open an existing pager file for reading and writing.
 
@@ -249,6 +165,9 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
         page freed is not handed out again while a live reader's snapshot
         has it allocated (see :attr:`pinned_free_pages`); a table that cannot
         be created or written raises ``PermissionError``.
+
+        ``trim_on_close=True`` trims at :meth:`close`; ``punch_on_free=True``
+        punches each page as its free is committed (see :meth:`punch_free`).
         """
         size = _check_page_size(page_size, allow_none=True)
         readers = check_max_readers(max_readers)
@@ -261,6 +180,7 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
         pager = cls(out[0], text)
         pager._durability = durability
         pager._attach_readers(raw, readers)
+        pager._space_options(trim_on_close, punch_on_free)
         pager._open_report = report_dict(report)
         warn_recovery(report, text, stacklevel=3)
         return pager
@@ -580,6 +500,8 @@ class Pager(_AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
                     f"cannot close a pager while a ProtectedWriter is open on protected "
                     f"page(s) {pids}; commit or discard it first"
                 )
+            if self._trim_on_close and self._mv is not None and not self._forked:
+                self._trim_at_close()
             super().close()
 
     def lock(self) -> Any:

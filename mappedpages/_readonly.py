@@ -33,12 +33,13 @@ from mappedpages._base import (
     warn_recovery,
 )
 from mappedpages._core import ffi, lib
-from mappedpages._pager import _check_page_size, _options, _salvage_flag, raise_for_open
+from mappedpages._options import _check_page_size, _options, _salvage_flag, raise_for_open
 from mappedpages._pager_readers import _ReaderListing
+from mappedpages._space import BackupMixin
 from mappedpages._types import PageId, ProtectedPageId
 
 
-class ReadOnlyPager(_ReaderListing):
+class ReadOnlyPager(BackupMixin, _ReaderListing):
     """A read-only pager over a file that a writer may be changing."""
 
     def __init__(self, handle: Any, path: str) -> None:
