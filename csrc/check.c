@@ -154,9 +154,16 @@ static int check_state(const mp_pager *p)
     /* WRITER_DEFERRED and WRITER_IDLE: what a commit leaves. */
     if (!p->sum.mem || p->changed)
         return 0;
-    if (p->durability != MP_DURABILITY_NONE && (p->meta_unwritten || p->pending_count > 0))
+    /* Outside "none" a commit leaves no frees pending, but those pinned for
+     * live readers (pins.c), which stay pending until the readers move on. */
+    uint64_t pinned = p->rd ? p->rd->tail - p->rd->head : 0;
+    if (p->durability != MP_DURABILITY_NONE &&
+        (p->meta_unwritten || p->pending_count > pinned))
         return 0;
-    return !(p->durability == MP_DURABILITY_COMPAT && p->page0_stale);
+    /* "compat" keeps page 0 current for the crate, in files the crate reads:
+     * an extended file (or one created in the extended layout) has none. */
+    int crate_file = p->minor == MP_MINOR_V02 && !pager_extended(p);
+    return !(p->durability == MP_DURABILITY_COMPAT && p->page0_stale && crate_file);
 }
 
 int pager_check(mp_pager *p)

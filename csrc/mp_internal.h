@@ -376,8 +376,9 @@ int os_map_detach_tail(mp_map *m, uint64_t len);
  *     poisoned set too;
  *   - outside a transaction (WRITER_DEFERRED, WRITER_IDLE), once a commit
  *     returns: changed is clear; meta_unwritten and pending frees only in
- *     "none"; page0_stale never in "compat" (in "fast" and "none" it may be
- *     set until sync or close; a commit in the extended layout clears it,
+ *     "none" (and frees pinned for live readers, pins.c); page0_stale
+ *     never in "compat" (in "fast" and "none" it may be set until sync or
+ *     close; a commit in the extended layout clears it,
  *     since page 0's selector is not kept current there);
  *   - WRITER_TXN: bits[] is ahead of every copy on disk and pending[] holds
  *     the frees of the transaction, in every mode and layout.
