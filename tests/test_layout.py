@@ -110,4 +110,7 @@ def test_pager_uses_layout(tmp_path: object) -> None:
     with mappedpages.Pager.create(path, page_size=4096) as pg:
         lay = layout(4096)
         assert pg._chunk == lay.chunk_pages
-        assert pg._layout_pages == lay.layout_pages_per_chunk
+        # Past the first chunk the pager asks the core which pages are the layout's.
+        first_layout_page = lay.chunk_pages
+        assert not pg._is_data_position(first_layout_page)
+        assert pg._is_data_position(first_layout_page + lay.layout_pages_per_chunk)
