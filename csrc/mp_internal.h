@@ -639,6 +639,7 @@ typedef struct mp_readers {
     uint32_t scans;          /* table reads, for tests of the cached bound */
     uint64_t live_checked;   /* when slots' locks were last tested (monotonic ns) */
     uint64_t published;      /* the pinned count last written to the header */
+    int unpinned;            /* a pending page may be missing from the FIFO */
     /* reader (readers.c) */
     uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
     uint64_t started;        /* when the reader took its slot (ns since the epoch) */
