@@ -314,6 +314,9 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n);
 int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page);
 int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page);
 int mp_protected_commit(mp_pager *p, uint64_t pid);
+/* Commits a writer with the new content buf (len must be the page size), read
+ * once and written to the staged copy with pwrite. */
+int mp_protected_commit_bytes(mp_pager *p, uint64_t pid, const uint8_t *buf, uint64_t len);
 int mp_protected_discard(mp_pager *p, uint64_t pid);
 int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok);
 int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,

@@ -606,7 +606,7 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);
 int dir_adopt_current(mp_pager *p, mp_open_report *rep, uint32_t count);
 int block_unfinished(const mp_pager *p, const mp_dir_ref *r);
 void dir_release(mp_pager *p);
-int dir_write_dirty(mp_pager *p);
+int dir_write_dirty(mp_pager *p, int flush);
 void dir_flip_dirty(mp_pager *p);
 int dir_any_dirty(const mp_pager *p);
 /* Block b's reference changed: its index page must be rewritten. */
