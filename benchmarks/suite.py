@@ -531,9 +531,96 @@ def bench_bulk(directory: Path, s: Settings, report: Report) -> None:
             report.add(Row(f"free_bulk({name})", f"{n / f / 1e6:,.0f} M pages/s",
                            floor_text, f"{n / bf / 1e6:,.1f} M pages/s", ">= 100 M/s",
                            _verdict(n / f >= 100e6)))
+        _bulk_without_sync(directory, s, report)
     finally:
         base.close()
         _drop(pager)
+
+
+def _bulk_without_sync(directory: Path, s: Settings, report: Report) -> None:
+    """Extended layout: free_bulk(n) then alloc_bulk(n, out=buf) with no sync()
+    between (the alloc makes the frees durable with one commit), beside the same
+    alloc_bulk after a sync()."""
+    n = 200_000
+    path = directory / "bulk-ext.mpp"
+    pager = Pager.create(path, PAGE, durability="none", layout="0.3")
+    try:
+        buf = array("Q", bytes(8 * n))
+        pager.alloc_bulk(n, out=buf)
+        pager.sync()
+        deferred: list[float] = []
+        synced: list[float] = []
+        for i in range(2 * s.passes):
+            pager.free_bulk(buf)
+            if i & 1:
+                pager.sync()
+            t = time.perf_counter()
+            pager.alloc_bulk(n, out=buf)
+            (synced if i & 1 else deferred).append(time.perf_counter() - t)
+        d, w = min(deferred), min(synced)
+        report.add(Row(f"0.3: free_bulk({n:,}) then alloc_bulk, no sync()",
+                       f"{n / d / 1e6:,.0f} M pages/s",
+                       f"after a sync(): {n / w / 1e6:,.0f} M pages/s", "-", ">= 50 M/s",
+                       _verdict(n / d >= 50e6)))
+    finally:
+        _drop(pager)
+
+
+def _bare_flushes(fd: int, m: mmap.mmap, i: int, msyncs: int) -> float:
+    """Seconds of ``msyncs`` bare msyncs of dirtied 4 KiB pages (3 pages apart),
+    or with msyncs == 0 of one store and one bare fdatasync."""
+    t = time.perf_counter()
+    if msyncs == 0:
+        m[PAGE] = i & 0xFF
+        os.fdatasync(fd)
+    for k in range(msyncs):
+        off = (1 + 3 * k) * PAGE
+        m[off] = i & 0xFF
+        m.flush(off, PAGE)
+    return time.perf_counter() - t
+
+
+def bench_protected(directory: Path, s: Settings, report: Report) -> None:
+    """A protected write (64 bytes, whole page committed) per second, beside its
+    floor measured interleaved: three bare msyncs for v0.2 "compat" (the crate's
+    minimum), one bare fdatasync for "fast" and the extended layout."""
+    fpath = directory / "protected-floor.bin"
+    fd = _preallocated(fpath, 16 * PAGE)
+    m = mmap.mmap(fd, 16 * PAGE)
+    payload = b"\xa5" * 64
+    cases = [("0.2 'compat'", "compat", "0.2", 3), ("0.2 'fast'", "fast", "0.2", 0),
+             ("0.3 (extended) 'compat'", "compat", "0.3", 0)]
+    try:
+        for name, mode, layout, msyncs in cases:
+            path = directory / "protected.mpp"
+            pager = Pager.create(path, PAGE, durability=mode, layout=layout)
+            try:
+                if layout == "0.3":
+                    pager.free_bulk(pager.alloc_bulk(40_000))  # past the first chunk
+                pid = pager.alloc_protected()
+                pager.sync()
+                lat: list[float] = []
+                base: list[float] = []
+                for i in range(max(50, s.rounds // 4)):
+                    t = time.perf_counter()
+                    with pager.write_protected(pid) as w:
+                        w.page[:64] = payload
+                    lat.append(time.perf_counter() - t)
+                    base.append(_bare_flushes(fd, m, i, msyncs))
+                p50, b50 = _p50(lat), _p50(base)
+                floor_name = f"{msyncs} x msync 4 KiB" if msyncs else "1 x fdatasync"
+                limit = 1.1 if msyncs else 1.2
+                report.add(Row(f"protected write, {name}",
+                               f"{1 / p50:,.0f}/s (p50 {_us(p50)})",
+                               f"{floor_name}: {1 / b50:,.0f}/s (p50 {_us(b50)}; "
+                               f"{p50 / b50:.2f}x)", "-", f"<= {limit}x floor",
+                               _verdict(p50 <= limit * b50)))
+            finally:
+                _drop(pager)
+    finally:
+        m.close()
+        os.close(fd)
+        fpath.unlink()
 
 
 # --------------------------------------------------------------------------
@@ -920,6 +1007,7 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
              lambda: bench_calls(directory, s, report)),
             ("bulk", "bulk calls on caller buffers, durability='none'",
              lambda: bench_bulk(directory, s, report)),
+            ("protected", "protected writes", lambda: bench_protected(directory, s, report)),
             ("io", "bytes written to storage per commit", lambda: bench_io(directory, s, report)),
         ]
         for key, title, fn in groups:
@@ -972,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
                         "in the current directory)")
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s)")
     parser.add_argument("--only", action="append", default=None,
-                        choices=["commits", "txn", "calls", "bulk", "io", "engine"],
+                        choices=["commits", "txn", "calls", "bulk", "protected", "io", "engine"],
                         help="run only this group (repeatable); 'engine' runs "
                         "benchmarks/bench_engine.py of a checkout (a B+tree against py-lmdb "
                         "and sqlite3)")

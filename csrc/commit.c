@@ -30,7 +30,9 @@
  * Directory changes (protected alloc, free, write) flush page 0 in every mode,
  * since page 0 is their commit point, and everything a directory names (a
  * staged copy, a directory copy) is flushed before page 0 names it:
- *   protected write      staged copy, directory copy, page 0: 3 flushes;
+ *   protected write      staged copy, directory copy, page 0: 3 flushes in
+ *                        compat; 2 in fast and none, where one fdatasync
+ *                        covers the first two (flush_dir_changes);
  *   alloc_protected      zeroed copy, directory copy, page 0, metadata copy
  *                        (+ page 0 again in compat): 4-5 flushes;
  *   free_protected       metadata copy, directory copy, page 0: 3 flushes.
@@ -260,6 +262,42 @@ static int flush_staged(mp_pager *p)
     return MP_OK;
 }
 
+/* Staged copies and the new directory copies (all written with pwrite), made
+ * durable before the commit point names them. Neither is named by anything
+ * until then, so their order does not matter: v0.2 "compat" flushes each, as
+ * the crate does (an msync of a page writes no other page); the other modes
+ * and the extended layout make them durable together with one fdatasync. */
+static int flush_dir_changes(mp_pager *p, int dirs)
+{
+    int staged = p->staged_hi >= p->staged_lo;
+    uint64_t pages = staged ? p->staged_hi - p->staged_lo + 1 : 0;
+    for (uint32_t i = 0; dirs && i < p->dir_count && pages < 2; i++)
+        pages += p->dirs[i].dirty;
+    /* One page: its msync is the cheapest flush (fdatasync also writes every
+     * data page dirtied through views). */
+    if (pages < 2 || (p->durability == MP_DURABILITY_COMPAT && !pager_extended(p))) {
+        int rc = flush_staged(p);
+        if (rc == MP_OK && dirs)
+            rc = dir_write_dirty(p, 1);
+        return rc;
+    }
+    if (dirs) {
+        int rc = dir_write_dirty(p, 0);
+        if (rc != MP_OK)
+            return rc;
+    }
+    if (!staged && !dirs)
+        return MP_OK;
+    int rc = os_sync_file(&p->map);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    p->staged_lo = 1;
+    p->staged_hi = 0;
+    return MP_OK;
+}
+
 /* The transaction's dirty pages (engine.c), before the commit point: carried
  * in the metadata copy's record when they fit and the commit has a single
  * commit point (`record`), so one fdatasync makes data and state durable;
@@ -301,9 +339,7 @@ static int commit_extended(mp_pager *p)
         p->meta_unwritten = 1;
         return MP_OK;
     }
-    if ((rc = flush_staged(p)) != MP_OK)
-        return rc;
-    if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
+    if ((rc = flush_dir_changes(p, dirs)) != MP_OK)
         return rc;
     dir_flip_dirty(p);
     p->changed = 0;
@@ -349,9 +385,7 @@ static int commit_now(mp_pager *p, int order)
         return rc;
     /* Staged copies, then each new directory copy, must be durable before
      * page 0 names them. */
-    if ((rc = flush_staged(p)) != MP_OK)
-        return rc;
-    if (dirs && (rc = dir_write_dirty(p)) != MP_OK)
+    if ((rc = flush_dir_changes(p, dirs)) != MP_OK)
         return rc;
     p->changed = 0;
     if (order == MP_ORDER_META_FIRST && meta_change && (rc = meta_write(p, 1)) != MP_OK)

@@ -385,18 +385,26 @@ int dir_any_dirty(const mp_pager *p)
     return 0;
 }
 
-/* Writes each changed block into its inactive copy and flushes it. The copy
- * must be durable before any committed state names it. */
-int dir_write_dirty(mp_pager *p)
+/* Writes each changed block into its inactive copy, built aside and written
+ * with pwrite (a store through the mapping would dirty the whole page-cache
+ * folio under it), and with `flush` flushes each. The copy must be durable
+ * before any committed state names it: without `flush` the caller flushes
+ * (commit.c's flush_dir_changes). */
+int dir_write_dirty(mp_pager *p, int flush)
 {
     for (uint32_t i = 0; i < p->dir_count; i++) {
         if (!p->dirs[i].dirty)
             continue;
         mp_dir_ref *r = &p->refs[i];
         uint64_t target = ref_page(r, !r->active);
-        fmt_dir_page_write(pager_page_ptr(p, target), p->page_size, p->dirs[i].entries);
-        int rc = pager_flush_page(p, target);
-        if (rc != MP_OK)
+        fmt_dir_page_write(p->scratch, p->page_size, p->dirs[i].entries);
+        int rc = os_write_all(p->map.io, p->fd, p->scratch, p->page_size,
+                              target * (uint64_t)p->page_size);
+        if (rc != MP_OK) {
+            p->poisoned = 1;
+            return rc;
+        }
+        if (flush && (rc = pager_flush_page(p, target)) != MP_OK)
             return rc;
     }
     return MP_OK;

@@ -316,8 +316,14 @@ int mp_protected_alloc(mp_pager *p, uint64_t *out_pid);
 int mp_protected_free(mp_pager *p, uint64_t pid);
 int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n);
 int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page);
+/* Opens a writer; *out_staged_page is the copy a commit will write. The core
+ * does not initialise it: the caller stages the content in its own memory. */
 int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page);
+/* Commits the staged page as it stands in the file. */
 int mp_protected_commit(mp_pager *p, uint64_t pid);
+/* Commits a writer with the new content buf (len must be the page size), read
+ * once and written to the staged copy with pwrite. */
+int mp_protected_commit_bytes(mp_pager *p, uint64_t pid, const uint8_t *buf, uint64_t len);
 int mp_protected_discard(mp_pager *p, uint64_t pid);
 int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok);
 int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,

@@ -614,7 +614,7 @@ int dir_load(mp_pager *p, mp_open_report *rep, uint32_t count);
 int dir_adopt_current(mp_pager *p, mp_open_report *rep, uint32_t count);
 int block_unfinished(const mp_pager *p, const mp_dir_ref *r);
 void dir_release(mp_pager *p);
-int dir_write_dirty(mp_pager *p);
+int dir_write_dirty(mp_pager *p, int flush);
 void dir_flip_dirty(mp_pager *p);
 int dir_any_dirty(const mp_pager *p);
 /* Block b's reference changed: its index page must be rewritten. */
@@ -647,6 +647,7 @@ typedef struct mp_readers {
     uint32_t scans;          /* table reads, for tests of the cached bound */
     uint64_t live_checked;   /* when slots' locks were last tested (monotonic ns) */
     uint64_t published;      /* the pinned count last written to the header */
+    int unpinned;            /* a pending page may be missing from the FIFO */
     /* reader (readers.c) */
     uint8_t *fingerprint;    /* pages 0-2 as the loaded state was read */
     uint64_t started;        /* when the reader took its slot (ns since the epoch) */

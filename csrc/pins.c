@@ -15,6 +15,11 @@
  *   - An entry is released only if durable and gen < bound, where bound is at
  *     most the oldest live slot's generation and the writer's generation when
  *     the table was last read: no reader, now or later, has it allocated.
+ *   - Unless `unpinned` is set (a push failed, or pages were pending when the
+ *     table was attached), every pending page has an entry, or had one that
+ *     was released; so when every entry may go, the whole pending map may be
+ *     cleared a word at a time (release_all), as a commit without readers
+ *     does, instead of page by page.
  */
 #include "mp_internal.h"
 
@@ -83,7 +88,8 @@ int readers_pin(mp_pager *p, uint64_t id)
 {
     if (!pinning(p))
         return 0;
-    (void)push(p->rd, id, p->generation);
+    if (!push(p->rd, id, p->generation))
+        p->rd->unpinned = 1;
     return 1;
 }
 
@@ -146,6 +152,8 @@ int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
     rd->fd = fd;
     rd->bound = 0;
     rd->published = 0;
+    /* Pages pending now have no entry: they must not go with release_all. */
+    rd->unpinned = p->pending_count > 0;
     if ((rc = hold_free_pages(p)) != MP_OK) {
         pins_release(p);
         close(fd);
@@ -181,6 +189,29 @@ static uint64_t mono_ns(void)
  * often while pins wait, and always before the file grows for them. */
 static const uint64_t LIVENESS_EVERY_NS = 10u * 1000u * 1000u;
 
+/* Every entry is durable and below the bound, and every pending page has (or
+ * had) an entry: clear the pending map a word at a time, whatever the number
+ * of pages, so making a large bulk free durable costs one commit and not work
+ * per page. pending[] and bits[] are disjoint (check.c), so the summary's
+ * word becomes bits[w]. */
+static void release_all(mp_pager *p)
+{
+    if (p->pending_count > 0) {
+        for (uint64_t w = p->pending_lo; w <= p->pending_hi; w++) {
+            if (!p->pending[w])
+                continue;
+            p->pending[w] = 0;
+            if (p->sum.mem)
+                summary_update(&p->sum, w, p->bits[w]);
+        }
+        p->pending_count = 0;
+        /* Allocation skipped those pages and moved its hint past them. */
+        p->hint = MP_RESERVED_PAGES;
+    }
+    mp_readers *rd = p->rd;
+    rd->head = rd->durable = rd->tail = 0;
+}
+
 /* Releases the durable pins no live reader can see; reads the table only when
  * the cached bound holds the oldest pin back. */
 static int release_pins(mp_pager *p, int force)
@@ -201,12 +232,20 @@ static int release_pins(mp_pager *p, int force)
         rd->scans++;
         rd->bound = oldest < p->generation ? oldest : p->generation;
     }
+    /* Entries are ordered by gen: the last durable one has the greatest. */
+    if (!rd->unpinned && rd->durable == rd->tail && rd->pins[rd->durable - 1].gen < rd->bound) {
+        release_all(p);
+        return MP_OK;
+    }
     while (rd->head < rd->durable && rd->pins[rd->head].gen < rd->bound) {
         unpin(p, rd->pins[rd->head].id);
         rd->head++;
     }
-    if (rd->head == rd->tail)
+    if (rd->head == rd->tail) {
         rd->head = rd->durable = rd->tail = 0;
+        if (p->pending_count == 0)
+            rd->unpinned = 0; /* nothing pending is left without an entry */
+    }
     return MP_OK;
 }
 

@@ -376,51 +376,92 @@ int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
      * committed state names, and staging into it would overwrite that. */
     if (*w != MP_WRITER_NONE)
         return MP_EWRITER_OPEN;
-    /* The staged copy starts as the active content, so a small change keeps
-     * the rest of the page (the crate hands out the stale inactive copy). */
-    memcpy(pager_page_ptr(p, inactive_page(e)), pager_page_ptr(p, active_page(e)),
-           p->page_size);
+    /* The staged copy is not touched here: the writer stages its content in
+     * its own memory (starting from the active copy, so a small change keeps
+     * the rest of the page) and hands it to mp_protected_commit_bytes, which
+     * writes the whole page. A store through the mapping would dirty the
+     * whole page-cache folio under the page. */
     *w = MP_WRITER_OPEN;
     *out_staged_page = inactive_page(e);
     return MP_OK;
 }
 
-int mp_protected_commit(mp_pager *p, uint64_t pid)
+/* Staged copies are flushed by the commit that names them (commit.c's
+ * flush_dir_changes), before its commit point: the directory copy and the
+ * metadata written with them may reach the disk at any time. */
+static void stage(mp_pager *p, uint64_t staged)
+{
+    if (p->staged_hi < p->staged_lo) {
+        p->staged_lo = p->staged_hi = staged;
+    } else {
+        p->staged_lo = staged < p->staged_lo ? staged : p->staged_lo;
+        p->staged_hi = staged > p->staged_hi ? staged : p->staged_hi;
+    }
+}
+
+/* The checks a writer's commit starts with. */
+static int open_writer(mp_pager *p, uint64_t pid, mp_dir_entry **e, uint8_t **w, uint32_t *b)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
         return rc;
-    mp_dir_entry *e;
-    uint8_t *w;
-    uint32_t b;
-    if ((rc = locate_live(p, pid, &e, &w, &b)) != MP_OK)
+    if ((rc = locate_live(p, pid, e, w, b)) != MP_OK)
         return rc;
-    if (*w != MP_WRITER_OPEN)
+    if (**w != MP_WRITER_OPEN)
         return MP_ENO_WRITER;
-    if ((rc = pager_prepare_dir_commit(p)) != MP_OK)
-        return rc;
-    uint64_t staged = inactive_page(e);
-    /* The staged page must be durable before the directory names it: the
-     * directory copy and metadata written next may reach the disk at any time.
-     * Inside a transaction the directory is written only at its end, so the
-     * staged copies are flushed then, together (pager_commit). */
-    if (p->txn_depth > 0) {
-        if (p->staged_hi < p->staged_lo) {
-            p->staged_lo = p->staged_hi = staged;
-        } else {
-            p->staged_lo = staged < p->staged_lo ? staged : p->staged_lo;
-            p->staged_hi = staged > p->staged_hi ? staged : p->staged_hi;
-        }
-    } else if ((rc = pager_flush_page(p, staged)) != MP_OK) {
-        return rc;
-    }
-    e->crc = mp_crc32(pager_page_ptr(p, staged), p->page_size);
+    return pager_prepare_dir_commit(p);
+}
+
+/* The staged copy holds the new content (crc its CRC): flip the entry and
+ * commit the directory change. */
+static int commit_staged(mp_pager *p, mp_dir_entry *e, uint8_t *w, uint32_t b, uint32_t crc)
+{
+    stage(p, inactive_page(e));
+    e->crc = crc;
     e->active_slot ^= 1u;
     e->generation++;
     *w = p->txn_depth > 0 ? MP_WRITER_DONE_IN_TXN : MP_WRITER_NONE;
     /* A directory change only: page 0 commits it, no metadata commit. */
     p->dirs[b].dirty = 1;
     return pager_commit(p, MP_ORDER_DIR_FIRST);
+}
+
+int mp_protected_commit(mp_pager *p, uint64_t pid)
+{
+    mp_dir_entry *e;
+    uint8_t *w;
+    uint32_t b;
+    int rc = open_writer(p, pid, &e, &w, &b);
+    if (rc != MP_OK)
+        return rc;
+    uint64_t staged = inactive_page(e);
+    return commit_staged(p, e, w, b, mp_crc32(pager_page_ptr(p, staged), p->page_size));
+}
+
+int mp_protected_commit_bytes(mp_pager *p, uint64_t pid, const uint8_t *buf, uint64_t len)
+{
+    mp_dir_entry *e;
+    uint8_t *w;
+    uint32_t b;
+    int rc = open_writer(p, pid, &e, &w, &b);
+    if (rc != MP_OK)
+        return rc;
+    if (!buf || len != p->page_size)
+        return MP_EINVALID_ARGUMENT;
+    /* One read of the caller's buffer, which another thread may change, into
+     * the core's scratch page: the CRC and the bytes written are of the same
+     * content. pwrite, not a store through the mapping: a store dirties the
+     * whole page-cache folio under it (megabytes after a sequential read),
+     * which the flush then writes to the device; pwrite dirties only the
+     * blocks it writes. */
+    memcpy(p->scratch, buf, p->page_size);
+    uint64_t staged = inactive_page(e);
+    rc = os_write_all(p->map.io, p->fd, p->scratch, p->page_size, staged * (uint64_t)p->page_size);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
+    }
+    return commit_staged(p, e, w, b, mp_crc32(p->scratch, p->page_size));
 }
 
 int mp_protected_discard(mp_pager *p, uint64_t pid)

@@ -105,7 +105,11 @@ class _ProtectedCalls(_PagerBase):
             if pid < 0 or pid >= _U64_LIMIT:
                 raise_for(lib.MP_EOUT_OF_BOUNDS, f"protected page {pid}")
             self._check(lib.mp_protected_begin(handle, pid, self._out), f"protected page {pid}")
-            view = self._view(int(self._out[0]), readonly=False)
+            # The writer's copy starts as the committed content; the staged
+            # page in the file is written only at commit, with pwrite.
+            active = ffi.new("uint64_t *")
+            self._check(lib.mp_protected_page(handle, pid, active), f"protected page {pid}")
+            view = self._view(int(active[0]), readonly=True)
             writer = ProtectedWriter(cast("Pager", self), pid, view)
             self._writers[pid] = writer
             return writer
@@ -114,14 +118,14 @@ class _ProtectedCalls(_PagerBase):
         with self._lock:
             handle = self._usable()
             pid = writer.pid
-            if commit and self._writers.get(pid) is writer:
-                # The staged copy is the backing page the directory does not
-                # name; the writer's bytes go there just before the C commit
-                # flushes it (or, in a transaction, queues it for one flush).
-                active = ffi.new("uint64_t *")
-                self._check(lib.mp_protected_page(handle, pid, active), f"protected page {pid}")
-                a, b = self._backing(pid)
-                self._view(b if int(active[0]) == a else a, readonly=False)[:] = writer._buf
             self._writers.pop(pid, None)
-            fn = lib.mp_protected_commit if commit else lib.mp_protected_discard
-            self._check(fn(handle, pid), f"protected page {pid}")
+            if commit:
+                # The core reads the writer's bytes once and writes them to the
+                # staged copy (the backing page the directory does not name)
+                # with pwrite, then commits (or, in a transaction, queues the
+                # copy for the transaction's flush).
+                buf = ffi.from_buffer(writer._buf)
+                rc = lib.mp_protected_commit_bytes(handle, pid, buf, len(writer._buf))
+            else:
+                rc = lib.mp_protected_discard(handle, pid)
+            self._check(rc, f"protected page {pid}")
