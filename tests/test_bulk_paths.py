@@ -4,7 +4,6 @@ commit, not work per page, and keeps every page a live reader may see."""
 from __future__ import annotations
 
 import struct
-import time
 from array import array
 
 import pytest
@@ -14,36 +13,25 @@ from mappedpages import Pager, ReadOnlyPager
 N = 200_000
 
 
-def _free_then_alloc(pager: Pager, buf: array, sync: bool) -> float:
-    """CPU seconds of alloc_bulk(N) right after free_bulk(N) (and sync() when asked)."""
-    pager.free_bulk(buf)
-    if sync:
-        pager.sync()
-    t = time.thread_time()
-    pager.alloc_bulk(N, out=buf)
-    return time.thread_time() - t
-
-
 @pytest.mark.parametrize("max_readers", [126, 0])
-def test_deferred_bulk_free_is_made_durable_in_one_commit(tmp_path, max_readers):
-    """free_bulk then alloc_bulk without sync() costs about the CPU of the case
-    with a sync() between: the one commit that makes the frees durable releases
-    the pages a word at a time, not one by one (the per-page release of the
-    reader pins took 1.4-1.5x the CPU of the synced case). CPU time, so the
-    flush's wait, which the synced case pays in sync(), is not counted."""
+def test_deferred_bulk_free_is_reused_without_a_sync(tmp_path, max_readers):
+    """free_bulk then alloc_bulk without sync(): the one commit that makes the
+    frees durable releases every page (none stays held back with no reader),
+    so alloc_bulk reuses them and the file does not grow. (Its speed, one
+    commit and not work per page, is measured by the benchmark suite's bulk
+    group beside the case with a sync() between.)"""
     with Pager.create(tmp_path / "b.mpp", 4096, durability="none", layout="0.3",
                       max_readers=max_readers) as pager:
         buf = array("Q", bytes(8 * N))
         pager.alloc_bulk(N, out=buf)
         pager.sync()
         pages = pager.page_count
-        synced, deferred = [], []
-        for i in range(14):
-            (deferred if i & 1 else synced).append(_free_then_alloc(pager, buf, sync=not i & 1))
-        assert pager.pinned_free_pages == 0
-        assert min(deferred) < 1.3 * min(synced), (
-            f"alloc_bulk after an unsynced free_bulk: {N / min(deferred) / 1e6:.0f} M pages/s, "
-            f"after a sync(): {N / min(synced) / 1e6:.0f} M pages/s")
+        first = sorted(buf)
+        for _ in range(3):
+            pager.free_bulk(buf)
+            pager.alloc_bulk(N, out=buf)
+            assert pager.pinned_free_pages == 0
+            assert sorted(buf) == first
         # Every page freed was reused: the file did not grow for them.
         assert pager.page_count == pages
 
