@@ -866,9 +866,6 @@ def test_a_reader_table_that_cannot_be_opened_fails_create_and_open_cleanly(tmp_
         pass
 
 
-@pytest.mark.skipif(
-    not hasattr(Pager, "set_root"), reason="roots come with engine transactions (issue 15)"
-)
 def test_roots_are_the_snapshots(tmp_path):
     path = tmp_path / "roots.mpp"
     with Pager.create(path, page_size=1024) as w:
