@@ -9,19 +9,15 @@ happened.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import select
 import signal
 import threading
-import time
-import traceback
 from pathlib import Path
 
 import pytest
 from support.format_v02 import check_valid_v02
-from support.pagers import force_close
+from support.pagers import force_close, in_fork
 
 import mappedpages
 from mappedpages import Locked, Pager, ReadOnlyPager, Unavailable
@@ -31,42 +27,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 def in_child(fn, timeout: float = 20.0):
     """Run fn() in a forked child; return what it returned (JSON), or raise with its traceback."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(r)
-            try:
-                out = {"ok": fn()}
-            except BaseException:
-                out = {"error": traceback.format_exc()}
-                code = 1
-            data = json.dumps(out).encode()
-            while data:
-                data = data[os.write(w, data) :]
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([r], [], [], max(left, 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"the forked child hung for {timeout} s")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks) or b"{}")
-    if "error" in out:
-        raise AssertionError("in the forked child:\n" + out["error"])
+    out, _ = in_fork(fn, timeout)
     assert "ok" in out, "the forked child died without a result"
     return out["ok"]
 

@@ -14,10 +14,8 @@ for signals.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -26,14 +24,13 @@ import tempfile
 import textwrap
 import threading
 import time
-import traceback
 import warnings
 from array import array
 from pathlib import Path
 
 import pytest
 from support.iohooks import IoHooks, create_pager
-from support.pagers import force_close
+from support.pagers import force_close, in_fork
 
 from mappedpages import Locked, Pager, ReadOnlyPager, RecoveryWarning, Unavailable
 
@@ -45,42 +42,7 @@ SANITIZED = bool(os.environ.get("MAPPEDPAGES_SANITIZED"))
 
 def in_child(fn, timeout: float = 30.0):
     """Run fn() in a forked child; return (its JSON result, the signal that killed it or 0)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(r)
-            try:
-                out = {"ok": fn()}
-            except BaseException:
-                out = {"error": traceback.format_exc()}
-                code = 1
-            data = json.dumps(out).encode()
-            while data:
-                data = data[os.write(w, data) :]
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"the forked child hung for {timeout} s")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-    out = json.loads(b"".join(chunks) or b"{}")
-    if "error" in out:
-        raise AssertionError("in the forked child:\n" + out["error"])
+    out, sig = in_fork(fn, timeout)
     return out.get("ok"), sig
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import select
 import signal
 import subprocess
 import time
+import traceback
 
 import pytest
 
@@ -77,3 +81,53 @@ def commit_bytes(p, pid: int, data: bytes, offset: int = 0) -> None:
     """Write data into a protected page at offset and commit."""
     with p.write_protected(pid) as w:
         w.page[offset : offset + len(data)] = data
+
+
+# --------------------------------------------------------------------------
+# A function run in a forked child
+# --------------------------------------------------------------------------
+
+
+def in_fork(fn, timeout: float = 30.0):
+    """Run fn() in a forked child; return (its JSON result, the signal that killed it or 0).
+
+    The child's exception is raised here as an AssertionError with its
+    traceback; a child that hangs past timeout is killed and reported.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out = {"ok": fn()}
+            except BaseException:
+                out = {"error": traceback.format_exc()}
+                code = 1
+            data = json.dumps(out).encode()
+            while data:
+                data = data[os.write(w, data) :]
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"the forked child hung for {timeout} s")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+    out = json.loads(b"".join(chunks) or b"{}")
+    if "error" in out:
+        raise AssertionError("in the forked child:\n" + out["error"])
+    return out, sig
