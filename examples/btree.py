@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import accumulate
-from typing import Any
+from typing import Any, Callable
 
 from mappedpages import PageId, Pager, Transaction
 
@@ -60,6 +60,22 @@ def _link(key: bytes, child: int) -> bytes:
 def _value(entry: bytes) -> bytes:
     return entry[6 + (entry[0] | entry[1] << 8) :]
 
+
+
+def _search(
+    pid: int, key: bytes, load: Callable[[int], _Node], default: bytes | None
+) -> bytes | None:
+    """The value of ``key`` in the tree rooted at ``pid`` (0: empty), nodes read by ``load``."""
+    while pid:
+        node = load(pid)
+        if node.kind == INTERNAL:
+            pid = node.kids[bisect.bisect_right(node.keys, key)]
+            continue
+        i = bisect.bisect_left(node.keys, key)
+        if i < len(node.keys) and node.keys[i] == key:
+            return _value(node.ents[i])
+        return default
+    return default
 
 class _Node:
     """A node parsed for modification.
@@ -171,17 +187,7 @@ class BTree:
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key``, or ``default``."""
-        pid = self.pager.roots[ROOT_SLOT]
-        while pid:
-            node = self._node(pid)
-            if node.kind == INTERNAL:
-                pid = node.kids[bisect.bisect_right(node.keys, key)]
-                continue
-            i = bisect.bisect_left(node.keys, key)
-            if i < len(node.keys) and node.keys[i] == key:
-                return _value(node.ents[i])
-            return default
-        return default
+        return _search(self.pager.roots[ROOT_SLOT], key, self._node, default)
 
     def range(
         self, lo: bytes | None = None, hi: bytes | None = None
@@ -251,17 +257,8 @@ class Batch:
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """A read that sees this batch's own writes."""
-        pid = self.root
-        while pid:
-            node = self.fresh.get(pid) or self.tree._node(pid)
-            if node.kind == INTERNAL:
-                pid = node.kids[bisect.bisect_right(node.keys, key)]
-                continue
-            i = bisect.bisect_left(node.keys, key)
-            if i < len(node.keys) and node.keys[i] == key:
-                return _value(node.ents[i])
-            return default
-        return default
+        fresh, committed = self.fresh, self.tree._node
+        return _search(self.root, key, lambda pid: fresh.get(pid) or committed(pid), default)
 
     def _load(self, pid: int) -> _Node:
         """The node at pid, for changing: a committed node is copied first."""
