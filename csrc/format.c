@@ -47,6 +47,66 @@ void mp_store_u32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* The free map in memory is an array of 64-bit words, bit i of the map in
+ * word i / 64 at bit i % 64. On a little-endian host the bytes of that array
+ * are the format's bitmap bytes, in order, so a bitmap moves with memcpy and
+ * 8 bytes at a time, not a byte and a shift at a time (a commit writes a
+ * whole bitmap, and open reads every chunk's). Other hosts take the bytes
+ * out one by one. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define MP_BITS_LE 1
+#else
+#define MP_BITS_LE 0
+#endif
+
+static uint8_t bits_byte(const uint64_t *bits, uint64_t i)
+{
+    return (uint8_t)(bits[i >> 3] >> (8 * (i & 7)));
+}
+
+/* n bytes of the map from byte `first` on. */
+static void bits_get_bytes(uint8_t *dst, const uint64_t *bits, uint64_t first, uint64_t n)
+{
+    if (MP_BITS_LE) {
+        memcpy(dst, (const uint8_t *)bits + first, (size_t)n);
+        return;
+    }
+    for (uint64_t j = 0; j < n; j++)
+        dst[j] = bits_byte(bits, first + j);
+}
+
+/* ORs n bytes into the map from byte `first` on. */
+static void bits_or_bytes(uint64_t *bits, uint64_t first, const uint8_t *src, uint64_t n)
+{
+    uint64_t j = 0;
+    if (MP_BITS_LE) {
+        uint8_t *dst = (uint8_t *)bits + first;
+        for (; j + 8 <= n; j += 8) {
+            uint64_t a, b;
+            memcpy(&a, dst + j, 8);
+            memcpy(&b, src + j, 8);
+            a |= b;
+            memcpy(dst + j, &a, 8);
+        }
+    }
+    for (; j < n; j++)
+        bits[(first + j) >> 3] |= (uint64_t)src[j] << (8 * ((first + j) & 7));
+}
+
+/* Set bits in n bytes, 8 at a time. */
+static uint64_t popcount_bytes(const uint8_t *b, uint64_t n)
+{
+    uint64_t set = 0, j = 0;
+    for (; j + 8 <= n; j += 8) {
+        uint64_t v;
+        memcpy(&v, b + j, 8);
+        set += (uint64_t)__builtin_popcountll(v);
+    }
+    for (; j < n; j++)
+        set += (uint64_t)__builtin_popcount(b[j]);
+    return set;
+}
+
 /* The bitmap of all pages must fit between the 24-byte header and the CRC. */
 uint64_t fmt_v02_max_pages(uint32_t page_size)
 {
@@ -403,9 +463,7 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
             return;
         }
     }
-    uint64_t set = 0;
-    for (uint64_t i = 0; i < used_bytes; i++)
-        set += (uint64_t)__builtin_popcount(bm[i]);
+    uint64_t set = popcount_bytes(bm, used_bytes);
     /* Extended: bytes 16-23 hold the commit's seal (a u32, then zero), not a
      * free count; the caller checks the seal against the pages it covers. */
     if (extended ? (out->free_count >> 32) != 0 : out->free_count != total - set) {
@@ -443,8 +501,7 @@ void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
     uint64_t nbytes = (total_pages + 7) / 8;
     if (nbytes > page_size - MP_META_HEADER - 4u)
         nbytes = page_size - MP_META_HEADER - 4u; /* extended: chunk 0 only */
-    for (uint64_t i = 0; i < nbytes; i++)
-        bm[i] = (uint8_t)(bits[i >> 3] >> (8 * (i & 7)));
+    bits_get_bytes(bm, bits, 0, nbytes);
     if (tail)
         fmt_meta_tail_write(page, page_size, total_pages, tail);
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
@@ -498,13 +555,11 @@ void fmt_chunk_check(const uint8_t *page, uint32_t page_size, uint64_t chunk,
     uint64_t used = (span + 7) / 8;
     if ((span & 7u) && (bm[used - 1] >> (span & 7u)) != 0)
         return;
-    uint64_t set = 0;
-    for (uint64_t i = 0; i < bytes; i++) {
-        if (i >= used && bm[i] != 0)
+    for (uint64_t i = used; i < bytes; i++) {
+        if (bm[i] != 0)
             return;
-        set += (uint64_t)__builtin_popcount(bm[i]);
     }
-    if (out->free_count != span - set)
+    if (out->free_count != span - popcount_bytes(bm, used))
         return;
     out->valid = 1;
 }
@@ -517,11 +572,7 @@ void fmt_chunk_load_bits(const uint8_t *page, uint32_t page_size, uint64_t chunk
 {
     uint64_t first = chunk * fmt_chunk_pages(page_size);
     uint64_t span = chunk_span(page_size, chunk, total_pages);
-    const uint8_t *bm = page + MP_CHUNK_HEADER;
-    for (uint64_t j = 0; j < (span + 7) / 8; j++) {
-        uint64_t at = first + 8 * j;
-        bits[at >> 6] |= (uint64_t)bm[j] << (at & 63);
-    }
+    bits_or_bytes(bits, first / 8, page + MP_CHUNK_HEADER, (span + 7) / 8);
 }
 
 void fmt_chunk_write(uint8_t *page, uint32_t page_size, uint64_t chunk, uint64_t total_pages,
@@ -535,15 +586,11 @@ void fmt_chunk_write(uint8_t *page, uint32_t page_size, uint64_t chunk, uint64_t
     mp_store_u32(page + 12, dir_blocks);
     uint8_t *bm = page + MP_CHUNK_HEADER;
     uint64_t nbytes = (span + 7) / 8;
-    uint64_t set = 0;
-    for (uint64_t j = 0; j < nbytes; j++) {
-        uint64_t at = first + 8 * j;
-        bm[j] = (uint8_t)(bits[at >> 6] >> (at & 63));
-        if (j == nbytes - 1 && (span & 7u))
-            bm[j] &= (uint8_t)((1u << (span & 7u)) - 1u);
-        set += (uint64_t)__builtin_popcount(bm[j]);
-    }
-    mp_store_u64(page + 16, span - set);
+    /* A chunk starts on a byte of the map (C is a multiple of 32). */
+    bits_get_bytes(bm, bits, first / 8, nbytes);
+    if (nbytes > 0 && (span & 7u))
+        bm[nbytes - 1] &= (uint8_t)((1u << (span & 7u)) - 1u);
+    mp_store_u64(page + 16, span - popcount_bytes(bm, nbytes));
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
 }
 
