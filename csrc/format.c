@@ -24,8 +24,12 @@
 uint64_t mp_load_u64(const uint8_t *p)
 {
     uint64_t v = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&v, p, 8); /* one load: the format is little-endian */
+#else
     for (int i = 7; i >= 0; i--)
         v = (v << 8) | p[i];
+#endif
     return v;
 }
 

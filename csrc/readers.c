@@ -113,21 +113,14 @@ mp_readers *readers_get(mp_pager *p)
     return p->rd;
 }
 
-/* Slots in use may be read up to `capacity`; readers take them below limit. */
-static int table_header(int fd, uint32_t *capacity, uint32_t *limit)
+/* The header's capacity and limit, from its `got` bytes read and the file's
+ * size: never trusted past what the file holds. */
+static int header_parse(const uint8_t *h, size_t got, uint64_t size, uint32_t *capacity,
+                        uint32_t *limit)
 {
-    uint8_t h[RD_HEADER];
-    size_t got = 0;
-    int rc = os_pread_all(NULL, fd, h, sizeof h, 0, &got);
-    if (rc != MP_OK)
-        return rc;
     if (got < RD_HEADER || memcmp(h, RD_MAGIC, 8) != 0 || mp_load_u32(h + 8) != RD_VERSION)
         return MP_EINVALID_ARGUMENT;
     uint32_t cap = mp_load_u32(h + 12), lim = mp_load_u32(h + 16);
-    uint64_t size;
-    if ((rc = os_file_size(fd, &size)) != MP_OK)
-        return rc;
-    /* Never trust the header past what the file holds. */
     uint64_t fits = size < RD_HEADER ? 0 : (size - RD_HEADER) / RD_SLOT;
     if (cap > fits)
         cap = (uint32_t)fits;
@@ -136,6 +129,20 @@ static int table_header(int fd, uint32_t *capacity, uint32_t *limit)
     *capacity = cap;
     *limit = lim < cap ? lim : cap;
     return MP_OK;
+}
+
+/* Slots in use may be read up to `capacity`; readers take them below limit. */
+static int table_header(int fd, uint32_t *capacity, uint32_t *limit)
+{
+    uint8_t h[RD_HEADER];
+    size_t got = 0;
+    int rc = os_pread_all(NULL, fd, h, sizeof h, 0, &got);
+    if (rc != MP_OK)
+        return rc;
+    uint64_t size;
+    if ((rc = os_file_size(fd, &size)) != MP_OK)
+        return rc;
+    return header_parse(h, got, size, capacity, limit);
 }
 
 static int table_write_header(int fd, uint32_t capacity, uint32_t limit)
@@ -213,21 +220,49 @@ static int slot_dead(int fd, uint64_t i, uint64_t pid)
     return 1;
 }
 
+/* The slots of a table of up to the default capacity are read with the
+ * header, in one system call of exactly that table's length: a commit that
+ * frees pages scans the table. A read that stops short has met the end of the
+ * file, which bounds the header's capacity as the file's size does; a full
+ * one holds every slot the header can name. A larger table: the header, the
+ * file's size, then the slots. *slots points at the first slot, *got counts
+ * the bytes of slots read, *heap is for the caller to free. */
+#define RD_SCAN_SLOTS RD_DEFAULT_MAX
+
+static int table_slots(int fd, uint8_t *stack, size_t stack_len, const uint8_t **slots,
+                       size_t *got, uint8_t **heap)
+{
+    size_t n = 0;
+    uint32_t capacity, limit;
+    *heap = NULL;
+    int rc = os_pread_all(NULL, fd, stack, stack_len, 0, &n);
+    if (rc == MP_OK)
+        rc = header_parse(stack, n, n < stack_len ? n : UINT64_MAX, &capacity, &limit);
+    if (rc != MP_OK)
+        return rc;
+    if (RD_HEADER + (size_t)capacity * RD_SLOT <= stack_len) {
+        *slots = stack + RD_HEADER;
+        *got = (size_t)capacity * RD_SLOT;
+        return MP_OK;
+    }
+    if ((rc = table_header(fd, &capacity, &limit)) != MP_OK)
+        return rc;
+    size_t len = (size_t)capacity * RD_SLOT;
+    if (!(*heap = malloc(len)))
+        return MP_ENO_MEMORY;
+    *slots = *heap;
+    return os_pread_all(NULL, fd, *heap, len, RD_HEADER, got);
+}
+
 /* Reads the live slots (clearing dead ones) into out[0..*n), at most cap. */
 int readers_table_scan(int fd, int64_t own, int check_live, rd_entry *out, uint64_t cap,
                        uint64_t *n, uint64_t *oldest)
 {
-    uint32_t capacity, limit;
-    int rc = table_header(fd, &capacity, &limit);
-    if (rc != MP_OK)
-        return rc;
-    size_t len = (size_t)capacity * RD_SLOT;
-    uint8_t stackbuf[RD_SLOT * 128];
-    uint8_t *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
-    if (!buf)
-        return MP_ENO_MEMORY;
+    uint8_t stack[RD_HEADER + RD_SLOT * RD_SCAN_SLOTS];
+    const uint8_t *buf = NULL;
+    uint8_t *heap = NULL;
     size_t got = 0;
-    rc = os_pread_all(NULL, fd, buf, len, RD_HEADER, &got);
+    int rc = table_slots(fd, stack, sizeof stack, &buf, &got, &heap);
     uint64_t k = 0, low = UINT64_MAX;
     for (uint64_t i = 0; rc == MP_OK && i < got / RD_SLOT; i++) {
         const uint8_t *s = buf + i * RD_SLOT;
@@ -246,8 +281,7 @@ int readers_table_scan(int fd, int64_t own, int check_live, rd_entry *out, uint6
         }
         k++;
     }
-    if (buf != stackbuf)
-        free(buf);
+    free(heap);
     if (rc == MP_OK) {
         if (n)
             *n = k < cap ? k : cap;
