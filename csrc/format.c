@@ -497,15 +497,17 @@ void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
                     uint64_t generation, uint64_t free_or_seal, const uint64_t *bits,
                     const mp_meta_tail *tail)
 {
-    memset(page, 0, page_size);
     mp_store_u64(page, total_pages);
     mp_store_u64(page + 8, generation);
     mp_store_u64(page + 16, free_or_seal);
     uint8_t *bm = page + MP_META_HEADER;
+    uint64_t room = page_size - MP_META_HEADER - 4u;
     uint64_t nbytes = (total_pages + 7) / 8;
-    if (nbytes > page_size - MP_META_HEADER - 4u)
-        nbytes = page_size - MP_META_HEADER - 4u; /* extended: chunk 0 only */
+    if (nbytes > room)
+        nbytes = room; /* extended: chunk 0 only */
     bits_get_bytes(bm, bits, 0, nbytes);
+    /* Every byte is written once: the header, the bitmap, zeros to the CRC. */
+    memset(bm + nbytes, 0, (size_t)(room - nbytes));
     if (tail)
         fmt_meta_tail_write(page, page_size, total_pages, tail);
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
