@@ -42,13 +42,32 @@
 
 #include <string.h>
 
+/* The span of bytes [*lo, *hi) where a and b differ, within n bytes; 0 when
+ * they are equal. */
+static int diff_span(const uint8_t *a, const uint8_t *b, uint64_t n, uint64_t *lo, uint64_t *hi)
+{
+    if (memcmp(a, b, (size_t)n) == 0)
+        return 0;
+    uint64_t l = 0, h = n;
+    while (a[l] == b[l])
+        l++;
+    while (a[h - 1] == b[h - 1])
+        h--;
+    *lo = l;
+    *hi = h;
+    return 1;
+}
+
 /* Page 0 is rewritten, as the crate does, but never by stores into the
  * mapping, which a kill could interrupt anywhere: the new page is built aside
  * and written with pwrite, one OS page at a time and only the OS pages that
- * change. The kernel copies each OS page whole even if the process is killed,
- * so with pages up to the OS page size the rewrite is all-or-nothing; with
- * larger pages the directory's CRC, in the last OS page, goes last, and the
- * states left between OS pages are the ones fmt_dir_index_recover looks for. */
+ * change, and of each only the span of bytes that changes (usually the
+ * selector byte: a commit's page-0 write copies a few bytes, not a page).
+ * The kernel copies a write within one OS page whole even if the process is
+ * killed, so with pages up to the OS page size the rewrite is all-or-nothing;
+ * with larger pages the directory's CRC, in the last OS page, goes last, and
+ * the states left between OS pages are the ones fmt_dir_index_recover looks
+ * for. */
 int pager_write_page0(mp_pager *p, int flush)
 {
     uint8_t *next = p->scratch;
@@ -60,9 +79,10 @@ int pager_write_page0(mp_pager *p, int flush)
     if (step > p->page_size)
         step = p->page_size;
     for (uint64_t off = 0; off < p->page_size; off += step) {
-        if (memcmp(next + off, now + off, (size_t)step) == 0)
+        uint64_t lo, hi;
+        if (!diff_span(next + off, now + off, step, &lo, &hi))
             continue;
-        int rc = os_write_all(p->map.io, p->fd, next + off, (size_t)step, off);
+        int rc = os_write_all(p->map.io, p->fd, next + off + lo, (size_t)(hi - lo), off + lo);
         if (rc != MP_OK) {
             p->poisoned = 1;
             return rc;
