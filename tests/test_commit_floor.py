@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mappedpages import Pager
-
 from support.format_v02 import check_valid_v02
+
+from mappedpages import Pager
 
 
 def wchar() -> int:
