@@ -116,6 +116,51 @@ uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n)
     return ids;
 }
 
+/* The chunk of the last id looked at: a run of ids in one chunk costs one
+ * division, not one per id (ids from alloc_bulk come sorted). */
+typedef struct {
+    uint64_t start, end, chunk;
+} chunk_cursor;
+
+static uint64_t cursor_chunk(chunk_cursor *c, uint64_t chunk_pages, uint64_t id)
+{
+    if (id < c->start || id >= c->end) {
+        c->chunk = id / chunk_pages;
+        c->start = c->chunk * chunk_pages;
+        c->end = c->start + chunk_pages;
+    }
+    return c->chunk;
+}
+
+/* Takes the free pages of free page id's word, from id up, into ids[*i..n):
+ * the summary says where a free page is, and the rest of its word is taken
+ * with it, so a run of free pages costs a few operations per word. A
+ * punched page gets its blocks back first (space.c); if that fails, the pages
+ * taken so far are in bits[] and ids[0..*i) for the caller to give back. */
+static int take_word(mp_pager *p, uint64_t id, uint64_t *ids, uint64_t n, uint64_t *i,
+                     chunk_cursor *cur)
+{
+    uint64_t w = id >> 6, take = 0, dirty = UINT64_MAX;
+    uint64_t avail = ~(p->bits[w] | p->pending[w]) & (~(uint64_t)0 << (id & 63));
+    if ((w + 1) * 64 > p->total_pages)
+        avail &= ((uint64_t)1 << (p->total_pages & 63)) - 1;
+    int rc = MP_OK;
+    for (; avail && *i < n; avail &= avail - 1) {
+        uint64_t got = (w << 6) + (uint64_t)__builtin_ctzll(avail);
+        if ((rc = space_before_take(p, got)) != MP_OK)
+            break;
+        take |= (uint64_t)1 << (got & 63);
+        ids[(*i)++] = got;
+        uint64_t c = cursor_chunk(cur, p->chunk_pages, got);
+        if (c != dirty)
+            bitmap_set(p->chunk_dirty, dirty = c);
+    }
+    p->bits[w] |= take;
+    if (p->sum.mem)
+        summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    return rc;
+}
+
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
@@ -141,27 +186,24 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
         return rc;
     }
     uint64_t at = p->hint;
-    for (uint64_t i = 0; i < n; i++) {
+    chunk_cursor cur = {1, 0, 0};
+    for (uint64_t i = 0; i < n;) {
         uint64_t id = find_allocatable(p, at);
         if (id >= p->total_pages) {
             /* The hint is only a lower bound; ensure_free counted the pages. */
             id = find_allocatable(p, MP_RESERVED_PAGES);
-            if (id >= p->total_pages) {
-                for (uint64_t j = 0; j < i; j++)
-                    pager_bit_give(p, ids[j]);
-                free(ids);
-                return MP_ECORRUPT_METADATA;
-            }
+            if (id >= p->total_pages)
+                rc = MP_ECORRUPT_METADATA;
         }
-        if ((rc = space_before_take(p, id)) != MP_OK) {
+        if (rc == MP_OK)
+            rc = take_word(p, id, ids, n, &i, &cur);
+        if (rc != MP_OK) {
             for (uint64_t j = 0; j < i; j++)
                 pager_bit_give(p, ids[j]);
             free(ids);
             return rc;
         }
-        pager_bit_take(p, id);
-        ids[i] = id;
-        at = id + 1;
+        at = ids[i - 1] + 1;
     }
     p->free_count -= n;
     p->hint = at;
@@ -203,6 +245,73 @@ int mp_pager_free(mp_pager *p, uint64_t id)
     return MP_OK;
 }
 
+/* check_freeable for each id, in order, clearing each bit as it is checked so
+ * a repeated id fails as a double free; on a failure the bits cleared so far
+ * are set again and nothing has changed. */
+static int check_and_clear(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    chunk_cursor cur = {1, 0, 0};
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t id = ids[i];
+        int rc = MP_OK;
+        if (id < MP_RESERVED_PAGES)
+            rc = MP_ERESERVED_PAGE;
+        else if (id >= p->total_pages)
+            rc = MP_EOUT_OF_BOUNDS;
+        else if ((cursor_chunk(&cur, p->chunk_pages, id) > 0 &&
+                  id - cur.start < MP_LAYOUT_PAGES) ||
+                 bitmap_get(p->system, id))
+            rc = MP_ERESERVED_PAGE;
+        else if (!bitmap_get(p->bits, id))
+            rc = MP_EDOUBLE_FREE;
+        if (rc != MP_OK) {
+            for (uint64_t j = 0; j < i; j++)
+                bitmap_set(p->bits, ids[j]);
+            return rc;
+        }
+        bitmap_clear(p->bits, ids[i]);
+    }
+    return MP_OK;
+}
+
+/* pager_release_bit for every id at once, the bits already clear: ids of one
+ * word are gathered into a mask, so the pending map, the summary and the
+ * count move a word at a time, and the dirty free-map chunks a chunk at a
+ * time. */
+static void release_cleared(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    int hold = readers_pin_many(p, ids, n) || p->txn_depth > 0 ||
+               p->durability == MP_DURABILITY_NONE;
+    chunk_cursor cur = {1, 0, 0};
+    uint64_t low = UINT64_MAX, dirty = UINT64_MAX;
+    for (uint64_t i = 0; i < n;) {
+        uint64_t w = ids[i] >> 6, mask = 0;
+        for (; i < n && ids[i] >> 6 == w; i++) {
+            mask |= (uint64_t)1 << (ids[i] & 63);
+            low = ids[i] < low ? ids[i] : low;
+            uint64_t c = cursor_chunk(&cur, p->chunk_pages, ids[i]);
+            if (c != dirty)
+                bitmap_set(p->chunk_dirty, dirty = c);
+        }
+        /* Until the free is durable the page belongs to the durable state. */
+        uint64_t fresh = hold ? mask & ~p->pending[w] : 0;
+        if (fresh) {
+            if (p->pending_count == 0 || w < p->pending_lo)
+                p->pending_lo = w;
+            if (p->pending_count == 0 || w > p->pending_hi)
+                p->pending_hi = w;
+            p->pending[w] |= fresh;
+            p->pending_count += (uint64_t)__builtin_popcountll(fresh);
+        }
+        if (p->sum.mem)
+            summary_update(&p->sum, w, p->bits[w] | p->pending[w]);
+    }
+    p->free_count += n;
+    p->changed = 1;
+    if (low < p->hint)
+        p->hint = low;
+}
+
 int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = pager_usable(p, 1);
@@ -219,23 +328,11 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
     uint64_t *ids = pager_ids_copy(caller_ids, n);
     if (!ids)
         return MP_ENO_MEMORY;
-    /* Clearing each bit as it is checked makes a repeated id fail as a double
-     * free; on any failure the bits cleared so far are set again. */
-    for (uint64_t i = 0; i < n; i++) {
-        rc = check_freeable(p, ids[i]);
-        if (rc != MP_OK) {
-            for (uint64_t j = 0; j < i; j++)
-                bitmap_set(p->bits, ids[j]);
-            free(ids);
-            return rc;
-        }
-        bitmap_clear(p->bits, ids[i]);
+    if ((rc = check_and_clear(p, ids, n)) != MP_OK) {
+        free(ids);
+        return rc;
     }
-    /* Validated: set the bits again and release them the one way there is. */
-    for (uint64_t i = 0; i < n; i++) {
-        bitmap_set(p->bits, ids[i]);
-        pager_release_bit(p, ids[i]);
-    }
+    release_cleared(p, ids, n);
     rc = pager_commit(p, MP_ORDER_META_FIRST);
     if (rc == MP_OK)
         space_after_free(p, ids, n);

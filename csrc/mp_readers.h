@@ -62,6 +62,8 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
 int pager_reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded);
 /* A freed page: returns 1 when it is held back (pending) for readers. */
 int readers_pin(mp_pager *p, uint64_t id);
+/* readers_pin for n freed pages at once (the FIFO grows once). */
+int readers_pin_many(mp_pager *p, const uint64_t *ids, uint64_t n);
 /* The frees so far are durable: returns 1 when readers.c took over the
  * pending map (then pages are released as readers allow). */
 int readers_settle(mp_pager *p);

@@ -93,6 +93,36 @@ int readers_pin(mp_pager *p, uint64_t id)
     return 1;
 }
 
+int readers_pin_many(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    if (!pinning(p))
+        return 0;
+    mp_readers *rd = p->rd;
+    /* Room for all of them first, then a plain copy loop. */
+    if (n > 0 && !push(rd, ids[0], p->generation)) {
+        rd->unpinned = 1;
+        return 1;
+    }
+    if (n > 1 && rd->cap - rd->tail < n - 1) {
+        uint64_t ncap = rd->tail + n - 1;
+        rd_pin *np = realloc(rd->pins, (size_t)ncap * sizeof *np);
+        if (!np) {
+            for (uint64_t i = 1; i < n; i++)
+                if (!push(rd, ids[i], p->generation))
+                    rd->unpinned = 1;
+            return 1;
+        }
+        rd->pins = np;
+        rd->cap = ncap;
+    }
+    for (uint64_t i = 1; i < n; i++) {
+        rd->pins[rd->tail].id = ids[i];
+        rd->pins[rd->tail].gen = p->generation;
+        rd->tail++;
+    }
+    return 1;
+}
+
 /* Marks a free page pending (out of allocation's reach). */
 static void hold(mp_pager *p, uint64_t id)
 {
