@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -164,6 +165,19 @@ static int open_checked(const char *path, const mp_options *opts, uint32_t *want
     return MP_OK;
 }
 
+/* Open and a reader's refresh touch a few layout pages in every chunk, which
+ * lie chunk_pages apart: with the kernel's read-around each such fault reads,
+ * or in a sparse file zeroes, a window of the file around it, and a cold
+ * 2^27-page file took seconds to open. Meanwhile the mapping reads only the
+ * pages touched (on = 1); then read-around is back for the caller's views.
+ * Only a hint: not one of the hooked calls of os.c, and its failure is no
+ * error. */
+static void map_random(const mp_map *m, int on)
+{
+    if (m->mapped > 0)
+        (void)posix_madvise(m->base, (size_t)m->mapped, on ? POSIX_MADV_RANDOM : POSIX_MADV_NORMAL);
+}
+
 /* A writer's open: clears what an unfinished commit left, commits the
  * repairs open made and brings page 0 in line with the chosen state. */
 static int commit_repairs(mp_pager *p, mp_open_report *report)
@@ -248,17 +262,22 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     p->salvage = opts->salvage != 0;
     uint64_t map_len = size < p->map.limit ? size : p->map.limit;
     int page0_stale = 0;
-    if ((rc = os_map_extend(&p->map, map_len)) != MP_OK ||
-        (rc = pager_load_with_retries(p, map_len, report, &page0_stale)) != MP_OK) {
+    if ((rc = os_map_extend(&p->map, map_len)) != MP_OK) {
         pager_destroy(p);
         return rc;
     }
+    /* Open touches a few pages per chunk, far apart: no read-around. */
+    map_random(&p->map, 1);
+    rc = pager_load_with_retries(p, map_len, report, &page0_stale);
     p->durability = opts->durability;
     set_growth(p, opts);
-    if (!p->read_only && (rc = commit_repairs(p, report)) != MP_OK) {
+    if (rc == MP_OK && !p->read_only)
+        rc = commit_repairs(p, report);
+    if (rc != MP_OK) {
         pager_destroy(p);
         return rc;
     }
+    map_random(&p->map, 0);
     *out = p;
     return MP_OK;
 }
@@ -386,7 +405,9 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
         return rc;
     committed_swap(p, &aside);
     int stale = 0;
+    map_random(&p->map, 1);
     rc = pager_load_with_retries(p, map_len, report, &stale);
+    map_random(&p->map, 0);
     if (rc != MP_OK)
         committed_swap(p, &aside);
     committed_free(p, &aside);
