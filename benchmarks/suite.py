@@ -9,15 +9,27 @@ measured in the same run too. The rows:
 
 * durable alloc/free in each durability mode: commits/s and p50 latency. The
   floor of a ``"compat"`` commit is two bare msyncs of a dirtied 4 KiB page (the
-  new metadata copy, then page 0); of a ``"fast"`` commit, one. Target: within
-  1.2x of the floor.
+  new metadata copy, then page 0); of a ``"fast"`` commit, one. Targets (issue
+  18, the Rust crate's 1.01x): ``"compat"`` within 1.03x of its floor, ``"fast"``
+  within 1.05x; the ratio is printed to three places.
 * a transaction of 1,000 allocs + 1,000 frees + 10 protected-page writes, in
   each mode. Target: the floor of one commit of that mode plus 2 ms.
-* Python call overhead at ``durability="none"``: ``alloc()``, ``free()``
-  (target <= 300 ns per call) and ``page()`` (target <= 500 ns).
+* Python call overhead at ``durability="none"``: ``alloc()`` and ``free()``
+  beside the same C functions called bare through cffi and the pure-Python
+  allocator, interleaved (target: faster than the pure-Python allocator and
+  within 1.3x of the bare call), and ``page()`` (target <= 250 ns).
 * ``alloc_bulk(n, out=buf)`` / ``free_bulk(buf)`` with an ``array('Q')`` (and a
   NumPy ``uint64`` array when NumPy is installed) at ``durability="none"``:
-  pages/s, target >= 100 M.
+  pages/s, target >= 100 M; and in the extended layout ``free_bulk(200,000)``
+  then ``alloc_bulk`` without a ``sync()`` between, target >= 50 M.
+* single sub-page ``alloc``/``free`` (512 B of 4 KiB) in big pages already
+  held, beside the pure-Python int-mask allocator of
+  ``benchmarks/bench_subpage.py``: target >= 1.5x.
+* open + close of a 2^27-page sparse file (4 KiB pages, extended layout), a
+  writer and a ``ReadOnlyPager``: with the page cache as the build left it
+  (target <= 250 ms), and after the file was dropped from the page cache.
+* protected writes beside three bare msyncs (v0.2 ``"compat"``) or one bare
+  fdatasync (the other cases).
 * KiB written to storage per commit, in each mode, with the page cache as the
   pager left it and after the file was dropped from the cache and read
   sequentially (``cat file > /dev/null``), beside one bare msync of a 4 KiB
@@ -32,6 +44,9 @@ updates it in place; when durable it msyncs that page after each change (one
 flush, and not crash-safe: a torn bitmap page is neither detected nor
 repaired). It has no lock and no checks beyond a bounds test.
 
+``--markdown`` prints the table in Markdown with the machine and the load
+average of the run above it: the README's table, to paste over it.
+
 Latencies depend on the device under ``--dir`` (by default a temporary folder
 in the current directory, so that the figures are those of the disk the
 project lives on, not of a tmpfs).
@@ -41,9 +56,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import mmap
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -58,12 +75,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mappedpages
-from mappedpages import PageId, Pager, ProtectedPageId
+from mappedpages import PageId, Pager, ProtectedPageId, ReadOnlyPager, SubPageAllocator
+from mappedpages._core import ffi, lib
 
 PAGE = 4096
 MODES = ("compat", "fast", "none")
 # Flushes of one allocation commit in each mode (csrc/commit.c): the floor.
 COMMIT_FLUSHES = {"compat": 2, "fast": 1, "none": 0}
+# Issue 18: a single durable commit at the floor, as the Rust crate's (1.01x two
+# msyncs on a quiet machine): "compat" within 1.03x of two msyncs, "fast" 1.05x of one.
+COMMIT_TARGET = {"compat": 1.03, "fast": 1.05}
 
 
 @dataclass
@@ -104,6 +125,7 @@ class Report:
 
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    load: str = "load average unknown"  # os.getloadavg() at the start and the end
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -355,13 +377,14 @@ def bench_commits(directory: Path, s: Settings, report: Report, floor: MsyncFloo
             fl = floor.take(flushes)
             p50, f50 = _p50(lat), _p50(fl)
             ratio = p50 / f50
+            limit = COMMIT_TARGET[mode]
             report.add(Row(
                 f"'{mode}' durable alloc/free",
                 f"{1 / p50:,.0f} commits/s (p50 {_us(p50)}, p99 {_us(_p99(lat))})",
                 f"{flushes} x msync 4 KiB: {1 / f50:,.0f}/s (p50 {_us(f50)})",
                 f"{1 / _p50(base_lat):,.0f} ops/s (1 msync, not crash-safe)" if base_lat else "-",
-                "<= 1.2x floor",
-                f"{ratio:.2f}x {_verdict(ratio <= 1.2)}",
+                f"<= {limit:.2f}x floor",
+                f"{ratio:.3f}x {_verdict(ratio <= limit)}",
             ))
     finally:
         base.close()
@@ -404,9 +427,32 @@ def bench_calls(directory: Path, s: Settings, report: Report) -> None:
                 t2 = time.perf_counter()
             return (t1 - t) / n, (t2 - t1) / n
 
-        runs = [one_pass() for _ in range(s.passes)]
-        bruns = [base_pass() for _ in range(s.passes)]
+        # The same C functions called bare through cffi, on the same pager: what the
+        # binding costs without the Python layer (lock, checks, conversions).
+        handle, c_alloc, c_free = pager._handle, lib.mp_pager_alloc, lib.mp_pager_free
+        out = ffi.new("uint64_t[1]")
+
+        def bare_pass() -> tuple[float, float]:
+            got = array("Q", bytes(8 * n))
+            with _no_gc():
+                t = time.perf_counter()
+                for i in range(n):
+                    c_alloc(handle, 0, out)
+                    got[i] = out[0]
+                t1 = time.perf_counter()
+                for pid in got:
+                    c_free(handle, pid)
+                t2 = time.perf_counter()
+            pager.sync()
+            return (t1 - t) / n, (t2 - t1) / n
+
+        runs, cruns, bruns = [], [], []
+        for _ in range(s.passes):  # interleaved, so all three see the same load
+            runs.append(one_pass())
+            cruns.append(bare_pass())
+            bruns.append(base_pass())
         a, f = min(r[0] for r in runs), min(r[1] for r in runs)
+        ca, cf = min(r[0] for r in cruns), min(r[1] for r in cruns)
         ba, bf = min(r[0] for r in bruns), min(r[1] for r in bruns)
 
         def noop(x: int = 0) -> int:
@@ -420,11 +466,13 @@ def bench_calls(directory: Path, s: Settings, report: Report) -> None:
                 return (time.perf_counter() - t) / n
 
         call_floor = _best_of(s.passes, noop_pass)
-        floor_text = f"Python call of a no-op function: {_ns(call_floor)}"
-        report.add(Row("'none' alloc() per call", _ns(a), floor_text, _ns(ba),
-                       "<= 300 ns", _verdict(a <= 300e-9)))
-        report.add(Row("'none' free() per call", _ns(f), floor_text, _ns(bf),
-                       "<= 300 ns", _verdict(f <= 300e-9)))
+        for name, v, c, b in (("alloc", a, ca, ba), ("free", f, cf, bf)):
+            report.add(Row(
+                f"'none' {name}() per call", _ns(v),
+                f"bare cffi mp_pager_{name}: {_ns(c)} ({v / c:.2f}x); "
+                f"no-op Python call: {_ns(call_floor)}",
+                _ns(b), "< pure-Python, <= 1.3x bare cffi",
+                _verdict(v < b and v <= 1.3 * c)))
         report.add(Row("'none' alloc/free", f"{2 / (a + f):,.0f} commits/s", "-",
                        f"{2 / (ba + bf):,.0f} ops/s", "-", "-"))
 
@@ -461,7 +509,7 @@ def bench_calls(directory: Path, s: Settings, report: Report) -> None:
         sl = _best_of(s.passes, slice_pass)
         bp = _best_of(s.passes, base_page_pass)
         report.add(Row("page() per call", _ns(per), f"bare memoryview slice: {_ns(sl)}",
-                       _ns(bp), "<= 500 ns", _verdict(per <= 500e-9)))
+                       _ns(bp), "<= 250 ns", _verdict(per <= 250e-9)))
         gc.collect()
     finally:
         base.close()
@@ -564,6 +612,119 @@ def _bulk_without_sync(directory: Path, s: Settings, report: Report) -> None:
                        _verdict(n / d >= 50e6)))
     finally:
         _drop(pager)
+
+
+# --------------------------------------------------------------------------
+# Single sub-page calls, and open of a big sparse file
+# --------------------------------------------------------------------------
+
+
+def _sibling(name: str) -> Any:
+    """A benchmark module beside this file, loaded by path (as the suite itself is)."""
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"mappedpages_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_subpage(directory: Path, s: Settings, report: Report) -> None:
+    """Single sub-page alloc/free (512 B of 4 KiB pages) in big pages already held
+    (no call commits), beside the pure-Python int-mask allocator of
+    benchmarks/bench_subpage.py, interleaved."""
+    sb = _sibling("bench_subpage")
+    n = 10 * s.calls
+    order = list(range(n))
+    random.Random(42).shuffle(order)
+    best: dict[str, list[float]] = {"c": [1e9, 1e9], "py": [1e9, 1e9]}
+    makers = {"c": lambda p: SubPageAllocator(p, 512),
+              "py": lambda p: sb.PyBitmaskAllocator(p, 512)}
+    for _ in range(max(2, s.passes // 2)):
+        for key, make in makers.items():
+            ta, tf = sb.run_case(make, directory, n, "warm", order, f"sub-{key}")
+            best[key] = [min(best[key][0], ta), min(best[key][1], tf)]
+    for i, name in enumerate(("alloc", "free")):
+        c, py = n / best["c"][i], n / best["py"][i]
+        report.add(Row(f"sub-page {name}(), single, in pages already held",
+                       f"{c / 1e6:,.2f} M ops/s", "-", f"{py / 1e6:,.2f} M ops/s (int masks)",
+                       ">= 1.5x pure Python", f"{c / py:.2f}x {_verdict(c >= 1.5 * py)}"))
+
+
+OPEN_PAGES = 2**27
+
+
+def _sparse_file(path: Path, pages: int) -> int:
+    """An extended-layout file of at least ``pages`` 4 KiB pages, all allocated,
+    sparse (only the layout's own pages take blocks); returns its page count."""
+    batch = 1 << 20
+    buf = array("Q", bytes(8 * batch))
+    with Pager.create(path, PAGE, durability="none", grow_step=pages * PAGE // 32,
+                      preallocate=False) as pager:
+        while pager.page_count < pages or pager.free_page_count:
+            free = pager.free_page_count
+            if free:
+                pager.alloc_bulk(min(free, batch), out=buf)
+            else:
+                pager.alloc()  # no free page: this one grows the file
+        pager.sync()
+        count: int = pager.page_count
+        return count
+
+
+def _evict(path: Path) -> bool:
+    """Drops the file's pages from the page cache (this file only); False if the
+    system cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+def bench_open(directory: Path, s: Settings, report: Report) -> None:
+    """Open + close of a 2^27-page sparse file (4 KiB pages): a writer and a
+    ReadOnlyPager, with the page cache as the build left it (median), and after
+    the file was dropped from the page cache."""
+    path = directory / "open.mpp"
+    pages = _sparse_file(path, OPEN_PAGES)
+    openers: dict[str, Callable[[], Any]] = {
+        "Pager": lambda: Pager.open(path, PAGE, preallocate=False),
+        "ReadOnlyPager": lambda: ReadOnlyPager.open(path, PAGE),
+    }
+    warm: dict[str, list[float]] = {k: [] for k in openers}
+    cold: dict[str, list[float]] = {k: [] for k in openers}
+    try:
+        for _ in range(max(3, s.passes)):
+            for name, fn in openers.items():
+                t = time.perf_counter()
+                fn().close()
+                warm[name].append(time.perf_counter() - t)
+        for _ in range(2):
+            for name, fn in openers.items():
+                if not _evict(path):
+                    continue
+                t = time.perf_counter()
+                fn().close()
+                cold[name].append(time.perf_counter() - t)
+    finally:
+        path.unlink()
+        Path(str(path) + "-readers").unlink(missing_ok=True)
+    what = f"open + close, {pages:,} pages (2^27+, 4 KiB, sparse)"
+    w = {k: _p50(v) for k, v in warm.items()}
+    report.add(Row(f"{what}: Pager / ReadOnlyPager",
+                   f"{w['Pager'] * 1e3:,.0f} / {w['ReadOnlyPager'] * 1e3:,.0f} ms", "-", "-",
+                   "<= 250 ms", _verdict(max(w.values()) <= 0.25)))
+    if all(cold.values()):
+        c = {k: min(v) for k, v in cold.items()}
+        report.add(Row("  the same, the file dropped from the page cache first",
+                       f"{c['Pager'] * 1e3:,.0f} / {c['ReadOnlyPager'] * 1e3:,.0f} ms", "-",
+                       "-", "-", "-"))
 
 
 def _bare_flushes(fd: int, m: mmap.mmap, i: int, msyncs: int) -> float:
@@ -984,7 +1145,7 @@ def render(report: Report, directory: Path) -> str:
         (r.measure, r.value, r.floor, r.baseline, r.target, r.met) for r in report.rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    lines = [f"mappedpages benchmark in {directory}", machine(directory), ""]
+    lines = [f"mappedpages benchmark in {directory}", f"{machine(directory)}; {report.load}", ""]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
     lines += [line, "-|-".join("-" * w for w in widths)]
     for c in cells[1:]:
@@ -995,9 +1156,40 @@ def render(report: Report, directory: Path) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") or " "
+
+
+def render_markdown(report: Report, directory: Path) -> str:
+    """The report as the README's Markdown table: the machine and the load the
+    run saw above it, the notes below it. Paste it over the table to update it."""
+    lines = [f"Measured on {machine(directory)}; {report.load}.", ""]
+    lines.append("| measure | mappedpages | floor (same run) | pure-Python mmap | target | met |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in report.rows:
+        if r.measure.startswith("[") and not r.value:
+            lines.append(f"| **{_cell(r.measure.strip('[]'))}** | | | | | |")
+            continue
+        cells = (r.measure, r.value, r.floor, r.baseline, r.target, r.met)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if report.notes:
+        lines.append("")
+        lines += report.notes
+    return "\n".join(lines)
+
+
+def _load_text() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
+    except OSError:
+        return "load average unknown"
+
+
 def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
     """Run the measurements (all, or the groups in ``only``) in ``directory``."""
     report = Report()
+    start = _load_text()
     floor = MsyncFloor(directory)
     try:
         groups: list[tuple[str, str, Callable[[], None]]] = [
@@ -1007,6 +1199,9 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
              lambda: bench_calls(directory, s, report)),
             ("bulk", "bulk calls on caller buffers, durability='none'",
              lambda: bench_bulk(directory, s, report)),
+            ("subpage", "single sub-page calls, big pages already held",
+             lambda: bench_subpage(directory, s, report)),
+            ("open", "open of a big sparse file", lambda: bench_open(directory, s, report)),
             ("protected", "protected writes", lambda: bench_protected(directory, s, report)),
             ("io", "bytes written to storage per commit", lambda: bench_io(directory, s, report)),
         ]
@@ -1017,6 +1212,7 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
             fn()
     finally:
         floor.close()
+    report.load = f"{start} at the start, {_load_text().split(' ', 2)[2]} at the end"
     report.notes.append(
         "floors: bare msyncs of dirtied 4 KiB pages of a plain mmap'd file in the same folder, "
         "interleaved with the measured calls; 'compat' commits flush 2 pages, 'fast' 1, "
@@ -1059,8 +1255,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the benchmark files (default: a temporary folder "
                         "in the current directory)")
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the table in Markdown, with the machine and the load "
+                        "above it: the README's table, ready to paste over it")
     parser.add_argument("--only", action="append", default=None,
-                        choices=["commits", "txn", "calls", "bulk", "protected", "io", "engine"],
+                        choices=["commits", "txn", "calls", "bulk", "subpage", "open",
+                                 "protected", "io", "engine"],
                         help="run only this group (repeatable); 'engine' runs "
                         "benchmarks/bench_engine.py of a checkout (a B+tree against py-lmdb "
                         "and sqlite3)")
@@ -1081,7 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run(work, s, only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(render(report, args.dir or Path(os.getcwd())))
+    show = render_markdown if args.markdown else render
+    print(show(report, args.dir or Path(os.getcwd())))
     sys.stdout.flush()
     return 0
 
