@@ -178,6 +178,20 @@ static void map_random(const mp_map *m, int on)
         (void)posix_madvise(m->base, (size_t)m->mapped, on ? POSIX_MADV_RANDOM : POSIX_MADV_NORMAL);
 }
 
+/* Asks for every chunk's layout pages at once, before the load touches them
+ * one by one: the reads go to the device together, not one fault at a time
+ * (a cold open of a big file waits for one batch, not for thousands). */
+static void map_prefetch_layout(const mp_pager *p)
+{
+    uint64_t pages = p->map.mapped / p->page_size;
+    uint64_t span = (uint64_t)MP_LAYOUT_PAGES * p->page_size;
+    for (uint64_t c = 1; c <= fmt_chunks_below(p->chunk_pages, pages); c++) {
+        uint64_t at = fmt_chunk_start(p->chunk_pages, c) * p->page_size;
+        if (at + span <= p->map.mapped)
+            (void)posix_madvise(p->map.base + at, (size_t)span, POSIX_MADV_WILLNEED);
+    }
+}
+
 /* A writer's open: clears what an unfinished commit left, commits the
  * repairs open made and brings page 0 in line with the chosen state. */
 static int commit_repairs(mp_pager *p, mp_open_report *report)
@@ -268,6 +282,7 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     }
     /* Open touches a few pages per chunk, far apart: no read-around. */
     map_random(&p->map, 1);
+    map_prefetch_layout(p);
     rc = pager_load_with_retries(p, map_len, report, &page0_stale);
     p->durability = opts->durability;
     set_growth(p, opts);
@@ -406,6 +421,7 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
     committed_swap(p, &aside);
     int stale = 0;
     map_random(&p->map, 1);
+    map_prefetch_layout(p);
     rc = pager_load_with_retries(p, map_len, report, &stale);
     map_random(&p->map, 0);
     if (rc != MP_OK)
