@@ -31,6 +31,7 @@ import os
 import struct
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import accumulate
@@ -480,10 +481,19 @@ class _Rewrite:
         return parts
 
     def store(self, tx: Transaction, top: int) -> int:
-        """Give the new nodes pages, write them, free the replaced ones; the root's page."""
+        """Give the new nodes pages, write them, free the replaced ones; the root's page.
+
+        One call each: ``alloc_bulk`` for the pages, ``free_bulk`` for the
+        replaced nodes (not handed out again before the batch is durable) and
+        ``tx.write_pages`` for the nodes, written through the page cache (not
+        stores through the mapping, which would dirty whole page-cache folios
+        around them).
+        """
         tree, pager = self.tree, self.tree.pager
         live = [j for j, node in enumerate(self.new) if node is not None]
-        pages = pager.alloc_bulk(len(live)) if live else []
+        pages = array("Q", bytes(8 * len(live)))
+        if live:
+            pager.alloc_bulk(len(live), out=pages)
         placed = [0] * len(self.new)
         for j, pid in zip(live, pages):
             placed[j] = pid
@@ -491,6 +501,9 @@ class _Rewrite:
             pager.free_bulk(self.freed)
             for old in self.freed:
                 tree._cache.pop(old, None)
+        size = self.page_size
+        data = bytearray(len(live) * size)
+        at = 0
         for j, pid in zip(live, pages):
             node = self.new[j]
             assert node is not None
@@ -499,8 +512,12 @@ class _Rewrite:
                 kids[x] = kid = placed[~kids[x]]
                 if x:
                     ents[x - 1] = _link(keys[x - 1], kid)
-            tx.write(pid, node.encode())
+            encoded = node.encode()
+            data[at : at + len(encoded)] = encoded
+            at += size
             tree._remember(pid, node)
+        if live:
+            tx.write_pages(pages, data)
         return placed[~top] if top < 0 else top
 
 

@@ -9,10 +9,12 @@ allocations, roots and protected writes of the block, in one commit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mappedpages._base import as_id
 from mappedpages._core import ffi, lib
+from mappedpages._ids import _ids_array, _u64_buffer
 from mappedpages._types import PageId
 
 if TYPE_CHECKING:
@@ -96,6 +98,39 @@ class Transaction:
                 raise ValueError(f"offset must be below the page size, not {off}")
             buf = ffi.from_buffer("uint8_t[]", raw)
             self._pager._check(lib.mp_txn_write(handle, pid, off, buf, len(raw)), f"page {pid}")
+
+    def write_pages(self, pages: Iterable[PageId] | Any, data: Any) -> None:
+        """Write whole pages in one call: page ``i`` of ``data`` to page ``pages[i]``.
+
+        ``pages`` is any iterable of ids, or a buffer of unsigned 64-bit
+        integers (``array('Q')``, as ``alloc_bulk(n, out=...)`` fills);
+        ``data`` is bytes-like, ``len(pages) * page_size`` bytes. Like
+        :meth:`write` (through the page cache, the pages marked dirty), with
+        one ``pwrite`` per run of consecutive ids. Every id is checked before
+        anything is written (:class:`OutOfBounds`, :class:`ReservedPage`);
+        ``ValueError`` when the sizes do not match or nothing is given.
+        """
+        arr = _u64_buffer(pages, writable=False)
+        if arr is not None:
+            count = len(arr)
+        else:
+            values, arr = _ids_array(pages, "page id")
+            count = len(values)
+        raw = memoryview(data).cast("B")
+        with self._pager._lock:
+            handle = self._handle()
+            size = self._pager.page_size
+            if count == 0 or len(raw) != count * size:
+                raise ValueError(
+                    f"data must be {count} pages of {size} bytes for {count} page ids, "
+                    f"not {len(raw)} bytes"
+                    if count
+                    else "no pages to write"
+                )
+            buf = ffi.from_buffer("uint8_t[]", raw)
+            rc = lib.mp_txn_write_pages(handle, arr, count, buf, len(raw))
+            if rc:
+                self._pager._check(rc, f"write_pages ({count} pages)")
 
     @property
     def dirty_pages(self) -> int:
