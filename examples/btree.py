@@ -5,18 +5,23 @@ Nodes live in pages; the root page id is ``roots[0]`` and the key count
 (``with pager.transaction() as tx``), so after a crash the tree is the one of
 the last committed batch, whole. Nodes are never written in place once
 committed: a batch copies every node it changes into a new page (written
-through ``tx.write``, so its content commits with the batch) and frees the old
-one (its page is not handed out again before the batch is durable).
+through ``tx.write_pages``, so its content commits with the batch) and frees
+the old one (its page is not handed out again before the batch is durable).
 
 Node layout (little-endian), in one page:
 
     0  u8   kind: 1 = leaf, 2 = internal
     1  u8   zero
     2  u16  n: entries
-    4  u32  where the entries end (they are stored in order, back to back)
-    leaf:      8 + 2*i: u16 offset of entry i; entry: u16 klen, u32 vlen, key, value
-    internal:  8: u64 child 0; 16 + 2*i: u16 offset of entry i;
+    4  u32  where the entries end
+    leaf:      8: the entries, in key order, back to back;
+               entry: u16 klen, u32 vlen, key, value
+    internal:  8: u64 child 0; 16: the entries, in key order, back to back;
                entry: u16 klen, key, u64 child i + 1 (keys >= key go right)
+
+There is no table of entry offsets: a node is decoded whole, once, into the
+tree's cache of nodes, and searched there; without one, writing a node is one
+join of its entries.
 
 Keys and values are ``bytes``; an entry (key, value and 8 bytes) must fit in a
 quarter of a page (``BTree.max_entry``), so a split always fits. Deletes
@@ -34,7 +39,6 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import accumulate
 from typing import Any, Callable
 
 from mappedpages import PageId, Pager, Transaction
@@ -87,45 +91,48 @@ class _Node:
     keeps its children. A committed node is never changed (copy-on-write).
     """
 
-    __slots__ = ("kind", "keys", "ents", "kids")
+    __slots__ = ("kind", "keys", "ents", "kids", "size")
 
-    def __init__(self, kind: int, keys: list[bytes], ents: list[bytes], kids: list[int]) -> None:
+    def __init__(
+        self, kind: int, keys: list[bytes], ents: list[bytes], kids: list[int], size: int
+    ) -> None:
         self.kind = kind
         self.keys = keys
         self.ents = ents
         self.kids = kids
+        self.size = size  # bytes, header included
 
     def encode(self) -> bytes:
         """The node's bytes, as stored at the start of its page."""
-        n = len(self.keys)
-        head = [_HDR.pack(self.kind, 0, n, 0)]
-        if self.kind == INTERNAL:
-            head.append(_U64.pack(self.kids[0]))
-        # Entry offsets: entries follow the offset table, back to back.
-        offs = list(accumulate(map(len, self.ents), initial=8 * len(head) + 2 * n))
-        head[0] = _HDR.pack(self.kind, 0, n, offs[n])
-        head.append(struct.pack(f"<{n}H", *offs[:n]))
-        return b"".join(head + self.ents)
+        head = _HDR.pack(self.kind, 0, len(self.keys), self.size)
+        if self.kind == LEAF:
+            return b"".join([head, *self.ents])
+        return b"".join([head, _U64.pack(self.kids[0]), *self.ents])
 
 
 def _decode(page: memoryview) -> _Node:
     kind, _, n, end = _HDR.unpack_from(page, 0)
-    data = bytes(page)
+    data = bytes(page[:end])
     keys: list[bytes] = []
     ents: list[bytes] = []
     kids: list[int] = []
-    frm = int.from_bytes
     if kind == LEAF:
-        # Entries are stored in order and back to back, up to `end`.
-        offs = struct.unpack_from(f"<{n}H", data, 8)
-        ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
-        keys = [e[6 : 6 + (e[0] | e[1] << 8)] for e in ents]
+        at = 8
+        for _ in range(n):
+            klen, vlen = _LEAF_ENTRY.unpack_from(data, at)
+            keys.append(data[at + 6 : at + 6 + klen])
+            ents.append(data[at : at + 6 + klen + vlen])
+            at += 6 + klen + vlen
     else:
-        offs = struct.unpack_from(f"<{n}H", data, 16)
-        ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
-        keys = [e[2:-8] for e in ents]
-        kids = [frm(data[8:16], "little")] + [frm(e[-8:], "little") for e in ents]
-    return _Node(kind, keys, ents, kids)
+        kids.append(_U64.unpack_from(data, 8)[0])
+        at = 16
+        for _ in range(n):
+            (klen,) = _U16.unpack_from(data, at)
+            keys.append(data[at + 2 : at + 2 + klen])
+            ents.append(data[at : at + 10 + klen])
+            kids.append(_U64.unpack_from(data, at + 2 + klen)[0])
+            at += 10 + klen
+    return _Node(kind, keys, ents, kids, end)
 
 
 class BTree:
@@ -314,9 +321,9 @@ class _Rewrite:
         self.delta = 0  # keys added minus keys removed
         self.page_size = tree.pager.page_size
         # The most entry bytes a split part aims at: a part that reaches it
-        # takes one more entry (a leaf's: key, value and 8 bytes; an internal
-        # one's: key and 12 bytes, at most max_entry + 4) and still fits a page.
-        self.cap = self.page_size - 16 - (tree.max_entry + 4)
+        # takes one more entry (a leaf's: key, value and 6 bytes; an internal
+        # one's: key and 10 bytes, at most max_entry + 2) and still fits a page.
+        self.cap = self.page_size - 16 - (tree.max_entry + 2)
 
     def run(self, root: int) -> int:
         """Apply the batch under ``root`` (0: empty tree); the new root."""
@@ -326,12 +333,13 @@ class _Rewrite:
                 return root
             parts = got
         else:
-            merged = self._merge(_Node(LEAF, [], [], []), 0, len(self.keys))
+            merged = self._merge(_Node(LEAF, [], [], [], 8), 0, len(self.keys))
             parts = self._leaves(*merged) if merged else []
         while len(parts) > 1:  # the root split: a new level
             seps = [b""] + [sep for sep, _ in parts[1:]]
             kids = [kid for _, kid in parts]
-            parts = self._internals(seps, kids, [b""] * len(kids), list(range(len(kids))))
+            size = 16 + sum(len(s) + 10 for s in seps[1:])
+            parts = self._internals(seps, kids, [b""] * len(kids), list(range(len(kids))), size)
         top = parts[0][1] if parts else 0
         # A root with one child is replaced by that child.
         while top:
@@ -370,6 +378,7 @@ class _Rewrite:
         out_k: list[int] = []
         out_e: list[bytes] = []
         unplaced: list[int] = []
+        size = node.size
         done = 0  # children before this one are in the out lists or dropped
         keys, bounds = self.keys, node.keys
         i = lo
@@ -384,7 +393,11 @@ class _Rewrite:
             out_k += kids[done:c]
             out_e += ents[done:c]
             done = c + 1
+            if not parts and c:
+                size -= len(seps[c]) + 10  # its entry goes (child 0 has none)
             for n, (sep, kid) in enumerate(parts):
+                if n:
+                    size += len(sep) + 10
                 unplaced.append(len(out_k))
                 out_s.append(sep if n else seps[c])
                 out_k.append(kid)
@@ -397,8 +410,10 @@ class _Rewrite:
         self.freed.append(pid)
         if not out_k:
             return []
-        out_s[0] = out_e[0] = b""  # the first child may have been dropped
-        return self._internals(out_s, out_k, out_e, unplaced)
+        if out_s[0]:  # the first child was dropped: the next one's entry goes
+            size -= len(out_s[0]) + 10
+            out_s[0] = out_e[0] = b""
+        return self._internals(out_s, out_k, out_e, unplaced, size)
 
     def _merge(
         self, leaf: _Node, lo: int, hi: int
@@ -410,6 +425,7 @@ class _Rewrite:
         keys, ents = leaf.keys, leaf.ents
         out_k: list[bytes] = []
         out_e: list[bytes] = []
+        size = leaf.size
         at = 0  # entries of the leaf before this one are placed
         changed = False
         for i in range(lo, hi):
@@ -422,18 +438,19 @@ class _Rewrite:
             out_k += keys[at:j]
             out_e += ents[at:j]
             at = j + 1 if found else j
-            if value is None:
+            if found:
+                size -= len(ents[j])
                 self.delta -= 1
-            else:
+            if value is not None:
                 out_k.append(key)
                 out_e.append(_entry(key, value))
-                if not found:
-                    self.delta += 1
+                size += len(out_e[-1])
+                self.delta += 1
         if not changed:
             return None
         out_k += keys[at:]
         out_e += ents[at:]
-        return out_k, out_e, 8 + 2 * len(out_e) + sum(map(len, out_e))
+        return out_k, out_e, size
 
     def _cuts(self, sizes: list[int]) -> list[int]:
         """Where the parts of an overfull node start, for entries of ``sizes`` bytes."""
@@ -452,30 +469,40 @@ class _Rewrite:
         if not keys:
             return []
         if size <= self.page_size:
-            return [(b"", self._add(_Node(LEAF, keys, ents, [])))]
-        starts = self._cuts([len(e) + 2 for e in ents])
-        ends = starts[1:] + [len(keys)]
-        return [
-            (keys[a] if a else b"", self._add(_Node(LEAF, keys[a:b], ents[a:b], [])))
-            for a, b in zip(starts, ends)
-        ]
+            return [(b"", self._add(_Node(LEAF, keys, ents, [], size)))]
+        sizes = [len(e) for e in ents]
+        starts = self._cuts(sizes)
+        parts: list[_Part] = []
+        for a, b in zip(starts, starts[1:] + [len(keys)]):
+            node = _Node(LEAF, keys[a:b], ents[a:b], [], 8 + sum(sizes[a:b]))
+            parts.append((keys[a] if a else b"", self._add(node)))
+        return parts
 
     def _internals(
-        self, seps: list[bytes], kids: list[int], ents: list[bytes], unplaced: list[int]
+        self,
+        seps: list[bytes],
+        kids: list[int],
+        ents: list[bytes],
+        unplaced: list[int],
+        size: int,
     ) -> list[_Part]:
-        """New internal nodes over ``kids`` (split as needed; a cut's separator moves up).
+        """New internal nodes over ``kids``, ``size`` bytes in one node.
 
-        ``unplaced``: the indexes of the new children, linked in ``store``.
+        Split as needed (a cut's separator moves up). ``unplaced``: the
+        indexes of the new children, linked in ``store``.
         """
-        size = 16 + 12 * (len(kids) - 1) + sum(map(len, seps))
         if size <= self.page_size:
-            tmp = self._add(_Node(INTERNAL, seps[1:], ents[1:], kids))
+            tmp = self._add(_Node(INTERNAL, seps[1:], ents[1:], kids, size))
             self.unplaced[~tmp] = unplaced
             return [(b"", tmp)]
-        starts = self._cuts([0] + [len(s) + 12 for s in seps[1:]])
+        sizes = [0] + [len(s) + 10 for s in seps[1:]]
+        starts = self._cuts(sizes)
         parts: list[_Part] = []
         for a, b in zip(starts, starts[1:] + [len(kids)]):
-            tmp = self._add(_Node(INTERNAL, seps[a + 1 : b], ents[a + 1 : b], kids[a:b]))
+            node = _Node(
+                INTERNAL, seps[a + 1 : b], ents[a + 1 : b], kids[a:b], 16 + sum(sizes[a + 1 : b])
+            )
+            tmp = self._add(node)
             self.unplaced[~tmp] = [x - a for x in unplaced if a <= x < b]
             parts.append((seps[a] if a else b"", tmp))
         return parts
@@ -513,6 +540,7 @@ class _Rewrite:
                 if x:
                     ents[x - 1] = _link(keys[x - 1], kid)
             encoded = node.encode()
+            assert len(encoded) == node.size <= size
             data[at : at + len(encoded)] = encoded
             at += size
             tree._remember(pid, node)
