@@ -21,6 +21,28 @@ if TYPE_CHECKING:
     from mappedpages._pager import Pager
 
 
+class TransactionBlock:
+    """What :meth:`Pager.transaction` returns: a ``with`` block over the pager's transaction.
+
+    Entering holds the pager and begins a transaction, or joins the open one
+    (nested blocks join the outermost); the ``with`` target is the
+    :class:`Transaction`. Leaving the outermost block commits it, or rolls it
+    back when the block raised. A plain class rather than a generator: a
+    transaction per small update is an engine's hot path.
+    """
+
+    __slots__ = ("_pager",)
+
+    def __init__(self, pager: Pager) -> None:
+        self._pager = pager
+
+    def __enter__(self) -> Transaction:
+        return self._pager._txn_enter()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
+        self._pager._txn_exit(exc_type is not None)
+
+
 class Transaction:
     """An open transaction of a :class:`Pager` (the target of ``with pager.transaction()``).
 
