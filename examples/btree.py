@@ -370,7 +370,10 @@ class _Rewrite:
             if merged is None:
                 return None
             self.freed.append(pid)
-            return self._leaves(*merged)
+            keys, ents, size = merged
+            if keys and size <= self.page_size:  # (the usual case, without a call)
+                return [(b"", self._add(_Node(LEAF, keys, ents, [], size)))]
+            return self._leaves(keys, ents, size)
         # Child c is entered with keys >= seps[c]; ents[c] links seps[c] to
         # kids[c] (index 0 holds placeholders: the first child has neither).
         seps, kids, ents = [b""] + node.keys, node.kids, [b""] + node.ents
@@ -423,6 +426,23 @@ class _Rewrite:
         None if that changes nothing.
         """
         keys, ents = leaf.keys, leaf.ents
+        if hi - lo == 1:  # one key, as when a batch spreads over many leaves: no loop
+            key, value = self.keys[lo], self.values[lo]
+            j = bisect.bisect_left(keys, key)
+            found = j < len(keys) and keys[j] == key
+            if value is None:
+                if not found:
+                    return None
+                self.delta -= 1
+                size = leaf.size - len(ents[j])
+                return keys[:j] + keys[j + 1 :], ents[:j] + ents[j + 1 :], size
+            entry = _entry(key, value)
+            if found:  # the keys stay (a leaf's lists are never changed: shared)
+                size = leaf.size + len(entry) - len(ents[j])
+                return keys, ents[:j] + [entry] + ents[j + 1 :], size
+            self.delta += 1
+            size = leaf.size + len(entry)
+            return keys[:j] + [key] + keys[j:], ents[:j] + [entry] + ents[j:], size
         out_k: list[bytes] = []
         out_e: list[bytes] = []
         size = leaf.size
