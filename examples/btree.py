@@ -149,15 +149,14 @@ class BTree:
     def _node(self, pid: int) -> _Node:
         node = self._cache.get(pid)
         if node is None:
-            node = _decode(self.pager.page(PageId(pid)))
-            self._remember(pid, node)
+            node = self._cache[pid] = _decode(self.pager.page(PageId(pid)))
+            self._trim_cache()
         return node
 
-    def _remember(self, pid: int, node: _Node) -> None:
+    def _trim_cache(self) -> None:
         cache = self._cache
-        if len(cache) >= self._cache_nodes:
+        while len(cache) > self._cache_nodes:
             del cache[next(iter(cache))]
-        cache[pid] = node
 
     @classmethod
     @contextmanager
@@ -548,22 +547,24 @@ class _Rewrite:
             pager.free_bulk(self.freed)
             for old in self.freed:
                 tree._cache.pop(old, None)
-        size = self.page_size
+        size, new, unplaced, cache = self.page_size, self.new, self.unplaced, tree._cache
         data = bytearray(len(live) * size)
         at = 0
         for j, pid in zip(live, pages):
-            node = self.new[j]
+            node = new[j]
             assert node is not None
-            kids, keys, ents = node.kids, node.keys, node.ents
-            for x in self.unplaced.get(j, ()):
-                kids[x] = kid = placed[~kids[x]]
-                if x:
-                    ents[x - 1] = _link(keys[x - 1], kid)
+            if j in unplaced:  # an internal node: link its new children
+                kids, keys, ents = node.kids, node.keys, node.ents
+                for x in unplaced[j]:
+                    kids[x] = kid = placed[~kids[x]]
+                    if x:
+                        ents[x - 1] = _link(keys[x - 1], kid)
             encoded = node.encode()
             assert len(encoded) == node.size <= size
             data[at : at + len(encoded)] = encoded
             at += size
-            tree._remember(pid, node)
+            cache[pid] = node
+        tree._trim_cache()
         if live:
             tx.write_pages(pages, data)
         return placed[~top] if top < 0 else top
