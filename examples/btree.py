@@ -373,8 +373,38 @@ class _Rewrite:
             if keys and size <= self.page_size:  # (the usual case, without a call)
                 return [(b"", self._add(_Node(LEAF, keys, ents, [], size)))]
             return self._leaves(keys, ents, size)
-        # Child c is entered with keys >= seps[c]; ents[c] links seps[c] to
-        # kids[c] (index 0 holds placeholders: the first child has neither).
+        # The batch's keys split among the children: child c takes the keys
+        # below bounds[c] (keys >= bounds[c - 1] come to it).
+        changes: list[tuple[int, list[_Part]]] = []
+        keys, bounds = self.keys, node.keys
+        i = lo
+        while i < hi:
+            c = bisect.bisect_right(bounds, keys[i])
+            j = bisect.bisect_left(keys, bounds[c], i, hi) if c < len(bounds) else hi
+            parts = self._apply(node.kids[c], i, j)
+            if parts is not None:
+                changes.append((c, parts))
+            i = j
+        if not changes:
+            return None
+        self.freed.append(pid)
+        if len(changes) == 1 and len(changes[0][1]) == 1:
+            # One child replaced by one: the usual case near the root. The
+            # keys stay (shared: store changes only kids and ents).
+            c, [(_, kid)] = changes[0]
+            kids, ents = node.kids[:], node.ents[:]
+            kids[c] = kid
+            if c:
+                ents[c - 1] = b""  # linked when the child's page is known
+            tmp = self._add(_Node(INTERNAL, node.keys, ents, kids, node.size))
+            self.unplaced[~tmp] = [c]
+            return [(b"", tmp)]
+        return self._rebuild(node, changes)
+
+    def _rebuild(self, node: _Node, changes: list[tuple[int, list[_Part]]]) -> list[_Part]:
+        """Internal ``node`` with children ``c`` replaced by ``parts`` (none: dropped)."""
+        # seps[c] is child c's separator and ents[c] its entry (index 0 holds
+        # placeholders: the first child has neither).
         seps, kids, ents = [b""] + node.keys, node.kids, [b""] + node.ents
         out_s: list[bytes] = []
         out_k: list[int] = []
@@ -382,15 +412,7 @@ class _Rewrite:
         unplaced: list[int] = []
         size = node.size
         done = 0  # children before this one are in the out lists or dropped
-        keys, bounds = self.keys, node.keys
-        i = lo
-        while i < hi:
-            c = bisect.bisect_right(bounds, keys[i])
-            j = bisect.bisect_left(keys, bounds[c], i, hi) if c < len(bounds) else hi
-            parts = self._apply(kids[c], i, j)
-            i = j
-            if parts is None:
-                continue
+        for c, parts in changes:
             out_s += seps[done:c]
             out_k += kids[done:c]
             out_e += ents[done:c]
@@ -404,12 +426,9 @@ class _Rewrite:
                 out_s.append(sep if n else seps[c])
                 out_k.append(kid)
                 out_e.append(b"")  # linked when the child's page is known
-        if done == 0:
-            return None
         out_s += seps[done:]
         out_k += kids[done:]
         out_e += ents[done:]
-        self.freed.append(pid)
         if not out_k:
             return []
         if out_s[0]:  # the first child was dropped: the next one's entry goes
