@@ -415,61 +415,50 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         return TransactionBlock(self)
 
     def _txn_enter(self) -> Transaction:
-        """``TransactionBlock.__enter__``: hold the pager, begin or join, give the handle."""
-        lock = self._lock
-        lock.__enter__()  # released by _txn_exit: the block holds the pager
-        try:
-            handle = self._usable()
-            if self._txn_depth == 0:
-                self._check(lib.mp_txn_begin(handle), "transaction")
-                # (Empty, the usual case, without iterating the weak mapping.)
-                self._txn_writers_before = set(self._writers.keys()) if self._writers else set()
-                self._txn = Transaction(self)
-            self._txn_depth += 1
-            tx = self._txn
-            assert tx is not None
-            return tx
-        except BaseException:
-            lock.__exit__(None, None, None)
-            raise
+        """``TransactionBlock.__enter__``, the pager held: begin or join, give the handle."""
+        handle = self._usable()
+        if self._txn_depth == 0:
+            self._check(lib.mp_txn_begin(handle), "transaction")
+            # (Empty, the usual case, without iterating the weak mapping.)
+            self._txn_writers_before = set(self._writers.keys()) if self._writers else set()
+            self._txn = Transaction(self)
+        self._txn_depth += 1
+        tx = self._txn
+        assert tx is not None
+        return tx
 
     def _txn_exit(self, failed: bool) -> None:
-        """``TransactionBlock.__exit__``: leave a nested block, or end the outermost one.
+        """``TransactionBlock.__exit__``, the pager held: leave a block.
 
-        The outermost one rolls back when its block raised (the exception
-        propagates) and commits otherwise; both let go of the pager.
+        Leaving the outermost one rolls it back when its block raised (the
+        exception propagates) and commits it otherwise.
         """
-        try:
-            self._txn_depth -= 1
-            if self._txn_depth:
-                return
-            self._end_txn()
-            if failed:
-                self._txn_abort()
-                return
-            left_open = (
-                sorted(set(self._writers.keys()) - self._txn_writers_before)
-                if self._writers
-                else []
+        self._txn_depth -= 1
+        if self._txn_depth:
+            return
+        self._end_txn()
+        if failed:
+            self._txn_abort()
+            return
+        left_open = (
+            sorted(set(self._writers.keys()) - self._txn_writers_before) if self._writers else []
+        )
+        if left_open:
+            # Committing would silently leave their writes out.
+            self._txn_abort()
+            raise_for(
+                lib.MP_EWRITER_OPEN,
+                "transaction",
+                detail="the transaction ended with a writer still open on protected "
+                f"page(s) {', '.join(map(str, left_open))}; it was rolled back: "
+                "commit or discard each writer opened in the block before it ends",
             )
-            if left_open:
-                # Committing would silently leave their writes out.
-                self._txn_abort()
-                raise_for(
-                    lib.MP_EWRITER_OPEN,
-                    "transaction",
-                    detail="the transaction ended with a writer still open on protected "
-                    f"page(s) {', '.join(map(str, left_open))}; it was rolled back: "
-                    "commit or discard each writer opened in the block before it ends",
-                )
-            rc = lib.mp_txn_commit(self._handle)
-            if rc != 0:
-                self._txn_abort()
-                self._check(rc, "transaction commit")
-            self._txn_subs.clear()
-            self._refresh_stats()
-        finally:
-            self._lock.__exit__(None, None, None)
+        rc = lib.mp_txn_commit(self._handle)
+        if rc != 0:
+            self._txn_abort()
+            self._check(rc, "transaction commit")
+        self._txn_subs.clear()
+        self._refresh_stats()
 
     def _txn_join_sub(self, sub: Any) -> None:
         if id(sub) not in self._txn_subs:

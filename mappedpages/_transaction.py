@@ -31,16 +31,28 @@ class TransactionBlock:
     transaction per small update is an engine's hot path.
     """
 
-    __slots__ = ("_pager",)
+    __slots__ = ("_pager", "_held")
 
     def __init__(self, pager: Pager) -> None:
         self._pager = pager
+        self._held: Any = None
 
     def __enter__(self) -> Transaction:
-        return self._pager._txn_enter()
+        # The pager's lock, entered as `with` would, held until __exit__: the
+        # block holds the pager (other threads wait).
+        held = self._held = self._pager._lock
+        held.__enter__()
+        try:
+            return self._pager._txn_enter()
+        except BaseException:
+            held.__exit__(None, None, None)
+            raise
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
-        self._pager._txn_exit(exc_type is not None)
+        try:
+            self._pager._txn_exit(exc_type is not None)
+        finally:
+            self._held.__exit__(None, None, None)
 
 
 class Transaction:
@@ -142,12 +154,12 @@ class Transaction:
         with self._pager._lock:
             handle = self._handle()
             size = self._pager.page_size
-            if count == 0 or len(raw) != count * size:
+            if count == 0:
+                raise ValueError("no pages to write")
+            if len(raw) != count * size:
                 raise ValueError(
                     f"data must be {count} pages of {size} bytes for {count} page ids, "
                     f"not {len(raw)} bytes"
-                    if count
-                    else "no pages to write"
                 )
             buf = ffi.from_buffer("uint8_t[]", raw)
             rc = lib.mp_txn_write_pages(handle, arr, count, buf, len(raw))
