@@ -257,10 +257,8 @@ class Batch:
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``."""
-        if type(key) is not bytes or type(value) is not bytes:
-            if not isinstance(key, bytes) or not isinstance(value, bytes):
-                raise TypeError("keys and values are bytes")
-            key, value = bytes(key), bytes(value)
+        if not isinstance(key, bytes) or not isinstance(value, bytes):
+            raise TypeError("keys and values are bytes")
         if len(key) + len(value) + 8 > self.tree.max_entry:
             raise ValueError(
                 f"key and value take {len(key) + len(value) + 8} bytes; at most "
