@@ -6,15 +6,10 @@
  * once, constant), eight bytes a step, so a transaction's dirty pages are
  * summed at several times the speed of a byte-at-a-time table; results are
  * bit-for-bit zlib's (tests compare them). No state: the tables are const.
- *
- * On x86-64 processors with carry-less multiplication (PCLMULQDQ, asked of
- * the CPU at each call: no cached flag), runs of 64 bytes and more are folded
- * 64 bytes a step instead (Intel's "Fast CRC Computation for Generic
- * Polynomials Using PCLMULQDQ", with the constants of the reflected zlib
- * polynomial), about ten times the speed of the tables: every commit seals a
- * whole metadata page, and open checks every free-map page of the file. The
- * bytes past the last 16-byte block go through the tables; the result is the
- * same CRC either way.
+ * On x86-64 CPUs with carry-less multiply (asked each call, no cached flag)
+ * runs of 64 bytes and more are folded with PCLMULQDQ instead, about ten
+ * times fewer instructions a byte: a commit sums every dirty page, so this is
+ * most of a large transaction's time in the core.
  */
 #include "mp_internal.h"
 
@@ -23,8 +18,6 @@
     !defined(MP_CRC_TABLES_ONLY)
 #define MP_CRC_CLMUL 1
 #include <immintrin.h>
-#else
-#define MP_CRC_CLMUL 0
 #endif
 
 static const uint32_t crc_slice[8][256] = {
@@ -390,64 +383,82 @@ static const uint32_t crc_slice[8][256] = {
     },
 };
 
-#if MP_CRC_CLMUL
-/* Folds len bytes (len >= 64, a multiple of 16) into the running CRC c (the
- * register, pre-inverted as the tables' loop keeps it) and returns the
- * register after them. Four 128-bit lanes fold 64 bytes a step; they are
- * folded into one, then 16 bytes a step, then reduced to 32 bits (Barrett). */
-__attribute__((target("pclmul,sse2"))) static uint32_t crc_fold(uint32_t c, const uint8_t *buf,
-                                                                size_t len)
+#ifdef MP_CRC_CLMUL
+/* Folding by carry-less multiplication (Intel, "Fast CRC Computation for
+ * Generic Polynomials Using PCLMULQDQ"): four 128-bit lanes fold 64 bytes a
+ * step, then fold into one lane, 16 bytes a step, then to 64 bits, and a
+ * Barrett reduction gives 32. The constants are those of the reflected
+ * polynomial 0xEDB88320 (x^k mod P for each fold distance; P' and its
+ * Barrett quotient), as in zlib's and Linux's PCLMUL versions. c is the
+ * running register (inverted), len >= 64 and a multiple of 16. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc_clmul(uint32_t c, const uint8_t *buf,
+                                                                    size_t len)
 {
-    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
-    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
-    const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124);
-    const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
-    const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
+    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124LL);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
+    const __m128i mask32 = _mm_setr_epi32(~0, 0, ~0, 0);
     __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x00));
     __m128i x2 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x10));
     __m128i x3 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x20));
     __m128i x4 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x30));
+    __m128i x5;
     x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)c));
-    for (buf += 64, len -= 64; len >= 64; buf += 64, len -= 64) {
-        __m128i *lane[4] = {&x1, &x2, &x3, &x4};
+    buf += 64;
+    len -= 64;
+    while (len >= 64) {
+        __m128i lanes[4] = {x1, x2, x3, x4};
         for (int i = 0; i < 4; i++) {
-            __m128i lo = _mm_clmulepi64_si128(*lane[i], k1k2, 0x00);
-            __m128i hi = _mm_clmulepi64_si128(*lane[i], k1k2, 0x11);
+            __m128i lo = _mm_clmulepi64_si128(lanes[i], k1k2, 0x00);
+            __m128i hi = _mm_clmulepi64_si128(lanes[i], k1k2, 0x11);
             __m128i in = _mm_loadu_si128((const __m128i *)(const void *)(buf + 16 * i));
-            *lane[i] = _mm_xor_si128(_mm_xor_si128(hi, lo), in);
+            lanes[i] = _mm_xor_si128(_mm_xor_si128(hi, lo), in);
         }
+        x1 = lanes[0], x2 = lanes[1], x3 = lanes[2], x4 = lanes[3];
+        buf += 64;
+        len -= 64;
     }
+    /* Four lanes into one, then the remaining 16-byte blocks. */
     __m128i next[3] = {x2, x3, x4};
     for (int i = 0; i < 3; i++) {
-        __m128i lo = _mm_clmulepi64_si128(x1, k3k4, 0x00);
-        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lo), next[i]);
+        x5 = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, k3k4, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, next[i]), x5);
     }
     for (; len >= 16; buf += 16, len -= 16) {
-        __m128i lo = _mm_clmulepi64_si128(x1, k3k4, 0x00);
-        __m128i in = _mm_loadu_si128((const __m128i *)(const void *)buf);
-        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lo), in);
+        x5 = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, k3k4, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, _mm_loadu_si128((const __m128i *)(const void *)buf)), x5);
     }
-    /* 128 bits to 64, then to 32 by Barrett reduction. */
+    /* 128 bits to 64, then the Barrett reduction to 32. */
     x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
     x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
     x2 = _mm_srli_si128(x1, 4);
-    x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00), x2);
-    x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
-    x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, low32), poly, 0x00);
+    x1 = _mm_clmulepi64_si128(_mm_and_si128(x1, mask32), k5k0, 0x00);
     x1 = _mm_xor_si128(x1, x2);
-    return (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(x1, 4));
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, mask32), poly, 0x10);
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, mask32), poly, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+
+static int clmul_usable(void)
+{
+    __builtin_cpu_init(); /* idempotent; the answer is the CPU's, not ours */
+    return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
 }
 #endif
 
 uint32_t mp_crc32_update(uint32_t crc, const uint8_t *data, size_t len)
 {
     uint32_t c = crc ^ 0xFFFFFFFFu;
-#if MP_CRC_CLMUL
-    if (len >= 64 && __builtin_cpu_supports("pclmul")) {
-        size_t run = len & ~(size_t)15;
-        c = crc_fold(c, data, run);
-        data += run;
-        len -= run;
+#ifdef MP_CRC_CLMUL
+    if (len >= 64 && clmul_usable()) {
+        size_t n = len & ~(size_t)15;
+        c = crc_clmul(c, data, n);
+        data += n;
+        len -= n;
     }
 #endif
     while (len >= 8) {

@@ -4,7 +4,7 @@
  * flushing chosen pages.
  *
  * Owns: p->roots, the dirty-page set of the open transaction (p->dirty,
- * mp_txn_mark_dirty, mp_txn_write), the commit record (p->rec: the runs of
+ * mp_txn_mark_dirty, mp_txn_write, mp_txn_write_pages), the commit record (p->rec: the runs of
  * data pages the committed metadata copy vouches for, with their CRCs), the
  * "none"-mode snapshot a transaction rolls back to (p->snap), and
  * mp_pager_sync_run.
@@ -174,6 +174,19 @@ static int retire_record(mp_pager *p)
     return MP_OK;
 }
 
+/* Whether pages first .. first + count - 1 may join the dirty set: in the
+ * file, and neither the layout's nor the directory's. */
+static int check_dirtyable(const mp_pager *p, uint64_t first, uint64_t count)
+{
+    if (first >= p->total_pages || count > p->total_pages - first)
+        return MP_EOUT_OF_BOUNDS;
+    for (uint64_t id = first; id < first + count; id++) {
+        if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
+            return MP_ERESERVED_PAGE;
+    }
+    return MP_OK;
+}
+
 int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
 {
     int rc = pager_usable(p, 1);
@@ -181,12 +194,8 @@ int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
         return rc;
     if (p->txn_depth == 0 || count == 0)
         return MP_EINVALID_ARGUMENT;
-    if (first >= p->total_pages || count > p->total_pages - first)
-        return MP_EOUT_OF_BOUNDS;
-    for (uint64_t id = first; id < first + count; id++) {
-        if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
-            return MP_ERESERVED_PAGE;
-    }
+    if ((rc = check_dirtyable(p, first, count)) != MP_OK)
+        return rc;
     if (p->rec_n > 0 && overlaps_record(p, first, count) && (rc = retire_record(p)) != MP_OK)
         return rc;
     dirty_add(p, first, count);
@@ -212,6 +221,51 @@ int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *bu
     rc = os_write_all(p->map.io, p->fd, buf, (size_t)len, first * p->page_size + offset);
     if (rc != MP_OK)
         p->poisoned = 1; /* a write cut short leaves a page we cannot vouch for */
+    return rc;
+}
+
+/* Every id checked (from the core's copy: the caller's array may change
+ * under us) and the record retired before any page is marked or written. */
+static int mark_pages(mp_pager *p, const uint64_t *ids, uint64_t n)
+{
+    int rc, overlap = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if ((rc = check_dirtyable(p, ids[i], 1)) != MP_OK)
+            return rc;
+        overlap = overlap || (p->rec_n > 0 && overlaps_record(p, ids[i], 1));
+    }
+    if (overlap && (rc = retire_record(p)) != MP_OK)
+        return rc;
+    for (uint64_t i = 0; i < n; i++)
+        dirty_add(p, ids[i], 1);
+    return MP_OK;
+}
+
+/* Whole pages, page i of buf to ids[i]: one pwrite per run of consecutive
+ * ids (an engine's new nodes are mostly pages allocated together), and one
+ * call where a page at a time would cost a crossing into the core each. */
+int mp_txn_write_pages(mp_pager *p, const uint64_t *ids, uint64_t n, const uint8_t *buf,
+                       uint64_t len)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0 || !ids || !buf || n == 0 || len / p->page_size != n ||
+        len % p->page_size != 0)
+        return MP_EINVALID_ARGUMENT;
+    uint64_t *own = pager_ids_copy(ids, n);
+    if (!own)
+        return MP_ENO_MEMORY;
+    rc = mark_pages(p, own, n);
+    uint64_t ps = p->page_size;
+    for (uint64_t i = 0, run; rc == MP_OK && i < n; i += run) {
+        for (run = 1; i + run < n && own[i + run] == own[i] + run; run++)
+            ;
+        rc = os_write_all(p->map.io, p->fd, buf + i * ps, (size_t)(run * ps), own[i] * ps);
+        if (rc != MP_OK)
+            p->poisoned = 1; /* as in mp_txn_write */
+    }
+    free(own);
     return rc;
 }
 

@@ -310,6 +310,10 @@ int mp_txn_dirty_count(const mp_pager *p, uint64_t *out);
  * and marks the pages it touches dirty. */
 int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
                  uint64_t len);
+/* Writes n whole pages, page i of buf (len == n * page_size bytes) to page ids[i], through
+ * the page cache, and marks them dirty; every id is checked before anything is written. */
+int mp_txn_write_pages(mp_pager *p, const uint64_t *ids, uint64_t n, const uint8_t *buf,
+                       uint64_t len);
 int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count);
 
 int mp_protected_alloc(mp_pager *p, uint64_t *out_pid);

@@ -5,18 +5,23 @@ Nodes live in pages; the root page id is ``roots[0]`` and the key count
 (``with pager.transaction() as tx``), so after a crash the tree is the one of
 the last committed batch, whole. Nodes are never written in place once
 committed: a batch copies every node it changes into a new page (written
-through ``tx.write``, so its content commits with the batch) and frees the old
-one (its page is not handed out again before the batch is durable).
+through ``tx.write_pages``, so its content commits with the batch) and frees
+the old one (its page is not handed out again before the batch is durable).
 
 Node layout (little-endian), in one page:
 
     0  u8   kind: 1 = leaf, 2 = internal
     1  u8   zero
     2  u16  n: entries
-    4  u32  where the entries end (they are stored in order, back to back)
-    leaf:      8 + 2*i: u16 offset of entry i; entry: u16 klen, u32 vlen, key, value
-    internal:  8: u64 child 0; 16 + 2*i: u16 offset of entry i;
+    4  u32  where the entries end
+    leaf:      8: the entries, in key order, back to back;
+               entry: u16 klen, u32 vlen, key, value
+    internal:  8: u64 child 0; 16: the entries, in key order, back to back;
                entry: u16 klen, key, u64 child i + 1 (keys >= key go right)
+
+There is no table of entry offsets: a node is decoded whole, once, into the
+tree's cache of nodes, and searched there; without one, writing a node is one
+join of its entries.
 
 Keys and values are ``bytes``; an entry (key, value and 8 bytes) must fit in a
 quarter of a page (``BTree.max_entry``), so a split always fits. Deletes
@@ -31,9 +36,9 @@ import os
 import struct
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import accumulate
 from typing import Any, Callable
 
 from mappedpages import PageId, Pager, Transaction
@@ -78,69 +83,56 @@ def _search(
     return default
 
 class _Node:
-    """A node parsed for modification.
+    """A node as its page holds it, decoded.
 
     A node keeps its keys and its entries as stored (a leaf's: length fields,
     key, value; an internal node's: key length, key, child i + 1), so unchanged
-    entries are copied back as they are; an internal node also keeps its
-    children. ``nbytes`` is the size of the entries.
+    entries are copied into a new node as they are; an internal node also
+    keeps its children. A committed node is never changed (copy-on-write).
     """
 
-    __slots__ = ("kind", "keys", "ents", "kids", "nbytes")
+    __slots__ = ("kind", "keys", "ents", "kids", "size")
 
-    def __init__(self, kind: int, keys: list[bytes], ents: list[bytes], kids: list[int]) -> None:
+    def __init__(
+        self, kind: int, keys: list[bytes], ents: list[bytes], kids: list[int], size: int
+    ) -> None:
         self.kind = kind
         self.keys = keys
         self.ents = ents
         self.kids = kids
-        if kind == INTERNAL and len(ents) != len(keys):
-            self.ents = [_link(k, c) for k, c in zip(keys, kids[1:])]
-        self.nbytes = sum(map(len, self.ents))
-
-    def size(self) -> int:
-        return (8 if self.kind == LEAF else 16) + 2 * len(self.keys) + self.nbytes
+        self.size = size  # bytes, header included
 
     def encode(self) -> bytes:
         """The node's bytes, as stored at the start of its page."""
-        n = len(self.keys)
+        head = _HDR.pack(self.kind, 0, len(self.keys), self.size)
         if self.kind == LEAF:
-            offs = list(accumulate(map(len, self.ents[:-1]), initial=8 + 2 * n))
-            end = 8 + 2 * n + self.nbytes
-            data = b"".join(
-                [_HDR.pack(LEAF, 0, n, end), struct.pack(f"<{n}H", *offs[:n])] + self.ents
-            )
-        else:
-            offs = list(accumulate(map(len, self.ents[:-1]), initial=16 + 2 * n))
-            end = 16 + 2 * n + self.nbytes
-            data = b"".join(
-                [
-                    _HDR.pack(INTERNAL, 0, n, end),
-                    _U64.pack(self.kids[0]),
-                    struct.pack(f"<{n}H", *offs[:n]),
-                ]
-                + self.ents
-            )
-        return data
+            return b"".join([head, *self.ents])
+        return b"".join([head, _U64.pack(self.kids[0]), *self.ents])
 
 
 def _decode(page: memoryview) -> _Node:
     kind, _, n, end = _HDR.unpack_from(page, 0)
-    data = bytes(page)
+    data = bytes(page[:end])
     keys: list[bytes] = []
     ents: list[bytes] = []
     kids: list[int] = []
-    frm = int.from_bytes
     if kind == LEAF:
-        # Entries are stored in order and back to back, up to `end`.
-        offs = struct.unpack_from(f"<{n}H", data, 8)
-        ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
-        keys = [e[6 : 6 + (e[0] | e[1] << 8)] for e in ents]
+        at = 8
+        for _ in range(n):
+            klen, vlen = _LEAF_ENTRY.unpack_from(data, at)
+            keys.append(data[at + 6 : at + 6 + klen])
+            ents.append(data[at : at + 6 + klen + vlen])
+            at += 6 + klen + vlen
     else:
-        offs = struct.unpack_from(f"<{n}H", data, 16)
-        ents = [data[a:b] for a, b in zip(offs, offs[1:] + (end,))]
-        keys = [e[2:-8] for e in ents]
-        kids = [frm(data[8:16], "little")] + [frm(e[-8:], "little") for e in ents]
-    return _Node(kind, keys, ents, kids)
+        kids.append(_U64.unpack_from(data, 8)[0])
+        at = 16
+        for _ in range(n):
+            (klen,) = _U16.unpack_from(data, at)
+            keys.append(data[at + 2 : at + 2 + klen])
+            ents.append(data[at : at + 10 + klen])
+            kids.append(_U64.unpack_from(data, at + 2 + klen)[0])
+            at += 10 + klen
+    return _Node(kind, keys, ents, kids, end)
 
 
 class BTree:
@@ -157,15 +149,14 @@ class BTree:
     def _node(self, pid: int) -> _Node:
         node = self._cache.get(pid)
         if node is None:
-            node = _decode(self.pager.page(PageId(pid)))
-            self._remember(pid, node)
+            node = self._cache[pid] = _decode(self.pager.page(PageId(pid)))
+            self._trim_cache()
         return node
 
-    def _remember(self, pid: int, node: _Node) -> None:
+    def _trim_cache(self) -> None:
         cache = self._cache
-        if len(cache) >= self._cache_nodes:
+        while len(cache) > self._cache_nodes:
             del cache[next(iter(cache))]
-        cache[pid] = node
 
     @classmethod
     @contextmanager
@@ -242,175 +233,27 @@ class BTree:
 
 
 class Batch:
-    """The puts and deletes of one transaction (see :meth:`BTree.batch`)."""
+    """The puts and deletes of one transaction (see :meth:`BTree.batch`).
+
+    They are collected by key and applied when the block ends, in key order,
+    in one descent of the tree (:class:`_Rewrite`): every node on the way to a
+    changed leaf is rebuilt once, into a new page, however many keys of the
+    batch land in it.
+    """
 
     def __init__(self, tree: BTree, tx: Transaction) -> None:
         self.tree = tree
         self.tx = tx
-        self.pager = tree.pager
-        # Nodes written in this batch, by page: changed in place, in memory,
-        # and encoded into their pages once, when the batch ends (finish).
-        self.fresh: dict[int, _Node] = {}
-        roots = self.pager.roots
-        self.root = roots[ROOT_SLOT]
-        self.count = roots[COUNT_SLOT]
+        # The batch's last word on each key it touched: a value, or None
+        # for a delete.
+        self.changes: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """A read that sees this batch's own writes."""
-        fresh, committed = self.fresh, self.tree._node
-        return _search(self.root, key, lambda pid: fresh.get(pid) or committed(pid), default)
-
-    def _load(self, pid: int) -> _Node:
-        """The node at pid, for changing: a committed node is copied first."""
-        node = self.fresh.get(pid)
-        if node is not None:
-            return node
-        node = self.tree._node(pid)
-        copy = _Node.__new__(_Node)
-        copy.kind, copy.keys, copy.ents = node.kind, node.keys[:], node.ents[:]
-        copy.kids, copy.nbytes = node.kids[:], node.nbytes
-        return copy
-
-    def _write(self, old: int, node: _Node) -> int:
-        """Store node in place of page ``old`` (0: none); its page id."""
-        if old in self.fresh:
-            pid = old
-        else:
-            pid = int(self.pager.alloc())
-            if old:
-                self.pager.free(PageId(old))
-                self.tree._cache.pop(old, None)
-        self.fresh[pid] = node
-        return pid
-
-    def finish(self) -> None:
-        """Write every node the batch changed into its page (marked dirty).
-
-        ``tx.write`` goes through the page cache, not the mapping, so the
-        commit writes only these pages, not whole page-cache folios around them.
-        """
-        tx = self.tx
-        if self.count != self.pager.roots[COUNT_SLOT]:
-            self.pager.set_root(COUNT_SLOT, self.count)
-        for pid, node in self.fresh.items():
-            tx.write(PageId(pid), node.encode())
-            self.tree._remember(pid, node)
-        self.fresh.clear()
-
-    def _split(self, node: _Node) -> tuple[_Node, bytes, _Node]:
-        half = node.size() // 2
-        if node.kind == LEAF:
-            acc, cut = 8, 1
-            for cut in range(1, len(node.keys)):
-                acc += 2 + len(node.ents[cut - 1])
-                if acc >= half:
-                    break
-            left = _Node(LEAF, node.keys[:cut], node.ents[:cut], [])
-            right = _Node(LEAF, node.keys[cut:], node.ents[cut:], [])
-            return left, right.keys[0], right
-        acc, cut = 16, 1
-        for cut in range(1, len(node.keys) - 1):
-            acc += 12 + len(node.keys[cut - 1])
-            if acc >= half:
-                break
-        left = _Node(INTERNAL, node.keys[:cut], node.ents[:cut], node.kids[: cut + 1])
-        right = _Node(INTERNAL, node.keys[cut + 1 :], node.ents[cut + 1 :], node.kids[cut + 1 :])
-        return left, node.keys[cut], right
-
-    def _store(self, old: int, node: _Node) -> list[tuple[bytes, int]]:
-        """Write node, split if it overflows: [(separator, page)], first separator empty."""
-        if node.size() <= self.pager.page_size:
-            return [(b"", self._write(old, node))]
-        left, sep, right = self._split(node)
-        out = self._store(old, left)
-        out.extend(self._store_new(sep, right))
-        return out
-
-    def _store_new(self, sep: bytes, node: _Node) -> list[tuple[bytes, int]]:
-        parts = self._store(0, node)
-        parts[0] = (sep, parts[0][1])
-        return parts
-
-    def _apply(
-        self, pid: int, key: bytes, value: bytes | None
-    ) -> tuple[list[tuple[bytes, int]], bool]:
-        """Put (value) or delete (None) under page pid.
-
-        Returns the pages that replace it and whether the key count changed.
-        """
-        node = self._load(pid)
-        if node.kind == LEAF:
-            i = bisect.bisect_left(node.keys, key)
-            found = i < len(node.keys) and node.keys[i] == key
-            if value is None:
-                if not found:
-                    return [(b"", pid)], False
-                del node.keys[i]
-                node.nbytes -= len(node.ents.pop(i))
-                if not node.keys:
-                    self._drop(pid)
-                    return [], True
-                return self._store(pid, node), True
-            entry = _entry(key, value)
-            if found:
-                node.nbytes += len(entry) - len(node.ents[i])
-                node.ents[i] = entry
-            else:
-                node.keys.insert(i, key)
-                node.ents.insert(i, entry)
-                node.nbytes += len(entry)
-            return self._store(pid, node), not found
-        i = bisect.bisect_right(node.keys, key)
-        parts, changed = self._apply(node.kids[i], key, value)
-        if len(parts) == 1 and parts[0][1] == node.kids[i]:
-            return [(b"", pid)], changed
-        # Child i becomes parts: their separators go between keys i-1 and i.
-        # Entry j links keys[j] to kids[j + 1]: entry i - 1 names child i.
-        if parts:
-            node.kids[i : i + 1] = [child for _, child in parts]
-            node.keys[i:i] = [sep for sep, _ in parts[1:]]
-            if i > 0:
-                node.ents[i - 1] = _link(node.keys[i - 1], parts[0][1])
-            node.ents[i:i] = [_link(sep, child) for sep, child in parts[1:]]
-        else:
-            del node.kids[i]
-            if node.keys:
-                del node.keys[i - 1 if i > 0 else 0]
-                del node.ents[i - 1 if i > 0 else 0]
-        node.nbytes = sum(map(len, node.ents))
-        if not node.kids:
-            self._drop(pid)
-            return [], changed
-        return self._store(pid, node), changed
-
-    def _drop(self, pid: int) -> None:
-        self.fresh.pop(pid, None)
-        self.tree._cache.pop(pid, None)
-        self.pager.free(PageId(pid))
-
-    def _set(self, key: bytes, value: bytes | None) -> bool:
-        if self.root == 0:
-            if value is None:
-                return False
-            parts = self._store(0, _Node(LEAF, [key], [_entry(key, value)], []))
-            changed = True
-        else:
-            parts, changed = self._apply(self.root, key, value)
-        while len(parts) > 1:
-            node = _Node(INTERNAL, [sep for sep, _ in parts[1:]], [], [p for _, p in parts])
-            parts = self._store(0, node)
-        root = parts[0][1] if parts else 0
-        # A root with one child is replaced by that child.
-        while root:
-            top = self._load(root)
-            if top.kind != INTERNAL or top.keys:
-                break
-            self._drop(root)
-            root = top.kids[0]
-        if root != self.root:
-            self.root = root
-            self.pager.set_root(ROOT_SLOT, root)
-        return changed
+        if key in self.changes:
+            value = self.changes[key]
+            return default if value is None else value
+        return self.tree.get(key, default)
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``."""
@@ -421,17 +264,327 @@ class Batch:
                 f"key and value take {len(key) + len(value) + 8} bytes; at most "
                 f"{self.tree.max_entry} fit in an entry at this page size"
             )
-        if self._set(key, value):
-            self.count += 1
+        self.changes[key] = value
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; whether it was there."""
         if not isinstance(key, bytes):
             raise TypeError("keys are bytes")
-        if self._set(key, None):
-            self.count -= 1
-            return True
-        return False
+        if self.get(key) is None:
+            return False
+        self.changes[key] = None
+        return True
+
+    def finish(self) -> None:
+        """Apply the batch: rebuild the changed nodes, write them, set the roots."""
+        if not self.changes:
+            return
+        pager = self.tree.pager
+        roots = pager.roots
+        rewrite = _Rewrite(self.tree, self.changes)
+        root = rewrite.run(roots[ROOT_SLOT])
+        root = rewrite.store(self.tx, root)
+        self.changes = {}
+        if root != roots[ROOT_SLOT]:
+            pager.set_root(ROOT_SLOT, root)
+        if rewrite.delta:
+            pager.set_root(COUNT_SLOT, roots[COUNT_SLOT] + rewrite.delta)
+
+
+# A node's place in its parent while a batch is applied: (separator, page).
+# The first part of a rebuilt child keeps the parent's separator (given as
+# b""); a page below 0 is the new node ~page of the batch, not yet placed.
+_Part = tuple[bytes, int]
+
+
+class _Rewrite:
+    """One batch applied to the tree: the new nodes, the pages they replace.
+
+    ``run`` descends once with the batch's sorted keys, splitting them among
+    the children of each node, and rebuilds what changed bottom-up as new
+    nodes (committed nodes are never changed: copy-on-write). ``store`` then
+    allocates their pages in one call, frees the replaced ones in one call and
+    writes each new node once.
+    """
+
+    def __init__(self, tree: BTree, changes: dict[bytes, bytes | None]) -> None:
+        self.tree = tree
+        self.keys = sorted(changes)
+        self.values = [changes[k] for k in self.keys]
+        self.new: list[_Node | None] = []
+        # By new internal node: the indexes of its children that are new too.
+        self.unplaced: dict[int, list[int]] = {}
+        self.freed: list[int] = []
+        self.delta = 0  # keys added minus keys removed
+        self.page_size = tree.pager.page_size
+        # The most entry bytes a split part aims at: a part that reaches it
+        # takes one more entry (a leaf's: key, value and 6 bytes; an internal
+        # one's: key and 10 bytes, at most max_entry + 2) and still fits a page.
+        self.cap = self.page_size - 16 - (tree.max_entry + 2)
+
+    def run(self, root: int) -> int:
+        """Apply the batch under ``root`` (0: empty tree); the new root."""
+        if root:
+            got = self._apply(root, 0, len(self.keys))
+            if got is None:
+                return root
+            parts = got
+        else:
+            merged = self._merge(_Node(LEAF, [], [], [], 8), 0, len(self.keys))
+            parts = self._leaves(*merged) if merged else []
+        while len(parts) > 1:  # the root split: a new level
+            seps = [b""] + [sep for sep, _ in parts[1:]]
+            kids = [kid for _, kid in parts]
+            size = 16 + sum(len(s) + 10 for s in seps[1:])
+            parts = self._internals(seps, kids, [b""] * len(kids), list(range(len(kids))), size)
+        top = parts[0][1] if parts else 0
+        # A root with one child is replaced by that child.
+        while top:
+            node = self.new[~top] if top < 0 else self.tree._node(top)
+            assert node is not None
+            if node.kind != INTERNAL or node.keys:
+                break
+            if top < 0:
+                self.new[~top] = None
+            else:
+                self.freed.append(top)
+            top = node.kids[0]
+        return top
+
+    def _add(self, node: _Node) -> int:
+        self.new.append(node)
+        return ~(len(self.new) - 1)
+
+    def _apply(self, pid: int, lo: int, hi: int) -> list[_Part] | None:
+        """Apply keys ``lo .. hi - 1`` of the batch under page ``pid``.
+
+        The parts that replace it ([] when it empties), or None when nothing
+        under it changed.
+        """
+        node = self.tree._node(pid)
+        if node.kind == LEAF:
+            merged = self._merge(node, lo, hi)
+            if merged is None:
+                return None
+            self.freed.append(pid)
+            keys, ents, size = merged
+            if keys and size <= self.page_size:  # (the usual case, without a call)
+                return [(b"", self._add(_Node(LEAF, keys, ents, [], size)))]
+            return self._leaves(keys, ents, size)
+        # The batch's keys split among the children: child c takes the keys
+        # below bounds[c] (keys >= bounds[c - 1] come to it).
+        changes: list[tuple[int, list[_Part]]] = []
+        keys, bounds = self.keys, node.keys
+        i = lo
+        while i < hi:
+            c = bisect.bisect_right(bounds, keys[i])
+            j = bisect.bisect_left(keys, bounds[c], i, hi) if c < len(bounds) else hi
+            parts = self._apply(node.kids[c], i, j)
+            if parts is not None:
+                changes.append((c, parts))
+            i = j
+        if not changes:
+            return None
+        self.freed.append(pid)
+        if len(changes) == 1 and len(changes[0][1]) == 1:
+            # One child replaced by one: the usual case near the root. The
+            # keys stay (shared: store changes only kids and ents).
+            c, [(_, kid)] = changes[0]
+            kids, ents = node.kids[:], node.ents[:]
+            kids[c] = kid
+            if c:
+                ents[c - 1] = b""  # linked when the child's page is known
+            tmp = self._add(_Node(INTERNAL, node.keys, ents, kids, node.size))
+            self.unplaced[~tmp] = [c]
+            return [(b"", tmp)]
+        return self._rebuild(node, changes)
+
+    def _rebuild(self, node: _Node, changes: list[tuple[int, list[_Part]]]) -> list[_Part]:
+        """Internal ``node`` with children ``c`` replaced by ``parts`` (none: dropped)."""
+        # seps[c] is child c's separator and ents[c] its entry (index 0 holds
+        # placeholders: the first child has neither).
+        seps, kids, ents = [b""] + node.keys, node.kids, [b""] + node.ents
+        out_s: list[bytes] = []
+        out_k: list[int] = []
+        out_e: list[bytes] = []
+        unplaced: list[int] = []
+        size = node.size
+        done = 0  # children before this one are in the out lists or dropped
+        for c, parts in changes:
+            out_s += seps[done:c]
+            out_k += kids[done:c]
+            out_e += ents[done:c]
+            done = c + 1
+            if not parts and c:
+                size -= len(seps[c]) + 10  # its entry goes (child 0 has none)
+            for n, (sep, kid) in enumerate(parts):
+                if n:
+                    size += len(sep) + 10
+                unplaced.append(len(out_k))
+                out_s.append(sep if n else seps[c])
+                out_k.append(kid)
+                out_e.append(b"")  # linked when the child's page is known
+        out_s += seps[done:]
+        out_k += kids[done:]
+        out_e += ents[done:]
+        if not out_k:
+            return []
+        if out_s[0]:  # the first child was dropped: the next one's entry goes
+            size -= len(out_s[0]) + 10
+            out_s[0] = out_e[0] = b""
+        return self._internals(out_s, out_k, out_e, unplaced, size)
+
+    def _merge(
+        self, leaf: _Node, lo: int, hi: int
+    ) -> tuple[list[bytes], list[bytes], int] | None:
+        """The leaf's keys, entries and size with keys ``lo .. hi - 1`` applied.
+
+        None if that changes nothing.
+        """
+        keys, ents = leaf.keys, leaf.ents
+        if hi - lo == 1:  # one key, as when a batch spreads over many leaves: no loop
+            key, value = self.keys[lo], self.values[lo]
+            j = bisect.bisect_left(keys, key)
+            found = j < len(keys) and keys[j] == key
+            if value is None:
+                if not found:
+                    return None
+                self.delta -= 1
+                size = leaf.size - len(ents[j])
+                return keys[:j] + keys[j + 1 :], ents[:j] + ents[j + 1 :], size
+            entry = _entry(key, value)
+            if found:  # the keys stay (a leaf's lists are never changed: shared)
+                size = leaf.size + len(entry) - len(ents[j])
+                return keys, ents[:j] + [entry] + ents[j + 1 :], size
+            self.delta += 1
+            size = leaf.size + len(entry)
+            return keys[:j] + [key] + keys[j:], ents[:j] + [entry] + ents[j:], size
+        out_k: list[bytes] = []
+        out_e: list[bytes] = []
+        size = leaf.size
+        at = 0  # entries of the leaf before this one are placed
+        changed = False
+        for i in range(lo, hi):
+            key, value = self.keys[i], self.values[i]
+            j = bisect.bisect_left(keys, key, at)
+            found = j < len(keys) and keys[j] == key
+            if value is None and not found:
+                continue
+            changed = True
+            out_k += keys[at:j]
+            out_e += ents[at:j]
+            at = j + 1 if found else j
+            if found:
+                size -= len(ents[j])
+                self.delta -= 1
+            if value is not None:
+                out_k.append(key)
+                out_e.append(_entry(key, value))
+                size += len(out_e[-1])
+                self.delta += 1
+        if not changed:
+            return None
+        out_k += keys[at:]
+        out_e += ents[at:]
+        return out_k, out_e, size
+
+    def _cuts(self, sizes: list[int]) -> list[int]:
+        """Where the parts of an overfull node start, for entries of ``sizes`` bytes."""
+        body = sum(sizes)
+        target = body / -(-body // self.cap)
+        starts, acc = [0], 0
+        for i, size in enumerate(sizes):
+            if acc >= target:
+                starts.append(i)
+                acc = 0
+            acc += size
+        return starts
+
+    def _leaves(self, keys: list[bytes], ents: list[bytes], size: int) -> list[_Part]:
+        """New leaves holding ``keys``, ``size`` bytes in one node (split as needed)."""
+        if not keys:
+            return []
+        if size <= self.page_size:
+            return [(b"", self._add(_Node(LEAF, keys, ents, [], size)))]
+        sizes = [len(e) for e in ents]
+        starts = self._cuts(sizes)
+        parts: list[_Part] = []
+        for a, b in zip(starts, starts[1:] + [len(keys)]):
+            node = _Node(LEAF, keys[a:b], ents[a:b], [], 8 + sum(sizes[a:b]))
+            parts.append((keys[a] if a else b"", self._add(node)))
+        return parts
+
+    def _internals(
+        self,
+        seps: list[bytes],
+        kids: list[int],
+        ents: list[bytes],
+        unplaced: list[int],
+        size: int,
+    ) -> list[_Part]:
+        """New internal nodes over ``kids``, ``size`` bytes in one node.
+
+        Split as needed (a cut's separator moves up). ``unplaced``: the
+        indexes of the new children, linked in ``store``.
+        """
+        if size <= self.page_size:
+            tmp = self._add(_Node(INTERNAL, seps[1:], ents[1:], kids, size))
+            self.unplaced[~tmp] = unplaced
+            return [(b"", tmp)]
+        sizes = [0] + [len(s) + 10 for s in seps[1:]]
+        starts = self._cuts(sizes)
+        parts: list[_Part] = []
+        for a, b in zip(starts, starts[1:] + [len(kids)]):
+            node = _Node(
+                INTERNAL, seps[a + 1 : b], ents[a + 1 : b], kids[a:b], 16 + sum(sizes[a + 1 : b])
+            )
+            tmp = self._add(node)
+            self.unplaced[~tmp] = [x - a for x in unplaced if a <= x < b]
+            parts.append((seps[a] if a else b"", tmp))
+        return parts
+
+    def store(self, tx: Transaction, top: int) -> int:
+        """Give the new nodes pages, write them, free the replaced ones; the root's page.
+
+        One call each: ``alloc_bulk`` for the pages, ``free_bulk`` for the
+        replaced nodes (not handed out again before the batch is durable) and
+        ``tx.write_pages`` for the nodes, written through the page cache (not
+        stores through the mapping, which would dirty whole page-cache folios
+        around them).
+        """
+        tree, pager = self.tree, self.tree.pager
+        live = [j for j, node in enumerate(self.new) if node is not None]
+        pages = array("Q", bytes(8 * len(live)))
+        if live:
+            pager.alloc_bulk(len(live), out=pages)
+        placed = [0] * len(self.new)
+        for j, pid in zip(live, pages):
+            placed[j] = pid
+        if self.freed:
+            pager.free_bulk(self.freed)
+            for old in self.freed:
+                tree._cache.pop(old, None)
+        size, new, unplaced, cache = self.page_size, self.new, self.unplaced, tree._cache
+        data = bytearray(len(live) * size)
+        at = 0
+        for j, pid in zip(live, pages):
+            node = new[j]
+            assert node is not None
+            if j in unplaced:  # an internal node: link its new children
+                kids, keys, ents = node.kids, node.keys, node.ents
+                for x in unplaced[j]:
+                    kids[x] = kid = placed[~kids[x]]
+                    if x:
+                        ents[x - 1] = _link(keys[x - 1], kid)
+            encoded = node.encode()
+            assert len(encoded) == node.size <= size
+            data[at : at + len(encoded)] = encoded
+            at += size
+            cache[pid] = node
+        tree._trim_cache()
+        if live:
+            tx.write_pages(pages, data)
+        return placed[~top] if top < 0 else top
 
 
 def _demo() -> None:

@@ -454,7 +454,7 @@ class _PagerBase:
             handle = self._usable()
             out = ffi.new("uint64_t[8]")
             self._check(lib.mp_pager_roots(handle, out), "roots")
-            return tuple(int(v) for v in out)
+            return tuple(ffi.unpack(out, 8))  # (a reader's hot path: no generator)
 
     @property
     def max_pages(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
 from mappedpages._base import (
@@ -48,7 +48,7 @@ from mappedpages._readers import (
     check_max_readers,
 )
 from mappedpages._space import SpaceMixin
-from mappedpages._transaction import Transaction
+from mappedpages._transaction import Transaction, TransactionBlock
 from mappedpages._types import PageId
 
 _T = TypeVar("_T")
@@ -390,8 +390,7 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         self._usable()
         return self._durability
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> TransactionBlock:
         """Group allocs, frees, bulk calls and protected writes into one commit.
 
         ``with pager.transaction():`` holds the pager (other threads wait) and
@@ -413,50 +412,53 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         contents with the block (see the README's engine transactions), and
         roots set with :meth:`set_root` commit with it too.
         """
-        with self._lock:
-            handle = self._usable()
-            outer = self._txn_depth == 0
-            if outer:
-                self._check(lib.mp_txn_begin(handle), "transaction")
-                # (Empty, the usual case, without iterating the weak mapping.)
-                self._txn_writers_before = set(self._writers.keys()) if self._writers else set()
-                self._txn = Transaction(self)
-            self._txn_depth += 1
-            tx = self._txn
-            assert tx is not None
-            try:
-                yield tx
-            except BaseException:
-                self._txn_depth -= 1
-                if outer:
-                    self._end_txn()
-                    self._txn_abort()
-                raise
-            self._txn_depth -= 1
-            if outer:
-                self._end_txn()
-            if outer:
-                left_open = (
-                    sorted(set(self._writers.keys()) - self._txn_writers_before)
-                    if self._writers
-                    else []
-                )
-                if left_open:
-                    # Committing would silently leave their writes out.
-                    self._txn_abort()
-                    raise_for(
-                        lib.MP_EWRITER_OPEN,
-                        "transaction",
-                        detail="the transaction ended with a writer still open on protected "
-                        f"page(s) {', '.join(map(str, left_open))}; it was rolled back: "
-                        "commit or discard each writer opened in the block before it ends",
-                    )
-                rc = lib.mp_txn_commit(self._handle)
-                if rc != 0:
-                    self._txn_abort()
-                    self._check(rc, "transaction commit")
-                self._txn_subs.clear()
-                self._refresh_stats()
+        return TransactionBlock(self)
+
+    def _txn_enter(self) -> Transaction:
+        """``TransactionBlock.__enter__``, the pager held: begin or join, give the handle."""
+        handle = self._usable()
+        if self._txn_depth == 0:
+            self._check(lib.mp_txn_begin(handle), "transaction")
+            # (Empty, the usual case, without iterating the weak mapping.)
+            self._txn_writers_before = set(self._writers.keys()) if self._writers else set()
+            self._txn = Transaction(self)
+        self._txn_depth += 1
+        tx = self._txn
+        assert tx is not None
+        return tx
+
+    def _txn_exit(self, failed: bool) -> None:
+        """``TransactionBlock.__exit__``, the pager held: leave a block.
+
+        Leaving the outermost one rolls it back when its block raised (the
+        exception propagates) and commits it otherwise.
+        """
+        self._txn_depth -= 1
+        if self._txn_depth:
+            return
+        self._end_txn()
+        if failed:
+            self._txn_abort()
+            return
+        left_open = (
+            sorted(set(self._writers.keys()) - self._txn_writers_before) if self._writers else []
+        )
+        if left_open:
+            # Committing would silently leave their writes out.
+            self._txn_abort()
+            raise_for(
+                lib.MP_EWRITER_OPEN,
+                "transaction",
+                detail="the transaction ended with a writer still open on protected "
+                f"page(s) {', '.join(map(str, left_open))}; it was rolled back: "
+                "commit or discard each writer opened in the block before it ends",
+            )
+        rc = lib.mp_txn_commit(self._handle)
+        if rc != 0:
+            self._txn_abort()
+            self._check(rc, "transaction commit")
+        self._txn_subs.clear()
+        self._refresh_stats()
 
     def _txn_join_sub(self, sub: Any) -> None:
         if id(sub) not in self._txn_subs:

@@ -18,6 +18,8 @@ from mappedpages._types import PageId
 class _EngineCalls(_PagerBase):
     """Roots and page flushes of :class:`mappedpages.Pager`."""
 
+    _txn_depth: int  # the Pager's: open transaction blocks
+
     def _sync_pages(self, pages: Iterable[PageId]) -> None:
         """``sync(pages=...)``: one msync per run of consecutive ids, bounds checked first."""
         ids = sorted({as_id(p) for p in pages})
@@ -82,5 +84,6 @@ class _EngineCalls(_PagerBase):
                     f"its {self._page_count} pages (FORMAT.md, the metadata tail)",
                 )
             self._check(rc, f"root {slot}")
-            self._refresh_stats()
+            if not self._txn_depth:  # (inside a transaction nothing committed)
+                self._refresh_stats()
 

@@ -9,14 +9,50 @@ allocations, roots and protected writes of the block, in one commit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mappedpages._base import as_id
 from mappedpages._core import ffi, lib
+from mappedpages._ids import _ids_array, _u64_buffer
 from mappedpages._types import PageId
 
 if TYPE_CHECKING:
     from mappedpages._pager import Pager
+
+
+class TransactionBlock:
+    """What :meth:`Pager.transaction` returns: a ``with`` block over the pager's transaction.
+
+    Entering holds the pager and begins a transaction, or joins the open one
+    (nested blocks join the outermost); the ``with`` target is the
+    :class:`Transaction`. Leaving the outermost block commits it, or rolls it
+    back when the block raised. A plain class rather than a generator: a
+    transaction per small update is an engine's hot path.
+    """
+
+    __slots__ = ("_pager", "_held")
+
+    def __init__(self, pager: Pager) -> None:
+        self._pager = pager
+        self._held: Any = None
+
+    def __enter__(self) -> Transaction:
+        # The pager's lock, entered as `with` would, held until __exit__: the
+        # block holds the pager (other threads wait).
+        held = self._held = self._pager._lock
+        held.__enter__()
+        try:
+            return self._pager._txn_enter()
+        except BaseException:
+            held.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
+        try:
+            self._pager._txn_exit(exc_type is not None)
+        finally:
+            self._held.__exit__(None, None, None)
 
 
 class Transaction:
@@ -96,6 +132,39 @@ class Transaction:
                 raise ValueError(f"offset must be below the page size, not {off}")
             buf = ffi.from_buffer("uint8_t[]", raw)
             self._pager._check(lib.mp_txn_write(handle, pid, off, buf, len(raw)), f"page {pid}")
+
+    def write_pages(self, pages: Iterable[PageId] | Any, data: Any) -> None:
+        """Write whole pages in one call: page ``i`` of ``data`` to page ``pages[i]``.
+
+        ``pages`` is any iterable of ids, or a buffer of unsigned 64-bit
+        integers (``array('Q')``, as ``alloc_bulk(n, out=...)`` fills);
+        ``data`` is bytes-like, ``len(pages) * page_size`` bytes. Like
+        :meth:`write` (through the page cache, the pages marked dirty), with
+        one ``pwrite`` per run of consecutive ids. Every id is checked before
+        anything is written (:class:`OutOfBounds`, :class:`ReservedPage`);
+        ``ValueError`` when the sizes do not match or nothing is given.
+        """
+        arr = _u64_buffer(pages, writable=False)
+        if arr is not None:
+            count = len(arr)
+        else:
+            values, arr = _ids_array(pages, "page id")
+            count = len(values)
+        raw = memoryview(data).cast("B")
+        with self._pager._lock:
+            handle = self._handle()
+            size = self._pager.page_size
+            if count == 0:
+                raise ValueError("no pages to write")
+            if len(raw) != count * size:
+                raise ValueError(
+                    f"data must be {count} pages of {size} bytes for {count} page ids, "
+                    f"not {len(raw)} bytes"
+                )
+            buf = ffi.from_buffer("uint8_t[]", raw)
+            rc = lib.mp_txn_write_pages(handle, arr, count, buf, len(raw))
+            if rc:
+                self._pager._check(rc, f"write_pages ({count} pages)")
 
     @property
     def dirty_pages(self) -> int:

@@ -133,6 +133,20 @@ def test_many_keys_split_and_shrink(tmp_path):
         assert tree.pager.roots[0] == 0
 
 
+def test_a_small_node_cache_evicts_and_reads_back(tmp_path):
+    with Pager.create(tmp_path / "t.db", 1024, durability="none") as pager:
+        tree = btree.BTree(pager, cache_nodes=3)
+        model = {}
+        for n in range(20):
+            with tree.batch() as b:
+                for i in range(50):
+                    k = b"%05d" % ((n * 50 + i) * 7919 % 1000)
+                    b.put(k, b"%d" % n)
+                    model[k] = b"%d" % n
+            assert len(tree._cache) <= 3
+        check(tree, model)
+
+
 def test_entry_too_big_is_refused(tmp_path):
     with btree.BTree.open(str(tmp_path / "t.db"), 1024) as tree:
         with pytest.raises(ValueError):

@@ -26,6 +26,7 @@ import sys
 import textwrap
 import warnings
 import zlib
+from array import array
 
 import pytest
 from support.format_v02 import check_valid_v02, read_image
@@ -40,6 +41,7 @@ from mappedpages import (
     ReservedPage,
     Transaction,
 )
+from mappedpages._core import lib
 
 MODES = ["compat", "fast", "none"]
 
@@ -475,6 +477,81 @@ def test_tx_write_goes_through_the_page_cache_and_commits(tmp_path):
         assert q.roots[0] == ids[1]
     with Pager.open(path) as q, pytest.raises(ValueError):
         tx.write(ids[0], b"late")  # the handle is dead after its block
+
+
+def test_tx_write_pages_one_pwrite_per_run_and_commits(tmp_path):
+    path = tmp_path / "f"
+    hooks = IoHooks()
+    p = create_pager(path, 1024, hooks, durability="fast")
+    try:
+        ids = p.alloc_bulk(5)
+        assert ids == list(range(ids[0], ids[0] + 5))
+        pages = [ids[0], ids[1], ids[2], ids[4]]
+        data = b"".join(bytes([65 + i]) * 1024 for i in range(4))
+        with p.transaction() as tx:
+            before = hooks.calls(lib.MP_IO_PWRITE)
+            tx.write_pages(array("Q", pages), data)
+            assert hooks.calls(lib.MP_IO_PWRITE) - before == 2  # runs ids[0..2] and ids[4]
+            assert tx.dirty_pages == 4
+            assert bytes(p.page(ids[4])) == b"D" * 1024  # views see it at once
+            p.set_root(0, ids[4])
+        record = read_image(path).newest().record
+        assert [(f, c) for f, c, _ in record] == [(ids[0], 3), (ids[4], 1)]
+    finally:
+        p.close()
+    with Pager.open(path) as q:
+        assert [bytes(q.page(i)[:1]) for i in pages] == [b"A", b"B", b"C", b"D"]
+        assert bytes(q.page(ids[3])) != b"D" * 1024
+    with pytest.raises(ValueError):
+        tx.write_pages([ids[0]], bytes(1024))  # the handle is dead after its block
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+def test_record_crcs_are_zlibs_for_runs_of_every_length(tmp_path, page_size):
+    # The core sums long runs with carry-less multiplies where the CPU has
+    # them and with tables elsewhere: either way, zlib's CRC-32.
+    path = tmp_path / "f"
+    with Pager.create(path, page_size, durability="fast") as p:
+        ids = p.alloc_bulk(7)
+        pages = [ids[0], ids[2], ids[3], ids[4], ids[6]]  # runs of 1, 3 and 1
+        data = os.urandom(len(pages) * page_size)
+        with p.transaction() as tx:
+            tx.write_pages(pages, data)
+        image = path.read_bytes()
+        record = read_image(path).newest().record
+    assert [(f, c) for f, c, _ in record] == [(ids[0], 1), (ids[2], 3), (ids[6], 1)]
+    for first, count, crc in record:
+        assert crc == zlib.crc32(image[first * page_size : (first + count) * page_size])
+
+
+def test_tx_write_pages_bad_input_changes_nothing(tmp_path):
+    path = tmp_path / "f"
+    hooks = IoHooks()
+    p = create_pager(path, 1024, hooks, durability="fast")
+    try:
+        ids = p.alloc_bulk(3)
+        contents = [bytes(p.page(i)) for i in ids]
+        with p.transaction() as tx:
+            writes = hooks.calls(lib.MP_IO_PWRITE)
+            for pages, data, exc in [
+                ([ids[0], ids[1]], bytes(1024), ValueError),  # one page short
+                ([ids[0]], bytes(1025), ValueError),
+                ([], b"", ValueError),
+                ([ids[0], p.page_count], bytes(2048), OutOfBounds),  # the last id is bad
+                ([ids[0], 2], bytes(2048), ReservedPage),
+                ([ids[0], -1], bytes(2048), OutOfBounds),
+                ([ids[0], True], bytes(2048), TypeError),
+                ("ab", bytes(2048), TypeError),
+            ]:
+                with pytest.raises(exc):
+                    tx.write_pages(pages, data)
+            assert tx.dirty_pages == 0
+            assert hooks.calls(lib.MP_IO_PWRITE) == writes
+            assert [bytes(p.page(i)) for i in ids] == contents
+            tx.write_pages(iter(ids), b"z" * 3072)  # any iterable of ids
+            assert tx.dirty_pages == 3
+    finally:
+        p.close()
 
 
 def test_pages_freed_in_the_transaction_are_not_recorded(tmp_path):

@@ -579,6 +579,33 @@ def test_the_block_holds_the_pager_lock(tmp_path):
         force_close(p)
 
 
+def test_every_way_out_of_a_block_lets_go_of_the_pager(tmp_path):
+    p = new_pager(tmp_path, "compat")
+    try:
+        block = p.transaction()  # not entered: nothing begins, nothing is held
+        a = p.alloc()  # a commit of its own
+        with pytest.raises(KeyError):
+            with p.transaction():
+                p.free(a)
+                raise KeyError  # rolled back
+        with pytest.raises(WriterOpen):
+            with p.transaction():
+                writer = p.write_protected(p.alloc_protected())  # left open: rolled back
+        del writer
+        with block as tx:
+            with p.transaction() as inner:  # nested: the same handle
+                assert inner is tx
+            b = p.alloc()
+        got: list[int] = []
+        t = threading.Thread(target=lambda: got.append(p.alloc()))
+        t.start()
+        t.join(5)
+        assert got and not t.is_alive(), "a way out of a block kept the pager's lock"
+        assert {a, b, got[0]} <= set(p.allocated_pages())
+    finally:
+        force_close(p)
+
+
 def test_a_closed_pager_refuses_a_block(tmp_path):
     p = new_pager(tmp_path, "compat")
     p.close()

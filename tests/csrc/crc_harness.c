@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     size_t n = fread(buf, 1, sizeof buf, f);
     fclose(f);
 #if defined(__x86_64__) && !defined(MP_CRC_TABLES_ONLY)
-    printf("clmul %d\n", __builtin_cpu_supports("pclmul") ? 1 : 0);
+    printf("clmul %d\n", __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1") ? 1 : 0);
 #else
     printf("clmul 0\n");
 #endif
