@@ -152,6 +152,18 @@ static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint6
     }
     bitmap_clear(p->chunk_dirty, 0);
     p->dir_committed = p->dir_count;
+    /* The root pages last (the seal's order): when the roots changed or the
+     * commit carries a record (engine.c). */
+    if (p->roots_page != 0 && (p->roots_dirty || p->rec_new)) {
+        uint32_t copy = p->roots_active ^ 1u;
+        uint8_t *page = pager_page_ptr(p, p->roots_page + copy);
+        mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
+        fmt_roots_page_write(page, p->page_size, gen, &tail);
+        *seal = fmt_seal_add(*seal, page, p->page_size);
+        (*written)++;
+        p->roots_active = copy;
+        p->roots_dirty = 0;
+    }
     return MP_OK;
 }
 
@@ -174,6 +186,16 @@ int pager_clear_leftovers(mp_pager *p)
                 return rc;
         }
     }
+    /* The root pages carry generations too. */
+    for (uint64_t w = 0; p->roots_page != 0 && w < MP_ROOT_PAGES; w++) {
+        uint8_t *page = pager_page_ptr(p, p->roots_page + w);
+        if (!fmt_is_leftover(page, p->page_size, p->generation))
+            continue;
+        memset(page, 0, p->page_size);
+        int rc = pager_flush_page(p, p->roots_page + w);
+        if (rc != MP_OK)
+            return rc;
+    }
     return MP_OK;
 }
 
@@ -193,7 +215,9 @@ static int meta_write(mp_pager *p, int flush)
     /* The record (engine.c) is this commit's: data pages it vouches for. */
     mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
     fmt_meta_write(pager_page_ptr(p, 1 + target), p->page_size, p->total_pages,
-                   p->generation + 1, extended ? seal : p->free_count, p->bits, &tail);
+                   p->generation + 1,
+                   extended ? fmt_meta_ext_word(seal, p->roots_page) : p->free_count, p->bits,
+                   &tail);
     if (flush) {
         /* The commit point: once this flush returns, open finds the new state.
          * With free-map or index pages written too, one fdatasync makes all of
@@ -259,6 +283,7 @@ static int flush_staged(mp_pager *p)
     }
     p->staged_lo = 1;
     p->staged_hi = 0;
+    p->staged_n = 0;
     return MP_OK;
 }
 
@@ -295,6 +320,7 @@ static int flush_dir_changes(mp_pager *p, int dirs)
     }
     p->staged_lo = 1;
     p->staged_hi = 0;
+    p->staged_n = 0;
     return MP_OK;
 }
 

@@ -391,6 +391,11 @@ int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
  * metadata written with them may reach the disk at any time. */
 static void stage(mp_pager *p, uint64_t staged)
 {
+    /* The extended layout's record names each one (engine.c). */
+    if (p->staged_n < MP_MAX_RECORD)
+        p->staged_ids[p->staged_n] = staged;
+    if (p->staged_n <= MP_MAX_RECORD)
+        p->staged_n++;
     if (p->staged_hi < p->staged_lo) {
         p->staged_lo = p->staged_hi = staged;
     } else {
