@@ -343,12 +343,15 @@ static int commit_data(mp_pager *p, int record)
     return txn_flush_dirty(p);
 }
 
-/* The extended layout has one commit point, the metadata copy: staged copies
+/* The extended layout has one commit point, the metadata copy. Staged copies
  * and directory pages are flushed before it (they carry no generation, so the
- * seal cannot vouch for them), then the index and free-map pages and the
- * metadata copy go out together under one flush. So a protected alloc, free
- * or write, or a whole transaction, is one atomic commit; an allocation
- * commit is one flush in every mode but "none". */
+ * seal cannot vouch for them). A transaction's dirty data pages go in the
+ * root page's record instead (engine.c), in "compat" and "fast": the seal
+ * covers the root page, and the data, the index and free-map pages and the
+ * metadata copy go out under one fdatasync; dirty pages that do not fit the
+ * record are flushed first. So a protected alloc, free or write, or a whole
+ * transaction, is one atomic commit; an allocation commit, or a transaction
+ * with data pages, is one flush in every mode but "none". */
 static int commit_extended(mp_pager *p)
 {
     int rc;
@@ -356,9 +359,12 @@ static int commit_extended(mp_pager *p)
     int dir_change = dirs || p->index_changed || p->dir_count != p->dir_committed;
     if (!dir_change && !p->changed && p->dirty_count == 0)
         return MP_OK;
-    if ((rc = commit_data(p, 0)) != MP_OK)
+    int built = 0;
+    if (p->durability != MP_DURABILITY_NONE && (rc = txn_build_ext_record(p, &built)) != MP_OK)
         return rc;
-    if (!dir_change && !p->changed)
+    if (!built && (rc = commit_data(p, 0)) != MP_OK)
+        return rc;
+    if (!dir_change && !p->changed && !built)
         return MP_OK;
     if (!dir_change && p->durability == MP_DURABILITY_NONE) {
         p->changed = 0;

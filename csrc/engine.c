@@ -178,31 +178,17 @@ static uint64_t dirty_runs(const mp_pager *p, uint64_t limit)
     return n;
 }
 
-static void rec_page(mp_pager *p, uint32_t *n, uint64_t id)
-{
-    p->rec[*n].first = id;
-    p->rec[*n].count = 1;
-    p->rec[*n].crc = mp_crc32(pager_page_ptr(p, id), p->page_size);
-    (*n)++;
-}
-
-/* One commit point and one flush for everything the commit wrote: the root
- * page's record holds the CRC of each dirty data run, each staged protected
- * copy and each new directory copy, so open can tell a commit whose pages did
- * not all reach the disk (and takes the older state, which none of them
- * overwrote: they are new pages, or inactive copies). */
+/* One commit point and one flush for the data pages too: the root page's
+ * record holds the CRC of each dirty data run, so open can tell a commit whose
+ * pages did not all reach the disk (and takes the older state, durable before
+ * this commit began). */
 int txn_build_ext_record(mp_pager *p, int *built)
 {
     *built = 0;
     uint64_t room = fmt_roots_page_room(p->page_size);
-    uint64_t n = dirty_runs(p, room) + p->staged_n;
-    for (uint32_t b = 0; b < p->dir_count; b++)
-        n += p->dirs[b].dirty != 0;
+    uint64_t n = dirty_runs(p, room);
     if (n == 0 || n > room || roots_pages_ensure(p) != MP_OK)
         return MP_OK;
-    int rc = dir_write_dirty(p, 0);
-    if (rc != MP_OK)
-        return rc;
     uint32_t k = 0;
     uint64_t first, count;
     for (uint64_t at = p->dirty_lo; p->dirty_count > 0 && next_run(p, at, &first, &count);
@@ -212,17 +198,9 @@ int txn_build_ext_record(mp_pager *p, int *built)
         p->rec[k].crc = mp_crc32(pager_page_ptr(p, first), (size_t)(count * p->page_size));
         k++;
     }
-    for (uint32_t i = 0; i < p->staged_n; i++)
-        rec_page(p, &k, p->staged_ids[i]);
-    for (uint32_t b = 0; b < p->dir_count; b++)
-        if (p->dirs[b].dirty)
-            rec_page(p, &k, dir_inactive_page(p, b));
     p->rec_n = k;
     p->rec_new = 1;
     txn_forget_dirty(p);
-    p->staged_lo = 1;
-    p->staged_hi = 0;
-    p->staged_n = 0;
     *built = 1;
     return MP_OK;
 }
