@@ -343,15 +343,17 @@ static int commit_data(mp_pager *p, int record)
     return txn_flush_dirty(p);
 }
 
-/* The extended layout has one commit point, the metadata copy. Staged copies
- * and directory pages are flushed before it (they carry no generation, so the
- * seal cannot vouch for them). A transaction's dirty data pages go in the
- * root page's record instead (engine.c), in "compat" and "fast": the seal
- * covers the root page, and the data, the index and free-map pages and the
- * metadata copy go out under one fdatasync; dirty pages that do not fit the
- * record are flushed first. So a protected alloc, free or write, or a whole
- * transaction, is one atomic commit; an allocation commit, or a transaction
- * with data pages, is one flush in every mode but "none". */
+/* The extended layout has one commit point, the metadata copy, and in
+ * "compat" and "fast" one flush: the record in the root page (engine.c)
+ * carries the CRC of every page the commit wrote that no generation marks
+ * (dirty data pages, staged protected copies, new directory copies), the
+ * seal covers the root page, and those pages, the index and free-map pages
+ * and the metadata copy go out under the same fdatasync. Open rejects a copy
+ * whose recorded pages do not all match, for the older state, which none of
+ * them overwrote (new pages, or inactive copies). Pages that do not fit the
+ * record are flushed first (2 flushes), as in "none" (at sync()). So a
+ * protected alloc, free or write, or a whole transaction, is one atomic
+ * commit, and a protected write or a transaction one flush. */
 static int commit_extended(mp_pager *p)
 {
     int rc;
@@ -371,7 +373,7 @@ static int commit_extended(mp_pager *p)
         p->meta_unwritten = 1;
         return MP_OK;
     }
-    if ((rc = flush_dir_changes(p, dirs)) != MP_OK)
+    if (!built && (rc = flush_dir_changes(p, dirs)) != MP_OK)
         return rc;
     dir_flip_dirty(p);
     p->changed = 0;

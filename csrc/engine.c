@@ -115,7 +115,17 @@ int txn_build_record(mp_pager *p)
     return 1;
 }
 
-int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n)
+/* The check a record keeps for a run: the CRC-32 of its bytes in the v0.2
+ * tail, the record sum (format_tail.c) in a root page, which also tells
+ * apart pages that end with their own CRC (directory copies). */
+static uint32_t run_crc(const mp_pager *p, uint64_t first, uint64_t count, int root_page)
+{
+    size_t len = (size_t)(count * p->page_size);
+    const uint8_t *at = pager_page_ptr(p, first);
+    return root_page ? fmt_record_sum(at, len, first) : mp_crc32(at, len);
+}
+
+int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n, int root_page)
 {
     uint64_t mapped_pages = p->map.mapped / p->page_size;
     for (uint32_t i = 0; i < n; i++) {
@@ -123,7 +133,7 @@ int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n)
         if (r->count == 0 || r->first < MP_RESERVED_PAGES || r->first > mapped_pages ||
             r->count > mapped_pages - r->first)
             return 0;
-        if (mp_crc32(pager_page_ptr(p, r->first), (size_t)r->count * p->page_size) != r->crc)
+        if (run_crc(p, r->first, r->count, root_page) != r->crc)
             return 0;
     }
     return 1;
@@ -178,29 +188,51 @@ static uint64_t dirty_runs(const mp_pager *p, uint64_t limit)
     return n;
 }
 
-/* One commit point and one flush for the data pages too: the root page's
- * record holds the CRC of each dirty data run, so open can tell a commit whose
- * pages did not all reach the disk (and takes the older state, durable before
- * this commit began). */
+static void rec_page(mp_pager *p, uint32_t *n, uint64_t id)
+{
+    p->rec[*n].first = id;
+    p->rec[*n].count = 1;
+    p->rec[*n].crc = run_crc(p, id, 1, 1);
+    (*n)++;
+}
+
+/* One commit point and one flush for everything the commit wrote: the root
+ * page's record holds the CRC of each dirty data run, each staged protected
+ * copy and each new directory copy, so open can tell a commit whose pages did
+ * not all reach the disk (and takes the older state, which none of them
+ * overwrote: they are new pages, or inactive copies). */
 int txn_build_ext_record(mp_pager *p, int *built)
 {
     *built = 0;
     uint64_t room = fmt_roots_page_room(p->page_size);
-    uint64_t n = dirty_runs(p, room);
+    uint64_t n = dirty_runs(p, room) + p->staged_n;
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        n += p->dirs[b].dirty != 0;
     if (n == 0 || n > room || roots_pages_ensure(p) != MP_OK)
         return MP_OK;
+    int rc = dir_write_dirty(p, 0);
+    if (rc != MP_OK)
+        return rc;
     uint32_t k = 0;
     uint64_t first, count;
     for (uint64_t at = p->dirty_lo; p->dirty_count > 0 && next_run(p, at, &first, &count);
          at = first + count) {
         p->rec[k].first = first;
         p->rec[k].count = (uint32_t)count;
-        p->rec[k].crc = mp_crc32(pager_page_ptr(p, first), (size_t)(count * p->page_size));
+        p->rec[k].crc = run_crc(p, first, count, 1);
         k++;
     }
+    for (uint32_t i = 0; i < p->staged_n; i++)
+        rec_page(p, &k, p->staged_ids[i]);
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        if (p->dirs[b].dirty)
+            rec_page(p, &k, dir_inactive_page(p, b));
     p->rec_n = k;
     p->rec_new = 1;
     txn_forget_dirty(p);
+    p->staged_lo = 1;
+    p->staged_hi = 0;
+    p->staged_n = 0;
     *built = 1;
     return MP_OK;
 }

@@ -155,3 +155,20 @@ uint64_t fmt_meta_roots_page(uint64_t ext_word)
 {
     return (ext_word >> 32) * 4u;
 }
+
+/* The sum a root page's record keeps for a run of pages. Not a CRC: a CRC is
+ * affine over the bytes, so every page that ends with the CRC-32 of the rest
+ * of it (a directory copy, and many user formats) has the same CRC-32, the
+ * residue, and a CRC seeded or reordered still cannot tell two such pages
+ * apart when the check sum factors through it; a lost write of one would go
+ * unseen. A multiply-xor over 8-byte little-endian words is not affine:
+ *   h = 0xcbf29ce484222325 ^ first;  for each word w: h = (h ^ w) * 0x100000001b3;
+ *   sum = (uint32_t)(h ^ (h >> 32)).
+ * len is a multiple of 8 (whole pages). */
+uint32_t fmt_record_sum(const uint8_t *data, size_t len, uint64_t first)
+{
+    uint64_t h = 0xcbf29ce484222325ull ^ first;
+    for (size_t i = 0; i + 8 <= len; i += 8)
+        h = (h ^ mp_load_u64(data + i)) * 0x100000001b3ull;
+    return (uint32_t)(h ^ (h >> 32));
+}

@@ -10,13 +10,14 @@ the one before.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytest
 from support.format_v03 import inspect_v03
 from support.geometry import layout
 from support.iohooks import DURABILITY_MODES, IoHooks, create_pager
-from support.powerloss import ImageChecker, crash_images, record_workload
+from support.powerloss import ImageChecker, all_but_one_images, crash_images, record_workload
 from support.workloads import Op, engine_workload
 
 from mappedpages import Pager, ReadOnlyPager, RecoveryWarning
@@ -176,7 +177,9 @@ def test_engine_transactions_past_the_cap_survive_power_loss(tmp_path, mode, lay
     bad = []
     images = 0
     for pt in rec.points:
-        for img in crash_images(pt, PS, exhaustive_pages=3, samples=8):
+        # Sampled images, and every image with all pages but one on disk.
+        for img in itertools.chain(crash_images(pt, PS, exhaustive_pages=3, samples=8),
+                                   all_but_one_images(pt, PS)):
             images += 1
             v = checker.judge(img, rec.states)
             if v.category != "ok":
