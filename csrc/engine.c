@@ -143,7 +143,12 @@ int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n, int root
 
 void roots_pages_claim(mp_pager *p, uint64_t at)
 {
+    /* The pages held data (or an earlier crash's copies): zeroed, so no old
+     * content can pass for a copy. Copy A is written by the commit that names
+     * the pair, and the zeroes reach the disk under its flush; a crash before
+     * that leaves copies newer than the committed state, which open zeroes. */
     for (uint64_t i = 0; i < MP_ROOT_PAGES; i++) {
+        memset(pager_page_ptr(p, at + i), 0, p->page_size);
         pager_bit_take(p, at + i);
         bitmap_set(p->system, at + i);
     }
