@@ -76,6 +76,30 @@ def test_a_protected_write_and_a_transaction_holding_them_are_one_flush(
         assert bytes(q.page(q.roots[0])[:4]) == b"node"
 
 
+@pytest.mark.parametrize("mode", ["compat", "fast"])
+def test_a_protected_alloc_is_one_flush(tmp_path, mode):
+    """The zeroed backing page (and a new block's two directory pages) are listed
+    in the record too, instead of being flushed before the commit."""
+    p, hooks, pids = _extended(tmp_path, mode)
+    try:
+        before = flushes(hooks)
+        pid = p.alloc_protected()  # a free slot of the first block
+        assert flushes(hooks) - before == 1
+        before = flushes(hooks)
+        with p.transaction():
+            more = p.alloc_protected_bulk(40)  # past the first block: a new block
+            with p.write_protected(more[-1]) as w:
+                w.page[:] = _content(7)
+            p.set_root(4, more[-1])
+        assert flushes(hooks) - before == 1, hooks.counts()
+    finally:
+        p.close()
+    with Pager.open(tmp_path / "f") as q:
+        assert q.verify_protected(pid) and read_protected(q, pid) == bytes(PS)
+        assert read_protected(q, more[-1]) == _content(7) and q.roots[4] == more[-1]
+        assert all(q.verify_protected(x) for x in more)
+
+
 def _damage(path, page: int) -> None:
     with open(path, "r+b") as f:
         f.seek(page * PS + 512)
@@ -138,6 +162,15 @@ def _txn_with_protected(p: Pager, ctx: dict) -> None:
         w.commit()
 
 
+def _txn_new_block(p: Pager, ctx: dict) -> None:
+    with p.transaction():
+        more = p.alloc_protected_bulk(35)  # fills the block, then a new one
+        w = p.write_protected(more[-1])
+        w.page[:] = _content(9)
+        w.commit()
+        p.set_root(1, 100)
+
+
 @pytest.mark.parametrize("layout_name", ["0.2", "0.3"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 def test_protected_writes_past_the_cap_survive_power_loss(tmp_path, mode, layout_name):
@@ -158,10 +191,13 @@ def test_protected_writes_past_the_cap_survive_power_loss(tmp_path, mode, layout
         Op("sync", "sync", lambda p, c: p.sync()),
         Op("txn", "transaction with a protected write", _txn_with_protected),
         Op("free_protected", "free_protected", lambda p, c: p.free_protected(c["p1"])),
+        Op("alloc_protected", "alloc_protected (extended)",
+           _store("p2", lambda p: p.alloc_protected())),
+        Op("txn", "transaction: a new directory block and a protected write", _txn_new_block),
         Op("sync", "sync", lambda p, c: p.sync()),
     ]
     rec = record_workload(tmp_path / "work", ops, PS, mode=mode, layout=layout_name)
-    assert rec.states[-1].roots[1] == 3
+    assert rec.states[-1].roots[1] == 100
     checker = ImageChecker(tmp_path / "img")
     bad = []
     images = 0
