@@ -91,6 +91,14 @@ static int next_run(const mp_pager *p, uint64_t from, uint64_t *first, uint64_t 
     return 1;
 }
 
+/* The check a record keeps for a run: its record sum (format_tail.c), which,
+ * unlike a CRC-32, also tells apart pages that end with their own CRC (every
+ * directory copy, and many user formats). */
+static uint32_t run_crc(const mp_pager *p, uint64_t first, uint64_t count)
+{
+    return fmt_record_sum(pager_page_ptr(p, first), (size_t)(count * p->page_size), first);
+}
+
 int txn_build_record(mp_pager *p)
 {
     if (p->dirty_count == 0)
@@ -106,7 +114,7 @@ int txn_build_record(mp_pager *p)
     for (uint64_t at = p->dirty_lo; next_run(p, at, &first, &count); at = first + count) {
         p->rec[n].first = first;
         p->rec[n].count = (uint32_t)count;
-        p->rec[n].crc = mp_crc32(pager_page_ptr(p, first), (size_t)(count * p->page_size));
+        p->rec[n].crc = run_crc(p, first, count);
         n++;
     }
     p->rec_n = (uint32_t)n;
@@ -115,17 +123,7 @@ int txn_build_record(mp_pager *p)
     return 1;
 }
 
-/* The check a record keeps for a run: the CRC-32 of its bytes in the v0.2
- * tail, the record sum (format_tail.c) in a root page, which also tells
- * apart pages that end with their own CRC (directory copies). */
-static uint32_t run_crc(const mp_pager *p, uint64_t first, uint64_t count, int root_page)
-{
-    size_t len = (size_t)(count * p->page_size);
-    const uint8_t *at = pager_page_ptr(p, first);
-    return root_page ? fmt_record_sum(at, len, first) : mp_crc32(at, len);
-}
-
-int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n, int root_page)
+int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n)
 {
     uint64_t mapped_pages = p->map.mapped / p->page_size;
     for (uint32_t i = 0; i < n; i++) {
@@ -133,7 +131,7 @@ int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n, int root
         if (r->count == 0 || r->first < MP_RESERVED_PAGES || r->first > mapped_pages ||
             r->count > mapped_pages - r->first)
             return 0;
-        if (run_crc(p, r->first, r->count, root_page) != r->crc)
+        if (run_crc(p, r->first, r->count) != r->crc)
             return 0;
     }
     return 1;
@@ -197,7 +195,7 @@ static void rec_page(mp_pager *p, uint32_t *n, uint64_t id)
 {
     p->rec[*n].first = id;
     p->rec[*n].count = 1;
-    p->rec[*n].crc = run_crc(p, id, 1, 1);
+    p->rec[*n].crc = run_crc(p, id, 1);
     (*n)++;
 }
 
@@ -224,7 +222,7 @@ int txn_build_ext_record(mp_pager *p, int *built)
          at = first + count) {
         p->rec[k].first = first;
         p->rec[k].count = (uint32_t)count;
-        p->rec[k].crc = run_crc(p, first, count, 1);
+        p->rec[k].crc = run_crc(p, first, count);
         k++;
     }
     for (uint32_t i = 0; i < p->staged_n; i++)

@@ -17,7 +17,8 @@
  *   [PS-76, PS-68)  the record count n (u32), then 4 zero bytes;
  *   below that      n commit-record entries of 16 bytes, entry i ending at
  *                   PS-76-16*i: first page (u64), page count (u32), and the
- *                   CRC-32 of those pages' bytes as committed (u32).
+ *                   record sum of those pages' bytes as committed (u32,
+ *                   fmt_record_sum).
  * The crate reads only the bitmap's bytes and the CRC over the whole page, so
  * it never sees these bytes. A copy whose bitmap reaches the tail (more than
  * (PS-100)*8 pages) has no roots (all 0) and no record. */
@@ -91,7 +92,7 @@ void fmt_meta_tail_write(uint8_t *page, uint32_t page_size, uint64_t total_pages
  *
  *   @0 u64 generation  @8 u32 record entries n  @12 u32 zero
  *   @16 the 8 roots, u64 each  @80 + 16*i record entry i (first page u64,
- *   page count u32, CRC-32 of those pages u32)  @PS-4 CRC of [0, PS-4)
+ *   page count u32, record sum of those pages u32)  @PS-4 CRC of [0, PS-4)
  *
  * The record of a copy counts only for the commit of its own generation. */
 #define ROOTS_AT 16u
@@ -156,7 +157,8 @@ uint64_t fmt_meta_roots_page(uint64_t ext_word)
     return (ext_word >> 32) * 4u;
 }
 
-/* The sum a root page's record keeps for a run of pages. Not a CRC: a CRC is
+/* The sum a commit record (the tail's or a root page's) keeps for a run of
+ * pages. Not a CRC: a CRC is
  * affine over the bytes, so every page that ends with the CRC-32 of the rest
  * of it (a directory copy, and many user formats) has the same CRC-32, the
  * residue, and a CRC seeded or reordered still cannot tell two such pages

@@ -211,7 +211,7 @@ int fmt_roots_page_read(const uint8_t *page, uint32_t page_size, uint64_t max_ge
                         uint64_t *generation, uint64_t *roots, mp_rec *recs, uint32_t *n);
 void fmt_roots_page_write(uint8_t *page, uint32_t page_size, uint64_t generation,
                           const mp_meta_tail *tail);
-/* The sum a root page's record keeps for the run of pages at `first`. */
+/* The sum a commit record keeps for the run of pages at `first`. */
 uint32_t fmt_record_sum(const uint8_t *data, size_t len, uint64_t first);
 /* Bytes 16-23 of an extended metadata copy: the seal, then where the root
  * pages are (roots_page: copy A's page id, a multiple of 4, or 0). */
@@ -637,8 +637,7 @@ int roots_pages_ensure(mp_pager *p);
  * fit the root page. */
 int txn_build_ext_record(mp_pager *p, int *built);
 /* Whether the chosen metadata copy's record matches the data on disk. */
-/* root_page: the record is a root page's (its sums are fmt_record_sum's). */
-int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n, int root_page);
+int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n);
 
 /* ---- directory.c, protected.c ---- */
 

@@ -355,7 +355,7 @@ static int record_holds(mp_pager *p, const uint8_t *meta, const mp_meta_header *
                                 &n) != MP_OK || gen != h->generation)
             n = 0;
     }
-    return n == 0 || txn_record_holds(p, p->rec, n, at != 0);
+    return n == 0 || txn_record_holds(p, p->rec, n);
 }
 
 void pager_claim_bit(mp_pager *p, uint64_t id)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import itertools
 import warnings
+import zlib
 
 import pytest
-from support.format_v03 import inspect_v03
+from support.format_v03 import inspect_v03, record_sum
 from support.geometry import layout
 from support.iohooks import DURABILITY_MODES, IoHooks, create_pager
 from support.powerloss import ImageChecker, all_but_one_images, crash_images, record_workload
@@ -110,6 +111,40 @@ def test_the_root_page_records_the_committed_data(tmp_path):
     img = inspect_v03(path)
     assert img.roots[0] == b
     assert [(first, count) for first, count, _ in img.record] == [(b, 1)]
+    page = path.read_bytes()[b * PS : (b + 1) * PS]
+    assert img.record[0][2] == record_sum(page, b)
+
+
+@pytest.mark.parametrize("past_the_cap", [False, True])
+def test_a_lost_write_of_a_page_ending_with_its_own_crc_is_seen(tmp_path, past_the_cap):
+    """A data page in a format that ends each page with the CRC-32 of the rest:
+    every such page has the same CRC-32, so only a sum that is not a CRC tells
+    the committed content from the older one a lost write leaves."""
+    path = tmp_path / "f"
+
+    def framed(tag: bytes) -> bytes:
+        body = tag * ((PS - 4) // len(tag))
+        body += bytes(PS - 4 - len(body))
+        return body + zlib.crc32(body).to_bytes(4, "little")
+
+    with Pager.create(path, PS, durability="fast") as p:
+        if past_the_cap:
+            p.alloc_bulk(CHUNK)
+        y = p.alloc()
+        with p.transaction() as tx:
+            tx.write(y, framed(b"old!"))
+            p.set_root(0, 1)
+        p.set_root(0, 2)  # a commit after it: y's record is retired
+        before = path.read_bytes()
+        with p.transaction() as tx:
+            tx.write(y, framed(b"new!"))
+            p.set_root(0, 3)
+    with open(path, "r+b") as f:  # y's write never reached the disk: its old bytes
+        f.seek(y * PS)
+        f.write(before[y * PS : (y + 1) * PS])
+    assert zlib.crc32(before[y * PS : (y + 1) * PS]) == zlib.crc32(framed(b"new!"))
+    with pytest.warns(RecoveryWarning, match="data page"), Pager.open(path) as q:
+        assert q.roots[0] == 2
 
 
 def test_open_falls_back_when_recorded_data_missed_the_disk(tmp_path):

@@ -314,6 +314,14 @@ def _read_dir_pages(fd, ps, refs, total, is_allocated, strict, problems):
     return system
 
 
+def record_sum(data: bytes, first: int) -> int:
+    """The record sum of a run of pages starting at page FIRST (FORMAT.md, "Root pages")."""
+    h = 0xCBF29CE484222325 ^ first
+    for (w,) in struct.iter_unpack("<Q", data):
+        h = ((h ^ w) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return (h ^ (h >> 32)) & 0xFFFFFFFF
+
+
 def _read_roots_pages(fd, ps, at, total, gen, is_allocated, problems) -> dict:
     """The extended layout's root pages (FORMAT.md, "Root pages"): each copy is
     @0 generation, @8 record count n, @12 zero, @16 eight u64 roots, @80 n
