@@ -10,6 +10,8 @@ another commit.
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from support.format_v03 import inspect_v03
 from support.geometry import layout
@@ -18,6 +20,7 @@ from support.powerloss import ImageChecker, crash_images, record_workload
 from support.workloads import Op, _store
 
 from mappedpages import Pager, ReadOnlyPager, ReservedPage
+from mappedpages._cli import _print_info
 from mappedpages._inspect import info_data
 
 PS = 1024
@@ -95,6 +98,11 @@ def test_info_shows_the_roots_and_where_they_live(tmp_path):
     assert data["roots"][:2] == [11, 22] and data["root_pages"] == [CHUNK + 4, CHUNK + 5]
     assert data["counts"]["metadata"] == 4  # copies A and B, and the two root pages
     assert not data["conflicts"]
+    out = io.StringIO()
+    _print_info(data, out)
+    assert f"11, 22, 0, 0, 0, 0, 0, 0 (in the root pages {CHUNK + 4} and {CHUNK + 5})" in (
+        out.getvalue()
+    )
 
 
 def test_rollback_of_a_move_to_the_extended_layout_keeps_the_v02_roots(tmp_path):
