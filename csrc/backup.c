@@ -131,7 +131,8 @@ static int read_page(bk_copy *b, uint64_t id)
  * above the commit's can only be the one the commit selected, since each
  * rewrite goes to the other copy with a newer generation. kind: 0 a chunk's
  * free-map page (arg: the chunk), 1 a directory-index page (arg: its
- * number), 2 a protected page (arg: its CRC). *ok = 0 when it is not. */
+ * number), 2 a protected page (arg: its CRC), 3 the root pages (extended
+ * layout). *ok = 0 when it is not. */
 static int copy_checked(bk_copy *b, uint64_t id, int kind, uint64_t arg, int *ok)
 {
     const mp_pager *s = b->s;
@@ -147,10 +148,29 @@ static int copy_checked(bk_copy *b, uint64_t id, int kind, uint64_t arg, int *ok
         uint32_t count;
         *ok = fmt_index_read(b->page, s->page_size, arg, s->generation, &gen, &count,
                              b->refs) == MP_OK;
+    } else if (kind == 3) {
+        uint64_t gen, roots[MP_ROOTS];
+        uint32_t n;
+        *ok = fmt_roots_page_read(b->page, s->page_size, s->generation, &gen, roots, NULL, &n) ==
+              MP_OK;
     } else {
         *ok = mp_crc32(b->page, s->page_size) == (uint32_t)arg;
     }
     return *ok ? write_page(b, id, b->page) : MP_OK;
+}
+
+static int copy_directory(bk_copy *b, uint64_t *copied, int *ok);
+
+/* The extended layout's root pages: the copy the commit uses. */
+static int copy_roots(bk_copy *b, uint64_t *copied, int *ok)
+{
+    const mp_pager *s = b->s;
+    *ok = 1;
+    if (!pager_extended(s) || s->roots_page == 0)
+        return MP_OK;
+    uint64_t id = s->roots_page + s->roots_active;
+    bitmap_set(copied, id);
+    return copy_checked(b, id, 3, 0, ok);
 }
 
 /* The commit's structure: pages 0-2, each chunk's committed free-map copy,
@@ -204,6 +224,16 @@ static int copy_structure(bk_copy *b, uint64_t *copied, int *ok)
                 return rc;
         }
     }
+    if ((rc = copy_roots(b, copied, ok)) != MP_OK || !*ok)
+        return rc;
+    return copy_directory(b, copied, ok);
+}
+
+/* The directory's current copies, and each protected page's current copy. */
+static int copy_directory(bk_copy *b, uint64_t *copied, int *ok)
+{
+    mp_pager *s = b->s;
+    int rc;
     for (uint32_t d = 0; d < s->dir_count; d++) {
         const mp_dir_ref *r = &s->refs[d];
         uint64_t id = r->active ? r->page_b : r->page_a;

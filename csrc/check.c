@@ -21,7 +21,12 @@
  *     bits | pending (writers);
  *   - the directory: each block's two pages and each live entry's two backing
  *     pages are system pages, and no page is owned twice; protected_count is
- *     the number of live entries.
+ *     the number of live entries;
+ *   - roots and the commit record where the layout keeps them: non-zero roots
+ *     only in a v0.2 state whose bitmap leaves the tail room, or in an
+ *     extended state with root pages; the record within its room; the root
+ *     pages (extended states only) a pair of system pages at a multiple of 4
+ *     that nothing else owns.
  *   - the pager's flags form a valid combination for its named state
  *     (pager_state; the table and which flags each mode and layout allows
  *     after a commit are in mp_internal.h).
@@ -119,13 +124,41 @@ static int check_block(const mp_pager *p, uint32_t b, uint64_t *seen, uint64_t *
     return 1;
 }
 
+/* Roots and the commit record sit where the layout keeps them: beside a v0.2
+ * bitmap that leaves them room (the metadata tail), or, past v0.2's cap, in
+ * the root pages: a pair of system pages at a multiple of 4 (claimed in
+ * seen[], so no directory block or entry may own them too). */
+static int check_roots(const mp_pager *p, uint64_t *seen)
+{
+    int any = 0;
+    for (uint32_t r = 0; r < MP_ROOTS; r++)
+        any |= p->roots[r] != 0;
+    int extended = pager_extended(p);
+    if (any && !(extended ? p->roots_page != 0 : fmt_meta_has_tail(p->page_size, p->total_pages)))
+        return 0;
+    uint64_t room = extended ? fmt_roots_page_room(p->page_size)
+                             : fmt_meta_record_room(p->page_size, p->total_pages);
+    if (!p->meta_unwritten && p->rec_n > room)
+        return 0;
+    if (p->roots_page == 0)
+        return 1;
+    if (!extended || p->roots_page % 4 != 0 || p->roots_active > 1)
+        return 0;
+    for (uint64_t i = 0; i < MP_ROOT_PAGES; i++)
+        if (pager_is_layout_page(p, p->roots_page + i) || !own(p, seen, p->roots_page + i))
+            return 0;
+    return 1;
+}
+
 static int check_directory(const mp_pager *p)
 {
-    if (p->dir_count == 0)
-        return p->protected_count == 0;
     uint64_t *seen = calloc((size_t)p->words_used, sizeof(uint64_t));
     if (!seen)
         return 1; /* no memory to check with is not a violation */
+    if (!check_roots(p, seen) || (p->dir_count == 0 && p->protected_count != 0)) {
+        free(seen);
+        return 0;
+    }
     uint64_t live = 0;
     int ok = 1;
     for (uint32_t b = 0; ok && b < p->dir_count; b++)

@@ -172,6 +172,18 @@ static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint6
     }
     bitmap_clear(p->chunk_dirty, 0);
     p->dir_committed = p->dir_count;
+    /* The root pages last (the seal's order): when the roots changed or the
+     * commit carries a record (engine.c). */
+    if (p->roots_page != 0 && (p->roots_dirty || p->rec_new)) {
+        uint32_t copy = p->roots_active ^ 1u;
+        uint8_t *page = pager_page_ptr(p, p->roots_page + copy);
+        mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
+        fmt_roots_page_write(page, p->page_size, gen, &tail);
+        *seal = fmt_seal_add(*seal, page, p->page_size);
+        (*written)++;
+        p->roots_active = copy;
+        p->roots_dirty = 0;
+    }
     return MP_OK;
 }
 
@@ -194,6 +206,16 @@ int pager_clear_leftovers(mp_pager *p)
                 return rc;
         }
     }
+    /* The root pages carry generations too. */
+    for (uint64_t w = 0; p->roots_page != 0 && w < MP_ROOT_PAGES; w++) {
+        uint8_t *page = pager_page_ptr(p, p->roots_page + w);
+        if (!fmt_is_leftover(page, p->page_size, p->generation))
+            continue;
+        memset(page, 0, p->page_size);
+        int rc = pager_flush_page(p, p->roots_page + w);
+        if (rc != MP_OK)
+            return rc;
+    }
     return MP_OK;
 }
 
@@ -213,7 +235,9 @@ static int meta_write(mp_pager *p, int flush)
     /* The record (engine.c) is this commit's: data pages it vouches for. */
     mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
     fmt_meta_write(pager_page_ptr(p, 1 + target), p->page_size, p->total_pages,
-                   p->generation + 1, extended ? seal : p->free_count, p->bits, &tail);
+                   p->generation + 1,
+                   extended ? fmt_meta_ext_word(seal, p->roots_page) : p->free_count, p->bits,
+                   &tail);
     if (flush) {
         /* The commit point: once this flush returns, open finds the new state.
          * With free-map or index pages written too, one fdatasync makes all of
@@ -279,6 +303,7 @@ static int flush_staged(mp_pager *p)
     }
     p->staged_lo = 1;
     p->staged_hi = 0;
+    p->staged_n = 0;
     return MP_OK;
 }
 
@@ -315,6 +340,7 @@ static int flush_dir_changes(mp_pager *p, int dirs)
     }
     p->staged_lo = 1;
     p->staged_hi = 0;
+    p->staged_n = 0;
     return MP_OK;
 }
 
@@ -337,12 +363,17 @@ static int commit_data(mp_pager *p, int record)
     return txn_flush_dirty(p);
 }
 
-/* The extended layout has one commit point, the metadata copy: staged copies
- * and directory pages are flushed before it (they carry no generation, so the
- * seal cannot vouch for them), then the index and free-map pages and the
- * metadata copy go out together under one flush. So a protected alloc, free
- * or write, or a whole transaction, is one atomic commit; an allocation
- * commit is one flush in every mode but "none". */
+/* The extended layout has one commit point, the metadata copy, and in
+ * "compat" and "fast" one flush: the record in the root page (engine.c)
+ * carries the CRC of every page the commit wrote that no generation marks
+ * (dirty data pages, staged protected copies, new directory copies), the
+ * seal covers the root page, and those pages, the index and free-map pages
+ * and the metadata copy go out under the same fdatasync. Open rejects a copy
+ * whose recorded pages do not all match, for the older state, which none of
+ * them overwrote (new pages, or inactive copies). Pages that do not fit the
+ * record are flushed first (2 flushes), as in "none" (at sync()). So a
+ * protected alloc, free or write, or a whole transaction, is one atomic
+ * commit, and a protected write or a transaction one flush. */
 static int commit_extended(mp_pager *p)
 {
     int rc;
@@ -350,16 +381,19 @@ static int commit_extended(mp_pager *p)
     int dir_change = dirs || p->index_changed || p->dir_count != p->dir_committed;
     if (!dir_change && !p->changed && p->dirty_count == 0)
         return MP_OK;
-    if ((rc = commit_data(p, 0)) != MP_OK)
+    int built = 0;
+    if (p->durability != MP_DURABILITY_NONE && (rc = txn_build_ext_record(p, &built)) != MP_OK)
         return rc;
-    if (!dir_change && !p->changed)
+    if (!built && (rc = commit_data(p, 0)) != MP_OK)
+        return rc;
+    if (!dir_change && !p->changed && !built)
         return MP_OK;
     if (!dir_change && p->durability == MP_DURABILITY_NONE) {
         p->changed = 0;
         p->meta_unwritten = 1;
         return MP_OK;
     }
-    if ((rc = flush_dir_changes(p, dirs)) != MP_OK)
+    if (!built && (rc = flush_dir_changes(p, dirs)) != MP_OK)
         return rc;
     dir_flip_dirty(p);
     p->changed = 0;

@@ -412,6 +412,11 @@ int dir_write_dirty(mp_pager *p, int flush)
 
 /* Points each changed block at the copy dir_write_dirty wrote; the commit
  * that follows makes the switch durable, for all blocks at once. */
+uint64_t dir_inactive_page(const mp_pager *p, uint32_t b)
+{
+    return ref_page(&p->refs[b], !p->refs[b].active);
+}
+
 void dir_flip_dirty(mp_pager *p)
 {
     for (uint32_t i = 0; i < p->dir_count; i++) {

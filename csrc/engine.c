@@ -91,6 +91,14 @@ static int next_run(const mp_pager *p, uint64_t from, uint64_t *first, uint64_t 
     return 1;
 }
 
+/* The check a record keeps for a run: its record sum (format_tail.c), which,
+ * unlike a CRC-32, also tells apart pages that end with their own CRC (every
+ * directory copy, and many user formats). */
+static uint32_t run_crc(const mp_pager *p, uint64_t first, uint64_t count)
+{
+    return fmt_record_sum(pager_page_ptr(p, first), (size_t)(count * p->page_size), first);
+}
+
 int txn_build_record(mp_pager *p)
 {
     if (p->dirty_count == 0)
@@ -106,7 +114,7 @@ int txn_build_record(mp_pager *p)
     for (uint64_t at = p->dirty_lo; next_run(p, at, &first, &count); at = first + count) {
         p->rec[n].first = first;
         p->rec[n].count = (uint32_t)count;
-        p->rec[n].crc = mp_crc32(pager_page_ptr(p, first), (size_t)(count * p->page_size));
+        p->rec[n].crc = run_crc(p, first, count);
         n++;
     }
     p->rec_n = (uint32_t)n;
@@ -123,10 +131,113 @@ int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n)
         if (r->count == 0 || r->first < MP_RESERVED_PAGES || r->first > mapped_pages ||
             r->count > mapped_pages - r->first)
             return 0;
-        if (mp_crc32(pager_page_ptr(p, r->first), (size_t)r->count * p->page_size) != r->crc)
+        if (run_crc(p, r->first, r->count) != r->crc)
             return 0;
     }
     return 1;
+}
+
+/* ---------------------------------------- the extended layout's record */
+
+void roots_pages_claim(mp_pager *p, uint64_t at)
+{
+    /* The pages held data (or an earlier crash's copies): zeroed, so no old
+     * content can pass for a copy. Copy A is written by the commit that names
+     * the pair, and the zeroes reach the disk under its flush; a crash before
+     * that leaves copies newer than the committed state, which open zeroes. */
+    for (uint64_t i = 0; i < MP_ROOT_PAGES; i++) {
+        memset(pager_page_ptr(p, at + i), 0, p->page_size);
+        pager_bit_take(p, at + i);
+        bitmap_set(p->system, at + i);
+    }
+    p->free_count -= MP_ROOT_PAGES;
+    p->system_count += MP_ROOT_PAGES;
+    p->roots_page = at;
+    p->roots_active = 1; /* the first write goes to copy A */
+    p->roots_dirty = 1;
+}
+
+/* A file that reached the extended layout without root pages: the lowest
+ * free pair at a multiple of 4 (the metadata copy names it by a u32). */
+int roots_pages_ensure(mp_pager *p)
+{
+    if (p->roots_page != 0)
+        return MP_OK;
+    for (uint64_t at = p->chunk_pages; at + 1 < p->total_pages; at += 4) {
+        int busy = 0;
+        for (uint64_t i = 0; i < MP_ROOT_PAGES; i++)
+            busy |= pager_is_layout_page(p, at + i) || bitmap_get(p->bits, at + i) ||
+                    bitmap_get(p->pending, at + i);
+        if (busy)
+            continue;
+        int rc = space_before_take(p, at);
+        if (rc == MP_OK)
+            rc = space_before_take(p, at + 1);
+        if (rc != MP_OK)
+            return rc;
+        roots_pages_claim(p, at);
+        return MP_OK;
+    }
+    return MP_EFILE_FULL;
+}
+
+static uint64_t dirty_runs(const mp_pager *p, uint64_t limit)
+{
+    uint64_t first, count, n = 0;
+    for (uint64_t at = p->dirty_lo; p->dirty_count > 0 && n <= limit &&
+                                    next_run(p, at, &first, &count);
+         at = first + count)
+        n++;
+    return n;
+}
+
+static void rec_page(mp_pager *p, uint32_t *n, uint64_t id)
+{
+    p->rec[*n].first = id;
+    p->rec[*n].count = 1;
+    p->rec[*n].crc = run_crc(p, id, 1);
+    (*n)++;
+}
+
+/* One commit point and one flush for everything the commit wrote: the root
+ * page's record holds the CRC of each dirty data run, each staged protected
+ * copy and each new directory copy, so open can tell a commit whose pages did
+ * not all reach the disk (and takes the older state, which none of them
+ * overwrote: they are new pages, or inactive copies). */
+int txn_build_ext_record(mp_pager *p, int *built)
+{
+    *built = 0;
+    uint64_t room = fmt_roots_page_room(p->page_size);
+    uint64_t n = dirty_runs(p, room) + p->staged_n;
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        n += p->dirs[b].dirty != 0;
+    if (n == 0 || n > room || roots_pages_ensure(p) != MP_OK)
+        return MP_OK;
+    int rc = dir_write_dirty(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    uint32_t k = 0;
+    uint64_t first, count;
+    for (uint64_t at = p->dirty_lo; p->dirty_count > 0 && next_run(p, at, &first, &count);
+         at = first + count) {
+        p->rec[k].first = first;
+        p->rec[k].count = (uint32_t)count;
+        p->rec[k].crc = run_crc(p, first, count);
+        k++;
+    }
+    for (uint32_t i = 0; i < p->staged_n; i++)
+        rec_page(p, &k, p->staged_ids[i]);
+    for (uint32_t b = 0; b < p->dir_count; b++)
+        if (p->dirs[b].dirty)
+            rec_page(p, &k, dir_inactive_page(p, b));
+    p->rec_n = k;
+    p->rec_new = 1;
+    txn_forget_dirty(p);
+    p->staged_lo = 1;
+    p->staged_hi = 0;
+    p->staged_n = 0;
+    *built = 1;
+    return MP_OK;
 }
 
 static int overlaps_record(const mp_pager *p, uint64_t first, uint64_t count)
@@ -147,6 +258,21 @@ static int retire_record(mp_pager *p)
     uint8_t *dst = pager_page_ptr(p, 1 + target);
     const uint8_t *src = pager_page_ptr(p, 1 + p->active);
     uint64_t total = mp_load_u64(src);
+    if (total > p->chunk_pages) {
+        /* Extended: the record counts only for its own generation, so the
+         * same copy one generation on, sealing nothing, retires it. */
+        memcpy(p->scratch, src, p->page_size);
+        fmt_meta_restamp(p->scratch, p->page_size, p->generation + 1);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        memcpy(dst, p->scratch, p->page_size);
+        int rc = pager_flush_page(p, 1 + target);
+        if (rc != MP_OK)
+            return rc;
+        p->active = target;
+        p->generation++;
+        p->rec_n = 0;
+        return MP_OK;
+    }
     uint64_t roots[MP_ROOTS];
     uint32_t n;
     /* p->rec holds this same record already. */
@@ -285,6 +411,14 @@ int mp_pager_roots(const mp_pager *p, uint64_t *out)
     return MP_OK;
 }
 
+int mp_pager_root_pages(const mp_pager *p, uint64_t *out_page_a)
+{
+    if (!p || !out_page_a)
+        return MP_EINVALID_ARGUMENT;
+    *out_page_a = p->roots_page;
+    return MP_OK;
+}
+
 int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
 {
     int rc = pager_usable(p, 1);
@@ -294,11 +428,17 @@ int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
         return MP_EINVALID_ARGUMENT;
     if (p->roots[slot] == value)
         return MP_OK;
-    /* Roots live beside the v0.2 bitmap; a state whose bitmap fills the
-     * metadata page has no room for them. */
-    if (value != 0 && !fmt_meta_has_tail(p->page_size, p->total_pages))
-        return MP_EFILE_FULL;
+    /* Roots live beside the v0.2 bitmap while it leaves them room; past that
+     * the state moves to the extended layout (growth past chunk 0 claims its
+     * root pages), as growth past the v0.2 cap does. */
+    if (value != 0 && !pager_extended(p) && !fmt_meta_has_tail(p->page_size, p->total_pages))
+        rc = pager_grow_at_least(p, p->chunk_pages + 1);
+    if (rc == MP_OK && value != 0 && pager_extended(p))
+        rc = roots_pages_ensure(p);
+    if (rc != MP_OK)
+        return rc;
     p->roots[slot] = value;
+    p->roots_dirty = 1;
     p->changed = 1;
     return pager_commit(p, MP_ORDER_DIR_FIRST);
 }

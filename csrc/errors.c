@@ -26,9 +26,7 @@ static const char *const error_text[MP_ERROR_CODES] = {
     [MP_EUNAVAILABLE] =
         "a flush failed earlier, so the on-disk state is unknown; reopen the file",
     [MP_EFILE_FULL] =
-        "the file cannot grow further (past max_pages: 16 TiB, the most a pager maps; or, "
-        "while a root is non-zero, past the (page_size - 100) * 8 pages whose bitmap leaves "
-        "the roots room)",
+        "the file cannot grow further (past max_pages: 16 TiB, the most a pager maps)",
     [MP_EDIRECTORY_FULL] =
         "no room for another directory block (the file cannot grow to hold it)",
     [MP_ELOCKED] = "another writer holds the file's lock",

@@ -468,9 +468,14 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
         }
     }
     uint64_t set = popcount_bytes(bm, used_bytes);
-    /* Extended: bytes 16-23 hold the commit's seal (a u32, then zero), not a
-     * free count; the caller checks the seal against the pages it covers. */
-    if (extended ? (out->free_count >> 32) != 0 : out->free_count != total - set) {
+    /* Extended: bytes 16-23 hold the commit's seal (a u32), which the caller
+     * checks against the pages it covers, then where the root pages are (0:
+     * none; else a pair of data pages of the file), not a free count. */
+    uint64_t roots = fmt_meta_roots_page(out->free_count);
+    if (extended ? roots != 0 && (roots + 1 >= out->total_pages ||
+                                  fmt_is_layout_page(chunk, roots) ||
+                                  fmt_is_layout_page(chunk, roots + 1))
+                 : out->free_count != total - set) {
         out->problem = MP_META_BAD_FREE_COUNT;
         return;
     }
@@ -513,6 +518,13 @@ void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
 }
 
+void fmt_meta_restamp(uint8_t *page, uint32_t page_size, uint64_t generation)
+{
+    mp_store_u64(page + 8, generation);
+    if (mp_load_u64(page) > fmt_chunk_pages(page_size))
+        mp_store_u32(page + 16, 0); /* the seal: no page carries this generation */
+    mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
+}
 
 /* ------------------------------------------- extended layout: chunk pages
  *

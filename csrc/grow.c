@@ -48,11 +48,24 @@ void pager_bit_give(mp_pager *p, uint64_t id)
     pager_map_changed(p, id);
 }
 
+/* A state with a non-zero root that leaves v0.2 needs root pages. */
+static int roots_move(const mp_pager *p)
+{
+    int any = 0;
+    for (uint32_t r = 0; r < MP_ROOTS; r++)
+        any |= p->roots[r] != 0;
+    return any && p->roots_page == 0 && p->total_pages <= p->chunk_pages;
+}
+
 /* A growth target the layout accepts: never a chunk without its layout
  * pages, never past the cap. */
 static uint64_t fit_total(const mp_pager *p, uint64_t t)
 {
     t = fmt_fit_total(p->chunk_pages, t);
+    /* Chunk 1 may hold the root pages after its layout pages. */
+    uint64_t first = p->chunk_pages + MP_LAYOUT_PAGES + MP_ROOT_PAGES;
+    if (t > p->chunk_pages && t < first && roots_move(p))
+        t = first;
     return t > p->max_pages ? p->max_pages : t;
 }
 
@@ -61,12 +74,7 @@ static uint64_t fit_total(const mp_pager *p, uint64_t t)
  * so a crash anywhere in here leaves only a longer file, which open accepts. */
 static int grow_to(mp_pager *p, uint64_t new_total)
 {
-    /* Roots live beside the v0.2 bitmap (format.c): a state that holds
-     * roots cannot outgrow the room the bitmap leaves them. */
-    if (!fmt_meta_has_tail(p->page_size, new_total))
-        for (uint32_t r = 0; r < MP_ROOTS; r++)
-            if (p->roots[r] != 0)
-                return MP_EFILE_FULL;
+    int move_roots = roots_move(p);
     uint64_t ps = p->page_size;
     uint64_t old_size;
     int rc = os_file_size(p->fd, &old_size);
@@ -120,6 +128,11 @@ static int grow_to(mp_pager *p, uint64_t new_total)
             }
         }
     }
+    /* Chunk 1 is new and the state has roots: the two pages after its layout
+     * pages (free) become the extended layout's root pages, which the commit
+     * that moves the file there writes (engine.c). */
+    if (first == 1 && last >= 1 && move_roots)
+        roots_pages_claim(p, fmt_chunk_start(p->chunk_pages, 1) + MP_LAYOUT_PAGES);
     p->changed = 1;
     return MP_OK;
 }
@@ -127,7 +140,8 @@ static int grow_to(mp_pager *p, uint64_t new_total)
 /* Pages the file gains by growing to t, net of new chunks' layout pages. */
 static uint64_t gained(const mp_pager *p, uint64_t t)
 {
-    return (t - p->total_pages) -
+    uint64_t roots = roots_move(p) && t > p->chunk_pages ? MP_ROOT_PAGES : 0;
+    return (t - p->total_pages) - roots -
            MP_LAYOUT_PAGES * (fmt_chunks_below(p->chunk_pages, t) -
                               fmt_chunks_below(p->chunk_pages, p->total_pages));
 }
@@ -141,12 +155,11 @@ static uint64_t next_total(const mp_pager *p, uint64_t t)
     uint64_t n = t + (add ? add : 1);
     if (t < p->chunk_pages && n > p->chunk_pages)
         n = p->chunk_pages;
-    /* A state with roots stops where the bitmap still leaves them room. */
-    uint64_t room = (uint64_t)(p->page_size - 4u - MP_TAIL_FIXED - MP_META_HEADER) * 8u;
-    if (t < room && n > room)
-        for (uint32_t r = 0; r < MP_ROOTS; r++)
-            if (p->roots[r] != 0)
-                n = room;
+    /* A state with roots has them beside the v0.2 bitmap only while it
+     * leaves them room (format_tail.c); past that it moves on to the
+     * extended layout's root pages. */
+    if (n > t && n <= p->chunk_pages && !fmt_meta_has_tail(p->page_size, n) && roots_move(p))
+        n = p->chunk_pages + 1;
     return fit_total(p, n);
 }
 

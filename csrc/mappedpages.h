@@ -304,6 +304,10 @@ int mp_txn_abort(mp_pager *p);
 /* Engine transactions (engine.c): roots, dirty data pages, flushing runs. */
 int mp_pager_roots(const mp_pager *p, uint64_t *out_roots8);
 int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value);
+/* Where the extended layout keeps the roots and the commit record: the page of
+ * copy A of the root pages (copy B follows it), or 0 when the state has none
+ * (the v0.2 layout keeps them in the metadata copies). */
+int mp_pager_root_pages(const mp_pager *p, uint64_t *out_page_a);
 int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count);
 int mp_txn_dirty_count(const mp_pager *p, uint64_t *out);
 /* Writes len bytes at byte offset (< page_size) of page first, through the page cache,

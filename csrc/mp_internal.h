@@ -201,6 +201,24 @@ void fmt_meta_tail_read(const uint8_t *page, uint32_t page_size, uint64_t total_
                         uint64_t *roots, mp_rec *recs, uint32_t *n);
 void fmt_meta_tail_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
                          const mp_meta_tail *tail);
+/* The extended layout's root pages (format_tail.c): the roots and the commit
+ * record past v0.2's cap, in a pair of pages the metadata copy names. */
+#define MP_ROOT_PAGES 2u         /* copies A and B, at pages 4q and 4q + 1 */
+uint32_t fmt_roots_page_room(uint32_t page_size);
+/* A valid copy (CRC, generation not above max_generation, count in room):
+ * MP_OK with its generation, roots, record (recs may be NULL) and count. */
+int fmt_roots_page_read(const uint8_t *page, uint32_t page_size, uint64_t max_generation,
+                        uint64_t *generation, uint64_t *roots, mp_rec *recs, uint32_t *n);
+void fmt_roots_page_write(uint8_t *page, uint32_t page_size, uint64_t generation,
+                          const mp_meta_tail *tail);
+/* The sum a commit record keeps for the run of pages at `first`. */
+uint32_t fmt_record_sum(const uint8_t *data, size_t len, uint64_t first);
+/* Bytes 16-23 of an extended metadata copy: the seal, then where the root
+ * pages are (roots_page: copy A's page id, a multiple of 4, or 0). */
+uint64_t fmt_meta_ext_word(uint32_t seal, uint64_t roots_page);
+uint64_t fmt_meta_roots_page(uint64_t ext_word);
+/* A metadata copy as it is, at another generation (extended: sealing no page). */
+void fmt_meta_restamp(uint8_t *page, uint32_t page_size, uint64_t generation);
 /* free_or_seal: free_count in v0.2; in the extended layout the seal of the
  * commit (see fmt_seal_add). */
 void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
@@ -480,6 +498,17 @@ struct mp_pager {
     uint32_t rec_n;          /* entries in the committed copy's record, or, with
                                 rec_new, in the record of the commit under way */
     int rec_new;
+    /* Extended layout: the root pages (format_tail.c), copy A's page id or 0,
+     * which copy the committed state uses, and whether the next commit must
+     * write them (the roots changed, or the pair is new). */
+    uint64_t roots_page;
+    uint32_t roots_active;
+    int roots_dirty;
+    /* Staged protected copies of the commit under way, for its record (the
+     * extended layout's one-flush commit); staged_n past MP_MAX_RECORD means
+     * they do not fit it. Reset with staged_lo/hi. */
+    uint64_t staged_ids[MP_MAX_RECORD];
+    uint32_t staged_n;
     /* "none" mode: the state a transaction started from when it was not
      * written yet (rollback restores it; see engine.c). */
     uint64_t *snap;          /* bits, then pending: 2 * snap_words words */
@@ -597,6 +626,16 @@ int txn_snapshot_settle(mp_pager *p);
 /* commit.c: writes and flushes the in-memory state and page 0, keeping the
  * pending pages pending. */
 int pager_write_state(mp_pager *p);
+/* The extended layout's root pages: claims the free pair at `at` (a
+ * multiple of 4) for them; or finds a free pair and claims it (FileFull when
+ * there is none). */
+void roots_pages_claim(mp_pager *p, uint64_t at);
+int roots_pages_ensure(mp_pager *p);
+/* Builds the record of an extended-layout commit (the dirty data runs, the
+ * staged protected copies and the new directory copies, the latter written
+ * here without a flush); returns 0, with nothing written, when they do not
+ * fit the root page. */
+int txn_build_ext_record(mp_pager *p, int *built);
 /* Whether the chosen metadata copy's record matches the data on disk. */
 int txn_record_holds(const mp_pager *p, const mp_rec *recs, uint32_t n);
 
@@ -616,6 +655,8 @@ int block_unfinished(const mp_pager *p, const mp_dir_ref *r);
 void dir_release(mp_pager *p);
 int dir_write_dirty(mp_pager *p, int flush);
 void dir_flip_dirty(mp_pager *p);
+/* The copy of block b a commit writes (the one its reference does not name). */
+uint64_t dir_inactive_page(const mp_pager *p, uint32_t b);
 int dir_any_dirty(const mp_pager *p);
 /* Block b's reference changed: its index page must be rewritten. */
 void dir_ref_changed(mp_pager *p, uint64_t b);

@@ -42,6 +42,9 @@
     X(uint64_t, protected_count)                                                                 \
     X(uint64_t, system_count)                                                                    \
     X(uint32_t, rec_n)                                                                           \
+    X(uint64_t, roots_page)                                                                      \
+    X(uint32_t, roots_active)                                                                    \
+    X(int, roots_dirty)                                                                          \
     X(int, page0_stale)                                                                          \
     X(int, meta_unwritten)                                                                       \
     X(int, changed)                                                                              \

@@ -164,11 +164,25 @@ int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids,
 
 /* ------------------------------------------------------------ alloc/free */
 
+static void stage(mp_pager *p, uint64_t staged);
+
+/* A page a new entry or block will name: flushed before the commit names it,
+ * or, in the extended layout's one-flush commit, listed in its record like a
+ * staged copy (commit.c, engine.c). */
+static int flush_new_page(mp_pager *p, uint64_t id)
+{
+    if (pager_extended(p) && p->durability != MP_DURABILITY_NONE) {
+        stage(p, id);
+        return MP_OK;
+    }
+    return pager_flush_page(p, id);
+}
+
 static int flush_zeroed(mp_pager *p, uint64_t id, uint32_t *crc)
 {
     memset(pager_page_ptr(p, id), 0, p->page_size);
     *crc = mp_crc32(pager_page_ptr(p, id), p->page_size);
-    return pager_flush_page(p, id);
+    return flush_new_page(p, id);
 }
 
 static int take_pages(mp_pager *p, uint64_t n, uint64_t *ids)
@@ -231,7 +245,7 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
      * stale), so a later fallback never meets an uninitialised page. */
     for (int w = 0; w < 2; w++) {
         fmt_dir_page_write(pager_page_ptr(p, ids[w]), p->page_size, p->dirs[b].entries);
-        if ((rc = pager_flush_page(p, ids[w])) != MP_OK)
+        if ((rc = flush_new_page(p, ids[w])) != MP_OK)
             return rc;
     }
     p->refs[b].page_a = ids[0];
@@ -391,6 +405,11 @@ int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
  * metadata written with them may reach the disk at any time. */
 static void stage(mp_pager *p, uint64_t staged)
 {
+    /* The extended layout's record names each one (engine.c). */
+    if (p->staged_n < MP_MAX_RECORD)
+        p->staged_ids[p->staged_n] = staged;
+    if (p->staged_n <= MP_MAX_RECORD)
+        p->staged_n++;
     if (p->staged_hi < p->staged_lo) {
         p->staged_lo = p->staged_hi = staged;
     } else {

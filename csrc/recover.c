@@ -222,6 +222,43 @@ static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t 
     return MP_OK;
 }
 
+/* The roots and the commit record of an extended-layout state, from the root
+ * pages its metadata copy names (each copy read from a private copy: a writer
+ * may be rewriting the inactive one). The record counts only when the copy
+ * was written by the commit of generation gen; then the copy is in its seal. */
+static int load_roots_pages(mp_pager *p, uint64_t at, uint64_t gen, uint32_t *seal)
+{
+    p->roots_page = at;
+    p->roots_active = 0;
+    p->roots_dirty = 0;
+    if (at == 0)
+        return MP_OK;
+    if (!bitmap_get(p->bits, at) || !bitmap_get(p->bits, at + 1))
+        return MP_ECORRUPT_METADATA;
+    uint64_t g[2] = {0, 0};
+    uint32_t n;
+    int ok[2];
+    for (uint32_t w = 0; w < 2; w++) {
+        memcpy(p->scratch, pager_page_ptr(p, at + w), p->page_size);
+        ok[w] = fmt_roots_page_read(p->scratch, p->page_size, gen, &g[w], p->roots, NULL,
+                                    &n) == MP_OK;
+    }
+    int pick = pick_copy(g[0], ok[0], g[1], ok[1]);
+    if (pick < 0)
+        return MP_ECORRUPT_METADATA;
+    memcpy(p->scratch, pager_page_ptr(p, at + (uint32_t)pick), p->page_size);
+    if (fmt_roots_page_read(p->scratch, p->page_size, gen, &g[pick], p->roots, p->rec, &n) !=
+        MP_OK)
+        return MP_ECORRUPT_METADATA;
+    p->rec_n = g[pick] == gen ? n : 0;
+    if (g[pick] == gen)
+        *seal = fmt_seal_add(*seal, p->scratch, p->page_size);
+    p->roots_active = (uint32_t)pick;
+    bitmap_set(p->system, at);
+    bitmap_set(p->system, at + 1);
+    return MP_OK;
+}
+
 /* Clears the in-memory maps and loads the chosen copy's state into them.
  * Only the words some earlier load or growth touched need clearing (the rest
  * are still zero), and words_used rises only with what was loaded: a copy
@@ -247,6 +284,9 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     pager_note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
     fmt_meta_tail_read(meta, p->page_size, p->total_pages, p->roots, p->rec, &p->rec_n);
+    p->roots_page = 0;
+    p->roots_active = 0;
+    p->roots_dirty = 0;
     *dir_blocks = 0;
     if (p->total_pages <= p->chunk_pages)
         return MP_OK;
@@ -258,6 +298,8 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     int rc = load_chunks(p, p->total_pages, p->generation, &free, &seal, dir_blocks);
     if (rc == MP_OK)
         rc = load_index_pages(p, *dir_blocks, p->generation, &seal);
+    if (rc == MP_OK)
+        rc = load_roots_pages(p, fmt_meta_roots_page(h->free_count), p->generation, &seal);
     if (rc != MP_OK)
         return rc;
     if (seal != (uint32_t)h->free_count)
@@ -296,11 +338,23 @@ static int cut_copy(const mp_meta_header *h)
     return cut;
 }
 
+/* The commit record of the copy h: in the metadata tail (v0.2), or in the
+ * root page copy its own commit wrote (extended; a copy of another
+ * generation carries an older commit's record, which does not count, and a
+ * missing or torn one is the seal's business). */
 static int record_holds(mp_pager *p, const uint8_t *meta, const mp_meta_header *h)
 {
     uint64_t roots[MP_ROOTS];
-    uint32_t n;
+    uint32_t n = 0;
     fmt_meta_tail_read(meta, p->page_size, h->total_pages, roots, p->rec, &n);
+    uint64_t at = h->total_pages > p->chunk_pages ? fmt_meta_roots_page(h->free_count) : 0;
+    for (uint32_t w = 0; at != 0 && w < MP_ROOT_PAGES && n == 0; w++) {
+        uint64_t gen;
+        memcpy(p->scratch, pager_page_ptr(p, at + w), p->page_size);
+        if (fmt_roots_page_read(p->scratch, p->page_size, h->generation, &gen, roots, p->rec,
+                                &n) != MP_OK || gen != h->generation)
+            n = 0;
+    }
     return n == 0 || txn_record_holds(p, p->rec, n);
 }
 

@@ -74,6 +74,7 @@ int mp_txn_abort(mp_pager *p)
     p->txn_depth = 0;
     p->staged_lo = 1;
     p->staged_hi = 0;
+    p->staged_n = 0;
     txn_forget_dirty(p);
     if (p->poisoned)
         return MP_EUNAVAILABLE;

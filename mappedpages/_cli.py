@@ -224,6 +224,12 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
     else:
         rows.append(("free map", f"in the metadata copies (one bitmap of up to {chunk} pages)"))
         rows.append(("page 0 selects", f"copy {data['page0_selects']}"))
+    where = (
+        f"in the root pages {data['root_pages'][0]} and {data['root_pages'][1]}"
+        if data["root_pages"]
+        else "in the metadata copies" if not data["extended"] else "none kept (all 0)"
+    )
+    rows.append(("roots", f"{', '.join(str(r) for r in data['roots'])} ({where})"))
     blocks = data["directory_blocks"]
     if blocks:
         listed = "; ".join(f"block {i} on pages {a} and {b}" for i, (a, b) in enumerate(blocks))

@@ -379,6 +379,11 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
         claim(map_b, FREEMAP, f"the free-map page of chunk {chunk} (copy B)")
         claim(index_a, DIRINDEX, f"directory-index page {chunk - 1} (copy A)")
         claim(index_b, DIRINDEX, f"directory-index page {chunk - 1} (copy B)")
+    root = ffi.new("uint64_t *")
+    if lib.mp_pager_root_pages(handle, root) == 0 and int(root[0]):
+        # The extended layout's roots and commit record: metadata of their own.
+        claim(int(root[0]), METADATA, "the root pages (copy A)")
+        claim(int(root[0]) + 1, METADATA, "the root pages (copy B)")
     layout_pages = int(stats.layout_pages)
     expected = layout_page_total(page_size, count)
     if layout_pages != expected:
@@ -455,6 +460,10 @@ def info_data(path: str) -> dict[str, Any]:
     try:
         report = dict(reader._open_report)
         layout = read_layout(reader)
+        roots = [int(r) for r in reader.roots]
+        at = ffi.new("uint64_t *")
+        lib.mp_pager_root_pages(reader._handle, at)
+        root_pages = [int(at[0]), int(at[0]) + 1] if int(at[0]) else None
     finally:
         reader.close()
     runs = layout.free_runs()
@@ -491,6 +500,8 @@ def info_data(path: str) -> dict[str, Any]:
         "metadata": copies,
         "free_map_pages": [list(layout.chunk_layout_pages(c)[:2]) for c in chunks],
         "directory_index_pages": [list(layout.chunk_layout_pages(c)[2:]) for c in chunks],
+        "roots": roots,
+        "root_pages": root_pages,
         "page0_selects": "AB"[sb.selector] if sb.selector in (0, 1) else sb.selector,
         # The extended layout does not keep page 0's selector current (only the crate,
         # which refuses such a file, would read it).

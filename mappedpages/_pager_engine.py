@@ -60,9 +60,11 @@ class _EngineCalls(_PagerBase):
 
         Roots commit atomically with the allocation state: inside a
         transaction with it, outside one as a commit of its own. ``ValueError``
-        for a slot or value out of range; :class:`FileFull` for a non-zero
-        value in a file whose allocation bitmap leaves no room for roots (a
-        v0.2 bitmap past ``(page_size - 100) * 8`` pages, see FORMAT.md).
+        for a slot or value out of range. A non-zero value in a v0.2 file
+        whose bitmap leaves the roots no room (past ``(page_size - 100) * 8``
+        pages) moves the file to the extended layout first (it grows past the
+        v0.2 cap; see FORMAT.md, "Root pages"); :class:`FileFull` only when the
+        file cannot grow.
         """
         if isinstance(slot, bool) or not isinstance(slot, int):
             raise TypeError(f"slot must be an int, not {type(slot).__name__}")
@@ -75,15 +77,6 @@ class _EngineCalls(_PagerBase):
         with self._lock:
             handle = self._usable()
             rc = lib.mp_pager_set_root(handle, slot, value)
-            if rc == lib.MP_EFILE_FULL:
-                raise_for(
-                    rc,
-                    f"root {slot}",
-                    self._path,
-                    detail=f"this file's metadata has no room for roots beside the bitmap of "
-                    f"its {self._page_count} pages (FORMAT.md, the metadata tail)",
-                )
+            self._refresh_stats()  # a move to the extended layout grows the file
             self._check(rc, f"root {slot}")
-            if not self._txn_depth:  # (inside a transaction nothing committed)
-                self._refresh_stats()
 

@@ -790,7 +790,10 @@ def test_info_extended_file(tmp_path):
     assert data["layout_pages"] == 3 + 4 == 7
     assert data["counts"]["free map"] == 2
     assert data["counts"]["directory index"] == 2
-    assert data["counts"]["reserved"] == 1 and data["counts"]["metadata"] == 2
+    # Metadata: copies A and B, and the root pages the protected write's
+    # one-flush commit took (its record lives there).
+    assert data["root_pages"] is not None
+    assert data["counts"]["reserved"] == 1 and data["counts"]["metadata"] == 2 + 2
     assert data["counts"]["protected backing"] == 4
     # Every page is counted once, and the free pages add up to the metadata's count.
     assert sum(data["counts"].values()) == data["page_count"]

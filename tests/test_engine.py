@@ -30,10 +30,11 @@ from array import array
 
 import pytest
 from support.format_v02 import check_valid_v02, read_image
+from support.format_v03 import inspect_v03, record_sum
+from support.geometry import layout as geometry
 from support.iohooks import IoHooks, create_pager
 
 from mappedpages import (
-    FileFull,
     OutOfBounds,
     Pager,
     ReadOnlyPager,
@@ -137,24 +138,50 @@ def test_v02_file_with_roots_stays_valid_for_the_crate(tmp_path):
     assert zlib.crc32(page[:-4]) == int.from_bytes(page[-4:], "little")
 
 
-def test_roots_refused_where_the_bitmap_leaves_no_room(tmp_path):
-    # 1 KiB pages: roots fit while the v0.2 bitmap has (1024 - 100) * 8 pages.
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
+def test_roots_move_to_the_extended_layout_where_the_bitmap_leaves_no_room(tmp_path, layout):
+    # 1 KiB pages: the v0.2 tail holds roots while the bitmap has at most
+    # (1024 - 100) * 8 pages; past that a state with roots moves to the
+    # extended layout's root pages instead of stopping (it used to: FileFull).
     room = (1024 - 100) * 8
-    with Pager.create(tmp_path / "f", 1024, durability="none") as p:
+    chunk = geometry(1024).chunk_pages
+    path = tmp_path / "f"
+    with Pager.create(path, 1024, layout=layout) as p:
         p.set_root(0, 1)
-        with pytest.raises(FileFull):
-            for _ in range(64):
-                p.alloc_bulk(p.free_page_count)
-                p.alloc()
-        assert p.page_count == room  # growth stopped where roots still fit
-        assert p.free_page_count == 0
-        assert p.roots[0] == 1 and p.page_count == room
-        p.set_root(0, 0)
-        p.alloc()  # grows past the tail's room
-        assert p.page_count > room
-        with pytest.raises(FileFull, match="no room for roots"):
-            p.set_root(0, 1)
-        assert p.roots == (0,) * 8
+        ids = []
+        while p.page_count <= chunk:
+            ids.extend(p.alloc_bulk(p.free_page_count + 1))
+        assert p.page_count > chunk and p.format_version == "0.3"
+        assert p.roots == (1,) + (0,) * 7
+        p.set_root(7, 2**64 - 1)
+        ids.extend(p.alloc_bulk(5000))
+    img = inspect_v03(path)
+    assert img.state == "extended" and img.roots == (1,) + (0,) * 6 + (2**64 - 1,)
+    # The root pages were taken with chunk 1, right after its layout pages.
+    assert img.roots_page == chunk + 4
+    assert img.regular == set(ids)
+    for cls in (Pager, ReadOnlyPager):
+        with cls.open(path) as q:
+            assert q.roots == (1,) + (0,) * 6 + (2**64 - 1,)
+    assert room < chunk
+
+
+def test_set_root_past_the_tail_moves_the_file_to_the_extended_layout(tmp_path):
+    room = (1024 - 100) * 8
+    path = tmp_path / "f"
+    with Pager.create(path, 1024) as p:
+        ids = list(p.alloc_bulk(room + 10))  # no roots: stays v0.2, past the tail
+        assert p.format_version == "0.2" and p.page_count > room
+        p.set_root(2, 99)
+        assert p.format_version == "0.3" and p.roots[2] == 99
+        with ReadOnlyPager.open(path) as r:
+            assert r.roots == (0, 0, 99, 0, 0, 0, 0, 0)
+        assert list(p.allocated_pages()) == ids
+        p.set_root(2, 0)
+        p.set_root(3, 5)
+    with ReadOnlyPager.open(path) as r:
+        assert r.roots == (0, 0, 0, 5, 0, 0, 0, 0)
+    assert inspect_v03(path).roots == (0, 0, 0, 5, 0, 0, 0, 0)
 
 
 # ----------------------------------------------------------------- layout
@@ -308,7 +335,7 @@ def test_record_lists_the_committed_pages(tmp_path):
     newest = read_image(path).newest()
     assert [(first, count) for first, count, _ in newest.record] == [(b, 1)]
     page = path.read_bytes()[b * 1024 : (b + 1) * 1024]
-    assert newest.record[0][2] == zlib.crc32(page)
+    assert newest.record[0][2] == record_sum(page, b)
 
 
 def test_open_falls_back_when_recorded_data_missed_the_disk(tmp_path):
@@ -507,9 +534,9 @@ def test_tx_write_pages_one_pwrite_per_run_and_commits(tmp_path):
 
 
 @pytest.mark.parametrize("page_size", [1024, 4096, 65536])
-def test_record_crcs_are_zlibs_for_runs_of_every_length(tmp_path, page_size):
-    # The core sums long runs with carry-less multiplies where the CPU has
-    # them and with tables elsewhere: either way, zlib's CRC-32.
+def test_record_sums_cover_runs_of_every_length(tmp_path, page_size):
+    # The record keeps each run's record sum (FORMAT.md, "Root pages"),
+    # computed here independently of the core.
     path = tmp_path / "f"
     with Pager.create(path, page_size, durability="fast") as p:
         ids = p.alloc_bulk(7)
@@ -520,8 +547,8 @@ def test_record_crcs_are_zlibs_for_runs_of_every_length(tmp_path, page_size):
         image = path.read_bytes()
         record = read_image(path).newest().record
     assert [(f, c) for f, c, _ in record] == [(ids[0], 1), (ids[2], 3), (ids[6], 1)]
-    for first, count, crc in record:
-        assert crc == zlib.crc32(image[first * page_size : (first + count) * page_size])
+    for first, count, total in record:
+        assert total == record_sum(image[first * page_size : (first + count) * page_size], first)
 
 
 def test_tx_write_pages_bad_input_changes_nothing(tmp_path):

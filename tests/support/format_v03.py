@@ -244,6 +244,9 @@ class V03Image:
     regular: set | None  # allocated pages minus 0-2, layout pages and system pages
     regular_count: int
     problems: list
+    roots_page: int = 0  # copy A of the root pages (bytes 20-23 of the metadata copy, * 4)
+    roots: tuple = (0,) * 8  # from the chosen root page copy (extended state)
+    record: list = ()  # (first, count, crc) of that copy, if written by the chosen commit
 
     @property
     def free_count(self) -> int:
@@ -309,6 +312,51 @@ def _read_dir_pages(fd, ps, refs, total, is_allocated, strict, problems):
                 system.update((a, b))
             break
     return system
+
+
+def record_sum(data: bytes, first: int) -> int:
+    """The record sum of a run of pages starting at page FIRST (FORMAT.md, "Root pages")."""
+    h = 0xCBF29CE484222325 ^ first
+    for (w,) in struct.iter_unpack("<Q", data):
+        h = ((h ^ w) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return (h ^ (h >> 32)) & 0xFFFFFFFF
+
+
+def _read_roots_pages(fd, ps, at, total, gen, is_allocated, problems) -> dict:
+    """The extended layout's root pages (FORMAT.md, "Root pages"): each copy is
+    @0 generation, @8 record count n, @12 zero, @16 eight u64 roots, @80 n
+    entries (first u64, count u32, crc u32), CRC at PS-4; the valid copy with the
+    highest generation not above the metadata copy's is used."""
+    out: dict = {"copies": [], "chosen": None, "roots": (0,) * 8, "record": []}
+    if at == 0:
+        return out
+    if at % 4 or at + 1 >= total or is_layout_page(at, ps) or is_layout_page(at + 1, ps):
+        problems.append(f"root pages at {at} are not a pair of data pages of the file")
+        return out
+    if not (is_allocated(at) and is_allocated(at + 1)):
+        problems.append(f"root pages {at}, {at + 1} not allocated")
+    room = min(256, (ps - 84) // 16)
+    best = None
+    for w in range(2):
+        raw = _pread(fd, ps, (at + w) * ps)
+        g, n, zero = struct.unpack_from("<QII", raw, 0)
+        why = []
+        if crc32(raw[: ps - 4]) != struct.unpack_from("<I", raw, ps - 4)[0]:
+            why = ["bad CRC"]
+        elif g > gen or n > room or zero:
+            why = [f"generation {g}, count {n}, field @12 {zero}"]
+        cp = (g, n, why, at + w, raw)
+        out["copies"].append((cp, why))
+        if not why and (best is None or g > best[0]):
+            best = cp
+    if best is None:
+        problems.append(f"root pages {at}, {at + 1}: no valid copy")
+        return out
+    out["chosen"] = best
+    out["roots"] = struct.unpack_from("<8Q", best[4], 16)
+    if best[0] == gen:
+        out["record"] = [struct.unpack_from("<QII", best[4], 80 + 16 * i) for i in range(best[1])]
+    return out
 
 
 def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03Image:
@@ -452,7 +500,9 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 index_raw[i - 1] = copies[2:]
             allocated += popcount(fm.body)
             bitmaps.append(fm.body)
-        seal_field = chosen.free_count  # bytes 16-23: the seal in the extended layout
+        # bytes 16-19: the seal; 20-23: q, the root pages at 4q and 4q + 1 (0: none)
+        seal_field = chosen.free_count & 0xFFFFFFFF
+        roots_page = (chosen.free_count >> 32) * 4
 
         def is_allocated(pid: int) -> bool:
             if pid >= total:
@@ -491,6 +541,12 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 off = CHUNK_HEADER + DIR_REF_SIZE * j
                 pa, pb = struct.unpack_from("<QQ", ix.raw, off)
                 refs.append(DirRef(pa, pb, ix.raw[off + 16]))
+        roots_found = _read_roots_pages(fd, ps, roots_page, total, gen, is_allocated, problems)
+        for cp, why in roots_found["copies"]:
+            if cp is not None and not why[:1] == ["bad CRC"] and cp[0] > gen:
+                info["leftovers"].append(cp[3])
+        if roots_found["chosen"] is not None and roots_found["chosen"][0] == gen:
+            sealed.append(roots_found["chosen"][4][ps - 4 :])
         want_seal = crc32(b"".join(sealed))
         if seal_field != want_seal:
             problems.append(
@@ -498,6 +554,10 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 f"{len(sealed)} page copies of generation {gen})"
             )
         system = _read_dir_pages(fd, ps, refs, total, is_allocated, True, problems)
+        if roots_page:
+            if system & {roots_page, roots_page + 1}:
+                problems.append("a root page is also a directory or protected page")
+            system |= {roots_page, roots_page + 1}
         nlayout = LAYOUT_PAGES * nchunks
         regular_count = allocated - 3 - nlayout - len(system)
         regular = None
@@ -513,7 +573,9 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
         return V03Image(
             path, ps, file_len, minor, "extended", chosen.index, gen, total, chosen.free_count,
             allocated, dir_blocks=dir_blocks, dir_refs=refs, system_pages=system,
-            regular=regular, regular_count=regular_count, problems=problems, **info,
+            regular=regular, regular_count=regular_count, problems=problems,
+            roots_page=roots_page, roots=roots_found["roots"], record=roots_found["record"],
+            **info,
         )
 
 

@@ -248,6 +248,23 @@ def crash_images(
             yield _image(point, pages, options, combo, size, page_size)
 
 
+def all_but_one_images(point: CrashPoint, page_size: int, sector: int = SECTOR) -> Iterator[Image]:
+    """The images where every dirty page reached the disk whole but one, which
+    did not (or was torn at its middle sector): the crash a one-flush commit must
+    survive (its commit point reached the disk, one of the pages it vouches for
+    did not), whatever sampling ``crash_images`` does for many dirty pages."""
+    zero = bytes(page_size)
+    pages = sorted(point.dirty)
+    options = []
+    for i in pages:
+        old = point.durable[i] if i < len(point.durable) else zero
+        options.append([("old", old)] + page_variants(old, point.dirty[i], sector, False))
+    for j in range(len(pages)):
+        for missing in {0, min(len(options[j]) - 1, 1 + len(options[j]) // 2)}:
+            combo = tuple(missing if k == j else 1 for k in range(len(pages)))
+            yield _image(point, pages, options, combo, point.current_size, page_size)
+
+
 def _image(point: CrashPoint, pages: list[int], options: list[list[tuple[str, bytes]]],
            combo: tuple[int, ...], size: int, page_size: int) -> Image:
     choice = {}
