@@ -82,7 +82,7 @@ static void zero_pages(mp_pager *p, const uint64_t *ids, uint64_t n)
         memset(pager_page_ptr(p, ids[i]), 0, p->page_size);
 }
 
-int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
+int mp_pager_alloc_locked(mp_pager *p, int zero, uint64_t *out_id)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -116,7 +116,7 @@ uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n)
     return ids;
 }
 
-int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
+int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -189,7 +189,7 @@ static int check_freeable(const mp_pager *p, uint64_t id)
     return MP_OK;
 }
 
-int mp_pager_free(mp_pager *p, uint64_t id)
+int mp_pager_free_locked(mp_pager *p, uint64_t id)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -203,7 +203,7 @@ int mp_pager_free(mp_pager *p, uint64_t id)
     return MP_OK;
 }
 
-int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
+int mp_pager_free_bulk_locked(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -243,7 +243,7 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
     return rc;
 }
 
-int mp_pager_check_page(const mp_pager *p, uint64_t id)
+int mp_pager_check_page_locked(const mp_pager *p, uint64_t id)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -257,7 +257,7 @@ int mp_pager_check_page(const mp_pager *p, uint64_t id)
     return MP_OK;
 }
 
-int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
+int mp_pager_list_pages_locked(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
                         uint64_t capacity, uint64_t *out_n)
 {
     int rc = pager_usable(p, 0);

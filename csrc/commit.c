@@ -436,7 +436,7 @@ int pager_settle_deferred(mp_pager *p)
     return MP_OK;
 }
 
-int mp_pager_sync(mp_pager *p)
+int mp_pager_sync_locked(mp_pager *p)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -456,7 +456,7 @@ int mp_pager_sync(mp_pager *p)
     return pager_settle_deferred(p);
 }
 
-int mp_pager_finish(mp_pager *p)
+int mp_pager_finish_locked(mp_pager *p)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
@@ -476,12 +476,10 @@ int mp_pager_finish(mp_pager *p)
  * whatever the child does. Views the child holds keep reading the file, from
  * a read-only mapping of a new description (os.c); a reader's mapping is
  * read-only and lockless already, and is kept. */
-int mp_pager_forget(mp_pager *p)
+int pager_forget_locked(mp_pager *p)
 {
-    if (!p)
-        return MP_EINVALID_ARGUMENT;
-    if (p->no_io)
-        return MP_OK; /* forgotten at an earlier fork already */
+    if (p->no_io || p->lk.closed)
+        return MP_OK; /* forgotten at an earlier fork, or closed: nothing to let go */
     p->no_io = 1;
     p->poisoned = 1;
     readers_forget(p, 0);

@@ -174,7 +174,7 @@ static int retire_record(mp_pager *p)
     return MP_OK;
 }
 
-int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
+int mp_txn_mark_dirty_locked(mp_pager *p, uint64_t first, uint64_t count)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -198,7 +198,7 @@ int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
  * writes whole (up to 2 MiB for one changed page, when the file was read
  * sequentially); pwrite dirties only the blocks it writes. The mapping sees
  * the bytes at once (one page cache). */
-int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
+int mp_txn_write_locked(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
                  uint64_t len)
 {
     int rc = pager_usable(p, 1);
@@ -215,7 +215,7 @@ int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *bu
     return rc;
 }
 
-int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
+int mp_txn_dirty_count_locked(const mp_pager *p, uint64_t *out)
 {
     if (!p || !out)
         return MP_EINVALID_ARGUMENT;
@@ -223,7 +223,7 @@ int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
     return MP_OK;
 }
 
-int mp_pager_roots(const mp_pager *p, uint64_t *out)
+int mp_pager_roots_locked(const mp_pager *p, uint64_t *out)
 {
     if (!p || !out)
         return MP_EINVALID_ARGUMENT;
@@ -231,7 +231,7 @@ int mp_pager_roots(const mp_pager *p, uint64_t *out)
     return MP_OK;
 }
 
-int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
+int mp_pager_set_root_locked(mp_pager *p, uint32_t slot, uint64_t value)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -249,7 +249,7 @@ int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
     return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 
-int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count)
+int mp_pager_sync_run_locked(mp_pager *p, uint64_t first, uint64_t count)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)

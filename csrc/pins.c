@@ -134,7 +134,7 @@ static int hold_free_pages(mp_pager *p)
     return MP_OK;
 }
 
-int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
+int mp_readers_attach_locked(mp_pager *p, const char *table_path, int64_t max_readers)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -285,7 +285,7 @@ void readers_after_reload(mp_pager *p)
     }
 }
 
-int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
+int mp_readers_pinned_locked(mp_pager *p, uint64_t *out_count)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -305,7 +305,7 @@ int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
     return MP_OK;
 }
 
-int mp_readers_scans(const mp_pager *p, uint64_t *out_count)
+int mp_readers_scans_locked(const mp_pager *p, uint64_t *out_count)
 {
     if (!p || !out_count)
         return MP_EINVALID_ARGUMENT;
