@@ -56,9 +56,13 @@ void pager_release_bit(mp_pager *p, uint64_t id)
     /* With a reader table the page is also held back for readers whose
      * snapshot has it allocated (readers.c). */
     int pinned = readers_pin(p, id);
-    if (p->txn_depth > 0 || p->durability == MP_DURABILITY_NONE || pinned) {
+    /* Every free of a writer waits for its commit: in "compat" and "fast" the
+     * commit's flush may run with the mutex released (group.c). */
+    if (!p->read_only) {
         /* Until the free is durable the page belongs to the durable state; a
          * new owner's writes must not reach it before then. */
+        if (p->lk.flushing)
+            group_note_later(p, id, pinned); /* not in the flush in flight */
         if (!bitmap_get(p->pending, id)) {
             bitmap_set(p->pending, id);
             uint64_t w = id >> 6;

@@ -28,6 +28,10 @@
 
 int pager_lock_init(mp_pager *p)
 {
+    /* Also a fork child's fresh start: no flush of the parent's is in flight here. */
+    p->lk.flushing = p->lk.gathering = 0;
+    if (group_init(p) != MP_OK)
+        return MP_ENO_MEMORY;
     pthread_mutexattr_t attr;
     if (pthread_mutexattr_init(&attr) != 0)
         return MP_ENO_MEMORY;
@@ -41,6 +45,7 @@ int pager_lock_init(mp_pager *p)
 
 void pager_lock_destroy(mp_pager *p)
 {
+    group_release(p);
     (void)pthread_mutex_destroy(&p->lk.mu);
 }
 
@@ -50,7 +55,13 @@ static void lock_raw(mp_pager *p)
     p->lk.depth++;
 }
 
-int pager_enter(mp_pager *p)
+/* Entry kinds: a read only reads memory; a call that may join a group
+ * commit (alloc, free and their bulk forms, which call no other entry point)
+ * applies its change during a flush in flight; every other call first waits
+ * for that flush and writes the changes waiting for one (group.c). */
+enum { ENTER_WAIT, ENTER_READ, ENTER_GROUP };
+
+static int enter_kind(mp_pager *p, int kind)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
@@ -59,7 +70,19 @@ int pager_enter(mp_pager *p)
         pager_leave(p);
         return MP_ECLOSED;
     }
+    if (kind == ENTER_WAIT)
+        group_wait_idle(p);
     return MP_OK;
+}
+
+int pager_enter(mp_pager *p)
+{
+    return enter_kind(p, ENTER_WAIT);
+}
+
+int pager_enter_group(mp_pager *p)
+{
+    return enter_kind(p, ENTER_GROUP);
 }
 
 void pager_leave(mp_pager *p)
@@ -69,16 +92,19 @@ void pager_leave(mp_pager *p)
 }
 
 /* Runs call with p's mutex held and returns its code (MP_ECLOSED after close). */
-#define LOCKED(p, call)                                                                       \
+#define LOCKED_AS(kind, p, call)                                                              \
     do {                                                                                      \
         mp_pager *pp_ = (mp_pager *)(p);                                                      \
-        int rc_ = pager_enter(pp_);                                                           \
+        int rc_ = enter_kind(pp_, kind);                                                      \
         if (rc_ != MP_OK)                                                                     \
             return rc_;                                                                       \
         rc_ = (call);                                                                         \
         pager_leave(pp_);                                                                     \
         return rc_;                                                                           \
     } while (0)
+#define LOCKED(p, call) LOCKED_AS(ENTER_WAIT, p, call)
+#define LOCKED_READ(p, call) LOCKED_AS(ENTER_READ, p, call)
+#define LOCKED_GROUP(p, call) LOCKED_AS(ENTER_GROUP, p, call)
 
 /* ------------------------------------------------------- lock, close, end */
 
@@ -88,6 +114,10 @@ int mp_pager_lock(mp_pager *p)
         return MP_EINVALID_ARGUMENT;
     /* Also on a closed pager: a group may end in a close, or find it closed. */
     lock_raw(p);
+    /* No flush of another thread's is in flight while a caller holds a group
+     * (group.c): its calls are never interleaved with others'. */
+    while (p->lk.depth == 1 && p->lk.flushing)
+        group_wait_idle(p);
     return MP_OK;
 }
 
@@ -118,6 +148,8 @@ int mp_pager_close(mp_pager *p)
     if (!p)
         return MP_EINVALID_ARGUMENT;
     lock_raw(p);
+    if (!p->lk.closed)
+        group_wait_idle(p);
     int rc = p->lk.closed ? MP_OK : pager_close_locked(p);
     pager_leave(p);
     return rc;
@@ -154,48 +186,48 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
 
 int mp_pager_stats(const mp_pager *p, mp_stats *out)
 {
-    LOCKED(p, mp_pager_stats_locked(p, out));
+    LOCKED_READ(p, mp_pager_stats_locked(p, out));
 }
 
 int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes)
 {
-    LOCKED(p, mp_pager_mapping_locked(p, base, reserved_bytes));
+    LOCKED_READ(p, mp_pager_mapping_locked(p, base, reserved_bytes));
 }
 
 int mp_pager_fd(const mp_pager *p, int *out_fd)
 {
-    LOCKED(p, mp_pager_fd_locked(p, out_fd));
+    LOCKED_READ(p, mp_pager_fd_locked(p, out_fd));
 }
 
 int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
 {
-    LOCKED(p, mp_pager_alloc_locked(p, zero, out_id));
+    LOCKED_GROUP(p, mp_pager_alloc_locked(p, zero, out_id));
 }
 
 int mp_pager_free(mp_pager *p, uint64_t id)
 {
-    LOCKED(p, mp_pager_free_locked(p, id));
+    LOCKED_GROUP(p, mp_pager_free_locked(p, id));
 }
 
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
-    LOCKED(p, mp_pager_alloc_bulk_locked(p, n, zero, out_ids));
+    LOCKED_GROUP(p, mp_pager_alloc_bulk_locked(p, n, zero, out_ids));
 }
 
 int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
 {
-    LOCKED(p, mp_pager_free_bulk_locked(p, ids, n));
+    LOCKED_GROUP(p, mp_pager_free_bulk_locked(p, ids, n));
 }
 
 int mp_pager_check_page(const mp_pager *p, uint64_t id)
 {
-    LOCKED(p, mp_pager_check_page_locked(p, id));
+    LOCKED_READ(p, mp_pager_check_page_locked(p, id));
 }
 
 int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
                         uint64_t capacity, uint64_t *out_n)
 {
-    LOCKED(p, mp_pager_list_pages_locked(p, kind, start, out_ids, capacity, out_n));
+    LOCKED_READ(p, mp_pager_list_pages_locked(p, kind, start, out_ids, capacity, out_n));
 }
 
 int mp_pager_sync(mp_pager *p)
@@ -225,7 +257,7 @@ int mp_txn_abort(mp_pager *p)
 
 int mp_pager_roots(const mp_pager *p, uint64_t *out_roots8)
 {
-    LOCKED(p, mp_pager_roots_locked(p, out_roots8));
+    LOCKED_READ(p, mp_pager_roots_locked(p, out_roots8));
 }
 
 int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
@@ -240,7 +272,7 @@ int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
 
 int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
 {
-    LOCKED(p, mp_txn_dirty_count_locked(p, out));
+    LOCKED_READ(p, mp_txn_dirty_count_locked(p, out));
 }
 
 int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf, uint64_t len)
@@ -270,7 +302,7 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *pids, uint64_t n)
 
 int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page)
 {
-    LOCKED(p, mp_protected_page_locked(p, pid, out_page));
+    LOCKED_READ(p, mp_protected_page_locked(p, pid, out_page));
 }
 
 int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
@@ -295,25 +327,25 @@ int mp_protected_discard(mp_pager *p, uint64_t pid)
 
 int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
 {
-    LOCKED(p, mp_protected_verify_locked(p, pid, out_ok));
+    LOCKED_READ(p, mp_protected_verify_locked(p, pid, out_ok));
 }
 
 int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
                          uint64_t *out_page_b)
 {
-    LOCKED(p, mp_protected_backing_locked(p, pid, out_page_a, out_page_b));
+    LOCKED_READ(p, mp_protected_backing_locked(p, pid, out_page_a, out_page_b));
 }
 
 int mp_pager_dir_block_pages(const mp_pager *p, uint64_t block, uint64_t *out_page_a,
                              uint64_t *out_page_b)
 {
-    LOCKED(p, mp_pager_dir_block_pages_locked(p, block, out_page_a, out_page_b));
+    LOCKED_READ(p, mp_pager_dir_block_pages_locked(p, block, out_page_a, out_page_b));
 }
 
 int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids, uint64_t capacity,
                       uint64_t *out_n)
 {
-    LOCKED(p, mp_protected_list_locked(p, start, out_pids, capacity, out_n));
+    LOCKED_READ(p, mp_protected_list_locked(p, start, out_pids, capacity, out_n));
 }
 
 int mp_subpage_new(mp_pager *p, uint32_t sub_size, mp_subpage **out)
@@ -353,24 +385,24 @@ int mp_subpage_clear(mp_subpage *s)
 
 int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
 {
-    LOCKED(subpage_pager(s), mp_subpage_check_locked(s, id, out_offset));
+    LOCKED_READ(subpage_pager(s), mp_subpage_check_locked(s, id, out_offset));
 }
 
 int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out)
 {
-    LOCKED(subpage_pager(s), mp_subpage_stats_locked(s, out));
+    LOCKED_READ(subpage_pager(s), mp_subpage_stats_locked(s, out));
 }
 
 int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_masks,
                     uint64_t capacity, uint64_t *out_n)
 {
-    LOCKED(subpage_pager(s), mp_subpage_list_locked(s, out_pages, out_masks, capacity, out_n));
+    LOCKED_READ(subpage_pager(s), mp_subpage_list_locked(s, out_pages, out_masks, capacity, out_n));
 }
 
 int mp_subpage_find_held(const mp_subpage *s, const uint64_t *pages, uint64_t n,
                          uint64_t *out_index)
 {
-    LOCKED(subpage_pager(s), mp_subpage_find_held_locked(s, pages, n, out_index));
+    LOCKED_READ(subpage_pager(s), mp_subpage_find_held_locked(s, pages, n, out_index));
 }
 
 int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
@@ -385,7 +417,7 @@ int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
 
 int mp_readers_scans(const mp_pager *p, uint64_t *out_count)
 {
-    LOCKED(p, mp_readers_scans_locked(p, out_count));
+    LOCKED_READ(p, mp_readers_scans_locked(p, out_count));
 }
 
 int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *report)
@@ -395,7 +427,7 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
 
 int mp_reader_slot(const mp_pager *p, int64_t *out_slot)
 {
-    LOCKED(p, mp_reader_slot_locked(p, out_slot));
+    LOCKED_READ(p, mp_reader_slot_locked(p, out_slot));
 }
 
 int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed)
@@ -417,7 +449,7 @@ int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out, mp_op
 
 int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc)
 {
-    LOCKED(p, mp_protected_crc_locked(p, pid, out_crc));
+    LOCKED_READ(p, mp_protected_crc_locked(p, pid, out_crc));
 }
 
 int mp_pager_trim(mp_pager *p, uint64_t *out_pages)
@@ -437,7 +469,7 @@ int mp_pager_set_punch_on_free(mp_pager *p, int on)
 
 int mp_pager_punched(const mp_pager *p, uint64_t *out_count)
 {
-    LOCKED(p, mp_pager_punched_locked(p, out_count));
+    LOCKED_READ(p, mp_pager_punched_locked(p, out_count));
 }
 
 int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,

@@ -17,14 +17,57 @@
 
 #include <pthread.h>
 
-/* The lock fields of mp_pager. */
+/* The lock fields of mp_pager, and group commit's (group.c). Every field is
+ * read and written with mu held. */
 typedef struct {
     pthread_mutex_t mu;      /* recursive: a body may call a public function */
     uint32_t depth;          /* times the owning thread holds mu (owner only) */
     int closed;              /* mp_pager_close ran: every later call is MP_ECLOSED */
+    /* group commit: one flush carries every change ready when it starts */
+    pthread_cond_t done;     /* a flush finished (or failed) */
+    pthread_cond_t more;     /* a change arrived while a leader gathers */
+    int flushing;            /* a leader flushes, mu released */
+    int gathering;           /* a leader waits briefly for more changes */
+    uint64_t change_seq;     /* tickets: changes applied that wait for a group flush */
+    uint64_t durable_seq;    /* tickets up to this one are durable */
+    uint64_t failed_seq;     /* tickets up to this one had their flush fail */
+    int flush_rc;            /* that flush's error */
+    uint64_t last_group;     /* changes the last group flush carried */
+    uint64_t last_flush_ns;  /* how long it took */
+    uint8_t *page0;          /* page 0 of the flush in flight (v0.2 "compat") */
+    uint64_t *later;         /* frees made while a flush is in flight: not in it */
+    uint64_t later_count, later_lo, later_hi, later_pins;
 } mp_lock;
 
+/* What a commit point's flush covers (commit.c). */
+typedef struct {
+    int whole_file;          /* fdatasync: the copy selects other pages, or a record */
+    uint64_t offset, len;    /* else an msync of the metadata copy */
+} mp_flush;
+/* commit.c, for group.c: write the copy and make it active in memory; flush
+ * it (reads only m and f); release the frees it carried. */
+int commit_write_copy(mp_pager *p, mp_flush *f);
+int commit_flush(const mp_map *m, const mp_flush *f);
+void commit_release_pending(mp_pager *p);
+/* Page 0 as the state names it, built under the mutex; its write (reads only m). */
+void commit_page0_build(const mp_pager *p, uint8_t *next);
+int commit_page0_write(const mp_map *m, uint32_t page_size, const uint8_t *next);
+
 int pager_lock_init(mp_pager *p);
+/* Frees made while a flush is in flight are noted here (group.c). */
+int group_init(mp_pager *p);
+void group_release(mp_pager *p);
+/* Waits until no flush is in flight (mu released meanwhile). */
+void group_wait_idle(mp_pager *p);
+/* An allocation-only commit that may share a flush: the leader/follower
+ * protocol (group.c); commit.c decides eligibility (group_eligible). */
+int group_eligible(const mp_pager *p);
+int group_commit(mp_pager *p);
+/* A free not carried by the flush in flight (alloc.c, while flushing). */
+void group_note_later(mp_pager *p, uint64_t id, int pinned);
+/* Takes p's mutex for a call that may join a group commit: it does not wait
+ * for a flush in flight (pager_enter does, on a first hold). */
+int pager_enter_group(mp_pager *p);
 void pager_lock_destroy(mp_pager *p);
 /* Takes p's mutex; MP_ECLOSED (mutex not held) once the pager is closed. */
 int pager_enter(mp_pager *p);

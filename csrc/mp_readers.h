@@ -62,9 +62,10 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
 int pager_reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded);
 /* A freed page: returns 1 when it is held back (pending) for readers. */
 int readers_pin(mp_pager *p, uint64_t id);
-/* The frees so far are durable: returns 1 when readers.c took over the
+/* The frees so far are durable but the last `later` pins (made while the
+ * flush was in flight, group.c): returns 1 when readers.c took over the
  * pending map (then pages are released as readers allow). */
-int readers_settle(mp_pager *p);
+int readers_settle(mp_pager *p, uint64_t later);
 /* Releases pins readers no longer need; force tests every slot's lock (before
  * the file grows for them). Returns 1 when pages were released. */
 int readers_reclaim(mp_pager *p, int force);

@@ -249,11 +249,12 @@ static int release_pins(mp_pager *p, int force)
     return MP_OK;
 }
 
-int readers_settle(mp_pager *p)
+int readers_settle(mp_pager *p, uint64_t later)
 {
     if (!pinning(p))
         return 0;
-    p->rd->durable = p->rd->tail;
+    mp_readers *rd = p->rd;
+    rd->durable = rd->tail - rd->head > later ? rd->tail - later : rd->head;
     (void)release_pins(p, 0);
     publish_pinned(p);
     return 1;
