@@ -22,6 +22,10 @@ measured in the same run too. The rows:
 * ``alloc_bulk(n, out=buf)`` / ``free_bulk(buf)`` with an ``array('Q')`` (and a
   NumPy ``uint64`` array when NumPy is installed) at ``durability="none"``:
   pages/s, target >= 100 M.
+* group commit: 4 threads doing durable ``alloc()``+``free()`` pairs, beside one
+  thread of the same run, in ``"fast"`` and ``"compat"`` and both layouts (target
+  in ``"fast"``, extended layout: >= 2.5x), and 16 asyncio tasks doing
+  ``alloc_async()``+``free_async()`` (target >= 2x).
 * KiB written to storage per commit, in each mode, with the page cache as the
   pager left it and after the file was dropped from the cache and read
   sequentially (``cat file > /dev/null``), beside one bare msync of a 4 KiB
@@ -82,12 +86,13 @@ class Settings:
     bulk: int = 30_000  # pages per bulk call (the v0.2 layout caps a 4 KiB file at 32,544)
     io_commits: int = 400  # commits per window of a KiB-per-commit measurement
     io_file_pages: int = 16_384  # size of the file read sequentially: 64 MiB
+    group_seconds: float = 1.0  # each window of the group-commit rows
 
     @classmethod
     def quick(cls) -> Settings:
         """A short run: the same rows, fewer samples."""
         return cls(rounds=150, txn_rounds=10, calls=5_000, passes=3, page_calls=100_000,
-                   bulk=30_000, io_commits=50, io_file_pages=4_096)
+                   bulk=30_000, io_commits=50, io_file_pages=4_096, group_seconds=0.4)
 
 
 @dataclass
@@ -1057,6 +1062,91 @@ def render(report: Report, directory: Path) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------
+# Group commit
+# --------------------------------------------------------------------------
+
+
+def _threads_rate(pager: Pager, threads: int, seconds: float) -> float:
+    """Durable commits/s of ``threads`` threads doing alloc()+free() pairs."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def work(k: int) -> None:
+        alloc, free, n = pager.alloc, pager.free, 0
+        while time.perf_counter() < stop:
+            free(alloc())
+            n += 2
+        counts[k] = n
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    t = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - t)
+
+
+def _async_rate(pager: Pager, tasks: int, seconds: float) -> float:
+    """Durable commits/s of ``tasks`` asyncio tasks doing alloc_async()+free_async()."""
+    import asyncio
+
+    async def main() -> float:
+        stop = time.perf_counter() + seconds
+        done = [0]
+
+        async def task() -> None:
+            while time.perf_counter() < stop:
+                await pager.free_async(await pager.alloc_async())
+                done[0] += 2
+
+        t = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(tasks)))
+        return done[0] / (time.perf_counter() - t)
+
+    return asyncio.run(main())
+
+
+def bench_group(directory: Path, s: Settings, report: Report) -> None:
+    """4 threads (and 16 asyncio tasks) committing at once, beside one thread of the
+    same run: group commit lets one flush carry every change ready when it starts."""
+    cases = (("fast", "0.3", True), ("compat", "0.3", False), ("fast", "0.2", False),
+             ("compat", "0.2", False))
+    sec = s.group_seconds
+    for mode, layout, with_async in cases:
+        path = directory / f"group-{mode}-{layout}.mpp"
+        if path.exists():
+            path.unlink()
+        pager = Pager.create(path, PAGE, durability=mode, layout=layout)
+        try:
+            pager.free_bulk(pager.alloc_bulk(256))
+            singles, fours, tasks = [], [], []
+            for _ in range(2):  # interleaved: each sees the same load
+                singles.append(_threads_rate(pager, 1, sec))
+                fours.append(_threads_rate(pager, 4, sec))
+                if with_async:
+                    tasks.append(_async_rate(pager, 16, sec))
+            one = max(singles)
+            four = max(fours)
+            name = f"'{mode}' layout {layout}"
+            target = ">= 2.5x one thread" if with_async else "report"
+            report.add(Row(f"{name}: 4 threads alloc+free", f"{four:,.0f} commits/s",
+                           f"1 thread: {one:,.0f}/s ({four / one:.2f}x)", "-", target,
+                           _verdict(four >= 2.5 * one) if with_async else "-"))
+            if with_async:
+                rate = max(tasks)
+                report.add(Row(f"{name}: 16 tasks alloc_async+free_async",
+                               f"{rate:,.0f} commits/s",
+                               f"1 thread: {one:,.0f}/s ({rate / one:.2f}x)", "-",
+                               ">= 2x one thread", _verdict(rate >= 2 * one)))
+        finally:
+            pager.close()
+            path.unlink()
+
+
 def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
     """Run the measurements (all, or the groups in ``only``) in ``directory``."""
     report = Report()
@@ -1071,6 +1161,8 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
              lambda: bench_bulk(directory, s, report)),
             ("protected", "protected writes", lambda: bench_protected(directory, s, report)),
             ("io", "bytes written to storage per commit", lambda: bench_io(directory, s, report)),
+            ("group", "group commit: concurrent durable commits",
+             lambda: bench_group(directory, s, report)),
         ]
         for key, title, fn in groups:
             if only and key not in only:
@@ -1122,7 +1214,8 @@ def main(argv: list[str] | None = None) -> int:
                         "in the current directory)")
     parser.add_argument("--quick", action="store_true", help="fewer samples (about 10 s)")
     parser.add_argument("--only", action="append", default=None,
-                        choices=["commits", "txn", "calls", "bulk", "protected", "io", "engine"],
+                        choices=["commits", "txn", "calls", "bulk", "protected", "io", "group",
+                                 "engine"],
                         help="run only this group (repeatable); 'engine' runs "
                         "benchmarks/bench_engine.py of a checkout (a B+tree against py-lmdb "
                         "and sqlite3)")
