@@ -259,21 +259,31 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         A page a live :class:`SubPageAllocator` holds raises
         :class:`ReservedPage` and stays allocated.
         """
-        if type(page_id) is not int:
-            page_id = PageId(as_id(page_id))
         if self._subs:
             # The check and the free must see the same allocators.
+            if type(page_id) is not int:
+                page_id = PageId(as_id(page_id))
             with self._lock:
                 self._usable()
                 self._free_checked(page_id)
             return
         try:
             rc = _free(self._handle, page_id)
-        except OverflowError:  # negative, or past 64 bits: no page of any file
-            raise_for(lib.MP_EOUT_OF_BOUNDS, f"free page {page_id}")
+        except (OverflowError, TypeError):  # not a uint64 to cffi: see what it is
+            rc = self._free_odd(page_id)
         if rc:
+            # cffi takes a bool as 0 or 1, which the core refuses (reserved):
+            # it is a TypeError, as any id that is not an int.
+            if type(page_id) is not int:
+                as_id(page_id)
             self._usable()
             self._check(rc, f"free page {page_id}")
+
+    def _free_odd(self, page_id: object) -> int:
+        pid = as_id(page_id)  # TypeError for what is no int at all
+        if pid < 0 or pid >= _U64_LIMIT:
+            raise_for(lib.MP_EOUT_OF_BOUNDS, f"free page {pid}")
+        return int(_free(self._handle, pid))
 
     def _free_checked(self, page_id: int) -> None:
         if page_id < 0 or page_id >= _U64_LIMIT:

@@ -335,23 +335,30 @@ class SubPageAllocator:
         an id whose page is past the file's end, reserved, or held by someone
         else raises :class:`OutOfBounds`, and a negative id ``ValueError``.
         """
-        if type(sub_id) is not int or sub_id < 0:
-            sub_id = _sub_id(sub_id)
         pager = self._pager
         if pager is None or pager._txn_depth:
+            sub_id = _sub_id(sub_id)
             with self.pager._lock:
                 self._mutable()
                 self._free_one(sub_id)
             return
-        self._free_one(sub_id)
-
-    def _free_one(self, sub_id: int) -> None:
         # One C call. The pager's cached counts need no update: the page count
         # never changes here, and free_page_count asks the core.
         try:
             rc = _free(self._handle, sub_id)
-        except OverflowError:
+        except (OverflowError, TypeError):  # not a uint64 to cffi: see what it is
+            self._free_one(_sub_id(sub_id))
+            return
+        if rc:
+            if type(sub_id) is not int:
+                _sub_id(sub_id)  # a bool: TypeError, as any id that is not an int
+            pager, _ = self._usable()
+            pager._check(rc, f"free sub-page {sub_id}")
+
+    def _free_one(self, sub_id: int) -> None:
+        if sub_id >= _U64_LIMIT:
             raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {sub_id}")
+        rc = _free(self._handle, sub_id)
         if rc:
             pager, _ = self._usable()
             pager._check(rc, f"free sub-page {sub_id}")
