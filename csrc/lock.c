@@ -17,7 +17,13 @@
  *     live on until mp_pager_release, so a call racing a close in another
  *     thread waits for the mutex and then fails cleanly;
  *   - a fork child never touches a mutex a parent's thread may have held:
- *     mp_pager_forget, the child's first call, initialises it afresh.
+ *     mp_pager_forget, the child's first call, initialises it afresh;
+ *   - group commit (group.c): while a leader flushes, the mutex is free.
+ *     Reads (LOCKED_READ) and alloc/free and their bulk forms (LOCKED_GROUP,
+ *     which call no other entry point) go ahead; every other call
+ *     (LOCKED) first waits for that flush and writes the changes waiting
+ *     for one, and so does mp_pager_lock on a first hold, so a caller's
+ *     group never runs beside another thread's flush.
  * The Python layer releases the GIL around every call (cffi), so a thread
  * waiting here blocks no other Python thread.
  */
