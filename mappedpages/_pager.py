@@ -317,26 +317,34 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
                 "out must be a writable buffer of unsigned 64-bit integers "
                 f"(array('Q'), a NumPy uint64 array), not {type(out).__name__}"
             )
-        with self._lock:
-            handle = self._usable()
-            target = None if out is None else _u64_buffer(out, writable=True)
-            if target is not None and len(target) < n:
-                raise ValueError(f"out holds {len(target)} ids, fewer than n = {n}")
-            if n == 0:
-                return None if out is not None else []
-            self._refresh_stats()
-            room = int(self._stats.room)
-            if n > room:
-                # Checked before the id buffer is allocated, so a huge n costs nothing.
-                room_text = f"room for {room} more pages, {self._max_pages} in all"
-                raise_for(lib.MP_EFILE_FULL, f"alloc_bulk({n})", detail=room_text)
-            buf = ffi.new("uint64_t[]", n) if target is None else target
-            self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf), "alloc_bulk")
-            self._refresh_stats()
-            if target is not None:
-                return None
-            ids: list[PageId] = ffi.unpack(buf, n)
-            return ids
+        handle = self._usable()
+        target = None if out is None else _u64_buffer(out, writable=True)
+        if target is not None and len(target) < n:
+            raise ValueError(f"out holds {len(target)} ids, fewer than n = {n}")
+        if n == 0:
+            return None if out is not None else []
+        # No Python-level hold: the stats are a read (it never waits for a
+        # flush in flight), and the call holds the core's mutex once, so its
+        # commit may share a flush with other threads' (group commit).
+        stats = ffi.new("mp_stats *")
+        self._check(lib.mp_pager_stats(handle, stats), "alloc_bulk")
+        room = int(stats.room)
+        if n > room:
+            # Checked before the id buffer is allocated, so a huge n costs nothing.
+            room_text = f"room for {room} more pages, {int(stats.max_pages)} in all"
+            raise_for(lib.MP_EFILE_FULL, f"alloc_bulk({n})", detail=room_text)
+        buf = ffi.new("uint64_t[]", n) if target is None else target
+        rc = lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf)
+        if rc:
+            self._usable()
+            self._check(rc, "alloc_bulk")
+        if lib.mp_pager_stats(handle, stats) == 0 and int(stats.page_count) > self._page_count:
+            with self._lock:  # the file grew: views of the new length
+                self._refresh_stats()
+        if target is not None:
+            return None
+        ids: list[PageId] = ffi.unpack(buf, n)
+        return ids
 
     def free_bulk(self, ids: Iterable[PageId] | Any) -> None:
         """Free many pages in one durable commit.
@@ -353,14 +361,22 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         else:
             values, arr = _ids_array(ids, "page id")
             count = len(values)
-        with self._lock:
-            handle = self._usable()
-            if not count:
-                return
-            if self._subs:
+        if not count:
+            self._usable()
+            return
+        if self._subs:
+            # The check and the free must see the same allocators.
+            with self._lock:
+                handle = self._usable()
                 self._refuse_held(arr, count)
-            self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
-            self._refresh_stats()
+                self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
+                self._refresh_stats()
+            return
+        # One C call, outside a Python-level hold: it may share a flush.
+        rc = lib.mp_pager_free_bulk(self._handle, arr, count)
+        if rc:
+            self._usable()
+            self._check(rc, "free_bulk")
 
     def _refuse_held(self, pages: Any, count: int) -> None:
         """Raise ReservedPage if a live SubPageAllocator holds one of ``pages``.

@@ -79,6 +79,30 @@ def test_threads_share_flushes(tmp_path: Path, mode: str, layout: str) -> None:
         assert list(again.allocated_pages()) == []
 
 
+def test_bulk_calls_share_flushes(tmp_path: Path) -> None:
+    h = IoHooks()
+    p = roomy(tmp_path / "b.mpp", "fast", "0.3", h)
+    try:
+        before = flushes(h)
+        start = threading.Barrier(4)
+
+        def work() -> None:
+            start.wait()
+            for _ in range(30):
+                p.free_bulk(p.alloc_bulk(3))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        used = flushes(h) - before
+        assert used < 240 * 0.75, f"{used} flushes for 240 commits"
+        assert allocated(p) == []
+    finally:
+        close_quietly(p)
+
+
 def test_a_free_not_yet_durable_is_never_handed_out(tmp_path: Path) -> None:
     """Y is freed while X's free is being flushed: Y is not in that flush, so when
     it ends Y stays pending; an alloc during Y's own flush gets X, never Y."""
