@@ -127,6 +127,14 @@ int mp_pager_lock(mp_pager *p)
     return MP_OK;
 }
 
+int mp_pager_lock_brief(mp_pager *p)
+{
+    if (!p)
+        return MP_EINVALID_ARGUMENT;
+    lock_raw(p);
+    return MP_OK;
+}
+
 int mp_pager_unlock(mp_pager *p)
 {
     if (!p)

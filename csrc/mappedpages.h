@@ -297,6 +297,9 @@ int mp_pager_release(mp_pager *p);
  * returns MP_EINVALID_ARGUMENT when the calling thread does not hold it. */
 int mp_pager_lock(mp_pager *p);
 int mp_pager_unlock(mp_pager *p);
+/* As mp_pager_lock, but without waiting for another thread's group flush in
+ * flight: for a brief look (no call that commits) before a call of its own. */
+int mp_pager_lock_brief(mp_pager *p);
 int mp_pager_refresh(mp_pager *p, mp_open_report *report);
 int mp_pager_stats(const mp_pager *p, mp_stats *out);
 int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes);

@@ -15,6 +15,7 @@ from typing import Any
 from mappedpages._core import lib
 
 _lock = lib.mp_pager_lock
+_brief = lib.mp_pager_lock_brief
 _unlock = lib.mp_pager_unlock
 
 
@@ -31,11 +32,15 @@ class CoreLock:
         self._handle = handle
         self._keep = keep
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Wait for the pager's mutex and hold it; True. Only blocking waits are offered."""
+    def acquire(self, blocking: bool = True, timeout: float = -1, brief: bool = False) -> bool:
+        """Wait for the pager's mutex and hold it; True. Only blocking waits are offered.
+
+        ``brief``: do not also wait for another thread's group flush in flight
+        (for a look that makes no commit, before a call of one's own).
+        """
         if not blocking or timeout != -1:
             raise ValueError("the pager's lock offers only blocking acquire()")
-        _lock(self._handle)
+        (_brief if brief else _lock)(self._handle)
         return True
 
     def release(self) -> None:

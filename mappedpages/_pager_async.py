@@ -73,13 +73,18 @@ class _AsyncCalls:
         def work() -> Any:
             # The pager's lock is held from the call through its undo, so no
             # other thread sees what a cancelled call allocated; a grouped
-            # call lets it go before it starts.
-            with self._lock:
+            # call holds it only to look (not waiting for a group flush in
+            # flight, which its own change may then join) and lets it go.
+            lock = self._lock
+            lock.acquire(brief=group)
+            try:
                 with handoff.lock:
                     if handoff.abandoned:
                         return None
                 if not group:
                     return call()
+            finally:
+                lock.release()
             return call()
 
         try:

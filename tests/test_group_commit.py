@@ -103,6 +103,29 @@ def test_bulk_calls_share_flushes(tmp_path: Path) -> None:
         close_quietly(p)
 
 
+def test_async_calls_share_flushes(tmp_path: Path) -> None:
+    import asyncio
+
+    h = IoHooks()
+    p = roomy(tmp_path / "a.mpp", "fast", "0.3", h)
+    try:
+        before = flushes(h)
+
+        async def main() -> None:
+            async def task() -> None:
+                for _ in range(10):
+                    await p.free_async(await p.alloc_async())
+
+            await asyncio.gather(*(task() for _ in range(16)))
+
+        asyncio.run(main())
+        used = flushes(h) - before
+        assert used < 320 * 0.75, f"{used} flushes for 320 commits"
+        assert allocated(p) == []
+    finally:
+        close_quietly(p)
+
+
 def test_a_free_not_yet_durable_is_never_handed_out(tmp_path: Path) -> None:
     """Y is freed while X's free is being flushed: Y is not in that flush, so when
     it ends Y stays pending; an alloc during Y's own flush gets X, never Y."""
