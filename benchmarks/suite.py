@@ -30,6 +30,10 @@ measured in the same run too. The rows:
   (target <= 250 ms), and after the file was dropped from the page cache.
 * protected writes beside three bare msyncs (v0.2 ``"compat"``) or one bare
   fdatasync (the other cases).
+* group commit: 4 threads doing durable ``alloc()``+``free()`` pairs, beside one
+  thread of the same run, in ``"fast"`` and ``"compat"`` and both layouts (target
+  in ``"fast"``, extended layout: >= 2.5x), and 16 asyncio tasks doing
+  ``alloc_async()``+``free_async()`` (target >= 2x).
 * KiB written to storage per commit, in each mode, with the page cache as the
   pager left it and after the file was dropped from the cache and read
   sequentially (``cat file > /dev/null``), beside one bare msync of a 4 KiB
@@ -1091,6 +1095,86 @@ def bench_io(directory: Path, s: Settings, report: Report) -> None:
 # --------------------------------------------------------------------------
 
 
+def _threads_rate(pager: Pager, threads: int, seconds: float) -> float:
+    """Durable commits/s of ``threads`` threads doing alloc()+free() pairs."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def work(k: int) -> None:
+        alloc, free, n = pager.alloc, pager.free, 0
+        while time.perf_counter() < stop:
+            free(alloc())
+            n += 2
+        counts[k] = n
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    t = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - t)
+
+
+def _async_rate(pager: Pager, tasks: int, seconds: float) -> float:
+    """Durable commits/s of ``tasks`` asyncio tasks doing alloc_async()+free_async()."""
+    import asyncio
+
+    async def main() -> float:
+        stop = time.perf_counter() + seconds
+        done = [0]
+
+        async def task() -> None:
+            while time.perf_counter() < stop:
+                await pager.free_async(await pager.alloc_async())
+                done[0] += 2
+
+        t = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(tasks)))
+        return done[0] / (time.perf_counter() - t)
+
+    return asyncio.run(main())
+
+
+def bench_group(directory: Path, s: Settings, report: Report) -> None:
+    """4 threads (and 16 asyncio tasks) committing at once, beside one thread of the
+    same run: group commit lets one flush carry every change ready when it starts."""
+    cases = (("fast", "0.3", True), ("compat", "0.3", False), ("fast", "0.2", False),
+             ("compat", "0.2", False))
+    sec = s.group_seconds
+    for mode, layout, with_async in cases:
+        path = directory / f"group-{mode}-{layout}.mpp"
+        if path.exists():
+            path.unlink()
+        pager = Pager.create(path, PAGE, durability=mode, layout=layout)
+        try:
+            pager.free_bulk(pager.alloc_bulk(256))
+            singles, fours, tasks = [], [], []
+            for _ in range(2):  # interleaved: each sees the same load
+                singles.append(_threads_rate(pager, 1, sec))
+                fours.append(_threads_rate(pager, 4, sec))
+                if with_async:
+                    tasks.append(_async_rate(pager, 16, sec))
+            one = max(singles)
+            four = max(fours)
+            name = f"'{mode}' layout {layout}"
+            target = ">= 2.5x one thread" if with_async else "report"
+            report.add(Row(f"{name}: 4 threads alloc+free", f"{four:,.0f} commits/s",
+                           f"1 thread: {one:,.0f}/s ({four / one:.2f}x)", "-", target,
+                           _verdict(four >= 2.5 * one) if with_async else "-"))
+            if with_async:
+                rate = max(tasks)
+                report.add(Row(f"{name}: 16 tasks alloc_async+free_async",
+                               f"{rate:,.0f} commits/s",
+                               f"1 thread: {one:,.0f}/s ({rate / one:.2f}x)", "-",
+                               ">= 2x one thread", _verdict(rate >= 2 * one)))
+        finally:
+            pager.close()
+            path.unlink()
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -1204,6 +1288,8 @@ def run(directory: Path, s: Settings, only: set[str] | None = None) -> Report:
             ("open", "open of a big sparse file", lambda: bench_open(directory, s, report)),
             ("protected", "protected writes", lambda: bench_protected(directory, s, report)),
             ("io", "bytes written to storage per commit", lambda: bench_io(directory, s, report)),
+            ("group", "group commit: concurrent durable commits",
+             lambda: bench_group(directory, s, report)),
         ]
         for key, title, fn in groups:
             if only and key not in only:
@@ -1260,7 +1346,7 @@ def main(argv: list[str] | None = None) -> int:
                         "above it: the README's table, ready to paste over it")
     parser.add_argument("--only", action="append", default=None,
                         choices=["commits", "txn", "calls", "bulk", "subpage", "open",
-                                 "protected", "io", "engine"],
+                                 "protected", "io", "engine", "group"],
                         help="run only this group (repeatable); 'engine' runs "
                         "benchmarks/bench_engine.py of a checkout (a B+tree against py-lmdb "
                         "and sqlite3)")

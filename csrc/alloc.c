@@ -56,9 +56,13 @@ void pager_release_bit(mp_pager *p, uint64_t id)
     /* With a reader table the page is also held back for readers whose
      * snapshot has it allocated (readers.c). */
     int pinned = readers_pin(p, id);
-    if (p->txn_depth > 0 || p->durability == MP_DURABILITY_NONE || pinned) {
+    /* Every free of a writer waits for its commit: in "compat" and "fast" the
+     * commit's flush may run with the mutex released (group.c). */
+    if (!p->read_only) {
         /* Until the free is durable the page belongs to the durable state; a
          * new owner's writes must not reach it before then. */
+        if (p->lk.flushing)
+            group_note_later(p, id, pinned); /* not in the flush in flight */
         if (!bitmap_get(p->pending, id)) {
             bitmap_set(p->pending, id);
             uint64_t w = id >> 6;
@@ -82,7 +86,7 @@ static void zero_pages(mp_pager *p, const uint64_t *ids, uint64_t n)
         memset(pager_page_ptr(p, ids[i]), 0, p->page_size);
 }
 
-int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id)
+int mp_pager_alloc_locked(mp_pager *p, int zero, uint64_t *out_id)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -161,7 +165,7 @@ static int take_word(mp_pager *p, uint64_t id, uint64_t *ids, uint64_t n, uint64
     return rc;
 }
 
-int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
+int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -231,7 +235,7 @@ static int check_freeable(const mp_pager *p, uint64_t id)
     return MP_OK;
 }
 
-int mp_pager_free(mp_pager *p, uint64_t id)
+int mp_pager_free_locked(mp_pager *p, uint64_t id)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -280,8 +284,13 @@ static int check_and_clear(mp_pager *p, const uint64_t *ids, uint64_t n)
  * time. */
 static void release_cleared(mp_pager *p, const uint64_t *ids, uint64_t n)
 {
-    int hold = readers_pin_many(p, ids, n) || p->txn_depth > 0 ||
-               p->durability == MP_DURABILITY_NONE;
+    int pinned = readers_pin_many(p, ids, n);
+    /* Every free of a writer waits for its commit, as pager_release_bit's:
+     * in "compat" and "fast" the commit's flush may run with the mutex
+     * released (group.c), and a free made meanwhile is not in it. */
+    int hold = !p->read_only;
+    for (uint64_t i = 0; hold && p->lk.flushing && i < n; i++)
+        group_note_later(p, ids[i], pinned);
     chunk_cursor cur = {1, 0, 0};
     uint64_t low = UINT64_MAX, dirty = UINT64_MAX;
     for (uint64_t i = 0; i < n;) {
@@ -312,7 +321,7 @@ static void release_cleared(mp_pager *p, const uint64_t *ids, uint64_t n)
         p->hint = low;
 }
 
-int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
+int mp_pager_free_bulk_locked(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -340,7 +349,7 @@ int mp_pager_free_bulk(mp_pager *p, const uint64_t *caller_ids, uint64_t n)
     return rc;
 }
 
-int mp_pager_check_page(const mp_pager *p, uint64_t id)
+int mp_pager_check_page_locked(const mp_pager *p, uint64_t id)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -354,7 +363,7 @@ int mp_pager_check_page(const mp_pager *p, uint64_t id)
     return MP_OK;
 }
 
-int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
+int mp_pager_list_pages_locked(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
                         uint64_t capacity, uint64_t *out_n)
 {
     int rc = pager_usable(p, 0);

@@ -348,7 +348,7 @@ static int take_overrides(bk_copy *b, const mp_pager *p, const uint64_t *pages,
     return MP_OK;
 }
 
-int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
+int mp_pager_backup_locked(mp_pager *p, const char *table_path, const char *dest,
                     const uint64_t *over_pages, const uint8_t *over_data, uint64_t over_n,
                     uint64_t *progress, uint64_t *out_bytes)
 {
@@ -399,7 +399,7 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
             free(tmp);
         }
         if (s != p)
-            (void)mp_pager_close(s);
+            (void)mp_pager_release(s);
 
         /* A reader cannot load its commit again: its structure is gone. */
         if (rc != MP_OK || (p->read_only && !matched && attempt >= 3))

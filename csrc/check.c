@@ -29,7 +29,9 @@
  *     that nothing else owns.
  *   - the pager's flags form a valid combination for its named state
  *     (pager_state; the table and which flags each mode and layout allows
- *     after a commit are in mp_internal.h).
+ *     after a commit are in mp_internal.h);
+ *   - a commit runs with the pager's mutex held, on a pager not closed
+ *     (lock.c: state is only changed with the mutex held).
  * Not checked here, since it is false by design in some modes: that bits[]
  * equals the committed copy on disk ("none" defers it, a transaction is ahead
  * of it) and that page 0 names `active` ("fast" and the extended layout
@@ -201,7 +203,7 @@ static int check_state(const mp_pager *p)
 
 int pager_check(mp_pager *p)
 {
-    if (!check_state(p)) {
+    if (!check_state(p) || p->lk.depth == 0 || p->lk.closed) {
         p->poisoned = 1;
         return MP_EINTERNAL;
     }

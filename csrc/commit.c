@@ -68,25 +68,39 @@ static int diff_span(const uint8_t *a, const uint8_t *b, uint64_t n, uint64_t *l
  * with larger pages the directory's CRC, in the last OS page, goes last, and
  * the states left between OS pages are the ones fmt_dir_index_recover looks
  * for. */
-int pager_write_page0(mp_pager *p, int flush)
+void commit_page0_build(const mp_pager *p, uint8_t *next)
 {
-    uint8_t *next = p->scratch;
-    const uint8_t *now = pager_page_ptr(p, 0);
-    memcpy(next, now, p->page_size);
+    memcpy(next, pager_page_ptr(p, 0), p->page_size);
     fmt_superblock_write(next, p->log2, (uint8_t)p->minor, (uint8_t)p->active);
     fmt_dir_index_write(next, p->page_size, p->dir_count, p->refs);
+}
+
+/* Writes the OS pages of page 0 that differ from next; reads only m (group.c
+ * calls it with the mutex released, a copy of the map taken under it). */
+int commit_page0_write(const mp_map *m, uint32_t page_size, const uint8_t *next)
+{
+    const uint8_t *now = m->base;
     uint64_t step = os_page_size();
-    if (step > p->page_size)
-        step = p->page_size;
-    for (uint64_t off = 0; off < p->page_size; off += step) {
+    if (step > page_size)
+        step = page_size;
+    for (uint64_t off = 0; off < page_size; off += step) {
         uint64_t lo, hi;
         if (!diff_span(next + off, now + off, step, &lo, &hi))
             continue;
-        int rc = os_write_all(p->map.io, p->fd, next + off + lo, (size_t)(hi - lo), off + lo);
-        if (rc != MP_OK) {
-            p->poisoned = 1;
+        int rc = os_write_all(m->io, m->fd, next + off + lo, (size_t)(hi - lo), off + lo);
+        if (rc != MP_OK)
             return rc;
-        }
+    }
+    return MP_OK;
+}
+
+int pager_write_page0(mp_pager *p, int flush)
+{
+    commit_page0_build(p, p->scratch);
+    int rc = commit_page0_write(&p->map, p->page_size, p->scratch);
+    if (rc != MP_OK) {
+        p->poisoned = 1;
+        return rc;
     }
     p->page0_stale = 0;
     p->index_changed = 0;
@@ -220,8 +234,11 @@ int pager_clear_leftovers(mp_pager *p)
 }
 
 /* Writes the in-memory state into the inactive copy, with generation + 1,
- * and makes it the active one. */
-static int meta_write(mp_pager *p, int flush)
+ * and makes it the active one in memory; *f says what the commit point's
+ * flush must cover (commit_flush). Nothing is flushed here: group.c runs the
+ * flush with the mutex released, so the state is already the new one while
+ * it is in flight (a free made meanwhile is pinned at the new generation). */
+int commit_write_copy(mp_pager *p, mp_flush *f)
 {
     uint32_t target = p->active ^ 1u;
     int rc;
@@ -238,24 +255,9 @@ static int meta_write(mp_pager *p, int flush)
                    p->generation + 1,
                    extended ? fmt_meta_ext_word(seal, p->roots_page) : p->free_count, p->bits,
                    &tail);
-    if (flush) {
-        /* The commit point: once this flush returns, open finds the new state.
-         * With free-map or index pages written too, one fdatasync makes all of
-         * them durable at once: until it returns any of them may be on disk
-         * and any not, and the seal is what lets open tell (a copy whose seal
-         * does not match the pages it selects is discarded, and the older copy,
-         * whose pages this commit did not touch, is used). fdatasync also
-         * writes back data pages dirtied through views since the last flush. */
-        if (written > 0 || tail.n > 0) {
-            rc = os_sync_file(&p->map);
-            if (rc != MP_OK)
-                p->poisoned = 1;
-        } else {
-            rc = pager_flush_page(p, 1 + target);
-        }
-        if (rc != MP_OK)
-            return rc;
-    }
+    f->whole_file = written > 0 || tail.n > 0;
+    f->offset = (1 + (uint64_t)target) * p->page_size;
+    f->len = p->page_size;
     p->active = target;
     p->generation++;
     p->meta_unwritten = 0;
@@ -268,22 +270,59 @@ static int meta_write(mp_pager *p, int flush)
     return MP_OK;
 }
 
-static void pending_clear(mp_pager *p)
+/* The commit point: once this flush returns, open finds the new state.
+ * With free-map or index pages written too, one fdatasync makes all of them
+ * durable at once: until it returns any of them may be on disk and any not,
+ * and the seal is what lets open tell (a copy whose seal does not match the
+ * pages it selects is discarded, and the older copy, whose pages this commit
+ * did not touch, is used). fdatasync also writes back data pages dirtied
+ * through views since the last flush. Reads only m and f: group.c calls it
+ * with a copy of the map taken under the mutex, and the mutex released. */
+int commit_flush(const mp_map *m, const mp_flush *f)
 {
+    return f->whole_file ? os_sync_file(m) : os_flush_range(m, f->offset, f->len);
+}
+
+/* The serial commit: write the copy, then flush it with the mutex held. */
+static int meta_write(mp_pager *p, int flush)
+{
+    mp_flush f;
+    int rc = commit_write_copy(p, &f);
+    if (rc != MP_OK || !flush)
+        return rc;
+    if ((rc = commit_flush(&p->map, &f)) != MP_OK)
+        p->poisoned = 1;
+    return rc;
+}
+
+/* The frees of the commit just made durable are released; those made while
+ * its flush was in flight (group.c's later map and pins) stay pending for the
+ * next commit. */
+void commit_release_pending(mp_pager *p)
+{
+    mp_lock *g = &p->lk;
     if (p->pending_count == 0)
         return;
     /* Durable now; readers.c releases the pages no live reader can see. */
-    if (readers_settle(p))
+    if (readers_settle(p, g->later_pins))
         return;
     for (uint64_t w = p->pending_lo; w <= p->pending_hi; w++) {
-        if (!p->pending[w])
+        uint64_t keep = g->later_count ? g->later[w] : 0;
+        if (p->pending[w] == keep)
             continue;
-        p->pending[w] = 0;
-        summary_update(&p->sum, w, p->bits[w]);
+        p->pending[w] = keep;
+        summary_update(&p->sum, w, p->bits[w] | keep);
     }
-    p->pending_count = 0;
+    p->pending_count = g->later_count;
+    p->pending_lo = g->later_lo;
+    p->pending_hi = g->later_hi;
     /* Allocation skipped those pages and moved its hint past them. */
     p->hint = MP_RESERVED_PAGES;
+}
+
+static void pending_clear(mp_pager *p)
+{
+    commit_release_pending(p);
 }
 
 /* Commits every change made since the last commit: allocation changes
@@ -393,6 +432,8 @@ static int commit_extended(mp_pager *p)
         p->meta_unwritten = 1;
         return MP_OK;
     }
+    if (!dir_change && group_eligible(p))
+        return group_commit(p);
     if (!built && (rc = flush_dir_changes(p, dirs)) != MP_OK)
         return rc;
     dir_flip_dirty(p);
@@ -421,6 +462,8 @@ static int commit_now(mp_pager *p, int order)
             return rc;
         if (!p->changed && !p->rec_new)
             return MP_OK;
+        if (group_eligible(p))
+            return group_commit(p);
         p->changed = 0;
         if (p->durability == MP_DURABILITY_NONE) {
             p->meta_unwritten = 1;
@@ -460,6 +503,7 @@ static int commit_now(mp_pager *p, int order)
 
 int pager_write_state(mp_pager *p)
 {
+    group_wait_idle(p);
     int rc = meta_write(p, 1);
     if (rc == MP_OK && p->page0_stale && p->minor < MP_MINOR_EXTENDED)
         rc = pager_write_page0(p, 1);
@@ -470,14 +514,22 @@ int pager_commit(mp_pager *p, int order)
 {
     if (p->txn_depth > 0)
         return MP_OK;
+    /* A commit that is not a group's waits for the group's flush, and writes
+     * the changes waiting for one first (group.c). */
+    if (!group_eligible(p))
+        group_wait_idle(p);
     int rc = commit_now(p, order);
-    /* Check builds: every committed state passes the invariants (check.c). */
-    return rc == MP_OK ? pager_check(p) : rc;
+    /* Check builds: every committed state passes the invariants (check.c);
+     * while other threads' changes wait for a flush, the last one checks. */
+    if (rc != MP_OK || p->lk.change_seq != p->lk.durable_seq || p->lk.flushing)
+        return rc;
+    return pager_check(p);
 }
 
 int pager_settle_deferred(mp_pager *p)
 {
     int rc;
+    group_wait_idle(p);
     if (p->meta_unwritten) {
         /* The deferred state of "none" mode: write it and flush it (the
          * commit point), then page 0 below. */
@@ -490,7 +542,7 @@ int pager_settle_deferred(mp_pager *p)
     return MP_OK;
 }
 
-int mp_pager_sync(mp_pager *p)
+int mp_pager_sync_locked(mp_pager *p)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -510,7 +562,7 @@ int mp_pager_sync(mp_pager *p)
     return pager_settle_deferred(p);
 }
 
-int mp_pager_finish(mp_pager *p)
+int mp_pager_finish_locked(mp_pager *p)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;
@@ -530,12 +582,10 @@ int mp_pager_finish(mp_pager *p)
  * whatever the child does. Views the child holds keep reading the file, from
  * a read-only mapping of a new description (os.c); a reader's mapping is
  * read-only and lockless already, and is kept. */
-int mp_pager_forget(mp_pager *p)
+int pager_forget_locked(mp_pager *p)
 {
-    if (!p)
-        return MP_EINVALID_ARGUMENT;
-    if (p->no_io)
-        return MP_OK; /* forgotten at an earlier fork already */
+    if (p->no_io || p->lk.closed)
+        return MP_OK; /* forgotten at an earlier fork, or closed: nothing to let go */
     p->no_io = 1;
     p->poisoned = 1;
     readers_forget(p, 0);

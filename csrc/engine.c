@@ -313,7 +313,7 @@ static int check_dirtyable(const mp_pager *p, uint64_t first, uint64_t count)
     return MP_OK;
 }
 
-int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
+int mp_txn_mark_dirty_locked(mp_pager *p, uint64_t first, uint64_t count)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -333,7 +333,7 @@ int mp_txn_mark_dirty(mp_pager *p, uint64_t first, uint64_t count)
  * writes whole (up to 2 MiB for one changed page, when the file was read
  * sequentially); pwrite dirties only the blocks it writes. The mapping sees
  * the bytes at once (one page cache). */
-int mp_txn_write(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
+int mp_txn_write_locked(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
                  uint64_t len)
 {
     int rc = pager_usable(p, 1);
@@ -370,7 +370,7 @@ static int mark_pages(mp_pager *p, const uint64_t *ids, uint64_t n)
 /* Whole pages, page i of buf to ids[i]: one pwrite per run of consecutive
  * ids (an engine's new nodes are mostly pages allocated together), and one
  * call where a page at a time would cost a crossing into the core each. */
-int mp_txn_write_pages(mp_pager *p, const uint64_t *ids, uint64_t n, const uint8_t *buf,
+int mp_txn_write_pages_locked(mp_pager *p, const uint64_t *ids, uint64_t n, const uint8_t *buf,
                        uint64_t len)
 {
     int rc = pager_usable(p, 1);
@@ -395,7 +395,7 @@ int mp_txn_write_pages(mp_pager *p, const uint64_t *ids, uint64_t n, const uint8
     return rc;
 }
 
-int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
+int mp_txn_dirty_count_locked(const mp_pager *p, uint64_t *out)
 {
     if (!p || !out)
         return MP_EINVALID_ARGUMENT;
@@ -403,7 +403,7 @@ int mp_txn_dirty_count(const mp_pager *p, uint64_t *out)
     return MP_OK;
 }
 
-int mp_pager_roots(const mp_pager *p, uint64_t *out)
+int mp_pager_roots_locked(const mp_pager *p, uint64_t *out)
 {
     if (!p || !out)
         return MP_EINVALID_ARGUMENT;
@@ -411,7 +411,7 @@ int mp_pager_roots(const mp_pager *p, uint64_t *out)
     return MP_OK;
 }
 
-int mp_pager_root_pages(const mp_pager *p, uint64_t *out_page_a)
+int mp_pager_root_pages_locked(const mp_pager *p, uint64_t *out_page_a)
 {
     if (!p || !out_page_a)
         return MP_EINVALID_ARGUMENT;
@@ -419,7 +419,7 @@ int mp_pager_root_pages(const mp_pager *p, uint64_t *out_page_a)
     return MP_OK;
 }
 
-int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
+int mp_pager_set_root_locked(mp_pager *p, uint32_t slot, uint64_t value)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -443,7 +443,7 @@ int mp_pager_set_root(mp_pager *p, uint32_t slot, uint64_t value)
     return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 
-int mp_pager_sync_run(mp_pager *p, uint64_t first, uint64_t count)
+int mp_pager_sync_run_locked(mp_pager *p, uint64_t first, uint64_t count)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)

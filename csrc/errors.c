@@ -44,6 +44,7 @@ static const char *const error_text[MP_ERROR_CODES] = {
                          "writer's max_readers)",
     [MP_ESNAPSHOT_MOVED] = "the writer rewrote pages of this reader's commit while they were "
                            "copied; back up a newer commit (refresh, or a new snapshot)",
+    [MP_ECLOSED] = "I/O operation on closed pager",
 };
 
 /* Indexed by bit number. */

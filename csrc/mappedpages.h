@@ -12,8 +12,11 @@
  *   - never aborts, never asserts on input, keeps no global mutable state;
  *   - on any error, changes nothing on disk or in memory, except where a failed
  *     flush leaves the pager poisoned (later calls give MP_EUNAVAILABLE).
- * Calls on one handle must be serialized by the caller (the Python layer holds
- * a lock per pager); different handles are independent.
+ * Calls on one handle may come from any thread: each takes the pager's
+ * recursive mutex for its whole run (lock.c), and mp_pager_lock/unlock hold
+ * it across a group of calls. After mp_pager_close every call returns
+ * MP_ECLOSED; the handle's memory lasts until mp_pager_release. Different
+ * handles are independent.
  */
 #ifndef MAPPEDPAGES_H
 #define MAPPEDPAGES_H
@@ -55,7 +58,8 @@ enum mp_error {
     MP_EREADERS_FULL = 21,          /* every slot of the reader table is held by a live reader */
     MP_ESNAPSHOT_MOVED = 22,        /* a reader's backup: the writer rewrote pages of the
                                        reader's commit while they were copied */
-    MP_ERROR_CODES = 23             /* one past the last code */
+    MP_ECLOSED = 23,                /* the pager was closed (mp_pager_close) */
+    MP_ERROR_CODES = 24             /* one past the last code */
 };
 
 /* What open found and repaired; the Python layer turns it into warnings. */
@@ -283,7 +287,19 @@ enum mp_page_kind {
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out);
 int mp_pager_open(const char *path, const mp_options *opts, mp_pager **out,
                   mp_open_report *report);
+/* Settles what the durability mode deferred, then gives back the file, its lock,
+ * the mapping (no view of it may be left) and the state; idempotent. Calls in flight
+ * in other threads finish first; later calls return MP_ECLOSED. */
 int mp_pager_close(mp_pager *p);
+/* Closes if needed and frees the handle: no caller may pass p after this. */
+int mp_pager_release(mp_pager *p);
+/* Holds p's mutex across several calls (re-entrant in the owning thread); unlock
+ * returns MP_EINVALID_ARGUMENT when the calling thread does not hold it. */
+int mp_pager_lock(mp_pager *p);
+int mp_pager_unlock(mp_pager *p);
+/* As mp_pager_lock, but without waiting for another thread's group flush in
+ * flight: for a brief look (no call that commits) before a call of its own. */
+int mp_pager_lock_brief(mp_pager *p);
 int mp_pager_refresh(mp_pager *p, mp_open_report *report);
 int mp_pager_stats(const mp_pager *p, mp_stats *out);
 int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes);
@@ -348,6 +364,9 @@ int mp_subpage_free(mp_subpage *s, uint64_t id);
 int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids);
 int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *ids, uint64_t n);
 int mp_subpage_restore(mp_subpage *s, const uint64_t *ids, uint64_t n);
+/* Forgets every page and sub-page the allocator holds (the pager is not told):
+ * a transaction's rollback rebuilds it in place with mp_subpage_restore. */
+int mp_subpage_clear(mp_subpage *s);
 int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset);
 int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out);
 /* Every big page held and its in-use mask, in no order; capacity must be at

@@ -429,7 +429,10 @@ typedef struct {
 #define MP_ORDER_DIR_FIRST 0
 #define MP_ORDER_META_FIRST 1
 
+#include "mp_lock.h"
+
 struct mp_pager {
+    mp_lock lk;              /* the mutex every public call holds (lock.c) */
     int fd;
     int read_only;
     int poisoned;

@@ -64,9 +64,10 @@ int pager_reader_saw_a_commit(const mp_pager *p, const uint8_t *snap, int loaded
 int readers_pin(mp_pager *p, uint64_t id);
 /* readers_pin for n freed pages at once (the FIFO grows once). */
 int readers_pin_many(mp_pager *p, const uint64_t *ids, uint64_t n);
-/* The frees so far are durable: returns 1 when readers.c took over the
+/* The frees so far are durable but the last `later` pins (made while the
+ * flush was in flight, group.c): returns 1 when readers.c took over the
  * pending map (then pages are released as readers allow). */
-int readers_settle(mp_pager *p);
+int readers_settle(mp_pager *p, uint64_t later);
 /* Releases pins readers no longer need; force tests every slot's lock (before
  * the file grows for them). Returns 1 when pages were released. */
 int readers_reclaim(mp_pager *p, int force);

@@ -82,10 +82,12 @@ static uint32_t log2_of(uint32_t v)
     return l;
 }
 
-static void pager_destroy(mp_pager *p)
+/* Frees everything but the struct and its mutex: what close gives back. Safe
+ * to call twice (each part is left empty). */
+static void pager_shut(mp_pager *p)
 {
-    if (!p)
-        return;
+    if (p->lk.closed)
+        return; /* closed already: only the struct is left */
     readers_release(p);
     space_release(p);
     mp_committed st;
@@ -94,10 +96,21 @@ static void pager_destroy(mp_pager *p)
     committed_free(p, &st);
     os_map_release(&p->map);
     os_free_zeroed(p->dirty, p->map_bytes);
+    p->dirty = NULL;
     summary_release(&p->sum);
     free(p->scratch);
+    p->scratch = NULL;
     if (p->fd >= 0)
         (void)os_close_file(p->fd);
+    p->fd = p->map.fd = -1;
+}
+
+void pager_destroy(mp_pager *p)
+{
+    if (!p)
+        return;
+    pager_shut(p);
+    pager_lock_destroy(p);
     free(p);
 }
 
@@ -107,6 +120,10 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     mp_pager *p = calloc(1, sizeof *p);
     if (!p)
         return MP_ENO_MEMORY;
+    if (pager_lock_init(p) != MP_OK) {
+        free(p);
+        return MP_ENO_MEMORY;
+    }
     p->fd = fd;
     p->map.fd = fd;
     p->staged_lo = 1; /* empty range: hi < lo */
@@ -286,8 +303,13 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     rc = pager_load_with_retries(p, map_len, report, &page0_stale);
     p->durability = opts->durability;
     set_growth(p, opts);
-    if (rc == MP_OK && !p->read_only)
+    if (rc == MP_OK && !p->read_only) {
+        /* No other thread can see p yet; held all the same, since every
+         * commit runs with the mutex held (check.c asserts it). */
+        (void)pager_enter(p);
         rc = commit_repairs(p, report);
+        pager_leave(p);
+    }
     if (rc != MP_OK) {
         pager_destroy(p);
         return rc;
@@ -383,18 +405,18 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     return MP_OK;
 }
 
-int mp_pager_close(mp_pager *p)
+int pager_close_locked(mp_pager *p)
 {
-    if (!p)
-        return MP_EINVALID_ARGUMENT;
     /* What a lazy durability mode deferred is written now; a caller who wants
-     * to see an error from that calls mp_pager_finish first. */
-    (void)mp_pager_finish(p);
-    pager_destroy(p);
+     * to see an error from that calls mp_pager_finish first. The struct stays
+     * (lock.c): a call racing this close in another thread gets MP_ECLOSED. */
+    (void)mp_pager_finish_locked(p);
+    pager_shut(p);
+    p->lk.closed = 1;
     return MP_OK;
 }
 
-int mp_pager_refresh(mp_pager *p, mp_open_report *report)
+int mp_pager_refresh_locked(mp_pager *p, mp_open_report *report)
 {
     if (!p || !report)
         return MP_EINVALID_ARGUMENT;
@@ -430,7 +452,7 @@ int mp_pager_refresh(mp_pager *p, mp_open_report *report)
     return rc;
 }
 
-int mp_pager_stats(const mp_pager *p, mp_stats *out)
+int mp_pager_stats_locked(const mp_pager *p, mp_stats *out)
 {
     if (!p || !out)
         return MP_EINVALID_ARGUMENT;
@@ -452,7 +474,7 @@ int mp_pager_stats(const mp_pager *p, mp_stats *out)
     return MP_OK;
 }
 
-int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes)
+int mp_pager_mapping_locked(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes)
 {
     if (!p || !base || !reserved_bytes)
         return MP_EINVALID_ARGUMENT;
@@ -463,7 +485,7 @@ int mp_pager_mapping(const mp_pager *p, uint8_t **base, uint64_t *reserved_bytes
 
 /* The pager's descriptor, for a reader's Python layer to map the file again
  * read-only (its views come from there: see _readonly.py). */
-int mp_pager_fd(const mp_pager *p, int *out_fd)
+int mp_pager_fd_locked(const mp_pager *p, int *out_fd)
 {
     if (!p || !out_fd)
         return MP_EINVALID_ARGUMENT;

@@ -164,7 +164,7 @@ static int hold_free_pages(mp_pager *p)
     return MP_OK;
 }
 
-int mp_readers_attach(mp_pager *p, const char *table_path, int64_t max_readers)
+int mp_readers_attach_locked(mp_pager *p, const char *table_path, int64_t max_readers)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -279,11 +279,12 @@ static int release_pins(mp_pager *p, int force)
     return MP_OK;
 }
 
-int readers_settle(mp_pager *p)
+int readers_settle(mp_pager *p, uint64_t later)
 {
     if (!pinning(p))
         return 0;
-    p->rd->durable = p->rd->tail;
+    mp_readers *rd = p->rd;
+    rd->durable = rd->tail - rd->head > later ? rd->tail - later : rd->head;
     (void)release_pins(p, 0);
     publish_pinned(p);
     return 1;
@@ -315,7 +316,7 @@ void readers_after_reload(mp_pager *p)
     }
 }
 
-int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
+int mp_readers_pinned_locked(mp_pager *p, uint64_t *out_count)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -335,7 +336,7 @@ int mp_readers_pinned(mp_pager *p, uint64_t *out_count)
     return MP_OK;
 }
 
-int mp_readers_scans(const mp_pager *p, uint64_t *out_count)
+int mp_readers_scans_locked(const mp_pager *p, uint64_t *out_count)
 {
     if (!p || !out_count)
         return MP_EINVALID_ARGUMENT;

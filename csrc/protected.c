@@ -90,7 +90,7 @@ static int lookup_live(const mp_pager *p, uint64_t pid, const void *out, mp_dir_
     return locate_live(p, pid, e, NULL, NULL);
 }
 
-int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page)
+int mp_protected_page_locked(const mp_pager *p, uint64_t pid, uint64_t *out_page)
 {
     mp_dir_entry *e;
     int rc = lookup_live(p, pid, out_page, &e);
@@ -99,7 +99,7 @@ int mp_protected_page(const mp_pager *p, uint64_t pid, uint64_t *out_page)
     return rc;
 }
 
-int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
+int mp_protected_verify_locked(const mp_pager *p, uint64_t pid, int *out_ok)
 {
     mp_dir_entry *e;
     int rc = lookup_live(p, pid, out_ok, &e);
@@ -108,7 +108,7 @@ int mp_protected_verify(const mp_pager *p, uint64_t pid, int *out_ok)
     return rc;
 }
 
-int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc)
+int mp_protected_crc_locked(const mp_pager *p, uint64_t pid, uint32_t *out_crc)
 {
     mp_dir_entry *e;
     int rc = lookup_live(p, pid, out_crc, &e);
@@ -117,7 +117,7 @@ int mp_protected_crc(const mp_pager *p, uint64_t pid, uint32_t *out_crc)
     return rc;
 }
 
-int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
+int mp_protected_backing_locked(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
                          uint64_t *out_page_b)
 {
     mp_dir_entry *e;
@@ -129,7 +129,7 @@ int mp_protected_backing(const mp_pager *p, uint64_t pid, uint64_t *out_page_a,
     return rc;
 }
 
-int mp_pager_dir_block_pages(const mp_pager *p, uint64_t block, uint64_t *out_page_a,
+int mp_pager_dir_block_pages_locked(const mp_pager *p, uint64_t block, uint64_t *out_page_a,
                              uint64_t *out_page_b)
 {
     int rc = pager_usable(p, 0);
@@ -144,7 +144,7 @@ int mp_pager_dir_block_pages(const mp_pager *p, uint64_t block, uint64_t *out_pa
     return MP_OK;
 }
 
-int mp_protected_list(const mp_pager *p, uint64_t start, uint64_t *out_pids,
+int mp_protected_list_locked(const mp_pager *p, uint64_t start, uint64_t *out_pids,
                       uint64_t capacity, uint64_t *out_n)
 {
     int rc = pager_usable(p, 0);
@@ -265,7 +265,7 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
     return MP_OK;
 }
 
-int mp_protected_alloc(mp_pager *p, uint64_t *out_pid)
+int mp_protected_alloc_locked(mp_pager *p, uint64_t *out_pid)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -313,7 +313,7 @@ static void release_entry(mp_pager *p, uint32_t b, mp_dir_entry *e)
     p->changed = 1;
 }
 
-int mp_protected_free(mp_pager *p, uint64_t pid)
+int mp_protected_free_locked(mp_pager *p, uint64_t pid)
 {
     return mp_protected_free_bulk(p, &pid, 1);
 }
@@ -355,7 +355,7 @@ static int free_bulk_owned(mp_pager *p, const uint64_t *pids, uint64_t n)
     return pager_commit(p, MP_ORDER_META_FIRST);
 }
 
-int mp_protected_free_bulk(mp_pager *p, const uint64_t *caller_pids, uint64_t n)
+int mp_protected_free_bulk_locked(mp_pager *p, const uint64_t *caller_pids, uint64_t n)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -375,7 +375,7 @@ int mp_protected_free_bulk(mp_pager *p, const uint64_t *caller_pids, uint64_t n)
 
 /* ------------------------------------------------------------ writers */
 
-int mp_protected_begin(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
+int mp_protected_begin_locked(mp_pager *p, uint64_t pid, uint64_t *out_staged_page)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -445,7 +445,7 @@ static int commit_staged(mp_pager *p, mp_dir_entry *e, uint8_t *w, uint32_t b, u
     return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 
-int mp_protected_commit(mp_pager *p, uint64_t pid)
+int mp_protected_commit_locked(mp_pager *p, uint64_t pid)
 {
     mp_dir_entry *e;
     uint8_t *w;
@@ -457,7 +457,7 @@ int mp_protected_commit(mp_pager *p, uint64_t pid)
     return commit_staged(p, e, w, b, mp_crc32(pager_page_ptr(p, staged), p->page_size));
 }
 
-int mp_protected_commit_bytes(mp_pager *p, uint64_t pid, const uint8_t *buf, uint64_t len)
+int mp_protected_commit_bytes_locked(mp_pager *p, uint64_t pid, const uint8_t *buf, uint64_t len)
 {
     mp_dir_entry *e;
     uint8_t *w;
@@ -483,7 +483,7 @@ int mp_protected_commit_bytes(mp_pager *p, uint64_t pid, const uint8_t *buf, uin
     return commit_staged(p, e, w, b, mp_crc32(p->scratch, p->page_size));
 }
 
-int mp_protected_discard(mp_pager *p, uint64_t pid)
+int mp_protected_discard_locked(mp_pager *p, uint64_t pid)
 {
     if (!p)
         return MP_EINVALID_ARGUMENT;

@@ -361,7 +361,7 @@ static uint32_t state_digest(const mp_pager *p)
     return c;
 }
 
-int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed)
+int mp_reader_refresh_locked(mp_pager *p, mp_open_report *report, int *out_changed)
 {
     if (!p || !report || !out_changed)
         return MP_EINVALID_ARGUMENT;
@@ -390,7 +390,7 @@ int mp_reader_refresh(mp_pager *p, mp_open_report *report, int *out_changed)
     return MP_OK;
 }
 
-int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *report)
+int mp_reader_register_locked(mp_pager *p, const char *table_path, mp_open_report *report)
 {
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
@@ -451,7 +451,7 @@ int mp_reader_register(mp_pager *p, const char *table_path, mp_open_report *repo
     return MP_OK;
 }
 
-int mp_reader_slot(const mp_pager *p, int64_t *out_slot)
+int mp_reader_slot_locked(const mp_pager *p, int64_t *out_slot)
 {
     if (!p || !out_slot)
         return MP_EINVALID_ARGUMENT;
@@ -459,7 +459,7 @@ int mp_reader_slot(const mp_pager *p, int64_t *out_slot)
     return MP_OK;
 }
 
-int mp_readers_list(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_t *out_pages,
+int mp_readers_list_locked(mp_pager *p, uint64_t *out_pids, uint64_t *out_gens, uint64_t *out_pages,
                     uint64_t *out_start_ns, uint64_t capacity, uint64_t *out_n)
 {
     int rc = pager_usable(p, 0);
@@ -517,7 +517,7 @@ void readers_release(mp_pager *p)
     p->rd = NULL;
 }
 
-int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
+int mp_pager_snapshot_locked(mp_pager *p, const char *table_path, mp_pager **out,
                       mp_open_report *report)
 {
     int rc = pager_usable(p, 0);
@@ -541,7 +541,7 @@ int mp_pager_snapshot(mp_pager *p, const char *table_path, mp_pager **out,
     if ((rc = pager_open_fd(fd, &opts, &r, report)) != MP_OK)
         return rc; /* pager_open_fd closed fd */
     if ((rc = mp_reader_register(r, table_path, report)) != MP_OK) {
-        (void)mp_pager_close(r);
+        (void)mp_pager_release(r);
         return rc;
     }
     *out = r;

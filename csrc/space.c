@@ -117,7 +117,7 @@ static int punch_run(mp_pager *p, uint64_t a, uint64_t b)
     return MP_OK;
 }
 
-int mp_pager_punch_free(mp_pager *p, uint64_t *out_bytes, int *out_unsupported)
+int mp_pager_punch_free_locked(mp_pager *p, uint64_t *out_bytes, int *out_unsupported)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -208,7 +208,7 @@ void space_after_free(mp_pager *p, const uint64_t *ids, uint64_t n)
     free(sorted);
 }
 
-int mp_pager_set_punch_on_free(mp_pager *p, int on)
+int mp_pager_set_punch_on_free_locked(mp_pager *p, int on)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -220,7 +220,7 @@ int mp_pager_set_punch_on_free(mp_pager *p, int on)
     return MP_OK;
 }
 
-int mp_pager_punched(const mp_pager *p, uint64_t *out_count)
+int mp_pager_punched_locked(const mp_pager *p, uint64_t *out_count)
 {
     if (!p || !out_count)
         return MP_EINVALID_ARGUMENT;
@@ -314,7 +314,7 @@ static void cut_state(mp_pager *p, uint64_t total)
     p->changed = 1;
 }
 
-int mp_pager_trim(mp_pager *p, uint64_t *out_pages)
+int mp_pager_trim_locked(mp_pager *p, uint64_t *out_pages)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)

@@ -257,6 +257,11 @@ static int find_live(const mp_subpage *s, uint64_t id, sp_rec **out_r, uint64_t 
     return MP_OK;
 }
 
+mp_pager *subpage_pager(const mp_subpage *s)
+{
+    return s ? s->p : NULL;
+}
+
 static int usable(const mp_subpage *s)
 {
     if (!s)
@@ -266,7 +271,7 @@ static int usable(const mp_subpage *s)
 
 /* ----------------------------------------------------------- public API */
 
-int mp_subpage_new(mp_pager *p, uint32_t sub_size, mp_subpage **out)
+int mp_subpage_new_locked(mp_pager *p, uint32_t sub_size, mp_subpage **out)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -288,6 +293,18 @@ int mp_subpage_new(mp_pager *p, uint32_t sub_size, mp_subpage **out)
     return MP_OK;
 }
 
+int mp_subpage_clear_locked(mp_subpage *s)
+{
+    if (!s)
+        return MP_EINVALID_ARGUMENT;
+    if (s->table)
+        memset(s->table, 0, (size_t)s->cap * sizeof *s->table);
+    s->count = 0;
+    s->avail_n = 0;
+    s->live = 0;
+    return MP_OK;
+}
+
 int mp_subpage_destroy(mp_subpage *s)
 {
     if (!s)
@@ -299,7 +316,7 @@ int mp_subpage_destroy(mp_subpage *s)
     return MP_OK;
 }
 
-int mp_subpage_alloc(mp_subpage *s, uint64_t *out_id)
+int mp_subpage_alloc_locked(mp_subpage *s, uint64_t *out_id)
 {
     int rc = usable(s);
     if (rc != MP_OK)
@@ -329,7 +346,7 @@ int mp_subpage_alloc(mp_subpage *s, uint64_t *out_id)
     return MP_OK;
 }
 
-int mp_subpage_free(mp_subpage *s, uint64_t id)
+int mp_subpage_free_locked(mp_subpage *s, uint64_t id)
 {
     int rc = usable(s);
     if (rc != MP_OK)
@@ -357,7 +374,7 @@ int mp_subpage_free(mp_subpage *s, uint64_t id)
     return MP_OK;
 }
 
-int mp_subpage_alloc_bulk(mp_subpage *s, uint64_t n, uint64_t *out_ids)
+int mp_subpage_alloc_bulk_locked(mp_subpage *s, uint64_t n, uint64_t *out_ids)
 {
     int rc = usable(s);
     if (rc != MP_OK)
@@ -476,7 +493,7 @@ static int free_bulk_owned(mp_subpage *s, const uint64_t *ids, uint64_t n)
     return MP_OK;
 }
 
-int mp_subpage_free_bulk(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
+int mp_subpage_free_bulk_locked(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = usable(s);
     if (rc != MP_OK)
@@ -544,7 +561,7 @@ static int restore_owned(mp_subpage *s, const uint64_t *ids, uint64_t n)
     return MP_OK;
 }
 
-int mp_subpage_restore(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
+int mp_subpage_restore_locked(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
 {
     int rc = usable(s);
     if (rc != MP_OK)
@@ -566,7 +583,7 @@ int mp_subpage_restore(mp_subpage *s, const uint64_t *caller_ids, uint64_t n)
     return rc;
 }
 
-int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
+int mp_subpage_check_locked(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
 {
     if (!s || !out_offset)
         return MP_EINVALID_ARGUMENT;
@@ -583,7 +600,7 @@ int mp_subpage_check(const mp_subpage *s, uint64_t id, uint64_t *out_offset)
     return MP_OK;
 }
 
-int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out)
+int mp_subpage_stats_locked(const mp_subpage *s, mp_sub_stats *out)
 {
     if (!s || !out)
         return MP_EINVALID_ARGUMENT;
@@ -595,7 +612,7 @@ int mp_subpage_stats(const mp_subpage *s, mp_sub_stats *out)
     return MP_OK;
 }
 
-int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_masks,
+int mp_subpage_list_locked(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_masks,
                     uint64_t capacity, uint64_t *out_n)
 {
     if (!s || !out_n)
@@ -616,7 +633,7 @@ int mp_subpage_list(const mp_subpage *s, uint64_t *out_pages, uint64_t *out_mask
     return MP_OK;
 }
 
-int mp_subpage_find_held(const mp_subpage *s, const uint64_t *pages, uint64_t n,
+int mp_subpage_find_held_locked(const mp_subpage *s, const uint64_t *pages, uint64_t n,
                          uint64_t *out_index)
 {
     if (!s || !out_index || (n > 0 && !pages))

@@ -20,7 +20,7 @@ int pager_prepare_dir_commit(mp_pager *p)
     return p->meta_unwritten ? pager_settle_deferred(p) : MP_OK;
 }
 
-int mp_txn_begin(mp_pager *p)
+int mp_txn_begin_locked(mp_pager *p)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -45,7 +45,7 @@ static void clear_txn_marks(mp_pager *p)
                 p->dirs[b].writer_open[s] = MP_WRITER_NONE;
 }
 
-int mp_txn_commit(mp_pager *p)
+int mp_txn_commit_locked(mp_pager *p)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -64,7 +64,7 @@ int mp_txn_commit(mp_pager *p)
     return pager_commit(p, MP_ORDER_DIR_FIRST);
 }
 
-int mp_txn_abort(mp_pager *p)
+int mp_txn_abort_locked(mp_pager *p)
 {
     int rc;
     if (!p)

@@ -15,13 +15,15 @@ After ``fork()`` the child's pagers refuse every call (``Unavailable``), and
 the core maps the file again at the same addresses, read-only and from a new
 open file description: views the child inherited keep showing the file, and
 the child holds nothing of the writer's lock.
+
+The lock is the core's mutex (``_lock``); close shuts the C pager under it, and
+the struct is freed only when its owner is collected (no pointer goes stale).
 """
 
 from __future__ import annotations
 
 import operator
 import os
-import threading
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ from mappedpages._errors import (
     raise_for,
     recovery_flag_names,
 )
+from mappedpages._lock import CoreLock
 from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
@@ -52,12 +55,10 @@ _HANDLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 def _after_fork_in_child() -> None:
     for pager in list(_LIVE):
         pager._forked = True
-        # A thread of the parent may have held the lock at fork time; it does
-        # not exist here, so the child gets a fresh lock (and then Unavailable).
-        pager._lock = threading.RLock()
     for handle in list(_HANDLES.values()):
         # Never writes again; inherited views turn read-only but keep reading
-        # the file (a store through one faults in the child).
+        # the file (a store through one faults in the child). The mutex, which
+        # a parent's thread may have held, is made afresh.
         lib.mp_pager_forget(handle)
 
 
@@ -233,7 +234,6 @@ class _PagerBase:
 
     def __init__(self, handle: Any, path: str) -> None:
         self._open_report: dict[str, Any] = {}
-        self._lock = threading.RLock()
         self._forked = False
         self._path = path
         self._handle = handle
@@ -249,11 +249,12 @@ class _PagerBase:
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
         raw = handle
-        # The buffer keeps `owner` alive, and `owner` closes the C pager when
-        # collected: so the mapping outlives every view, whatever the order.
-        self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_close(raw))
+        # The buffer keeps `owner` alive, and `owner` frees the C pager when
+        # collected: the mapping outlives every view, and the struct every
+        # object that can pass its pointer (close() only shuts it).
+        self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_release(raw))
+        self._lock = CoreLock(handle, self._owner)
         _HANDLES[self._owner] = raw
-        self._first_owner = weakref.ref(self._owner)
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
         self._stats = ffi.new("mp_stats *")
@@ -295,7 +296,8 @@ class _PagerBase:
 
     def _refresh_stats(self) -> None:
         stats = self._stats
-        lib.mp_pager_stats(self._handle, stats)
+        if lib.mp_pager_stats(self._handle, stats):
+            return  # closed (in another thread): nothing to bind views to
         self._page_count = int(stats.page_count)
         self._free_count = int(stats.free_count)
         self._dir_blocks = int(stats.dir_blocks)
@@ -348,12 +350,18 @@ class _PagerBase:
             and not self._forked
         ):
             off = page_id * self._page_size
-            return mv[off : off + self._page_size]
+            try:
+                return mv[off : off + self._page_size]
+            except ValueError:  # released by a close in another thread
+                self._usable()
+                raise
         pid = as_id(page_id)
         with self._lock:
             self._usable()
             self._raise_page_error(pid)
-            # Valid after all (the state changed under us): take the slow path.
+            # Valid after all (the state changed under us, e.g. another
+            # thread's alloc grew the file): bind views to the new length.
+            self._refresh_stats()
             return self._view(pid, readonly=mv is self._ro)
 
     def _usable(self) -> Any:
@@ -570,11 +578,10 @@ class _PagerBase:
             self._check(rc, "close")
 
     def _release(self) -> None:
-        # The handle is closed now: a later fork must not touch it.
-        first = self._first_owner()
-        if first is not None:
-            _HANDLES.pop(first, None)
-        ffi.release(self._owner)
+        # Shut under the core's mutex (calls in flight finish first, later
+        # ones get ValueError); the struct goes with the owner (_HANDLES
+        # keeps it listed until then, so a fork still resets its mutex).
+        lib.mp_pager_close(self._handle)
 
     def __enter__(self: Any) -> Any:
         return self

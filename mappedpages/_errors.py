@@ -134,6 +134,7 @@ ERRORS: dict[int, type[Exception]] = {
     lib.MP_EINTERNAL: InternalError,
     lib.MP_EREADERS_FULL: ReadersFull,
     lib.MP_ESNAPSHOT_MOVED: Unavailable,
+    lib.MP_ECLOSED: ValueError,
 }
 
 
@@ -189,6 +190,9 @@ def error_for(
         err = -code
         extra = f" ({context})" if context and context != path else ""
         return OSError(err, os.strerror(err) + extra, path)
+    if code == lib.MP_ECLOSED:
+        # Worded as Python's own closed files are, whatever the call.
+        return ValueError(message_for(code))
     base = ERRORS.get(code, MappedPageError)
     if cls is None or not issubclass(cls, base):
         cls = base

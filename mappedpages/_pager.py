@@ -1,11 +1,13 @@
 """Pager: the writable, crash-consistent page allocator over one file.
 
-Every call takes the pager's re-entrant lock, so a Pager may be shared by
-threads; cffi releases the GIL while the C core works (flushes, growth, bulk
-calls), so other threads run meanwhile. Each state change is one durable
-commit of the double-buffered metadata before the call returns. Data written
-through page views is durable only after :meth:`Pager.sync` (or, for protected
-pages, a writer's commit).
+Every call is atomic with respect to other threads: the C core holds the
+pager's mutex for each call (``pager.lock()`` holds it across several), so a
+Pager may be shared by threads; cffi releases the GIL while the C core works
+(flushes, growth, bulk calls, and waiting for the mutex), so other threads run
+meanwhile. ``alloc``, ``free`` and ``page`` take no Python-level lock at all.
+Each state change is one durable commit of the double-buffered metadata before
+the call returns. Data written through page views is durable only after
+:meth:`Pager.sync` (or, for protected pages, a writer's commit).
 
 This module holds the Pager's lifetime, pages, bulk calls and transactions;
 its protected-page calls are ``_pager_protected``'s, its awaitable ones
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any, TypeVar, overload
@@ -54,6 +57,9 @@ from mappedpages._types import PageId
 _T = TypeVar("_T")
 _alloc = lib.mp_pager_alloc
 _free = lib.mp_pager_free
+# Each thread's own out-parameter for alloc: calls run in parallel now, and a
+# shared one could hand one thread another's id.
+_tls = threading.local()
 
 
 class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
@@ -230,24 +236,22 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         The page keeps whatever bytes it held (a reused page is not cleared)
         unless ``zero`` is true. One durable commit (see ``durability``).
         """
-        # acquire/release rather than `with`: this is the hottest call.
-        lock = self._lock
-        lock.acquire()
+        # The hottest call: one C call, which holds the pager's mutex itself.
         try:
-            if self._mv is None or self._forked:
-                self._usable()
-            out = self._out
-            rc = _alloc(self._handle, zero, out)
-            if rc:
-                self._check(rc, "alloc")
-            page_id: PageId = out[0]
-            # The file grows only when no page is free, and then the first new
-            # page is taken: an id past the old end is the sign of growth.
-            if page_id >= self._page_count:
+            out = _tls.out
+        except AttributeError:
+            out = _tls.out = ffi.new("uint64_t *")
+        rc = _alloc(self._handle, zero, out)
+        if rc:
+            self._usable()  # closed, or a fork child: its own words
+            self._check(rc, "alloc")
+        page_id: PageId = out[0]
+        # The file grows only when no page is free, and then the first new
+        # page is taken: an id past the old end is the sign of growth.
+        if page_id >= self._page_count:
+            with self._lock:
                 self._refresh_stats()
-            return page_id
-        finally:
-            lock.release()
+        return page_id
 
     def free(self, page_id: PageId) -> None:
         """Free one page. One durable commit (see ``durability``).
@@ -255,22 +259,37 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         A page a live :class:`SubPageAllocator` holds raises
         :class:`ReservedPage` and stays allocated.
         """
-        if type(page_id) is not int:
-            page_id = PageId(as_id(page_id))
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._mv is None or self._forked:
+        if self._subs:
+            # The check and the free must see the same allocators.
+            if type(page_id) is not int:
+                page_id = PageId(as_id(page_id))
+            with self._lock:
                 self._usable()
-            if page_id < 0 or page_id >= _U64_LIMIT:
-                raise_for(lib.MP_EOUT_OF_BOUNDS, f"free page {page_id}")
-            if self._subs:
-                self._refuse_held(ffi.new("uint64_t[1]", [page_id]), 1)
+                self._free_checked(page_id)
+            return
+        try:
             rc = _free(self._handle, page_id)
-            if rc:
-                self._check(rc, f"free page {page_id}")
-        finally:
-            lock.release()
+        except (OverflowError, TypeError):  # not a uint64 to cffi: see what it is
+            rc = self._free_odd(page_id)
+        if rc:
+            # cffi takes a bool as 0 or 1, which the core refuses (reserved):
+            # it is a TypeError, as any id that is not an int.
+            if type(page_id) is not int:
+                as_id(page_id)
+            self._usable()
+            self._check(rc, f"free page {page_id}")
+
+    def _free_odd(self, page_id: object) -> int:
+        pid = as_id(page_id)  # TypeError for what is no int at all
+        if pid < 0 or pid >= _U64_LIMIT:
+            raise_for(lib.MP_EOUT_OF_BOUNDS, f"free page {pid}")
+        return int(_free(self._handle, pid))
+
+    def _free_checked(self, page_id: int) -> None:
+        if page_id < 0 or page_id >= _U64_LIMIT:
+            raise_for(lib.MP_EOUT_OF_BOUNDS, f"free page {page_id}")
+        self._refuse_held(ffi.new("uint64_t[1]", [page_id]), 1)
+        self._check(_free(self._handle, page_id), f"free page {page_id}")
 
     @overload
     def alloc_bulk(self, n: int, zero: bool = False, out: None = None) -> list[PageId]: ...
@@ -298,26 +317,34 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
                 "out must be a writable buffer of unsigned 64-bit integers "
                 f"(array('Q'), a NumPy uint64 array), not {type(out).__name__}"
             )
-        with self._lock:
-            handle = self._usable()
-            target = None if out is None else _u64_buffer(out, writable=True)
-            if target is not None and len(target) < n:
-                raise ValueError(f"out holds {len(target)} ids, fewer than n = {n}")
-            if n == 0:
-                return None if out is not None else []
-            self._refresh_stats()
-            room = int(self._stats.room)
-            if n > room:
-                # Checked before the id buffer is allocated, so a huge n costs nothing.
-                room_text = f"room for {room} more pages, {self._max_pages} in all"
-                raise_for(lib.MP_EFILE_FULL, f"alloc_bulk({n})", detail=room_text)
-            buf = ffi.new("uint64_t[]", n) if target is None else target
-            self._check(lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf), "alloc_bulk")
-            self._refresh_stats()
-            if target is not None:
-                return None
-            ids: list[PageId] = ffi.unpack(buf, n)
-            return ids
+        handle = self._usable()
+        target = None if out is None else _u64_buffer(out, writable=True)
+        if target is not None and len(target) < n:
+            raise ValueError(f"out holds {len(target)} ids, fewer than n = {n}")
+        if n == 0:
+            return None if out is not None else []
+        # No Python-level hold: the stats are a read (it never waits for a
+        # flush in flight), and the call holds the core's mutex once, so its
+        # commit may share a flush with other threads' (group commit).
+        stats = ffi.new("mp_stats *")
+        self._check(lib.mp_pager_stats(handle, stats), "alloc_bulk")
+        room = int(stats.room)
+        if n > room:
+            # Checked before the id buffer is allocated, so a huge n costs nothing.
+            room_text = f"room for {room} more pages, {int(stats.max_pages)} in all"
+            raise_for(lib.MP_EFILE_FULL, f"alloc_bulk({n})", detail=room_text)
+        buf = ffi.new("uint64_t[]", n) if target is None else target
+        rc = lib.mp_pager_alloc_bulk(handle, n, 1 if zero else 0, buf)
+        if rc:
+            self._usable()
+            self._check(rc, "alloc_bulk")
+        if lib.mp_pager_stats(handle, stats) == 0 and int(stats.page_count) > self._page_count:
+            with self._lock:  # the file grew: views of the new length
+                self._refresh_stats()
+        if target is not None:
+            return None
+        ids: list[PageId] = ffi.unpack(buf, n)
+        return ids
 
     def free_bulk(self, ids: Iterable[PageId] | Any) -> None:
         """Free many pages in one durable commit.
@@ -334,14 +361,22 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         else:
             values, arr = _ids_array(ids, "page id")
             count = len(values)
-        with self._lock:
-            handle = self._usable()
-            if not count:
-                return
-            if self._subs:
+        if not count:
+            self._usable()
+            return
+        if self._subs:
+            # The check and the free must see the same allocators.
+            with self._lock:
+                handle = self._usable()
                 self._refuse_held(arr, count)
-            self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
-            self._refresh_stats()
+                self._check(lib.mp_pager_free_bulk(handle, arr, count), "free_bulk")
+                self._refresh_stats()
+            return
+        # One C call, outside a Python-level hold: it may share a flush.
+        rc = lib.mp_pager_free_bulk(self._handle, arr, count)
+        if rc:
+            self._usable()
+            self._check(rc, "free_bulk")
 
     def _refuse_held(self, pages: Any, count: int) -> None:
         """Raise ReservedPage if a live SubPageAllocator holds one of ``pages``.
@@ -509,7 +544,9 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
     def lock(self) -> Any:
         """Return the pager's re-entrant lock: ``with pager.lock():`` groups calls.
 
-        A closed pager raises ``ValueError``.
+        The lock is the C core's mutex, which every call holds for its own
+        run: while one thread holds it, other threads' calls wait (the GIL is
+        released while they do). A closed pager raises ``ValueError``.
         """
         self._usable()
         return self._lock

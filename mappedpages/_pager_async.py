@@ -2,9 +2,10 @@
 
 ``_AsyncCalls._run`` hands a call to the loop's default executor and makes a
 cancelled await leave nothing behind: a call not started does not run, and
-one that ran is undone (a page allocated is freed again) before the pager's
-lock is let go. The awaitable twins are the part of :class:`mappedpages.Pager`
-built on it.
+one that ran is undone (a page allocated is freed again). The awaitable
+twins are the part of :class:`mappedpages.Pager` built on it. ``alloc_async``
+and ``free_async`` run their call outside the pager's lock, so that calls from
+several tasks share one flush (group commit, ``csrc/group.c``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class _AsyncCalls:
     """Awaitable calls of :class:`mappedpages.Pager`, over its blocking ones."""
 
     if TYPE_CHECKING:
-        _lock: threading.RLock
+        _lock: Any
 
         def alloc(self, zero: bool = False) -> PageId: ...
         def free(self, page_id: PageId) -> None: ...
@@ -36,7 +37,11 @@ class _AsyncCalls:
         def free_protected_bulk(self, pids: Iterable[ProtectedPageId]) -> None: ...
 
     async def _run(
-        self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None
+        self,
+        fn: Callable[..., _T],
+        *args: Any,
+        undo: Callable[[_T], object] | None = None,
+        group: bool = False,
     ) -> _T:
         """Run ``fn(*args)`` in the loop's default executor and await it.
 
@@ -45,27 +50,42 @@ class _AsyncCalls:
         started yet (queued, or waiting for the pager's lock) does not run; one
         already running finishes, and then ``undo(result)`` takes its effect
         back in the worker thread, before the lock is let go; one that finished
-        just before the cancellation arrived is undone here.
+        just before the cancellation arrived is undone here. With ``group``
+        the lock is let go once the call may start, and the call holds the
+        core's mutex only for itself: its commit may share a flush with other
+        threads' (no other thread is handed what it allocated, but one may see
+        it allocated until the undo).
         """
         loop = asyncio.get_running_loop()
         handoff = _Handoff()
 
+        def call() -> Any:
+            result = fn(*args)
+            with handoff.lock:
+                if not handoff.abandoned:
+                    handoff.delivered = True
+                    handoff.result = result
+                    return result
+            if undo is not None:
+                _undo_quietly(undo, result)
+            return None
+
         def work() -> Any:
             # The pager's lock is held from the call through its undo, so no
-            # other thread sees what a cancelled call allocated.
-            with self._lock:
+            # other thread sees what a cancelled call allocated; a grouped
+            # call holds it only to look (not waiting for a group flush in
+            # flight, which its own change may then join) and lets it go.
+            lock = self._lock
+            lock.acquire(brief=group)
+            try:
                 with handoff.lock:
                     if handoff.abandoned:
                         return None
-                result = fn(*args)
-                with handoff.lock:
-                    if not handoff.abandoned:
-                        handoff.delivered = True
-                        handoff.result = result
-                        return result
-                if undo is not None:
-                    _undo_quietly(undo, result)
-                return None
+                if not group:
+                    return call()
+            finally:
+                lock.release()
+            return call()
 
         try:
             result: _T = await loop.run_in_executor(None, work)
@@ -85,7 +105,7 @@ class _AsyncCalls:
 
         Cancelled, it allocates nothing: the page is freed again if it was.
         """
-        return await self._run(self.alloc, zero, undo=self.free)
+        return await self._run(self.alloc, zero, undo=self.free, group=True)
 
     async def free_async(self, page_id: PageId) -> None:
         """Awaitable :meth:`free`; runs off the event loop.
@@ -94,7 +114,7 @@ class _AsyncCalls:
         not run; cancelled while it runs, it still frees the page (a free
         cannot be taken back).
         """
-        await self._run(self.free, page_id)
+        await self._run(self.free, page_id, group=True)
 
     async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[PageId]:
         """Awaitable :meth:`alloc_bulk`; runs off the event loop.

@@ -14,6 +14,7 @@ may be stored in pages and used again after a reopen.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,9 @@ from mappedpages._pager import Pager
 _alloc = lib.mp_subpage_alloc
 _free = lib.mp_subpage_free
 _check = lib.mp_subpage_check
+# Each thread's own out-parameter: single calls take no Python lock (the core
+# holds the pager's mutex), so they may run at once in several threads.
+_tls = threading.local()
 
 
 def _check_sub_size(sub_size: object, page_size: int) -> int:
@@ -96,7 +100,8 @@ class SubPageAllocator:
 
     ``sub_size`` must be a power of two smaller than ``pager.page_size``, with
     at most 64 sub-pages per page (``ValueError`` otherwise). The allocator
-    shares the pager's lock, so both may be used from several threads.
+    shares the pager's lock (the core's mutex, which each call holds), so both
+    may be used from several threads.
     """
 
     def __init__(self, pager: Pager, sub_size: int) -> None:
@@ -182,14 +187,13 @@ class SubPageAllocator:
         pager = self._pager
         if pager is None or self._handle is None:
             return
-        raw = ffi.new("mp_subpage **")
-        pager._check(lib.mp_subpage_new(pager._usable(), self._sub_size, raw), "rollback")
-        handle = ffi.gc(raw[0], lib.mp_subpage_destroy)
+        # In place (the handle stays the same): a call in another thread may
+        # hold it, waiting for the pager's mutex that the transaction holds.
+        handle = self._handle
+        pager._check(lib.mp_subpage_clear(handle), "rollback")
         if live_ids:
             arr = ffi.new("uint64_t[]", live_ids)
             pager._check(lib.mp_subpage_restore(handle, arr, len(live_ids)), "rollback")
-        old, self._handle = self._handle, handle
-        ffi.release(old)
 
     def _release(self) -> None:
         pager = self._pager
@@ -198,8 +202,10 @@ class SubPageAllocator:
             ref = pager._subs.get(id(self))
             if ref is not None and ref() is self:
                 del pager._subs[id(self)]
-        if handle is not None:
-            ffi.release(handle)
+        # Not released here: a call in another thread may still hold the
+        # handle; it is destroyed with the last reference (it never touches
+        # the pager, so it may outlive it).
+        del handle
 
     def _refuse_shared(self, values: list[int]) -> None:
         """Raise ReservedPage if another live allocator holds a page of ``values``.
@@ -293,19 +299,32 @@ class SubPageAllocator:
         whatever bytes it held before.
         """
         pager = self._pager
-        if pager is None:
-            raise ValueError("operation on a detached SubPageAllocator")
-        with pager._lock:
-            if pager._mv is None or pager._forked or self._handle is None or pager._txn_depth:
-                self._mutable()
-            out = self._out
-            rc = _alloc(self._handle, out)
+        if pager is None or pager._txn_depth:
+            return self._alloc_slow()
+        try:
+            out = _tls.out
+        except AttributeError:
+            out = _tls.out = ffi.new("uint64_t *")
+        rc = _alloc(self._handle, out)
+        if rc:
+            self._mutable()  # detached, closed or a fork child: its own words
+            _raise_alloc_error(pager, rc, "alloc")
+        sub_id: int = out[0]
+        # A page past the cached end: the pager grew to supply it.
+        if sub_id >= pager._page_count * self._slots:
+            with pager._lock:
+                pager._refresh_stats()
+        return sub_id
+
+    def _alloc_slow(self) -> int:
+        # Detached, or inside a transaction (which this allocator joins).
+        with self.pager._lock:
+            pager, handle = self._mutable()
+            rc = _alloc(handle, self._out)
             if rc:
                 _raise_alloc_error(pager, rc, "alloc")
-            sub_id = int(out[0])
-            # Only slot 0 can come from a newly taken page (its mask was empty).
-            if not sub_id & (self._slots - 1):
-                pager._refresh_stats()
+            sub_id = int(self._out[0])
+            pager._refresh_stats()
             return sub_id
 
     def free(self, sub_id: int) -> None:
@@ -316,23 +335,33 @@ class SubPageAllocator:
         an id whose page is past the file's end, reserved, or held by someone
         else raises :class:`OutOfBounds`, and a negative id ``ValueError``.
         """
-        if type(sub_id) is not int or sub_id < 0:
-            sub_id = _sub_id(sub_id)
         pager = self._pager
-        if pager is None:
-            raise ValueError("operation on a detached SubPageAllocator")
-        with pager._lock:
-            if pager._mv is None or pager._forked or self._handle is None or pager._txn_depth:
+        if pager is None or pager._txn_depth:
+            sub_id = _sub_id(sub_id)
+            with self.pager._lock:
                 self._mutable()
-            if sub_id >= _U64_LIMIT:
-                raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {sub_id}")
-            handle = self._handle
-            rc = _free(handle, sub_id)
-            if rc:
-                pager._check(rc, f"free sub-page {sub_id}")
-            # The pager changed only if the page went back, i.e. is no longer held.
-            if _check(handle, sub_id, self._out):
-                pager._refresh_stats()
+                self._free_one(sub_id)
+            return
+        # One C call. The pager's cached counts need no update: the page count
+        # never changes here, and free_page_count asks the core.
+        try:
+            rc = _free(self._handle, sub_id)
+        except (OverflowError, TypeError):  # not a uint64 to cffi: see what it is
+            self._free_one(_sub_id(sub_id))
+            return
+        if rc:
+            if type(sub_id) is not int:
+                _sub_id(sub_id)  # a bool: TypeError, as any id that is not an int
+            pager, _ = self._usable()
+            pager._check(rc, f"free sub-page {sub_id}")
+
+    def _free_one(self, sub_id: int) -> None:
+        if sub_id >= _U64_LIMIT:
+            raise_for(lib.MP_EOUT_OF_BOUNDS, f"sub-page id {sub_id}")
+        rc = _free(self._handle, sub_id)
+        if rc:
+            pager, _ = self._usable()
+            pager._check(rc, f"free sub-page {sub_id}")
 
     def alloc_bulk(self, n: int) -> list[int]:
         """Allocate ``n`` sub-pages, all or nothing.

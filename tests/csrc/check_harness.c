@@ -77,7 +77,7 @@ static int flag_cases(const char *path)
         printf("%s: %d then %d\n", name, rc, after);
         if (rc != MP_EINTERNAL || after != MP_EUNAVAILABLE)
             failures++;
-        mp_pager_close(p);
+        mp_pager_release(p);
     }
     return failures;
 }
@@ -102,7 +102,7 @@ static int state_walk(const char *path)
     f += mp_txn_begin(p) != MP_OK || expect_state(p, MP_PAGER_WRITER_TXN, "in a transaction");
     f += mp_pager_alloc(p, 0, &id) != MP_OK || mp_pager_free(p, id) != MP_OK;
     f += mp_txn_abort(p) != MP_OK || expect_state(p, MP_PAGER_WRITER_IDLE, "after abort");
-    mp_pager_close(p);
+    mp_pager_release(p);
     mp_options o;
     memset(&o, 0, sizeof o);
     o.durability = MP_DURABILITY_NONE;
@@ -116,8 +116,8 @@ static int state_walk(const char *path)
     f += mp_pager_refresh(r, &rep) != MP_OK || expect_state(r, MP_PAGER_READER, "refreshed");
     f += mp_pager_forget(p) != MP_OK || expect_state(p, MP_PAGER_FORGOTTEN, "forgotten");
     f += mp_pager_alloc(p, 0, &id) != MP_EUNAVAILABLE;
-    mp_pager_close(r);
-    mp_pager_close(p);
+    mp_pager_release(r);
+    mp_pager_release(p);
     printf("states: %s\n", f ? "wrong" : "ok");
     return f;
 }
@@ -142,7 +142,7 @@ int main(int argc, char **argv)
         printf("%s: %d then %d\n", name, rc, after);
         if (rc != MP_EINTERNAL || after != MP_EUNAVAILABLE)
             failures++;
-        mp_pager_close(p);
+        mp_pager_release(p);
     }
     failures += flag_cases(argv[1]);
     failures += state_walk(argv[1]);
@@ -158,6 +158,6 @@ int main(int argc, char **argv)
         }
     }
     if (p)
-        mp_pager_close(p);
+        mp_pager_release(p);
     return failures ? 1 : 0;
 }
