@@ -102,13 +102,6 @@ class _Node:
         self.kids = kids
         self.size = size  # bytes, header included
 
-    def encode(self) -> bytes:
-        """The node's bytes, as stored at the start of its page."""
-        head = _HDR.pack(self.kind, 0, len(self.keys), self.size)
-        if self.kind == LEAF:
-            return b"".join([head, *self.ents])
-        return b"".join([head, _U64.pack(self.kids[0]), *self.ents])
-
 
 def _decode(page: memoryview) -> _Node:
     kind, _, n, end = _HDR.unpack_from(page, 0)
@@ -386,16 +379,16 @@ class _Rewrite:
         if not changes:
             return None
         self.freed.append(pid)
-        if len(changes) == 1 and len(changes[0][1]) == 1:
-            # One child replaced by one: the usual case near the root. The
-            # keys stay (shared: store changes only kids and ents).
-            c, [(_, kid)] = changes[0]
+        if all(len(parts) == 1 for _, parts in changes):
+            # Every changed child replaced by one: the usual case. The keys
+            # stay (shared: store changes only kids and ents).
             kids, ents = node.kids[:], node.ents[:]
-            kids[c] = kid
-            if c:
-                ents[c - 1] = b""  # linked when the child's page is known
+            for c, [(_, kid)] in changes:
+                kids[c] = kid
+                if c:
+                    ents[c - 1] = b""  # linked when the child's page is known
             tmp = self._add(_Node(INTERNAL, node.keys, ents, kids, node.size))
-            self.unplaced[~tmp] = [c]
+            self.unplaced[~tmp] = [c for c, _ in changes]
             return [(b"", tmp)]
         return self._rebuild(node, changes)
 
@@ -453,12 +446,16 @@ class _Rewrite:
                 size = leaf.size - len(ents[j])
                 return keys[:j] + keys[j + 1 :], ents[:j] + ents[j + 1 :], size
             entry = _entry(key, value)
+            ents = ents[:]
             if found:  # the keys stay (a leaf's lists are never changed: shared)
                 size = leaf.size + len(entry) - len(ents[j])
-                return keys, ents[:j] + [entry] + ents[j + 1 :], size
+                ents[j] = entry
+                return keys, ents, size
             self.delta += 1
-            size = leaf.size + len(entry)
-            return keys[:j] + [key] + keys[j:], ents[:j] + [entry] + ents[j:], size
+            keys = keys[:]
+            keys.insert(j, key)
+            ents.insert(j, entry)
+            return keys, ents, leaf.size + len(entry)
         out_k: list[bytes] = []
         out_e: list[bytes] = []
         size = leaf.size
@@ -564,9 +561,11 @@ class _Rewrite:
             pager.free_bulk(self.freed)
             for old in self.freed:
                 tree._cache.pop(old, None)
-        size, new, unplaced, cache = self.page_size, self.new, self.unplaced, tree._cache
-        data = bytearray(len(live) * size)
-        at = 0
+        new, unplaced, cache = self.new, self.unplaced, tree._cache
+        # The pages' bytes, joined once: each node's header, (internal) first
+        # child and entries as stored, then the zeros that fill its page.
+        zeros = memoryview(bytes(self.page_size))
+        pieces: list[Any] = []
         for j, pid in zip(live, pages):
             node = new[j]
             assert node is not None
@@ -576,14 +575,15 @@ class _Rewrite:
                     kids[x] = kid = placed[~kids[x]]
                     if x:
                         ents[x - 1] = _link(keys[x - 1], kid)
-            encoded = node.encode()
-            assert len(encoded) == node.size <= size
-            data[at : at + len(encoded)] = encoded
-            at += size
+            pieces.append(_HDR.pack(node.kind, 0, len(node.keys), node.size))
+            if node.kind == INTERNAL:
+                pieces.append(_U64.pack(node.kids[0]))
+            pieces += node.ents
+            pieces.append(zeros[node.size :])
             cache[pid] = node
         tree._trim_cache()
         if live:
-            tx.write_pages(pages, data)
+            tx.write_pages(pages, b"".join(pieces))
         return placed[~top] if top < 0 else top
 
 
