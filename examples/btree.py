@@ -54,10 +54,6 @@ ROOT_SLOT = 0
 COUNT_SLOT = 1
 
 
-def _entry(key: bytes, value: bytes) -> bytes:
-    return _LEAF_ENTRY.pack(len(key), len(value)) + key + value
-
-
 def _link(key: bytes, child: int) -> bytes:
     return _U16.pack(len(key)) + key + _U64.pack(child)
 
@@ -304,6 +300,11 @@ class _Rewrite:
         self.tree = tree
         self.keys = sorted(changes)
         self.values = [changes[k] for k in self.keys]
+        # Each put's leaf entry, made in one pass (b"" for a delete).
+        self.entries = [
+            b"" if v is None else _LEAF_ENTRY.pack(len(k), len(v)) + k + v
+            for k, v in zip(self.keys, self.values)
+        ]
         self.new: list[_Node | None] = []
         # By new internal node: the indexes of its children that are new too.
         self.unplaced: dict[int, list[int]] = {}
@@ -354,7 +355,7 @@ class _Rewrite:
         The parts that replace it ([] when it empties), or None when nothing
         under it changed.
         """
-        node = self.tree._node(pid)
+        node = self.tree._cache.get(pid) or self.tree._node(pid)
         if node.kind == LEAF:
             merged = self._merge(node, lo, hi)
             if merged is None:
@@ -445,7 +446,7 @@ class _Rewrite:
                 self.delta -= 1
                 size = leaf.size - len(ents[j])
                 return keys[:j] + keys[j + 1 :], ents[:j] + ents[j + 1 :], size
-            entry = _entry(key, value)
+            entry = self.entries[lo]
             ents = ents[:]
             if found:  # the keys stay (a leaf's lists are never changed: shared)
                 size = leaf.size + len(entry) - len(ents[j])
@@ -476,8 +477,9 @@ class _Rewrite:
                 self.delta -= 1
             if value is not None:
                 out_k.append(key)
-                out_e.append(_entry(key, value))
-                size += len(out_e[-1])
+                entry = self.entries[i]
+                out_e.append(entry)
+                size += len(entry)
                 self.delta += 1
         if not changed:
             return None
