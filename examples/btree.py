@@ -556,9 +556,6 @@ class _Rewrite:
         pages = array("Q", bytes(8 * len(live)))
         if live:
             pager.alloc_bulk(len(live), out=pages)
-        placed = [0] * len(self.new)
-        for j, pid in zip(live, pages):
-            placed[j] = pid
         if self.freed:
             pager.free_bulk(self.freed)
             for old in self.freed:
@@ -568,7 +565,11 @@ class _Rewrite:
         # child and entries as stored, then the zeros that fill its page.
         zeros = memoryview(bytes(self.page_size))
         pieces: list[Any] = []
+        # New node j's page. A node comes after its children in self.new (it is
+        # made once they are), so their pages are known when it is linked.
+        placed = [0] * len(new)
         for j, pid in zip(live, pages):
+            placed[j] = pid
             node = new[j]
             assert node is not None
             if j in unplaced:  # an internal node: link its new children
