@@ -350,15 +350,42 @@ int mp_txn_write_locked(mp_pager *p, uint64_t first, uint64_t offset, const uint
     return rc;
 }
 
+/* Whether the record's runs are in ascending order, apart: as commits write
+ * them (next_run). A record read from a file is not trusted to be. */
+static int record_ascending(const mp_pager *p)
+{
+    for (uint32_t i = 1; i < p->rec_n; i++)
+        if (p->rec[i].first < p->rec[i - 1].first + p->rec[i - 1].count)
+            return 0;
+    return 1;
+}
+
+/* overlaps_record for one page of an ascending record: a binary search for
+ * the last run that starts at or before id, where a batch of pages would
+ * scan the whole record for each. */
+static int record_holds_page(const mp_pager *p, uint64_t id)
+{
+    uint32_t lo = 0, hi = p->rec_n; /* runs [0, lo) start at or before id */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (p->rec[mid].first <= id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && id < p->rec[lo - 1].first + p->rec[lo - 1].count;
+}
+
 /* Every id checked (from the core's copy: the caller's array may change
  * under us) and the record retired before any page is marked or written. */
 static int mark_pages(mp_pager *p, const uint64_t *ids, uint64_t n)
 {
-    int rc, overlap = 0;
+    int rc, overlap = 0, ascending = record_ascending(p);
     for (uint64_t i = 0; i < n; i++) {
         if ((rc = check_dirtyable(p, ids[i], 1)) != MP_OK)
             return rc;
-        overlap = overlap || (p->rec_n > 0 && overlaps_record(p, ids[i], 1));
+        if (!overlap && p->rec_n > 0)
+            overlap = ascending ? record_holds_page(p, ids[i]) : overlaps_record(p, ids[i], 1);
     }
     if (overlap && (rc = retire_record(p)) != MP_OK)
         return rc;

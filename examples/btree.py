@@ -54,10 +54,6 @@ ROOT_SLOT = 0
 COUNT_SLOT = 1
 
 
-def _entry(key: bytes, value: bytes) -> bytes:
-    return _LEAF_ENTRY.pack(len(key), len(value)) + key + value
-
-
 def _link(key: bytes, child: int) -> bytes:
     return _U16.pack(len(key)) + key + _U64.pack(child)
 
@@ -101,13 +97,6 @@ class _Node:
         self.ents = ents
         self.kids = kids
         self.size = size  # bytes, header included
-
-    def encode(self) -> bytes:
-        """The node's bytes, as stored at the start of its page."""
-        head = _HDR.pack(self.kind, 0, len(self.keys), self.size)
-        if self.kind == LEAF:
-            return b"".join([head, *self.ents])
-        return b"".join([head, _U64.pack(self.kids[0]), *self.ents])
 
 
 def _decode(page: memoryview) -> _Node:
@@ -311,6 +300,11 @@ class _Rewrite:
         self.tree = tree
         self.keys = sorted(changes)
         self.values = [changes[k] for k in self.keys]
+        # Each put's leaf entry, made in one pass (b"" for a delete).
+        self.entries = [
+            b"" if v is None else _LEAF_ENTRY.pack(len(k), len(v)) + k + v
+            for k, v in zip(self.keys, self.values)
+        ]
         self.new: list[_Node | None] = []
         # By new internal node: the indexes of its children that are new too.
         self.unplaced: dict[int, list[int]] = {}
@@ -361,7 +355,7 @@ class _Rewrite:
         The parts that replace it ([] when it empties), or None when nothing
         under it changed.
         """
-        node = self.tree._node(pid)
+        node = self.tree._cache.get(pid) or self.tree._node(pid)
         if node.kind == LEAF:
             merged = self._merge(node, lo, hi)
             if merged is None:
@@ -386,16 +380,16 @@ class _Rewrite:
         if not changes:
             return None
         self.freed.append(pid)
-        if len(changes) == 1 and len(changes[0][1]) == 1:
-            # One child replaced by one: the usual case near the root. The
-            # keys stay (shared: store changes only kids and ents).
-            c, [(_, kid)] = changes[0]
+        if all(len(parts) == 1 for _, parts in changes):
+            # Every changed child replaced by one: the usual case. The keys
+            # stay (shared: store changes only kids and ents).
             kids, ents = node.kids[:], node.ents[:]
-            kids[c] = kid
-            if c:
-                ents[c - 1] = b""  # linked when the child's page is known
+            for c, [(_, kid)] in changes:
+                kids[c] = kid
+                if c:
+                    ents[c - 1] = b""  # linked when the child's page is known
             tmp = self._add(_Node(INTERNAL, node.keys, ents, kids, node.size))
-            self.unplaced[~tmp] = [c]
+            self.unplaced[~tmp] = [c for c, _ in changes]
             return [(b"", tmp)]
         return self._rebuild(node, changes)
 
@@ -452,13 +446,17 @@ class _Rewrite:
                 self.delta -= 1
                 size = leaf.size - len(ents[j])
                 return keys[:j] + keys[j + 1 :], ents[:j] + ents[j + 1 :], size
-            entry = _entry(key, value)
+            entry = self.entries[lo]
+            ents = ents[:]
             if found:  # the keys stay (a leaf's lists are never changed: shared)
                 size = leaf.size + len(entry) - len(ents[j])
-                return keys, ents[:j] + [entry] + ents[j + 1 :], size
+                ents[j] = entry
+                return keys, ents, size
             self.delta += 1
-            size = leaf.size + len(entry)
-            return keys[:j] + [key] + keys[j:], ents[:j] + [entry] + ents[j:], size
+            keys = keys[:]
+            keys.insert(j, key)
+            ents.insert(j, entry)
+            return keys, ents, leaf.size + len(entry)
         out_k: list[bytes] = []
         out_e: list[bytes] = []
         size = leaf.size
@@ -479,8 +477,9 @@ class _Rewrite:
                 self.delta -= 1
             if value is not None:
                 out_k.append(key)
-                out_e.append(_entry(key, value))
-                size += len(out_e[-1])
+                entry = self.entries[i]
+                out_e.append(entry)
+                size += len(entry)
                 self.delta += 1
         if not changed:
             return None
@@ -557,17 +556,20 @@ class _Rewrite:
         pages = array("Q", bytes(8 * len(live)))
         if live:
             pager.alloc_bulk(len(live), out=pages)
-        placed = [0] * len(self.new)
-        for j, pid in zip(live, pages):
-            placed[j] = pid
         if self.freed:
             pager.free_bulk(self.freed)
             for old in self.freed:
                 tree._cache.pop(old, None)
-        size, new, unplaced, cache = self.page_size, self.new, self.unplaced, tree._cache
-        data = bytearray(len(live) * size)
-        at = 0
+        new, unplaced, cache = self.new, self.unplaced, tree._cache
+        # The pages' bytes, joined once: each node's header, (internal) first
+        # child and entries as stored, then the zeros that fill its page.
+        zeros = memoryview(bytes(self.page_size))
+        pieces: list[Any] = []
+        # New node j's page. A node comes after its children in self.new (it is
+        # made once they are), so their pages are known when it is linked.
+        placed = [0] * len(new)
         for j, pid in zip(live, pages):
+            placed[j] = pid
             node = new[j]
             assert node is not None
             if j in unplaced:  # an internal node: link its new children
@@ -576,14 +578,15 @@ class _Rewrite:
                     kids[x] = kid = placed[~kids[x]]
                     if x:
                         ents[x - 1] = _link(keys[x - 1], kid)
-            encoded = node.encode()
-            assert len(encoded) == node.size <= size
-            data[at : at + len(encoded)] = encoded
-            at += size
+            pieces.append(_HDR.pack(node.kind, 0, len(node.keys), node.size))
+            if node.kind == INTERNAL:
+                pieces.append(_U64.pack(node.kids[0]))
+            pieces += node.ents
+            pieces.append(zeros[node.size :])
             cache[pid] = node
         tree._trim_cache()
         if live:
-            tx.write_pages(pages, data)
+            tx.write_pages(pages, b"".join(pieces))
         return placed[~top] if top < 0 else top
 
 

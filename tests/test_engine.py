@@ -551,6 +551,37 @@ def test_record_sums_cover_runs_of_every_length(tmp_path, page_size):
         assert total == record_sum(image[first * page_size : (first + count) * page_size], first)
 
 
+def test_write_pages_retires_the_record_only_for_its_pages(tmp_path):
+    # The record of the last commit holds four runs; writing a page of a run
+    # (its first, a middle or its last page) retires it first (one msync
+    # more), writing a page between or past the runs does not. The core looks
+    # the page up by binary search in the record's ascending runs.
+    hooks = IoHooks()
+    p = create_pager(tmp_path / "f", 1024, hooks, durability="fast")
+    try:
+        ids = p.alloc_bulk(40)
+        assert ids == list(range(ids[0], ids[0] + 40))
+        recorded = ids[2:5] + ids[8:9] + ids[12:16] + ids[20:23]
+
+        def cost(pid: int) -> int:
+            with p.transaction() as tx:
+                tx.write_pages(recorded, bytes(1024 * len(recorded)))
+            runs = [(f, c) for f, c, _ in read_image(tmp_path / "f").newest().record]
+            assert runs == [(ids[2], 3), (ids[8], 1), (ids[12], 4), (ids[20], 3)]
+            before = flushes(hooks)
+            with p.transaction() as tx:
+                tx.write_pages([ids[39], pid], bytes(2048))
+            return flushes(hooks) - before
+
+        base = cost(ids[38])
+        inside = [ids[i] for i in (2, 3, 4, 8, 12, 14, 15, 20, 22)]
+        outside = [ids[i] for i in (0, 1, 5, 7, 9, 11, 16, 19, 23, 37)]
+        assert [cost(pid) - base for pid in inside] == [1] * len(inside)
+        assert [cost(pid) - base for pid in outside] == [0] * len(outside)
+    finally:
+        p.close()
+
+
 def test_tx_write_pages_bad_input_changes_nothing(tmp_path):
     path = tmp_path / "f"
     hooks = IoHooks()
