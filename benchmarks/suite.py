@@ -103,12 +103,13 @@ class Settings:
     bulk: int = 30_000  # pages per bulk call (the v0.2 layout caps a 4 KiB file at 32,544)
     io_commits: int = 400  # commits per window of a KiB-per-commit measurement
     io_file_pages: int = 16_384  # size of the file read sequentially: 64 MiB
+    group_seconds: float = 1.0  # each window of the group-commit rows
 
     @classmethod
     def quick(cls) -> Settings:
         """A short run: the same rows, fewer samples."""
         return cls(rounds=150, txn_rounds=10, calls=5_000, passes=3, page_calls=100_000,
-                   bulk=30_000, io_commits=50, io_file_pages=4_096)
+                   bulk=30_000, io_commits=50, io_file_pages=4_096, group_seconds=0.4)
 
 
 @dataclass

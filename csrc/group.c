@@ -152,6 +152,7 @@ static int finish(mp_pager *p, uint64_t target, int rc)
             p->page0_stale = 0;
         commit_release_pending(p);
         g->last_group = target - g->durable_seq;
+        g->last_behind = g->change_seq - target;
         g->durable_seq = target;
     }
     later_reset(p);
@@ -200,20 +201,24 @@ int group_eligible(const mp_pager *p)
 static void gather(mp_pager *p, uint64_t seq)
 {
     mp_lock *g = &p->lk;
-    uint64_t want = g->last_group;
+    /* The threads the last flush woke, and those already waiting behind it:
+     * with two groups in turn, each leader would otherwise go with its own
+     * half, and every flush carry half the threads. */
+    uint64_t want = g->last_group + g->last_behind;
     if (want <= 1 || g->change_seq - g->durable_seq >= want)
         return;
-    uint64_t span = g->last_flush_ns / 4u;
+    uint64_t span = g->last_flush_ns / 2u;
     uint64_t until = now_ns() + (span < GATHER_MAX_NS ? span : GATHER_MAX_NS);
     g->gathering = 1;
     while (g->change_seq - g->durable_seq < want && g->durable_seq < seq && !p->poisoned &&
            now_ns() < until)
         wait_released(p, &g->more, until);
     g->gathering = 0;
-    /* Calls that arrived meanwhile wait for this leader; if an absorb (a
-     * commit of another kind, group.c's absorb) carried its change, it will
-     * not lead: they must look again. */
-    (void)pthread_cond_broadcast(&g->done);
+    /* Calls that arrived meanwhile wait for this leader, whose flush carries
+     * their changes and wakes them. If it will not lead (an absorb carried
+     * its change, or the pager failed), they must look again. */
+    if (g->durable_seq >= seq || p->poisoned)
+        (void)pthread_cond_broadcast(&g->done);
 }
 
 static int lead(mp_pager *p)

@@ -33,6 +33,7 @@ typedef struct {
     uint64_t failed_seq;     /* tickets up to this one had their flush fail */
     int flush_rc;            /* that flush's error */
     uint64_t last_group;     /* changes the last group flush carried */
+    uint64_t last_behind;    /* changes waiting for the next flush when it ended */
     uint64_t last_flush_ns;  /* how long it took */
     uint8_t *page0;          /* page 0 of the flush in flight (v0.2 "compat") */
     uint64_t *later;         /* frees made while a flush is in flight: not in it */

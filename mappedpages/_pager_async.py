@@ -3,9 +3,14 @@
 ``_AsyncCalls._run`` hands a call to the loop's default executor and makes a
 cancelled await leave nothing behind: a call not started does not run, and
 one that ran is undone (a page allocated is freed again). The awaitable
-twins are the part of :class:`mappedpages.Pager` built on it. ``alloc_async``
-and ``free_async`` run their call outside the pager's lock, so that calls from
-several tasks share one flush (group commit, ``csrc/group.c``).
+twins are the part of :class:`mappedpages.Pager` built on it.
+
+``alloc_async`` and ``free_async`` are grouped instead: each puts its request
+in the pager's queue and awaits a future; one executor thread at a time takes
+every request queued, applies them in one transaction (one commit, one flush,
+whatever the number of tasks) and hands the results back to each loop with one
+callback per batch. So many tasks share a flush without a thread each, and the
+loop pays a future and a list append per call.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -100,12 +106,97 @@ class _AsyncCalls:
                 _undo_quietly(undo, handoff.result)
             raise
 
+    async def _grouped(self, op: int, arg: Any) -> Any:
+        """Queue one alloc or free for the batch committer and await its result.
+
+        Cancelled before its batch takes it, the request does not run; an
+        alloc cancelled later is freed again (in its own batch when it has not
+        committed yet, else by a free queued after it), so it allocates nothing.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue_request((op, arg, fut, loop))
+        return await fut
+
+    def _queue_request(self, request: tuple[int, Any, Any, Any]) -> None:
+        queue = self._batch_queue()
+        with queue.lock:
+            queue.items.append(request)
+            if queue.running:
+                return
+            queue.running = True
+        loop = request[3]
+        loop.run_in_executor(None, self._drain_requests, queue)
+
+    def _batch_queue(self) -> _RequestQueue:
+        queue: _RequestQueue | None = getattr(self, "_requests", None)
+        if queue is None:
+            queue = self._requests = _RequestQueue()
+        return queue
+
+    def _drain_requests(self, queue: _RequestQueue) -> None:
+        """The committer: takes every queued request, one transaction per batch."""
+        while True:
+            with queue.lock:
+                batch, queue.items = queue.items, []
+                if not batch:
+                    queue.running = False
+                    return
+            self._commit_requests(batch)
+
+    def _commit_requests(self, batch: list[tuple[int, Any, Any, Any]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.transaction():  # type: ignore[attr-defined]
+                for op, arg, fut, _loop in batch:
+                    if fut is not None and fut.cancelled():
+                        outcomes.append((False, None))  # never ran
+                        continue
+                    try:
+                        if op == _ALLOC:
+                            outcomes.append((True, self.alloc(arg)))
+                        else:
+                            self.free(arg)
+                            outcomes.append((True, None))
+                    except Exception as exc:  # this request's error, not the batch's
+                        outcomes.append((False, exc))
+                    # An alloc cancelled meanwhile goes back in the same commit.
+                    if op == _ALLOC and fut is not None and fut.cancelled() and outcomes[-1][0]:
+                        self.free(outcomes[-1][1])
+                        outcomes[-1] = (False, None)
+        except BaseException as exc:  # the commit failed: nothing of the batch happened
+            outcomes = [(False, exc)] * len(batch)
+        by_loop: defaultdict[Any, list[tuple[Any, int, bool, Any]]] = defaultdict(list)
+        for (op, _arg, fut, loop), (ok, value) in zip(batch, outcomes):
+            if fut is not None:
+                by_loop[loop].append((fut, op, ok, value))
+            elif not ok:  # the undo of a cancelled alloc: nobody awaits it
+                _undo_quietly(_raise, value)
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._deliver, results)
+            except RuntimeError:  # the loop closed: nobody awaits these
+                self._deliver(results)
+
+    def _deliver(self, results: list[tuple[Any, int, bool, Any]]) -> None:
+        for fut, op, ok, value in results:
+            if fut.cancelled():
+                if ok and op == _ALLOC:  # committed, then cancelled: free it again
+                    self._queue_request((_FREE, value, None, fut.get_loop()))
+                continue
+            if ok:
+                fut.set_result(value)
+            elif value is not None:
+                fut.set_exception(value)
+            else:
+                fut.cancel()
+
     async def alloc_async(self, zero: bool = False) -> PageId:
         """Awaitable :meth:`alloc`; runs off the event loop.
 
         Cancelled, it allocates nothing: the page is freed again if it was.
         """
-        return await self._run(self.alloc, zero, undo=self.free, group=True)
+        return await self._grouped(_ALLOC, bool(zero))  # type: ignore[no-any-return]
 
     async def free_async(self, page_id: PageId) -> None:
         """Awaitable :meth:`free`; runs off the event loop.
@@ -114,7 +205,7 @@ class _AsyncCalls:
         not run; cancelled while it runs, it still frees the page (a free
         cannot be taken back).
         """
-        await self._run(self.free, page_id, group=True)
+        await self._grouped(_FREE, page_id)
 
     async def alloc_bulk_async(self, n: int, zero: bool = False) -> list[PageId]:
         """Awaitable :meth:`alloc_bulk`; runs off the event loop.
@@ -186,3 +277,22 @@ def _undo_quietly(undo: Callable[[Any], object], result: Any) -> None:
             RuntimeWarning,
             stacklevel=2,
         )
+
+
+_ALLOC = 0
+_FREE = 1
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+class _RequestQueue:
+    """The grouped awaitable calls of one pager waiting for its committer."""
+
+    __slots__ = ("lock", "items", "running")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[int, Any, Any, Any]] = []
+        self.running = False
