@@ -119,8 +119,8 @@ def bench_writer(folder: Path) -> None:
             )
         finally:
             stop(procs)
-            lib.mp_pager_close(new)
-            lib.mp_pager_close(old)
+            lib.mp_pager_release(new)
+            lib.mp_pager_release(old)
         row(f"durable alloc+free, {readers} live readers (us/pair)", a * 1e6, b * 1e6, "us",
             "target <= 1.10")
 

@@ -158,7 +158,7 @@ static void read_only_session(void)
         exercise(p);
         (void)mp_pager_refresh(p, &rep);
         exercise(p);
-        mp_pager_close(p);
+        mp_pager_release(p);
     }
 }
 
@@ -179,7 +179,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             read_only_session();
         return 0;
     }
-    mp_pager_close(p);
+    mp_pager_release(p);
     write_input(data, size);
     read_only_session();
     if (mp_pager_open(path, &o, &p, &rep) != 0)
@@ -195,7 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
     }
     exercise(p);
-    mp_pager_close(p);
+    mp_pager_release(p);
     /* What the library has just written must open again. */
     rc = mp_pager_open(path, &o, &p, &rep);
     if (rc != 0) {
@@ -203,6 +203,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     exercise(p);
-    mp_pager_close(p);
+    mp_pager_release(p);
     return 0;
 }
