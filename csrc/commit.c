@@ -340,9 +340,7 @@ static int flush_staged(mp_pager *p)
         p->poisoned = 1;
         return rc;
     }
-    p->staged_lo = 1;
-    p->staged_hi = 0;
-    p->staged_n = 0;
+    pager_staged_forget(p);
     return MP_OK;
 }
 
@@ -377,9 +375,7 @@ static int flush_dir_changes(mp_pager *p, int dirs)
         p->poisoned = 1;
         return rc;
     }
-    p->staged_lo = 1;
-    p->staged_hi = 0;
-    p->staged_n = 0;
+    pager_staged_forget(p);
     return MP_OK;
 }
 

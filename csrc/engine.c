@@ -233,9 +233,7 @@ int txn_build_ext_record(mp_pager *p, int *built)
     p->rec_n = k;
     p->rec_new = 1;
     txn_forget_dirty(p);
-    p->staged_lo = 1;
-    p->staged_hi = 0;
-    p->staged_n = 0;
+    pager_staged_forget(p);
     *built = 1;
     return MP_OK;
 }

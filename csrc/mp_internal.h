@@ -547,6 +547,8 @@ int pager_usable(const mp_pager *p, int writing);
 uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
+/* Empties the staged range and list of the commit under way (protected.c). */
+void pager_staged_forget(mp_pager *p);
 
 /* recover.c */
 int pager_load_committed(mp_pager *p, mp_open_report *rep);

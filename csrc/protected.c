@@ -400,6 +400,15 @@ int mp_protected_begin_locked(mp_pager *p, uint64_t pid, uint64_t *out_staged_pa
     return MP_OK;
 }
 
+/* The commit under way names no staged copy any more: flushed, carried in its
+ * record, or rolled back. */
+void pager_staged_forget(mp_pager *p)
+{
+    p->staged_lo = 1;
+    p->staged_hi = 0;
+    p->staged_n = 0;
+}
+
 /* Staged copies are flushed by the commit that names them (commit.c's
  * flush_dir_changes), before its commit point: the directory copy and the
  * metadata written with them may reach the disk at any time. */

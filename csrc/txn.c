@@ -72,9 +72,7 @@ int mp_txn_abort_locked(mp_pager *p)
     if (p->txn_depth == 0)
         return MP_EINVALID_ARGUMENT;
     p->txn_depth = 0;
-    p->staged_lo = 1;
-    p->staged_hi = 0;
-    p->staged_n = 0;
+    pager_staged_forget(p);
     txn_forget_dirty(p);
     if (p->poisoned)
         return MP_EUNAVAILABLE;
