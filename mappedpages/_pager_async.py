@@ -116,7 +116,15 @@ class _AsyncCalls:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue_request((op, arg, fut, loop))
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The task can be cancelled after its batch set the result and
+            # before the task resumed: the future then holds a page that no
+            # one will be handed. Free it like any other cancelled alloc.
+            if op == _ALLOC and fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._queue_request((_FREE, fut.result(), None, loop))
+            raise
 
     def _queue_request(self, request: tuple[int, Any, Any, Any]) -> None:
         queue = self._batch_queue()

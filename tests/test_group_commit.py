@@ -417,3 +417,29 @@ def test_grouped_async_calls_cancelled_anywhere_leak_nothing(tmp_path: Path) -> 
 
         asyncio.run(main())
         assert set(p.allocated_pages()) == held
+
+
+def test_grouped_alloc_cancelled_after_its_result_arrived_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task is cancelled after its batch set the future's result and before
+    the task resumed: the await raises CancelledError, so the page it was given
+    must be freed again, not left allocated with no holder."""
+    with Pager.create(tmp_path / "f", 4096, durability="fast", layout="0.3") as p:
+
+        async def main() -> None:
+            task = asyncio.ensure_future(p.alloc_async())
+            deliver = p._deliver
+
+            def deliver_then_cancel(results: list[object]) -> None:
+                deliver(results)  # type: ignore[arg-type]
+                task.cancel()  # the result is set; the task has not resumed
+
+            monkeypatch.setattr(p, "_deliver", deliver_then_cancel)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            monkeypatch.undo()
+            await p.free_async(await p.alloc_async())  # runs the queued undo first
+
+        asyncio.run(main())
+        assert list(p.allocated_pages()) == []
