@@ -165,14 +165,205 @@ static int take_word(mp_pager *p, uint64_t id, uint64_t *ids, uint64_t n, uint64
     return rc;
 }
 
-int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
+/* Used pages (allocated or pending) of word w. */
+static uint64_t used_word(const mp_pager *p, uint64_t w)
+{
+    return p->bits[w] | p->pending[w];
+}
+
+/* First page at or above id, below limit, that allocation may not hand out:
+ * the end of the free run that holds id, looked at no further than limit. */
+static uint64_t run_end(const mp_pager *p, uint64_t id, uint64_t limit)
+{
+    uint64_t w = id >> 6, last = (limit - 1) >> 6;
+    uint64_t used = used_word(p, w) & (~(uint64_t)0 << (id & 63));
+    while (!used && w < last)
+        used = used_word(p, ++w);
+    uint64_t end = used ? (w << 6) + (uint64_t)__builtin_ctzll(used) : limit;
+    return end < limit ? end : limit;
+}
+
+/* First page of the free run that holds id (pages 0-2 are never free). */
+static uint64_t run_start(const mp_pager *p, uint64_t id)
+{
+    uint64_t w = id >> 6;
+    uint64_t used = (id & 63) ? used_word(p, w) & (((uint64_t)1 << (id & 63)) - 1) : 0;
+    while (!used && w > 0)
+        used = used_word(p, --w);
+    return used ? (w << 6) + 64 - (uint64_t)__builtin_clzll(used) : 0;
+}
+
+/* The aligned block size b that every run of min_run pages contains whole:
+ * the largest power of two (at most 64) with 2b - 1 <= min_run. */
+static unsigned run_block(uint64_t min_run)
+{
+    unsigned b = 1;
+    while (b < 64 && 4 * (uint64_t)b - 1 <= min_run)
+        b *= 2;
+    return b;
+}
+
+/* Bits of x that start an aligned block of b set bits. */
+static uint64_t aligned_blocks(uint64_t x, unsigned b)
+{
+    static const uint64_t starts[7] = {
+        ~(uint64_t)0,          0x5555555555555555ull, 0x1111111111111111ull,
+        0x0101010101010101ull, 0x0001000100010001ull, 0x0000000100000001ull,
+        1,
+    };
+    unsigned k = 0;
+    for (unsigned s = 1; s < b; s <<= 1, k++)
+        x &= x >> s;
+    return x & starts[k];
+}
+
+/* The next free run at or above at that serves min_run pages: at least
+ * min_run long, or the last run of the file (a growth extends it). Its
+ * first page goes to *start and its end, looked at no further than
+ * start + reach (reach >= min_run), to *end; 0 when there is none. Words are
+ * tested for a whole aligned block, which every such run holds, so a file of
+ * short holes costs a few operations per word that has free pages, and the
+ * summary skips the full ones. */
+static int next_run(const mp_pager *p, uint64_t at, uint64_t min_run, uint64_t reach,
+                    uint64_t *start, uint64_t *end)
+{
+    uint64_t total = p->total_pages, from = at;
+    unsigned b = run_block(min_run);
+    while (at < total) {
+        uint64_t id = find_allocatable(p, at);
+        if (id >= total)
+            break;
+        uint64_t w = id >> 6;
+        uint64_t avail = ~used_word(p, w) & (~(uint64_t)0 << (id & 63));
+        if ((w + 1) * 64 > total)
+            avail &= ((uint64_t)1 << (total & 63)) - 1;
+        uint64_t blocks = aligned_blocks(avail, b);
+        if (!blocks) {
+            at = (w + 1) << 6;
+            continue;
+        }
+        uint64_t s = run_start(p, (w << 6) + (uint64_t)__builtin_ctzll(blocks));
+        uint64_t limit = total - s > reach ? s + reach : total;
+        uint64_t e = run_end(p, s, limit);
+        if (e - s >= min_run || e == total) {
+            *start = s;
+            *end = e;
+            return 1;
+        }
+        at = e;
+    }
+    /* The last run holds no whole block: it serves all the same. */
+    if (total > from && !bitmap_get(p->bits, total - 1) && !bitmap_get(p->pending, total - 1)) {
+        uint64_t s = run_start(p, total - 1);
+        if (s >= from) {
+            *start = s;
+            *end = total;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Free pages in runs that serve min_run, counted up to n. */
+static uint64_t run_pages(const mp_pager *p, uint64_t min_run, uint64_t n)
+{
+    uint64_t count = 0, s, e;
+    for (uint64_t at = MP_RESERVED_PAGES; count < n; at = e) {
+        uint64_t want = n - count;
+        if (!next_run(p, at, min_run, want > min_run ? want : min_run, &s, &e))
+            break;
+        count += e - s < want ? e - s : want;
+    }
+    return count;
+}
+
+/* Makes room for n pages in runs of min_run: after pager_ensure_free, grows
+ * the file by what the runs lack (the new pages extend the last run). A file
+ * that cannot grow so far (max_pages, or a growth that failed and left the
+ * pager usable: a full disk) is left as it is: runs are a preference, and the
+ * pages then come from shorter runs too. */
+static int ensure_runs(mp_pager *p, uint64_t n, uint64_t min_run)
+{
+    int rc = pager_ensure_free(p, n);
+    if (rc != MP_OK || min_run <= 1)
+        return rc;
+    uint64_t have = run_pages(p, min_run, n);
+    if (have >= n || p->total_pages + (n - have) > p->max_pages)
+        return MP_OK;
+    rc = pager_grow_at_least(p, p->total_pages + (n - have));
+    return rc != MP_OK && p->poisoned ? rc : MP_OK;
+}
+
+/* Takes pages [id, id + count), all allocatable, into ids[*i..). */
+static int take_run(mp_pager *p, uint64_t id, uint64_t count, uint64_t *ids, uint64_t *i,
+                    chunk_cursor *cur)
+{
+    uint64_t stop = *i + count;
+    int rc = MP_OK;
+    while (*i < stop && rc == MP_OK) {
+        rc = take_word(p, id, ids, stop, i, cur);
+        id = (id | 63) + 1;
+    }
+    return rc;
+}
+
+static int id_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Takes n pages into ids: first from free runs that serve min_run, lowest
+ * first, then (min_run 1, or a file that could not grow for the runs) the
+ * lowest free pages. On failure the pages taken are given back. */
+static int take_pages(mp_pager *p, uint64_t n, uint64_t min_run, uint64_t *ids)
+{
+    uint64_t i = 0, at = MP_RESERVED_PAGES;
+    chunk_cursor cur = {1, 0, 0};
+    int rc = MP_OK;
+    for (uint64_t s, e; min_run > 1 && i < n && rc == MP_OK; at = e) {
+        uint64_t want = n - i;
+        if (!next_run(p, at, min_run, want > min_run ? want : min_run, &s, &e))
+            break;
+        rc = take_run(p, s, e - s < want ? e - s : want, ids, &i, &cur);
+    }
+    uint64_t from_runs = i;
+    for (at = p->hint; i < n && rc == MP_OK;) {
+        uint64_t id = find_allocatable(p, at);
+        if (id >= p->total_pages) {
+            /* The hint is only a lower bound; ensure_free counted the pages. */
+            id = find_allocatable(p, MP_RESERVED_PAGES);
+            if (id >= p->total_pages) {
+                rc = MP_ECORRUPT_METADATA;
+                break;
+            }
+        }
+        rc = take_word(p, id, ids, n, &i, &cur);
+        at = ids[i - 1] + 1;
+    }
+    if (rc != MP_OK) {
+        for (uint64_t j = 0; j < i; j++)
+            pager_bit_give(p, ids[j]);
+        return rc;
+    }
+    /* Taking the lowest free pages moves the hint past them; runs leave it. */
+    if (min_run <= 1)
+        p->hint = ids[n - 1] + 1;
+    /* Pages of short runs taken after the runs may lie below them. */
+    if (from_runs > 0 && from_runs < n)
+        qsort(ids, (size_t)n, sizeof *ids, id_order);
+    return MP_OK;
+}
+
+int mp_pager_alloc_runs_locked(mp_pager *p, uint64_t n, uint64_t min_run, int zero,
+                               uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
         return rc;
     if (n == 0)
         return MP_OK;
-    if (!out_ids)
+    if (!out_ids || min_run == 0)
         return MP_EINVALID_ARGUMENT;
     if (n > p->max_pages)
         return MP_EFILE_FULL;
@@ -185,32 +376,11 @@ int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_
         return MP_ENO_MEMORY;
     /* All the growth happens first, so nothing below can fail before the
      * commit: either every page is taken in one commit or none is. */
-    if ((rc = pager_ensure_free(p, n)) != MP_OK) {
+    if ((rc = ensure_runs(p, n, min_run)) != MP_OK || (rc = take_pages(p, n, min_run, ids))) {
         free(ids);
         return rc;
     }
-    uint64_t at = p->hint;
-    chunk_cursor cur = {1, 0, 0};
-    for (uint64_t i = 0; i < n;) {
-        uint64_t id = find_allocatable(p, at);
-        if (id >= p->total_pages) {
-            /* The hint is only a lower bound; ensure_free counted the pages. */
-            id = find_allocatable(p, MP_RESERVED_PAGES);
-            if (id >= p->total_pages)
-                rc = MP_ECORRUPT_METADATA;
-        }
-        if (rc == MP_OK)
-            rc = take_word(p, id, ids, n, &i, &cur);
-        if (rc != MP_OK) {
-            for (uint64_t j = 0; j < i; j++)
-                pager_bit_give(p, ids[j]);
-            free(ids);
-            return rc;
-        }
-        at = ids[i - 1] + 1;
-    }
     p->free_count -= n;
-    p->hint = at;
     p->changed = 1;
     if (zero)
         zero_pages(p, ids, n);
@@ -219,6 +389,11 @@ int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_
         memcpy(out_ids, ids, (size_t)n * sizeof(uint64_t));
     free(ids);
     return rc;
+}
+
+int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
+{
+    return mp_pager_alloc_runs_locked(p, n, 1, zero, out_ids);
 }
 
 /* Why a page may not be freed (or viewed), in the order the checks apply. */

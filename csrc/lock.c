@@ -228,6 +228,11 @@ int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)
     LOCKED_GROUP(p, mp_pager_alloc_bulk_locked(p, n, zero, out_ids));
 }
 
+int mp_pager_alloc_runs(mp_pager *p, uint64_t n, uint64_t min_run, int zero, uint64_t *out_ids)
+{
+    LOCKED_GROUP(p, mp_pager_alloc_runs_locked(p, n, min_run, zero, out_ids));
+}
+
 int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n)
 {
     LOCKED_GROUP(p, mp_pager_free_bulk_locked(p, ids, n));

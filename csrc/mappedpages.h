@@ -307,6 +307,12 @@ int mp_pager_fd(const mp_pager *p, int *out_fd);
 int mp_pager_alloc(mp_pager *p, int zero, uint64_t *out_id);
 int mp_pager_free(mp_pager *p, uint64_t id);
 int mp_pager_alloc_bulk(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids);
+/* As mp_pager_alloc_bulk, but the pages come from free runs of at least
+ * min_run consecutive pages (lowest first; the last run taken may be cut
+ * short), growing the file rather than using shorter runs, so that writing
+ * them is a few long writes. Where the file cannot grow that far, shorter
+ * runs serve too. The ids come out in ascending order. */
+int mp_pager_alloc_runs(mp_pager *p, uint64_t n, uint64_t min_run, int zero, uint64_t *out_ids);
 int mp_pager_free_bulk(mp_pager *p, const uint64_t *ids, uint64_t n);
 int mp_pager_check_page(const mp_pager *p, uint64_t id);
 int mp_pager_list_pages(const mp_pager *p, int kind, uint64_t start,

@@ -87,6 +87,8 @@ int mp_pager_fd_locked(const mp_pager *p, int *out_fd);
 int mp_pager_alloc_locked(mp_pager *p, int zero, uint64_t *out_id);
 int mp_pager_free_locked(mp_pager *p, uint64_t id);
 int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids);
+int mp_pager_alloc_runs_locked(mp_pager *p, uint64_t n, uint64_t min_run, int zero,
+                               uint64_t *out_ids);
 int mp_pager_free_bulk_locked(mp_pager *p, const uint64_t *ids, uint64_t n);
 int mp_pager_check_page_locked(const mp_pager *p, uint64_t id);
 int mp_pager_list_pages_locked(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,
