@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.iohooks import IoHooks, close_quietly, create_pager
 
 from mappedpages import Pager
@@ -183,7 +182,9 @@ def test_a_huge_min_run_asks_for_one_run(tmp_path: Path) -> None:
         assert all(b == a + 1 for a, b in zip(got, got[1:]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     holes=st.lists(st.integers(RESERVED, RESERVED + 299), max_size=300, unique=True),
     n=st.integers(1, 120),
