@@ -21,35 +21,8 @@
 
 /* The CRC-32 of the format is in crc32.c. */
 
-uint64_t mp_load_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(&v, p, 8); /* one load: the format is little-endian */
-#else
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-#endif
-    return v;
-}
-
-uint32_t mp_load_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
-}
-
-void mp_store_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-void mp_store_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
+/* The little-endian loads and stores (mp_load_u64, ...) are inline in
+ * mp_internal.h: the checksums call them once per word. */
 
 /* The free map in memory is an array of 64-bit words, bit i of the map in
  * word i / 64 at bit i % 64. On a little-endian host the bytes of that array

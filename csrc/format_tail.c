@@ -167,10 +167,25 @@ uint64_t fmt_meta_roots_page(uint64_t ext_word)
  *   h = 0xcbf29ce484222325 ^ first;  for each word w: h = (h ^ w) * 0x100000001b3;
  *   sum = (uint32_t)(h ^ (h >> 32)).
  * len is a multiple of 8 (whole pages). */
+/* Four lanes, word i of the run in lane i % 4, so that the multiplies of one
+ * lane do not wait for the others' (a single chain runs at the latency of a
+ * multiply per word: some 170 us for a hundred 4 KiB pages, against a
+ * quarter of that); the lanes start apart, so words swapped between lanes
+ * change the sum. */
 uint32_t fmt_record_sum(const uint8_t *data, size_t len, uint64_t first)
 {
-    uint64_t h = 0xcbf29ce484222325ull ^ first;
-    for (size_t i = 0; i + 8 <= len; i += 8)
-        h = (h ^ mp_load_u64(data + i)) * 0x100000001b3ull;
-    return (uint32_t)(h ^ (h >> 32));
+    const uint64_t prime = 0x100000001b3ull;
+    uint64_t h[4];
+    for (uint64_t j = 0; j < 4; j++)
+        h[j] = 0xcbf29ce484222325ull ^ first ^ j;
+    size_t words = len / 8, i = 0;
+    for (; i + 4 <= words; i += 4)
+        for (size_t j = 0; j < 4; j++)
+            h[j] = (h[j] ^ mp_load_u64(data + 8 * (i + j))) * prime;
+    for (; i < words; i++)
+        h[i & 3] = (h[i & 3] ^ mp_load_u64(data + 8 * i)) * prime;
+    uint64_t s = h[0];
+    for (size_t j = 1; j < 4; j++)
+        s = (s ^ h[j]) * prime;
+    return (uint32_t)(s ^ (s >> 32));
 }

@@ -91,10 +91,8 @@ typedef struct {
 uint32_t mp_crc32(const uint8_t *data, size_t len);
 /* Continues a CRC-32 (zlib's crc32(data, crc)). */
 uint32_t mp_crc32_update(uint32_t crc, const uint8_t *data, size_t len);
-uint64_t mp_load_u64(const uint8_t *p);
-uint32_t mp_load_u32(const uint8_t *p);
-void mp_store_u64(uint8_t *p, uint64_t v);
-void mp_store_u32(uint8_t *p, uint32_t v);
+
+#include "mp_bytes.h"
 
 /* The most pages a v0.2 file of this page size can describe. */
 uint64_t fmt_v02_max_pages(uint32_t page_size);
@@ -467,6 +465,7 @@ struct mp_pager {
     uint64_t protected_count;
     uint64_t system_count;
     uint8_t *scratch;        /* page_size bytes */
+    uint8_t *commit_page;    /* page_size bytes: a page a commit builds aside (commit.c) */
     /* The extended layout (format.c): chunk i >= 1 of chunk_pages pages keeps its
      * free-map page and a directory-index page in its first 4 pages. */
     uint64_t chunk_pages;    /* pages per chunk, the v0.2 cap (a count; `chunk`

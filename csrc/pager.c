@@ -100,6 +100,8 @@ static void pager_shut(mp_pager *p)
     summary_release(&p->sum);
     free(p->scratch);
     p->scratch = NULL;
+    free(p->commit_page);
+    p->commit_page = NULL;
     if (p->fd >= 0)
         (void)os_close_file(p->fd);
     p->fd = p->map.fd = -1;
@@ -149,6 +151,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     p->dirty = os_alloc_zeroed(p->map_bytes);
     p->max_chunks = p->max_pages / p->chunk_pages + 1;
     p->scratch = malloc(p->page_size);
+    p->commit_page = malloc(p->page_size);
     p->epp = fmt_entries_per_dir_page(p->page_size);
     /* The committed state starts empty: open loads into it, create writes it. */
     mp_committed st;
@@ -156,7 +159,7 @@ static int pager_new(int fd, uint32_t log2, int read_only, uint64_t need_bytes,
     if (st_ok)
         committed_swap(p, &st);
     int sum_ok = read_only || summary_init(&p->sum, p->max_pages) == MP_OK;
-    if (!st_ok || !p->dirty || !p->scratch || !sum_ok) {
+    if (!st_ok || !p->dirty || !p->scratch || !p->commit_page || !sum_ok) {
         p->fd = -1;
         pager_destroy(p);
         return MP_ENO_MEMORY;

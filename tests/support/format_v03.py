@@ -316,10 +316,14 @@ def _read_dir_pages(fd, ps, refs, total, is_allocated, strict, problems):
 
 def record_sum(data: bytes, first: int) -> int:
     """The record sum of a run of pages starting at page FIRST (FORMAT.md, "Root pages")."""
-    h = 0xCBF29CE484222325 ^ first
-    for (w,) in struct.iter_unpack("<Q", data):
-        h = ((h ^ w) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return (h ^ (h >> 32)) & 0xFFFFFFFF
+    mask, prime = 0xFFFFFFFFFFFFFFFF, 0x100000001B3
+    lanes = [0xCBF29CE484222325 ^ first ^ j for j in range(4)]
+    for i, (w,) in enumerate(struct.iter_unpack("<Q", data)):
+        lanes[i % 4] = ((lanes[i % 4] ^ w) * prime) & mask
+    s = lanes[0]
+    for h in lanes[1:]:
+        s = ((s ^ h) * prime) & mask
+    return (s ^ (s >> 32)) & 0xFFFFFFFF
 
 
 def _read_roots_pages(fd, ps, at, total, gen, is_allocated, problems) -> dict:
