@@ -59,8 +59,8 @@ def test_a_commit_writes_its_metadata_copy_with_pwrite(
     tmp_path: Path, mode: str, layout: str, pwrites: int
 ) -> None:
     """The metadata copy goes out with one pwrite (and, in v0.2 "compat", page 0
-    with another), never by stores into the mapping, after which a flush costs
-    about three times as much on ext4."""
+    with another), never by stores into the mapping, which dirty the whole
+    page-cache folio (up to 2 MiB) that the flush then writes."""
     p, hooks = _hooked(tmp_path, mode, layout)
     try:
         p.free(p.alloc())
