@@ -22,9 +22,10 @@
  *   - Only the pages the commit needs are written, at their offsets, into a
  *     file made the full size with ftruncate: free pages and the inactive
  *     copies are holes, so the copy costs the time and space of live pages.
- *   - The copy is written under a temporary name beside dest, fsync'd, then
- *     published without replacing anything (os_publish) and the directory
- *     fsync'd: a crash never leaves a partial file at dest.
+ *   - The copy is written as a file without a name in dest's folder (Linux;
+ *     elsewhere under a temporary name beside dest), fsync'd, then published
+ *     without replacing anything (os_publish) and the directory fsync'd: a
+ *     crash never leaves a partial file at dest, and on Linux no file at all.
  */
 #include "mp_internal.h"
 
@@ -388,14 +389,16 @@ int mp_pager_backup_locked(mp_pager *p, const char *table_path, const char *dest
             b.s = s;
             b.use_cfr = 1;
             rc = copy_once(&b, copied, &matched);
-            (void)close(b.fd);
+            /* Published before the descriptor closes: a file without a name
+             * (os_create_temp) goes with its last descriptor. */
             if (rc == MP_OK && matched) {
                 rc = os_publish(tmp, dest);
                 if (rc == MP_OK)
                     rc = os_sync_dir_of(dest);
             }
             if (rc != MP_OK || !matched)
-                (void)unlink(tmp);
+                os_discard_temp(tmp);
+            (void)close(b.fd);
             free(tmp);
         }
         if (s != p)

@@ -356,10 +356,17 @@ int os_pread_all(mp_io_hooks *io, int fd, uint8_t *buf, size_t len, uint64_t off
                  size_t *got);
 int os_write_all(mp_io_hooks *io, int fd, const uint8_t *buf, size_t len, uint64_t offset);
 int os_unlink(const char *path);
-/* A new, empty file beside path under a name of its own (".<name>.<pid>.
- * <random>.tmp"), for a file that must appear whole or not at all. *out_tmp
- * is malloc'd; the caller unlinks and frees it. */
+/* A new, empty file in path's folder, for a file that must appear whole or
+ * not at all: without a name on Linux (O_TMPFILE; *out_tmp is then its
+ * /proc/self/fd name, and it must be published before its descriptor is
+ * closed), else under a name of its own (".<name>.<pid>.<random>.tmp").
+ * *out_tmp is malloc'd; the caller discards (os_discard_temp) and frees it. */
 int os_create_temp(const char *path, char **out_tmp, int *out_fd);
+/* Whether a temporary file from os_create_temp has no name (Linux O_TMPFILE). */
+int os_temp_unnamed(const char *tmp);
+/* Removes a temporary file that was not published (one without a name goes
+ * with its last descriptor). */
+void os_discard_temp(const char *tmp);
 /* Gives the file at tmp the name path, failing with -EEXIST (and changing
  * nothing) if path exists; tmp is gone afterwards on success. */
 int os_publish(const char *tmp, const char *path);

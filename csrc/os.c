@@ -115,6 +115,63 @@ int os_unlink(const char *path)
  * prefix and suffix never push it past the file system's limit (255). */
 #define TEMP_NAME_KEEP 200
 
+/* The name of a file created without one: its descriptor under /proc. */
+#define UNNAMED_PREFIX "/proc/self/fd/"
+
+int os_temp_unnamed(const char *tmp)
+{
+    return strncmp(tmp, UNNAMED_PREFIX, sizeof UNNAMED_PREFIX - 1) == 0;
+}
+
+/* Linux: the file is made without a name (O_TMPFILE) in path's folder, and
+ * *out_tmp is its /proc/self/fd name, which os_publish links to path: a
+ * process killed before that leaves nothing behind, where a named temporary
+ * file would stay. -ENOTSUP where the platform, the file system or a missing
+ * /proc cannot do it (the caller then uses a name). */
+static int create_unnamed(const char *path, size_t dir_len, char **out_tmp, int *out_fd)
+{
+#if defined(__linux__) && defined(O_TMPFILE)
+    if (access(UNNAMED_PREFIX, X_OK) != 0)
+        return -ENOTSUP;
+    char *dir = malloc(dir_len + 2);
+    char *tmp = malloc(sizeof UNNAMED_PREFIX + 24);
+    if (!dir || !tmp) {
+        free(dir);
+        free(tmp);
+        return MP_ENO_MEMORY;
+    }
+    memcpy(dir, dir_len ? path : ".", dir_len ? dir_len : 1);
+    dir[dir_len ? dir_len : 1] = '\0';
+    int fd;
+    do {
+        fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
+    } while (fd < 0 && errno == EINTR);
+    int e = errno;
+    free(dir);
+    if (fd < 0) {
+        free(tmp);
+        return -e;
+    }
+    snprintf(tmp, sizeof UNNAMED_PREFIX + 24, UNNAMED_PREFIX "%d", fd);
+    *out_tmp = tmp;
+    *out_fd = fd;
+    return MP_OK;
+#else
+    (void)path;
+    (void)dir_len;
+    (void)out_tmp;
+    (void)out_fd;
+    return -ENOTSUP;
+#endif
+}
+
+void os_discard_temp(const char *tmp)
+{
+    /* A file without a name goes away with its last descriptor. */
+    if (!os_temp_unnamed(tmp))
+        (void)unlink(tmp);
+}
+
 int os_create_temp(const char *path, char **out_tmp, int *out_fd)
 {
     size_t n = strlen(path);
@@ -123,6 +180,8 @@ int os_create_temp(const char *path, char **out_tmp, int *out_fd)
     size_t base_len = n - dir_len;
     if (base_len == 0)
         return -EISDIR;
+    if (create_unnamed(path, dir_len, out_tmp, out_fd) == MP_OK)
+        return MP_OK;
     if (base_len > TEMP_NAME_KEEP)
         base_len = TEMP_NAME_KEEP;
     size_t cap = dir_len + base_len + 64;
@@ -162,6 +221,8 @@ int os_create_temp(const char *path, char **out_tmp, int *out_fd)
  * renameat2(RENAME_NOREPLACE) (renamex_np(RENAME_EXCL) on macOS). */
 int os_publish(const char *tmp, const char *path)
 {
+    if (os_temp_unnamed(tmp)) /* linkat refuses an existing path, as link does */
+        return linkat(AT_FDCWD, tmp, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 ? MP_OK : -errno;
     if (link(tmp, path) == 0) {
         (void)unlink(tmp);
         return MP_OK;

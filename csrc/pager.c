@@ -352,12 +352,13 @@ static int write_fresh(mp_pager *p, uint64_t len)
     return os_sync_file(&p->map);
 }
 
-/* The file is built whole under a temporary name beside path, made durable,
- * and only then given its name (os_publish, which never replaces a file): a
- * crash leaves either no file at path or a complete one, never a partial
- * file that would neither open nor let create run again. The lock is taken
- * on the temporary file's descriptor, which stays the same file under its
- * final name. */
+/* The file is built whole without a name in path's folder (Linux; elsewhere
+ * under a temporary name beside path), made durable, and only then given its
+ * name (os_publish, which never replaces a file): a crash leaves either no
+ * file at path or a complete one, never a partial file that would neither
+ * open nor let create run again (and on Linux no temporary file either). The
+ * lock is taken on the new file's descriptor, which stays the same file under
+ * its final name. */
 int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
 {
     if (!path || !opts || !out || opts->durability < MP_DURABILITY_COMPAT ||
@@ -381,7 +382,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     if ((rc = os_lock(opts->io_hooks, fd, opts->lock_timeout)) != MP_OK ||
         (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
-        (void)os_unlink(tmp);
+        os_discard_temp(tmp);
         free(tmp);
         return rc;
     }
@@ -392,7 +393,7 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     set_growth(p, opts);
     if ((rc = write_fresh(p, len)) != MP_OK || (rc = os_publish(tmp, path)) != MP_OK) {
         pager_destroy(p);
-        (void)os_unlink(tmp);
+        os_discard_temp(tmp);
         free(tmp);
         return rc;
     }
