@@ -338,8 +338,8 @@ static int take_pages(mp_pager *p, uint64_t n, uint64_t min_run, uint64_t *ids)
                 break;
             }
         }
-        rc = take_word(p, id, ids, n, &i, &cur);
-        at = ids[i - 1] + 1;
+        if ((rc = take_word(p, id, ids, n, &i, &cur)) == MP_OK)
+            at = ids[i - 1] + 1; /* (a word taken without failing gave one id at least) */
     }
     if (rc != MP_OK) {
         for (uint64_t j = 0; j < i; j++)
