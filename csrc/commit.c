@@ -140,13 +140,13 @@ static int mark_extended(mp_pager *p)
  * kill during the write leaves each OS page old or new. A failed write leaves
  * the in-memory state ahead of the file, so the pager takes no further commit
  * (poisoned), as after a failed flush. */
-static uint8_t *built_begin(mp_pager *p, uint64_t id)
+uint8_t *commit_page_from(mp_pager *p, uint64_t id)
 {
     memcpy(p->commit_page, pager_page_ptr(p, id), p->page_size);
     return p->commit_page;
 }
 
-static int built_write(mp_pager *p, uint64_t id)
+int commit_page_write(mp_pager *p, uint64_t id)
 {
     int rc = os_write_all(p->map.io, p->fd, p->commit_page, p->page_size,
                           id * (uint64_t)p->page_size);
@@ -189,11 +189,11 @@ static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint6
         bitmap_clear(p->chunk_dirty, c);
         uint32_t copy = (uint32_t)!bitmap_get(p->chunk_active, c);
         uint64_t id = fmt_free_map_page(p->chunk_pages, c, copy);
-        uint8_t *page = built_begin(p, id);
+        uint8_t *page = commit_page_from(p, id);
         fmt_chunk_write(page, p->page_size, c, p->total_pages, gen, c == 1 ? p->dir_count : 0,
                         p->bits);
         *seal = fmt_seal_add(*seal, page, p->page_size);
-        if ((rc = built_write(p, id)) != MP_OK)
+        if ((rc = commit_page_write(p, id)) != MP_OK)
             return rc;
         (*written)++;
         p->chunk_active[c >> 6] ^= (uint64_t)1 << (c & 63);
@@ -206,10 +206,10 @@ static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint6
             n = per;
         uint32_t copy = (uint32_t)!bitmap_get(p->index_active, k);
         uint64_t target = fmt_index_page(p->chunk_pages, k, copy);
-        uint8_t *page = built_begin(p, target);
+        uint8_t *page = commit_page_from(p, target);
         fmt_index_write(page, p->page_size, k, gen, (uint32_t)n, p->refs + k * per);
         *seal = fmt_seal_add(*seal, page, p->page_size);
-        if ((rc = built_write(p, target)) != MP_OK)
+        if ((rc = commit_page_write(p, target)) != MP_OK)
             return rc;
         (*written)++;
         p->index_active[k >> 6] ^= (uint64_t)1 << (k & 63);
@@ -220,11 +220,11 @@ static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint6
      * commit carries a record (engine.c). */
     if (p->roots_page != 0 && (p->roots_dirty || p->rec_new)) {
         uint32_t copy = p->roots_active ^ 1u;
-        uint8_t *page = built_begin(p, p->roots_page + copy);
+        uint8_t *page = commit_page_from(p, p->roots_page + copy);
         mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
         fmt_roots_page_write(page, p->page_size, gen, &tail);
         *seal = fmt_seal_add(*seal, page, p->page_size);
-        if ((rc = built_write(p, p->roots_page + copy)) != MP_OK)
+        if ((rc = commit_page_write(p, p->roots_page + copy)) != MP_OK)
             return rc;
         (*written)++;
         p->roots_active = copy;
@@ -283,11 +283,11 @@ int commit_write_copy(mp_pager *p, mp_flush *f)
     __atomic_thread_fence(__ATOMIC_RELEASE);
     /* The record (engine.c) is this commit's: data pages it vouches for. */
     mp_meta_tail tail = {p->roots, p->rec, p->rec_new ? p->rec_n : 0};
-    fmt_meta_write(built_begin(p, 1 + (uint64_t)target), p->page_size, p->total_pages,
+    fmt_meta_write(commit_page_from(p, 1 + (uint64_t)target), p->page_size, p->total_pages,
                    p->generation + 1,
                    extended ? fmt_meta_ext_word(seal, p->roots_page) : p->free_count, p->bits,
                    &tail);
-    if ((rc = built_write(p, 1 + (uint64_t)target)) != MP_OK)
+    if ((rc = commit_page_write(p, 1 + (uint64_t)target)) != MP_OK)
         return rc;
     f->whole_file = written > 0 || tail.n > 0;
     f->offset = (1 + (uint64_t)target) * p->page_size;

@@ -246,6 +246,24 @@ static int overlaps_record(const mp_pager *p, uint64_t first, uint64_t count)
     return 0;
 }
 
+/* The v0.2 copy rebuilt: the same bitmap and counts, generation + 1, no
+ * record (p->rec holds this same record already). */
+static int rebuild_without_record(mp_pager *p, uint8_t *page, uint64_t total)
+{
+    uint64_t roots[MP_ROOTS];
+    uint32_t n;
+    fmt_meta_tail_read(page, p->page_size, total, roots, p->rec, &n);
+    uint64_t *bits = calloc((size_t)bitmap_words(total) + 1, sizeof(uint64_t));
+    if (!bits)
+        return MP_ENO_MEMORY;
+    fmt_meta_load_bits(page, total, bits);
+    mp_meta_tail tail = {roots, NULL, 0};
+    fmt_meta_write(page, p->page_size, total, p->generation + 1, mp_load_u64(page + 16), bits,
+                   &tail);
+    free(bits);
+    return MP_OK;
+}
+
 /* The committed copy vouches for pages about to be written again: commit the
  * same state, without a record, into the other copy first. Built from the
  * committed copy's bytes, since the in-memory state holds the open
@@ -253,48 +271,25 @@ static int overlaps_record(const mp_pager *p, uint64_t first, uint64_t count)
 static int retire_record(mp_pager *p)
 {
     uint32_t target = p->active ^ 1u;
-    uint8_t *dst = pager_page_ptr(p, 1 + target);
-    const uint8_t *src = pager_page_ptr(p, 1 + p->active);
-    uint64_t total = mp_load_u64(src);
-    if (total > p->chunk_pages) {
-        /* Extended: the record counts only for its own generation, so the
-         * same copy one generation on, sealing nothing, retires it. */
-        memcpy(p->scratch, src, p->page_size);
-        fmt_meta_restamp(p->scratch, p->page_size, p->generation + 1);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        memcpy(dst, p->scratch, p->page_size);
-        int rc = pager_flush_page(p, 1 + target);
-        if (rc != MP_OK)
-            return rc;
-        p->active = target;
-        p->generation++;
-        p->rec_n = 0;
-        return MP_OK;
-    }
-    uint64_t roots[MP_ROOTS];
-    uint32_t n;
-    /* p->rec holds this same record already. */
-    fmt_meta_tail_read(src, p->page_size, total, roots, p->rec, &n);
-    /* Rebuild: the same bitmap and counts, generation + 1, no record. */
-    memcpy(p->scratch, src, p->page_size);
-    uint64_t words = bitmap_words(total);
-    uint64_t *bits = calloc((size_t)words + 1, sizeof(uint64_t));
-    if (!bits)
-        return MP_ENO_MEMORY;
-    fmt_meta_load_bits(p->scratch, total, bits);
-    mp_meta_tail tail = {roots, NULL, 0};
-    fmt_meta_write(p->scratch, p->page_size, total, p->generation + 1,
-                   mp_load_u64(p->scratch + 16), bits, &tail);
-    free(bits);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    memcpy(dst, p->scratch, p->page_size);
-    int rc = pager_flush_page(p, 1 + target);
+    uint8_t *page = commit_page_from(p, 1 + (uint64_t)p->active);
+    uint64_t total = mp_load_u64(page);
+    /* Extended: the record counts only for its own generation, so the same
+     * copy one generation on, sealing nothing, retires it. */
+    int extended = total > p->chunk_pages;
+    int rc = MP_OK;
+    if (extended)
+        fmt_meta_restamp(page, p->page_size, p->generation + 1);
+    else
+        rc = rebuild_without_record(p, page, total);
+    if (rc == MP_OK && (rc = commit_page_write(p, 1 + (uint64_t)target)) == MP_OK)
+        rc = pager_flush_page(p, 1 + (uint64_t)target);
     if (rc != MP_OK)
         return rc;
     p->active = target;
     p->generation++;
     p->rec_n = 0;
-    p->page0_stale = 1;
+    if (!extended)
+        p->page0_stale = 1;
     return MP_OK;
 }
 

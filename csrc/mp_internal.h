@@ -544,6 +544,10 @@ static inline int pager_extended(const mp_pager *p)
 /* pager.c: lifetime */
 uint8_t *pager_page_ptr(const mp_pager *p, uint64_t id);
 int pager_flush_page(mp_pager *p, uint64_t id);
+/* A metadata page built aside (commit.c): a copy of page id to change, then
+ * written with pwrite to page id (poisoning the pager if that fails). */
+uint8_t *commit_page_from(mp_pager *p, uint64_t id);
+int commit_page_write(mp_pager *p, uint64_t id);
 int pager_usable(const mp_pager *p, int writing);
 
 /* alloc.c */
