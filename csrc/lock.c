@@ -305,6 +305,18 @@ int mp_txn_write_pages(mp_pager *p, const uint64_t *ids, uint64_t n, const uint8
     LOCKED(p, mp_txn_write_pages_locked(p, ids, n, buf, len));
 }
 
+int mp_tree_apply(mp_pager *p, uint64_t root, const uint8_t *changes, uint64_t len,
+                  uint64_t *out_root, int64_t *out_delta)
+{
+    LOCKED(p, mp_tree_apply_locked(p, root, changes, len, out_root, out_delta));
+}
+
+int mp_tree_get(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
+                uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found)
+{
+    LOCKED_READ(p, mp_tree_get_locked(p, root, key, klen, buf, cap, out_len, out_found));
+}
+
 int mp_pager_root_pages(const mp_pager *p, uint64_t *out_page_a)
 {
     LOCKED_READ(p, mp_pager_root_pages_locked(p, out_page_a));

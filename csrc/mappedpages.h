@@ -442,6 +442,30 @@ int mp_pager_backup(mp_pager *p, const char *table_path, const char *dest,
                     const uint64_t *over_pages, const uint8_t *over_data, uint64_t over_n,
                     uint64_t *progress, uint64_t *out_bytes);
 
+/* Record trees (tree.c, records.c; FORMAT.md, "Record trees"): a B+tree of record
+ * pages, copy-on-write, whose root page id the caller keeps (a root slot). A record
+ * is u16 klen, u32 vlen, key, value; a change record with vlen MP_RECORD_DELETE (no
+ * value bytes) removes its key. A record is at most mp_tree_max_record(page_size)
+ * bytes. */
+#define MP_RECORD_DELETE 0xFFFFFFFF
+#define MP_RECORD_LEAF 1
+#define MP_RECORD_BRANCH 2
+int mp_tree_max_record(uint32_t page_size, uint32_t *out_bytes);
+/* Applies changes (len bytes of records, keys strictly ascending) to the tree at
+ * root (0: empty) inside the open transaction: every page the changes reach is
+ * replaced by new pages (allocated, written and marked dirty in the transaction;
+ * the old pages freed, not reused before the commit is durable). *out_root = the
+ * new root (0: empty), *out_delta = keys added less keys removed. Nothing changes
+ * on an error: MP_EINVALID_ARGUMENT for changes out of order, malformed or too
+ * large, or for a root that does not lead to record pages; MP_EFILE_FULL when the
+ * new pages do not fit. */
+int mp_tree_apply(mp_pager *p, uint64_t root, const uint8_t *changes, uint64_t len,
+                  uint64_t *out_root, int64_t *out_delta);
+/* The value of key in the tree at root: copied to buf when it fits in cap bytes;
+ * *out_len = its length, *out_found = 0 when the key is absent. */
+int mp_tree_get(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
+                uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found);
+
 /* CDEF-END */
 
 #ifdef __cplusplus

@@ -108,6 +108,10 @@ int mp_txn_dirty_count_locked(const mp_pager *p, uint64_t *out);
 int mp_txn_write_locked(mp_pager *p, uint64_t first, uint64_t offset, const uint8_t *buf,
                         uint64_t len);
 int mp_pager_sync_run_locked(mp_pager *p, uint64_t first, uint64_t count);
+int mp_tree_apply_locked(mp_pager *p, uint64_t root, const uint8_t *changes, uint64_t len,
+                         uint64_t *out_root, int64_t *out_delta);
+int mp_tree_get_locked(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
+                       uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found);
 int mp_protected_alloc_locked(mp_pager *p, uint64_t *out_pid);
 int mp_protected_free_locked(mp_pager *p, uint64_t pid);
 int mp_protected_free_bulk_locked(mp_pager *p, const uint64_t *pids, uint64_t n);

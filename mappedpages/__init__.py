@@ -61,6 +61,14 @@ from mappedpages._pager import Pager
 from mappedpages._protected import ProtectedWriter
 from mappedpages._readers import ReaderInfo
 from mappedpages._readonly import ReadOnlyPager
+from mappedpages._records import (
+    RECORD_BRANCH,
+    RECORD_DELETE,
+    RECORD_LEAF,
+    pack_record,
+    pack_records,
+    tree_max_record,
+)
 from mappedpages._subpage import SubPageAllocator
 from mappedpages._transaction import Transaction
 from mappedpages._types import PageId, ProtectedPageId, SubPageId
@@ -91,6 +99,12 @@ __all__ = [
     "ProtectedWriter",
     "ReadOnlyPager",
     "ReaderInfo",
+    "RECORD_BRANCH",
+    "RECORD_DELETE",
+    "RECORD_LEAF",
+    "pack_record",
+    "pack_records",
+    "tree_max_record",
     "ReadersFull",
     "RecoveryWarning",
     "ReservedPage",

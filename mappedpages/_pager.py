@@ -50,6 +50,7 @@ from mappedpages._readers import (
     DEFAULT_MAX_READERS,
     check_max_readers,
 )
+from mappedpages._records import _TreeReads
 from mappedpages._space import SpaceMixin
 from mappedpages._transaction import Transaction, TransactionBlock
 from mappedpages._types import PageId
@@ -62,7 +63,7 @@ _free = lib.mp_pager_free
 _tls = threading.local()
 
 
-class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls):
+class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls, _TreeReads):
     """A file of fixed-size pages, allocated and freed with durable commits.
 
     Use :meth:`create` or :meth:`open`; a Pager is a context manager.

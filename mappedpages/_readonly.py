@@ -35,11 +35,12 @@ from mappedpages._base import (
 from mappedpages._core import ffi, lib
 from mappedpages._options import _check_page_size, _options, _salvage_flag, raise_for_open
 from mappedpages._pager_readers import _ReaderListing
+from mappedpages._records import _TreeReads
 from mappedpages._space import BackupMixin
 from mappedpages._types import PageId, ProtectedPageId
 
 
-class ReadOnlyPager(BackupMixin, _ReaderListing):
+class ReadOnlyPager(BackupMixin, _ReaderListing, _TreeReads):
     """A read-only pager over a file that a writer may be changing."""
 
     def __init__(self, handle: Any, path: str) -> None:

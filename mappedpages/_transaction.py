@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mappedpages._base import as_id
 from mappedpages._core import ffi, lib
 from mappedpages._ids import _ids_array, _u64_buffer
+from mappedpages._records import _root, tree_apply
 from mappedpages._types import PageId
 
 if TYPE_CHECKING:
@@ -165,6 +166,28 @@ class Transaction:
             rc = lib.mp_txn_write_pages(handle, arr, count, buf, len(raw))
             if rc:
                 self._pager._check(rc, f"write_pages ({count} pages)")
+
+    def tree_apply(self, root: int, changes: Any) -> tuple[int, int]:
+        """Apply sorted change records to the record tree at ``root``: (new root, key delta).
+
+        ``changes`` is bytes-like: records (:func:`mappedpages.pack_record`,
+        ``pack_records``) in strictly ascending key order, each at most
+        ``tree_max_record(page_size)`` bytes; a delete of an absent key is no
+        change. ``root`` 0 is the empty tree; the key delta is keys added less
+        keys removed. Every page the changes reach is
+        replaced, copy-on-write: the new pages are allocated (in runs, for
+        a large batch), written and put in the dirty set, the old ones freed
+        (not handed out again before the commit is durable), so the tree at
+        the old root stays whole until the transaction commits. Store the new
+        root (``pager.set_root``) in the same transaction. ``ValueError`` for
+        changes out of order, malformed or too large, or a ``root`` that does
+        not lead to record pages; :class:`FileFull` when the new pages do not
+        fit. On an error nothing has changed.
+        """
+        root = _root(root)
+        with self._pager._lock:
+            handle = self._handle()
+            return tree_apply(self._pager, handle, root, changes)
 
     @property
     def dirty_pages(self) -> int:

@@ -1,0 +1,278 @@
+/*
+ * records.c - record pages: the sorted pages a record tree keeps its entries in.
+ *
+ * Owns: the page format of mp_records.h (FORMAT.md, "Record trees"), read and
+ * written: copying a page out of the mapping and checking it, merging its
+ * records with a list of changes, and writing the result as one page or, where
+ * it outgrows one, as several parts. tree.c applies these level by level.
+ *
+ * Invariants:
+ *   - Nothing here changes the pager: a page is read, never written.
+ *   - The core never trusts memory the caller can change: change records are
+ *     copied in before they are parsed, and a page is copied out of the
+ *     mapping first (another thread may write it through a view meanwhile);
+ *     every length is checked against what holds it before it is used, so a
+ *     page of any content parses or is refused, never read past.
+ */
+#include "mp_internal.h"
+#include "mp_bytes.h"
+#include "mp_records.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint16_t load_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+uint16_t rec_klen(const uint8_t *rec)
+{
+    return load_u16(rec);
+}
+
+const uint8_t *rec_key(const uint8_t *rec)
+{
+    return rec + REC_HEAD;
+}
+
+/* The byte order of keys: memcmp, and on a common prefix the shorter first. */
+int rec_key_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
+{
+    int c = alen && blen ? memcmp(a, b, alen < blen ? alen : blen) : 0;
+    if (c != 0)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+static int rec_cmp(const uint8_t *a, const uint8_t *b)
+{
+    return rec_key_cmp(rec_key(a), rec_klen(a), rec_key(b), rec_klen(b));
+}
+
+int rec_reserve(uint8_t **buf, uint64_t *cap, uint64_t need)
+{
+    if (need <= *cap)
+        return MP_OK;
+    uint64_t grown = *cap ? *cap : 4096;
+    while (grown < need)
+        grown *= 2;
+    uint8_t *next = realloc(*buf, (size_t)grown);
+    if (!next)
+        return MP_ENO_MEMORY;
+    *buf = next;
+    *cap = grown;
+    return MP_OK;
+}
+
+/* The length of the record at rec (at most room bytes there), or 0 when it
+ * does not fit; a change may be a delete (no value bytes), a page's may not. */
+static uint64_t record_len(const uint8_t *rec, uint64_t room, int change)
+{
+    if (room < REC_HEAD)
+        return 0;
+    uint64_t klen = load_u16(rec), vlen = mp_load_u32(rec + 2);
+    if (vlen == MP_RECORD_DELETE) {
+        if (!change)
+            return 0;
+        vlen = 0;
+    }
+    uint64_t len = REC_HEAD + klen + vlen;
+    return len <= room ? len : 0;
+}
+
+static int list_room(rec_list *l, uint64_t more_bytes)
+{
+    if (l->n + 2 > l->at_cap) {
+        uint64_t cap = l->at_cap ? 2 * l->at_cap : 64;
+        uint64_t *at = realloc(l->at, (size_t)cap * sizeof *at);
+        if (!at)
+            return MP_ENO_MEMORY;
+        l->at = at;
+        l->at_cap = cap;
+    }
+    return rec_reserve(&l->data, &l->cap, l->len + more_bytes);
+}
+
+int rec_list_add(rec_list *l, const uint8_t *key, uint32_t klen, const uint8_t *value,
+                 uint32_t vlen)
+{
+    uint64_t vbytes = value ? vlen : 0;
+    int rc = list_room(l, REC_HEAD + klen + vbytes);
+    if (rc != MP_OK)
+        return rc;
+    uint8_t *at = l->data + l->len;
+    at[0] = (uint8_t)klen, at[1] = (uint8_t)(klen >> 8);
+    mp_store_u32(at + 2, value ? vlen : MP_RECORD_DELETE);
+    if (klen)
+        memcpy(at + REC_HEAD, key, klen);
+    if (vbytes)
+        memcpy(at + REC_HEAD + klen, value, vbytes);
+    l->at[l->n++] = l->len;
+    l->len += REC_HEAD + klen + vbytes;
+    l->at[l->n] = l->len;
+    return MP_OK;
+}
+
+int rec_list_copy(rec_list *l, const uint8_t *data, uint64_t len, uint32_t max_record)
+{
+    rec_list_clear(l);
+    int rc = rec_reserve(&l->data, &l->cap, len);
+    if (rc != MP_OK)
+        return rc;
+    if (len)
+        memcpy(l->data, data, len); /* one read: the caller may change its copy */
+    for (uint64_t at = 0; at < len;) {
+        uint64_t rlen = record_len(l->data + at, len - at, 1);
+        if (rlen == 0 || rlen > max_record)
+            return MP_EINVALID_ARGUMENT;
+        if (l->n && rec_cmp(l->data + l->at[l->n - 1], l->data + at) >= 0)
+            return MP_EINVALID_ARGUMENT; /* keys must strictly ascend */
+        if ((rc = list_room(l, 0)) != MP_OK)
+            return rc;
+        l->at[l->n++] = at;
+        at += rlen;
+    }
+    l->len = len;
+    if ((rc = list_room(l, 0)) != MP_OK)
+        return rc;
+    l->at[l->n] = len;
+    return MP_OK;
+}
+
+void rec_list_clear(rec_list *l)
+{
+    l->len = l->n = 0;
+}
+
+void rec_list_free(rec_list *l)
+{
+    free(l->data);
+    free(l->at);
+    memset(l, 0, sizeof *l);
+}
+
+int rec_page_load(const mp_pager *p, uint64_t id, uint8_t *buf, uint8_t *out_kind,
+                  uint32_t *out_n)
+{
+    uint32_t ps = p->page_size;
+    if (id == 0) { /* an empty tree: an empty leaf */
+        *out_kind = MP_RECORD_LEAF;
+        *out_n = 0;
+        return MP_OK;
+    }
+    if (id >= p->total_pages)
+        return MP_EOUT_OF_BOUNDS;
+    if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
+        return MP_ERESERVED_PAGE;
+    memcpy(buf, pager_page_ptr(p, id), ps);
+    uint32_t n = load_u16(buf + 2), end = mp_load_u32(buf + 4), at = REC_PAGE_HEADER;
+    uint8_t kind = buf[0];
+    if ((kind != MP_RECORD_LEAF && kind != MP_RECORD_BRANCH) || buf[1] != 0 ||
+        end < REC_PAGE_HEADER || end > ps)
+        return MP_EINVALID_ARGUMENT;
+    const uint8_t *prev = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t rlen = record_len(buf + at, end - at, 0);
+        if (rlen == 0 || (kind == MP_RECORD_BRANCH && mp_load_u32(buf + at + 2) != 8))
+            return MP_EINVALID_ARGUMENT;
+        if (prev && rec_cmp(prev, buf + at) >= 0)
+            return MP_EINVALID_ARGUMENT; /* keys must strictly ascend */
+        prev = buf + at;
+        at += (uint32_t)rlen;
+    }
+    if (at != end || (kind == MP_RECORD_BRANCH && n == 0))
+        return MP_EINVALID_ARGUMENT;
+    *out_kind = kind;
+    *out_n = n;
+    return MP_OK;
+}
+
+void rec_merge(const uint8_t *page, uint32_t n, const rec_list *chg, uint64_t lo, uint64_t hi,
+               rec_ref *merged, uint64_t *out_m, int *changed, int64_t *delta)
+{
+    const uint8_t *rec = page + REC_PAGE_HEADER;
+    uint64_t m = 0;
+    uint32_t i = 0;
+    while (i < n || lo < hi) {
+        uint32_t rlen = i < n ? (uint32_t)record_len(rec, UINT32_MAX, 0) : 0;
+        const uint8_t *c = lo < hi ? chg->data + chg->at[lo] : NULL;
+        int order = i == n ? 1 : !c ? -1 : rec_cmp(rec, c);
+        if (order < 0) { /* a record no change touches */
+            merged[m++] = (rec_ref){rec, rlen};
+            rec += rlen, i++;
+            continue;
+        }
+        int put = mp_load_u32(c + 2) != MP_RECORD_DELETE;
+        if (put)
+            merged[m++] = (rec_ref){c, (uint32_t)(chg->at[lo + 1] - chg->at[lo])};
+        if (order == 0) { /* replaced or deleted */
+            *changed = 1;
+            *delta -= !put;
+            rec += rlen, i++;
+        } else if (put) { /* added; the delete of an absent key changes nothing */
+            *changed = 1;
+            *delta += 1;
+        }
+        lo++;
+    }
+    *out_m = m;
+}
+
+/* One part: records merged[*k ..] while the part holds less than body /
+ * parts bytes (the last part: all that are left), as a page of kind at out's
+ * next slot, its first key kept in out->seps. */
+static int write_part(const mp_pager *p, const rec_ref *merged, uint64_t m, uint64_t *k,
+                      uint8_t kind, uint64_t body, uint64_t parts, int last, rec_out *out)
+{
+    uint64_t ps = p->page_size;
+    int rc = rec_reserve(&out->pages, &out->cap, (out->count + 1) * ps);
+    if (rc != MP_OK)
+        return rc;
+    const uint8_t *first = merged[*k].at;
+    if ((rc = rec_list_add(&out->seps, rec_key(first), rec_klen(first), NULL, 0)) != MP_OK)
+        return rc;
+    uint8_t *pg = out->pages + out->count * ps;
+    uint64_t at = REC_PAGE_HEADER, count = 0, acc = 0;
+    while (*k < m && (last || acc * parts < body)) {
+        const uint8_t *rec = merged[*k].at;
+        uint32_t len = merged[*k].len, skip = 0;
+        if (count == 0 && kind == MP_RECORD_BRANCH)
+            skip = rec_klen(rec); /* a branch's first child goes without a key */
+        if (at + len - skip > ps || count == UINT16_MAX)
+            return MP_EINVALID_ARGUMENT; /* records too large for the page */
+        memcpy(pg + at, rec, REC_HEAD);
+        if (skip)
+            pg[at] = pg[at + 1] = 0;
+        memcpy(pg + at + REC_HEAD, rec + REC_HEAD + skip, len - REC_HEAD - skip);
+        at += len - skip, acc += len, count++, (*k)++;
+    }
+    pg[0] = kind, pg[1] = 0;
+    pg[2] = (uint8_t)count, pg[3] = (uint8_t)(count >> 8);
+    mp_store_u32(pg + 4, (uint32_t)at);
+    memset(pg + at, 0, ps - at);
+    out->count++;
+    return MP_OK;
+}
+
+int rec_write_parts(const mp_pager *p, const rec_ref *merged, uint64_t m, uint8_t kind,
+                    uint32_t target, rec_out *out, uint32_t *out_parts)
+{
+    uint64_t body = 0;
+    for (uint64_t k = 0; k < m; k++)
+        body += merged[k].len;
+    /* One part when it fits a page; else ceil(body / target) parts, each
+     * ending once it holds body / parts bytes (the parts before the last may
+     * take every record: then there are fewer). */
+    uint64_t parts = body == 0 ? 0
+                   : REC_PAGE_HEADER + body <= p->page_size ? 1
+                                                             : (body + target - 1) / target;
+    uint64_t k = 0, made = 0;
+    for (; k < m; made++) {
+        int rc = write_part(p, merged, m, &k, kind, body, parts, made + 1 >= parts, out);
+        if (rc != MP_OK)
+            return rc;
+    }
+    *out_parts = (uint32_t)made;
+    return MP_OK;
+}

@@ -1,0 +1,492 @@
+/*
+ * tree.c - record trees: a B+tree of record pages, changed copy-on-write.
+ *
+ * Owns: mp_tree_apply, which applies one batch of sorted changes to a tree
+ * inside the open transaction, and mp_tree_get, a point lookup. The caller
+ * keeps the root's page id (a root slot) and its own batches; the core does
+ * the per-entry work an engine would otherwise do in an interpreted loop.
+ *
+ * A tree is leaves (MP_RECORD_LEAF: key -> value) under branches
+ * (MP_RECORD_BRANCH: a child's lowest key -> its page id, 8 bytes), every leaf
+ * at the same depth. A branch's first record has the empty key, so a key goes
+ * to the last child whose key is at most it. mp_tree_apply works in passes:
+ *   1. descend: the changes split among the pages they reach, level by level
+ *      (level[0] is the root's), every page copied out and checked first;
+ *   2. merge, bottom-up: each reached page merged with its changes and
+ *      written as one page or several (records.c) into work memory; its
+ *      parent's changes follow (its key now maps to its first new page, each
+ *      further part's first key to that part; an emptied page's key goes).
+ *      Pages not yet allocated are named by their slot in the work memory,
+ *      with SLOT set; a root split grows a level, a branch root left with one
+ *      child gives way to it;
+ *   3. check every replaced page is allocated, and only once (a corrupt tree
+ *      may name a page twice), before anything changes;
+ *   4. allocate all new pages in one call (runs of RUN for a large batch),
+ *      give the slots their ids, write the pages through the transaction, and
+ *      free the replaced ones (not reused before the commit is durable).
+ * Errors in passes 1-4 up to the allocation leave the pager as it was.
+ */
+#include "mp_internal.h"
+#include "mp_bytes.h"
+#include "mp_records.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEPTH 48u              /* deeper than any tree: a cycle, not a tree */
+#define RUN 16u                    /* a batch of RUN new pages or more: runs of RUN */
+#define SLOT (UINT64_C(1) << 63)   /* a new page not yet allocated: SLOT | its slot */
+#define NO_PARENT UINT64_MAX
+#define UNCHANGED UINT32_MAX       /* tree_node.parts of a page no change reached */
+
+typedef struct {
+    uint64_t page;   /* the page reached (0: the empty root) */
+    uint64_t lo, hi; /* its changes: records lo .. hi - 1 of its level's list */
+    uint64_t parent; /* its parent's index in the level above */
+    uint64_t key;    /* its key in the parent: record `key` of work.keys */
+    uint32_t parts;  /* the pages it became; UNCHANGED: it stays */
+    uint64_t slot;   /* its first new page in work.out */
+} tree_node;
+
+typedef struct {
+    tree_node *nodes;
+    uint64_t n, cap;
+} tree_level;
+
+typedef struct {
+    tree_level level[MAX_DEPTH];
+    uint32_t depth;     /* levels reached; the leaves are level[depth - 1] */
+    rec_list chg[2];    /* a level's changes and the level above's, built */
+    rec_list keys;      /* each reached page's key in its parent */
+    rec_out out;        /* the new pages, level after level */
+    uint64_t *ids;      /* out's pages' ids, once allocated */
+    uint64_t *old;      /* the pages replaced */
+    uint64_t n_old, old_cap;
+    uint8_t *page;      /* a page copy */
+    rec_ref *merged;    /* a page's records merged with its changes */
+    uint64_t merged_cap;
+} tree_work;
+
+int mp_tree_max_record(uint32_t page_size, uint32_t *out_bytes)
+{
+    if (!out_bytes || page_size < 512)
+        return MP_EINVALID_ARGUMENT;
+    /* A quarter of a page, less the 8 bytes of a child's id: a record's key
+     * may go up into a branch, and a split part of either kind fits. */
+    *out_bytes = (page_size - REC_PAGE_HEADER) / 4 - 8;
+    return MP_OK;
+}
+
+/* What a split part aims at: a part passes it by one record at most, a
+ * branch's record (a key of a change and 8 bytes) included, and still fits. */
+static uint32_t part_target(uint32_t ps, uint32_t max_record)
+{
+    return ps - REC_PAGE_HEADER - (max_record + 8);
+}
+
+static int push_node(tree_level *l, tree_node node)
+{
+    if (l->n == l->cap) {
+        uint64_t cap = l->cap ? 2 * l->cap : 16;
+        tree_node *nodes = realloc(l->nodes, (size_t)cap * sizeof *nodes);
+        if (!nodes)
+            return MP_ENO_MEMORY;
+        l->nodes = nodes;
+        l->cap = cap;
+    }
+    l->nodes[l->n++] = node;
+    return MP_OK;
+}
+
+static int merged_room(tree_work *w, uint64_t need)
+{
+    if (need <= w->merged_cap)
+        return MP_OK;
+    rec_ref *m = realloc(w->merged, (size_t)need * sizeof *m);
+    if (!m)
+        return MP_ENO_MEMORY;
+    w->merged = m;
+    w->merged_cap = need;
+    return MP_OK;
+}
+
+static void work_free(tree_work *w)
+{
+    for (uint32_t d = 0; d < MAX_DEPTH; d++)
+        free(w->level[d].nodes);
+    rec_list_free(&w->chg[0]);
+    rec_list_free(&w->chg[1]);
+    rec_list_free(&w->keys);
+    rec_list_free(&w->out.seps);
+    free(w->out.pages);
+    free(w->ids);
+    free(w->old);
+    free(w->page);
+    free(w->merged);
+}
+
+/* ------------------------------------------------------------ 1. descend */
+
+/* Split branch node i's changes among its children: change c goes to the
+ * last record whose key is at most c's (the first record when none is). */
+static int split_branch(tree_work *w, uint32_t d, uint64_t i, uint32_t n)
+{
+    const rec_list *chg = &w->chg[0];
+    tree_node node = w->level[d].nodes[i];
+    const uint8_t *rec = w->page + REC_PAGE_HEADER, *next;
+    uint32_t j = 0;
+    for (uint64_t c = node.lo; c < node.hi;) {
+        const uint8_t *key = chg->data + chg->at[c];
+        for (; j + 1 < n; j++, rec = next) {
+            next = rec + REC_HEAD + rec_klen(rec) + 8;
+            if (rec_key_cmp(rec_key(next), rec_klen(next), rec_key(key), rec_klen(key)) > 0)
+                break;
+        }
+        uint64_t end = c + 1; /* the changes that go to child j */
+        if (j + 1 < n) {
+            next = rec + REC_HEAD + rec_klen(rec) + 8;
+            while (end < node.hi &&
+                   rec_key_cmp(rec_key(next), rec_klen(next), rec_key(chg->data + chg->at[end]),
+                               rec_klen(chg->data + chg->at[end])) > 0)
+                end++;
+        } else {
+            end = node.hi;
+        }
+        int rc = rec_list_add(&w->keys, rec_key(rec), rec_klen(rec), NULL, 0);
+        tree_node child = {mp_load_u64(rec + REC_HEAD + rec_klen(rec)), c, end, i,
+                           w->keys.n - 1, UNCHANGED, 0};
+        if (rc != MP_OK || (rc = push_node(&w->level[d + 1], child)) != MP_OK)
+            return rc;
+        c = end;
+    }
+    return MP_OK;
+}
+
+/* Pass 1: the levels the changes reach, down to the leaves. */
+static int descend(const mp_pager *p, tree_work *w, uint64_t root)
+{
+    tree_node top = {root, 0, w->chg[0].n, NO_PARENT, 0, UNCHANGED, 0};
+    int rc = push_node(&w->level[0], top);
+    for (uint32_t d = 0; rc == MP_OK; d++) {
+        uint8_t kind, first = 0;
+        for (uint64_t i = 0; rc == MP_OK && i < w->level[d].n; i++) {
+            uint32_t n;
+            if ((rc = rec_page_load(p, w->level[d].nodes[i].page, w->page, &kind, &n)) != MP_OK)
+                return rc;
+            if (i == 0)
+                first = kind;
+            else if (kind != first)
+                return MP_EINVALID_ARGUMENT; /* leaves at different depths */
+            if (kind == MP_RECORD_BRANCH) {
+                if (d + 1 >= MAX_DEPTH)
+                    return MP_EINVALID_ARGUMENT;
+                rc = split_branch(w, d, i, n);
+            }
+        }
+        if (rc == MP_OK && first == MP_RECORD_LEAF) {
+            w->depth = d + 1;
+            return MP_OK;
+        }
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------ 2. merge */
+
+/* Node i of level d merged with its changes in `chg` and written to out. */
+static int merge_node(const mp_pager *p, tree_work *w, tree_node *node, const rec_list *chg,
+                      uint8_t kind, uint32_t target, int64_t *delta)
+{
+    uint8_t got;
+    uint32_t n;
+    int rc = rec_page_load(p, node->page, w->page, &got, &n), changed = 0;
+    if (rc == MP_OK && got != kind && node->page != 0)
+        rc = MP_EINVALID_ARGUMENT;
+    if (rc == MP_OK)
+        rc = merged_room(w, (uint64_t)n + (node->hi - node->lo));
+    if (rc != MP_OK)
+        return rc;
+    uint64_t m;
+    int64_t keys = 0;
+    rec_merge(w->page, n, chg, node->lo, node->hi, w->merged, &m, &changed, &keys);
+    if (kind == MP_RECORD_LEAF)
+        *delta += keys;
+    node->parts = UNCHANGED;
+    node->slot = w->out.count;
+    if (!changed)
+        return MP_OK;
+    if (node->page != 0) {
+        if (w->n_old == w->old_cap) {
+            uint64_t cap = w->old_cap ? 2 * w->old_cap : 64;
+            uint64_t *old = realloc(w->old, (size_t)cap * sizeof *old);
+            if (!old)
+                return MP_ENO_MEMORY;
+            w->old = old;
+            w->old_cap = cap;
+        }
+        w->old[w->n_old++] = node->page;
+    }
+    return rec_write_parts(p, w->merged, m, kind, target, &w->out, &node->parts);
+}
+
+/* The parent's change for a child that became `parts` pages: its key maps
+ * to the first, each further part's first key to that part. */
+static int child_changes(tree_work *w, rec_list *up, const tree_node *child)
+{
+    const uint8_t *key = w->keys.data + w->keys.at[child->key];
+    if (child->parts == 0)
+        return rec_list_add(up, rec_key(key), rec_klen(key), NULL, 0);
+    for (uint32_t j = 0; j < child->parts; j++) {
+        uint8_t id[8];
+        mp_store_u64(id, SLOT | (child->slot + j));
+        if (j)
+            key = w->out.seps.data + w->out.seps.at[child->slot + j];
+        int rc = rec_list_add(up, rec_key(key), rec_klen(key), id, 8);
+        if (rc != MP_OK)
+            return rc;
+    }
+    return MP_OK;
+}
+
+/* Level d's changed pages as changes of level d - 1, whose nodes' ranges
+ * are set to them (a parent no child changed gets none). */
+static int parent_changes(tree_work *w, uint32_t d, rec_list *up)
+{
+    tree_level *parents = &w->level[d - 1];
+    for (uint64_t i = 0; i < parents->n; i++)
+        parents->nodes[i].lo = parents->nodes[i].hi = 0;
+    rec_list_clear(up);
+    for (uint64_t i = 0; i < w->level[d].n; i++) {
+        const tree_node *child = &w->level[d].nodes[i];
+        if (child->parts == UNCHANGED)
+            continue;
+        tree_node *parent = &parents->nodes[child->parent];
+        if (parent->lo == parent->hi)
+            parent->lo = up->n;
+        int rc = child_changes(w, up, child);
+        if (rc != MP_OK)
+            return rc;
+        parent->hi = up->n;
+    }
+    return MP_OK;
+}
+
+/* The root merged; while it split, a new branch over its parts. *out_root:
+ * the new root (SLOT | a slot for a new page). */
+static int merge_root(const mp_pager *p, tree_work *w, rec_list *chg, uint32_t target,
+                      int64_t *delta, uint64_t *out_root)
+{
+    tree_node *root = &w->level[0].nodes[0];
+    uint8_t kind = w->depth == 1 ? MP_RECORD_LEAF : MP_RECORD_BRANCH;
+    int rc = merge_node(p, w, root, chg, kind, target, delta);
+    tree_node node = *root;
+    rec_list *up = &w->chg[chg == &w->chg[0]];
+    while (rc == MP_OK && node.parts != UNCHANGED && node.parts > 1) {
+        /* A new root over the parts: its first child under the empty key. */
+        static const uint8_t empty[REC_HEAD] = {0};
+        rec_list_clear(up);
+        for (uint32_t j = 0; rc == MP_OK && j < node.parts; j++) {
+            const uint8_t *key = j ? w->out.seps.data + w->out.seps.at[node.slot + j] : empty;
+            uint8_t id[8];
+            mp_store_u64(id, SLOT | (node.slot + j));
+            rc = rec_list_add(up, rec_key(key), rec_klen(key), id, 8);
+        }
+        node = (tree_node){0, 0, up->n, NO_PARENT, 0, UNCHANGED, 0};
+        if (rc == MP_OK)
+            rc = merge_node(p, w, &node, up, MP_RECORD_BRANCH, target, delta);
+    }
+    if (rc != MP_OK)
+        return rc;
+    if (node.parts == UNCHANGED)
+        *out_root = node.page;
+    else if (node.parts == 0)
+        *out_root = 0;
+    else
+        *out_root = SLOT | node.slot;
+    /* A branch root left with one child gives way to it (its one record has
+     * the empty key: the child's id follows the record's head). */
+    const uint8_t *pg = node.parts == 1 ? w->out.pages + node.slot * p->page_size : NULL;
+    if (pg && pg[0] == MP_RECORD_BRANCH && pg[2] == 1 && pg[3] == 0) {
+        *out_root = mp_load_u64(pg + REC_PAGE_HEADER + REC_HEAD);
+        w->out.count--; /* the last page written: nothing refers to it */
+    }
+    return MP_OK;
+}
+
+/* Pass 2: every level bottom-up, then the root. */
+static int merge_levels(const mp_pager *p, tree_work *w, uint32_t target, int64_t *delta,
+                        uint64_t *out_root)
+{
+    rec_list *cur = &w->chg[0], *up = &w->chg[1];
+    for (uint32_t d = w->depth - 1; d > 0; d--) {
+        uint8_t kind = d == w->depth - 1 ? MP_RECORD_LEAF : MP_RECORD_BRANCH;
+        for (uint64_t i = 0; i < w->level[d].n; i++) {
+            int rc = merge_node(p, w, &w->level[d].nodes[i], cur, kind, target, delta);
+            if (rc != MP_OK)
+                return rc;
+        }
+        int rc = parent_changes(w, d, up);
+        if (rc != MP_OK)
+            return rc;
+        rec_list *t = cur;
+        cur = up, up = t;
+    }
+    return merge_root(p, w, cur, target, delta, out_root);
+}
+
+/* ------------------------------------------------------- 3, 4. commit */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Pass 3: every replaced page allocated and named once. */
+static int check_replaced(const mp_pager *p, tree_work *w)
+{
+    qsort(w->old, (size_t)w->n_old, sizeof *w->old, cmp_u64);
+    for (uint64_t i = 0; i < w->n_old; i++) {
+        if ((i && w->old[i] == w->old[i - 1]) || !bitmap_get(p->bits, w->old[i]))
+            return MP_EINVALID_ARGUMENT;
+    }
+    return MP_OK;
+}
+
+/* The slots in a new branch page, and a new root, given their pages' ids. */
+static void place_slots(const mp_pager *p, tree_work *w, uint64_t *root)
+{
+    for (uint64_t s = 0; s < w->out.count; s++) {
+        uint8_t *pg = w->out.pages + s * p->page_size;
+        if (pg[0] != MP_RECORD_BRANCH)
+            continue;
+        uint32_t n = (uint32_t)(pg[2] | pg[3] << 8);
+        uint8_t *rec = pg + REC_PAGE_HEADER;
+        for (uint32_t i = 0; i < n; i++) {
+            uint8_t *value = rec + REC_HEAD + rec_klen(rec);
+            uint64_t v = mp_load_u64(value);
+            if (v & SLOT)
+                mp_store_u64(value, w->ids[v & ~SLOT]);
+            rec = value + 8;
+        }
+    }
+    if (*root & SLOT)
+        *root = w->ids[*root & ~SLOT];
+}
+
+/* Pass 4: allocate, write, free. */
+static int commit_pages(mp_pager *p, tree_work *w, uint64_t *root)
+{
+    uint64_t n = w->out.count;
+    if (n) {
+        if (!(w->ids = malloc((size_t)n * sizeof *w->ids)))
+            return MP_ENO_MEMORY;
+        int rc = mp_pager_alloc_runs_locked(p, n, n >= RUN ? RUN : 1, 0, w->ids);
+        if (rc != MP_OK)
+            return rc;
+        place_slots(p, w, root);
+        rc = mp_txn_write_pages_locked(p, w->ids, n, w->out.pages, n * p->page_size);
+        if (rc != MP_OK)
+            return rc;
+    }
+    return w->n_old ? mp_pager_free_bulk_locked(p, w->old, w->n_old) : MP_OK;
+}
+
+int mp_tree_apply_locked(mp_pager *p, uint64_t root, const uint8_t *changes, uint64_t len,
+                         uint64_t *out_root, int64_t *out_delta)
+{
+    int rc = pager_usable(p, 1);
+    if (rc != MP_OK)
+        return rc;
+    if ((!changes && len) || !out_root || !out_delta || p->txn_depth == 0)
+        return MP_EINVALID_ARGUMENT;
+    uint32_t max_record;
+    if ((rc = mp_tree_max_record(p->page_size, &max_record)) != MP_OK)
+        return rc;
+    tree_work w;
+    memset(&w, 0, sizeof w);
+    int64_t delta = 0;
+    uint64_t new_root = root;
+    if (!(w.page = malloc(p->page_size)))
+        rc = MP_ENO_MEMORY;
+    if (rc == MP_OK)
+        rc = rec_list_copy(&w.chg[0], changes, len, max_record);
+    if (rc == MP_OK && w.chg[0].n > 0) {
+        rc = descend(p, &w, root);
+        if (rc == MP_OK)
+            rc = merge_levels(p, &w, part_target(p->page_size, max_record), &delta, &new_root);
+        if (rc == MP_OK)
+            rc = check_replaced(p, &w);
+        if (rc == MP_OK)
+            rc = commit_pages(p, &w, &new_root);
+    }
+    if (rc == MP_OK) {
+        *out_root = new_root;
+        *out_delta = delta;
+    }
+    work_free(&w);
+    return rc;
+}
+
+/* ------------------------------------------------------------ lookup */
+
+/* In a checked page: the record with key (a leaf), or the child a key goes
+ * to (a branch: the last record whose key is at most it). */
+static const uint8_t *page_find(const uint8_t *page, uint32_t n, const uint8_t *key,
+                                uint32_t klen)
+{
+    const uint8_t *rec = page + REC_PAGE_HEADER, *hit = NULL;
+    int branch = page[0] == MP_RECORD_BRANCH;
+    for (uint32_t i = 0; i < n; i++) {
+        int c = rec_key_cmp(rec_key(rec), rec_klen(rec), key, klen);
+        if (c > 0 && !(branch && i == 0))
+            break;
+        if (branch || c == 0)
+            hit = rec;
+        rec += REC_HEAD + rec_klen(rec) + mp_load_u32(rec + 2);
+    }
+    return hit;
+}
+
+int mp_tree_get_locked(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
+                       uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found)
+{
+    int rc = pager_usable(p, 0);
+    if (rc != MP_OK)
+        return rc;
+    if ((!key && klen) || (!buf && cap) || !out_len || !out_found || klen > UINT16_MAX)
+        return MP_EINVALID_ARGUMENT;
+    uint8_t *page = malloc(p->page_size);
+    uint8_t *own_key = malloc(klen ? klen : 1);
+    if (!page || !own_key)
+        rc = MP_ENO_MEMORY;
+    else if (klen)
+        memcpy(own_key, key, klen); /* one read: the caller may change it */
+    *out_found = 0;
+    for (uint32_t d = 0; rc == MP_OK && root != 0; d++) {
+        uint8_t kind;
+        uint32_t n;
+        if (d >= MAX_DEPTH) {
+            rc = MP_EINVALID_ARGUMENT; /* a cycle, not a tree */
+            break;
+        }
+        if ((rc = rec_page_load(p, root, page, &kind, &n)) != MP_OK)
+            break;
+        const uint8_t *rec = page_find(page, n, own_key, klen);
+        if (kind == MP_RECORD_BRANCH) {
+            root = mp_load_u64(rec + REC_HEAD + rec_klen(rec)); /* n >= 1: rec is set */
+            continue;
+        }
+        if (rec) {
+            uint32_t vlen = mp_load_u32(rec + 2);
+            *out_len = vlen;
+            *out_found = 1;
+            if (vlen <= cap && vlen)
+                memcpy(buf, rec + REC_HEAD + rec_klen(rec), vlen);
+        }
+        break;
+    }
+    free(page);
+    free(own_key);
+    return rc;
+}

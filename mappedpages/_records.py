@@ -1,0 +1,110 @@
+"""Record trees: a B+tree of record pages, changed copy-on-write by the core.
+
+A record is ``u16 klen, u32 vlen, key, value`` (little-endian); a record page
+holds a header (u8 kind, u8 0, u16 n, u32 end) and records in ascending key
+order; a tree is leaves (kind :data:`RECORD_LEAF`) under branches
+(:data:`RECORD_BRANCH`: each child's lowest key and its page id). FORMAT.md,
+"Record trees", has the details. The caller keeps the root's page id (a root
+slot, ``pager.set_root``) and makes its batches: :meth:`Transaction.tree_apply`
+applies one to the tree, :func:`tree_get` reads a key. An engine on the
+library keeps its data in such a tree and does no per-entry work in Python.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from mappedpages._base import _PagerBase
+from mappedpages._core import ffi, lib
+
+RECORD_DELETE: int = int(lib.MP_RECORD_DELETE)
+"""A change record's ``vlen`` that removes its key (no value bytes follow)."""
+
+RECORD_LEAF: int = int(lib.MP_RECORD_LEAF)
+"""The kind (header byte 0) of a leaf page: keys and their values."""
+
+RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
+"""The kind of a branch page: each child's lowest key and its page id."""
+
+_HEAD = struct.Struct("<HI")
+_tls = threading.local()
+
+
+def tree_max_record(page_size: int) -> int:
+    """The most bytes one record (``6 + len(key) + len(value)``) may take at ``page_size``."""
+    out = ffi.new("uint32_t *")
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise TypeError(f"page_size must be an int, not {type(page_size).__name__}")
+    if not 512 <= page_size < 1 << 32 or lib.mp_tree_max_record(page_size, out):
+        raise ValueError(f"no record tree fits pages of {page_size} bytes")
+    return int(out[0])
+
+
+def pack_record(key: bytes, value: bytes | None) -> bytes:
+    """One change record: ``u16 klen, u32 vlen, key, value``; ``value=None`` deletes ``key``."""
+    if value is None:
+        return _HEAD.pack(len(key), RECORD_DELETE) + key
+    return _HEAD.pack(len(key), len(value)) + key + value
+
+
+def pack_records(changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
+    """Change records for ``(key, value or None)`` pairs, sorted by key (one per key)."""
+    return b"".join(pack_record(k, v) for k, v in sorted(changes))
+
+
+def _root(root: int) -> int:
+    if isinstance(root, bool) or not isinstance(root, int):
+        raise TypeError(f"root must be an int, not {type(root).__name__}")
+    if not 0 <= root < 1 << 64:
+        raise ValueError(f"root must be a page id (an unsigned 64-bit int), not {root}")
+    return root
+
+
+def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple[int, int]:
+    """:meth:`Transaction.tree_apply` (the pager's lock held by the caller)."""
+    src = ffi.from_buffer("uint8_t[]", changes)
+    out_root = ffi.new("uint64_t *")
+    delta = ffi.new("int64_t *")
+    rc = lib.mp_tree_apply(handle, root, src, len(src), out_root, delta)
+    if rc:
+        pager._check(rc, "tree_apply")
+    return int(out_root[0]), int(delta[0])
+
+
+class _TreeReads(_PagerBase):
+    """``tree_get``, a read of :class:`mappedpages.Pager` and :class:`mappedpages.ReadOnlyPager`."""
+
+    def tree_get(self, root: int, key: bytes, default: bytes | None = None) -> bytes | None:
+        """The value of ``key`` in the record tree whose root page is ``root``, or ``default``.
+
+        ``root`` 0 is the empty tree. A writer reads its own latest state
+        (its open transaction's included), a reader the commit it shows.
+        ``ValueError`` when ``root`` does not lead to record pages.
+        """
+        root = _root(root)
+        if not isinstance(key, bytes):
+            raise TypeError(f"key must be bytes, not {type(key).__name__}")
+        if len(key) > 0xFFFF:
+            return default  # no record holds so long a key
+        size = self._page_size  # a value fits in a page
+        try:
+            buf, out_len, found = _tls.get
+        except AttributeError:
+            buf = None
+        if buf is None or len(buf) < size:
+            buf, out_len, found = _tls.get = (
+                ffi.new("uint8_t[]", size),
+                ffi.new("uint32_t *"),
+                ffi.new("int *"),
+            )
+        with self._lock:
+            handle = self._usable()
+            rc = lib.mp_tree_get(handle, root, key, len(key), buf, len(buf), out_len, found)
+            if rc:
+                self._check(rc, "tree_get")
+        if not found[0]:
+            return default
+        return ffi.buffer(buf, out_len[0])[:]  # type: ignore[no-any-return]
