@@ -282,10 +282,10 @@ static uint64_t run_pages(const mp_pager *p, uint64_t min_run, uint64_t n)
  * that cannot grow so far (max_pages, or a growth that failed and left the
  * pager usable: a full disk) is left as it is: runs are a preference, and the
  * pages then come from shorter runs too. */
-static int ensure_runs(mp_pager *p, uint64_t n, uint64_t min_run)
+static int ensure_runs(mp_pager *p, uint64_t n, uint64_t min_run, int grow_for_runs)
 {
     int rc = pager_ensure_free(p, n);
-    if (rc != MP_OK || min_run <= 1)
+    if (rc != MP_OK || min_run <= 1 || !grow_for_runs)
         return rc;
     uint64_t have = run_pages(p, min_run, n);
     if (have >= n || p->total_pages + (n - have) > p->max_pages)
@@ -355,8 +355,8 @@ static int take_pages(mp_pager *p, uint64_t n, uint64_t min_run, uint64_t *ids)
     return MP_OK;
 }
 
-int mp_pager_alloc_runs_locked(mp_pager *p, uint64_t n, uint64_t min_run, int zero,
-                               uint64_t *out_ids)
+int pager_alloc_pages(mp_pager *p, uint64_t n, uint64_t min_run, int grow_for_runs, int zero,
+                      uint64_t *out_ids)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
@@ -376,7 +376,8 @@ int mp_pager_alloc_runs_locked(mp_pager *p, uint64_t n, uint64_t min_run, int ze
         return MP_ENO_MEMORY;
     /* All the growth happens first, so nothing below can fail before the
      * commit: either every page is taken in one commit or none is. */
-    if ((rc = ensure_runs(p, n, min_run)) != MP_OK || (rc = take_pages(p, n, min_run, ids))) {
+    if ((rc = ensure_runs(p, n, min_run, grow_for_runs)) != MP_OK ||
+        (rc = take_pages(p, n, min_run, ids)) != MP_OK) {
         free(ids);
         return rc;
     }
@@ -389,6 +390,12 @@ int mp_pager_alloc_runs_locked(mp_pager *p, uint64_t n, uint64_t min_run, int ze
         memcpy(out_ids, ids, (size_t)n * sizeof(uint64_t));
     free(ids);
     return rc;
+}
+
+int mp_pager_alloc_runs_locked(mp_pager *p, uint64_t n, uint64_t min_run, int zero,
+                               uint64_t *out_ids)
+{
+    return pager_alloc_pages(p, n, min_run, 1, zero, out_ids);
 }
 
 int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_ids)

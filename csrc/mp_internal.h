@@ -555,6 +555,10 @@ int pager_usable(const mp_pager *p, int writing);
  * a caller's buffer is read once, since another thread may change it while
  * the core validates and applies it (the GIL is released). */
 uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n);
+/* mp_pager_alloc_runs; where free runs of min_run are lacking, grow_for_runs 0
+ * takes the lowest free pages instead of growing the file for them. */
+int pager_alloc_pages(mp_pager *p, uint64_t n, uint64_t min_run, int grow_for_runs, int zero,
+                      uint64_t *out_ids);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
 /* Empties the staged range and list of the commit under way (protected.c). */

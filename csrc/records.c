@@ -152,6 +152,17 @@ void rec_list_free(rec_list *l)
     memset(l, 0, sizeof *l);
 }
 
+/* A branch record's value: 8 bytes naming a page a node may be (tree.c marks
+ * pages it has not allocated yet with bit 63: no page of a file has it). */
+static int child_ok(const mp_pager *p, const uint8_t *rec)
+{
+    if (mp_load_u32(rec + 2) != 8)
+        return 0;
+    uint64_t id = mp_load_u64(rec + REC_HEAD + rec_klen(rec));
+    return id >= MP_RESERVED_PAGES && id < p->total_pages && !pager_is_layout_page(p, id) &&
+           !bitmap_get(p->system, id);
+}
+
 int rec_page_load(const mp_pager *p, uint64_t id, uint8_t *buf, uint8_t *out_kind,
                   uint32_t *out_n)
 {
@@ -174,7 +185,7 @@ int rec_page_load(const mp_pager *p, uint64_t id, uint8_t *buf, uint8_t *out_kin
     const uint8_t *prev = NULL;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t rlen = record_len(buf + at, end - at, 0);
-        if (rlen == 0 || (kind == MP_RECORD_BRANCH && mp_load_u32(buf + at + 2) != 8))
+        if (rlen == 0 || (kind == MP_RECORD_BRANCH && !child_ok(p, buf + at)))
             return MP_EINVALID_ARGUMENT;
         if (prev && rec_cmp(prev, buf + at) >= 0)
             return MP_EINVALID_ARGUMENT; /* keys must strictly ascend */
@@ -234,12 +245,13 @@ static int write_part(const mp_pager *p, const rec_ref *merged, uint64_t m, uint
         return rc;
     uint8_t *pg = out->pages + out->count * ps;
     uint64_t at = REC_PAGE_HEADER, count = 0, acc = 0;
-    while (*k < m && (last || acc * parts < body)) {
+    /* (n is a u16: a page of many tiny records ends at UINT16_MAX of them) */
+    while (*k < m && count < UINT16_MAX && (last || acc * parts < body)) {
         const uint8_t *rec = merged[*k].at;
         uint32_t len = merged[*k].len, skip = 0;
         if (count == 0 && kind == MP_RECORD_BRANCH)
             skip = rec_klen(rec); /* a branch's first child goes without a key */
-        if (at + len - skip > ps || count == UINT16_MAX)
+        if (at + len - skip > ps)
             return MP_EINVALID_ARGUMENT; /* records too large for the page */
         memcpy(pg + at, rec, REC_HEAD);
         if (skip)
@@ -263,7 +275,8 @@ int rec_write_parts(const mp_pager *p, const rec_ref *merged, uint64_t m, uint8_
         body += merged[k].len;
     /* One part when it fits a page; else ceil(body / target) parts, each
      * ending once it holds body / parts bytes (the parts before the last may
-     * take every record: then there are fewer). */
+     * take every record: then there are fewer; a part full of UINT16_MAX
+     * records ends there: then there are more). */
     uint64_t parts = body == 0 ? 0
                    : REC_PAGE_HEADER + body <= p->page_size ? 1
                                                              : (body + target - 1) / target;

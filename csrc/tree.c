@@ -21,7 +21,7 @@
  *      child gives way to it;
  *   3. check every replaced page is allocated, and only once (a corrupt tree
  *      may name a page twice), before anything changes;
- *   4. allocate all new pages in one call (runs of RUN for a large batch),
+ *   4. allocate all new pages in one call (in runs: see commit_pages),
  *      give the slots their ids, write the pages through the transaction, and
  *      free the replaced ones (not reused before the commit is durable).
  * Errors in passes 1-4 up to the allocation leave the pager as it was.
@@ -381,7 +381,13 @@ static int commit_pages(mp_pager *p, tree_work *w, uint64_t *root)
     if (n) {
         if (!(w->ids = malloc((size_t)n * sizeof *w->ids)))
             return MP_ENO_MEMORY;
-        int rc = mp_pager_alloc_runs_locked(p, n, n >= RUN ? RUN : 1, 0, w->ids);
+        /* A large batch in runs of RUN, the file grown for them if need be; a
+         * small one in one run where free pages hold one (written before: the
+         * first write into space the file never wrote costs the flush a
+         * journal commit), else the lowest free pages. Either way the flush
+         * writes a few extents, not one per page. */
+        int rc = n >= RUN ? pager_alloc_pages(p, n, RUN, 1, 0, w->ids)
+                          : pager_alloc_pages(p, n, n, 0, 0, w->ids);
         if (rc != MP_OK)
             return rc;
         place_slots(p, w, root);
@@ -430,7 +436,9 @@ int mp_tree_apply_locked(mp_pager *p, uint64_t root, const uint8_t *changes, uin
 
 /* ------------------------------------------------------------ lookup */
 
-/* In a checked page: the record with key (a leaf), or the child a key goes
+/* (A lookup does not ask whether the pages are allocated: the tree of an
+ * older root stays readable while its freed pages are not reused, as inside
+ * the transaction that replaced it.) In a checked page: the record with key (a leaf), or the child a key goes
  * to (a branch: the last record whose key is at most it). */
 static const uint8_t *page_find(const uint8_t *page, uint32_t n, const uint8_t *key,
                                 uint32_t klen)
