@@ -473,6 +473,7 @@ struct mp_pager {
     uint64_t system_count;
     uint8_t *scratch;        /* page_size bytes */
     uint8_t *commit_page;    /* page_size bytes: a page a commit builds aside (commit.c) */
+    struct tree_work *tree_work; /* tree.c's work memory, kept between calls (or NULL) */
     /* The extended layout (format.c): chunk i >= 1 of chunk_pages pages keeps its
      * free-map page and a directory-index page in its first 4 pages. */
     uint64_t chunk_pages;    /* pages per chunk, the v0.2 cap (a count; `chunk`
@@ -557,6 +558,8 @@ int pager_usable(const mp_pager *p, int writing);
 uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n);
 /* mp_pager_alloc_runs; where free runs of min_run are lacking, grow_for_runs 0
  * takes the lowest free pages instead of growing the file for them. */
+/* Gives back tree.c's work memory (close). */
+void tree_release(mp_pager *p);
 int pager_alloc_pages(mp_pager *p, uint64_t n, uint64_t min_run, int grow_for_runs, int zero,
                       uint64_t *out_ids);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);

@@ -102,6 +102,7 @@ static void pager_shut(mp_pager *p)
     p->scratch = NULL;
     free(p->commit_page);
     p->commit_page = NULL;
+    tree_release(p);
     if (p->fd >= 0)
         (void)os_close_file(p->fd);
     p->fd = p->map.fd = -1;

@@ -39,6 +39,9 @@
 #define NO_PARENT UINT64_MAX
 #define UNCHANGED UINT32_MAX       /* tree_node.parts of a page no change reached */
 
+#define NO_COPY UINT64_MAX         /* tree_node.copy of page 0, the empty root */
+#define KEEP_BYTES (8u << 20)      /* work memory a pager keeps between calls */
+
 typedef struct {
     uint64_t page;   /* the page reached (0: the empty root) */
     uint64_t lo, hi; /* its changes: records lo .. hi - 1 of its level's list */
@@ -46,6 +49,8 @@ typedef struct {
     uint64_t key;    /* its key in the parent: record `key` of work.keys */
     uint32_t parts;  /* the pages it became; UNCHANGED: it stays */
     uint64_t slot;   /* its first new page in work.out */
+    uint64_t copy;   /* its page's copy, checked: copies + copy * page_size */
+    uint32_t n;      /* the copy's records */
 } tree_node;
 
 typedef struct {
@@ -53,19 +58,22 @@ typedef struct {
     uint64_t n, cap;
 } tree_level;
 
-typedef struct {
+struct tree_work {
     tree_level level[MAX_DEPTH];
     uint32_t depth;     /* levels reached; the leaves are level[depth - 1] */
     rec_list chg[2];    /* a level's changes and the level above's, built */
     rec_list keys;      /* each reached page's key in its parent */
     rec_out out;        /* the new pages, level after level */
     uint64_t *ids;      /* out's pages' ids, once allocated */
+    uint64_t ids_cap;
     uint64_t *old;      /* the pages replaced */
     uint64_t n_old, old_cap;
-    uint8_t *page;      /* a page copy */
+    uint8_t *copies;    /* the reached pages, copied out of the mapping once */
+    uint64_t copies_cap, n_copies;
     rec_ref *merged;    /* a page's records merged with its changes */
     uint64_t merged_cap;
-} tree_work;
+};
+typedef struct tree_work tree_work;
 
 int mp_tree_max_record(uint32_t page_size, uint32_t *out_bytes)
 {
@@ -110,6 +118,9 @@ static int merged_room(tree_work *w, uint64_t need)
     return MP_OK;
 }
 
+/* The pager keeps its work memory between calls (a batch's pages would
+ * otherwise be fresh memory, a page fault each, every call), the counts set
+ * back to empty; a call that needed more than KEEP_BYTES gives it back. */
 static void work_free(tree_work *w)
 {
     for (uint32_t d = 0; d < MAX_DEPTH; d++)
@@ -121,19 +132,45 @@ static void work_free(tree_work *w)
     free(w->out.pages);
     free(w->ids);
     free(w->old);
-    free(w->page);
+    free(w->copies);
     free(w->merged);
+    memset(w, 0, sizeof *w);
+}
+
+static void work_reset(tree_work *w)
+{
+    if (w->copies_cap + w->out.cap + w->chg[0].cap + w->chg[1].cap > KEEP_BYTES) {
+        work_free(w);
+        return;
+    }
+    for (uint32_t d = 0; d < MAX_DEPTH; d++)
+        w->level[d].n = 0;
+    rec_list_clear(&w->chg[0]);
+    rec_list_clear(&w->chg[1]);
+    rec_list_clear(&w->keys);
+    rec_list_clear(&w->out.seps);
+    w->out.count = w->n_old = w->n_copies = 0;
+    w->depth = 0;
+}
+
+void tree_release(mp_pager *p)
+{
+    if (p->tree_work) {
+        work_free(p->tree_work);
+        free(p->tree_work);
+        p->tree_work = NULL;
+    }
 }
 
 /* ------------------------------------------------------------ 1. descend */
 
 /* Split branch node i's changes among its children: change c goes to the
  * last record whose key is at most c's (the first record when none is). */
-static int split_branch(tree_work *w, uint32_t d, uint64_t i, uint32_t n)
+static int split_branch(const mp_pager *p, tree_work *w, uint32_t d, uint64_t i, uint32_t n)
 {
     const rec_list *chg = &w->chg[0];
     tree_node node = w->level[d].nodes[i];
-    const uint8_t *rec = w->page + REC_PAGE_HEADER, *next;
+    const uint8_t *rec = w->copies + node.copy * p->page_size + REC_PAGE_HEADER, *next;
     uint32_t j = 0;
     for (uint64_t c = node.lo; c < node.hi;) {
         const uint8_t *key = chg->data + chg->at[c];
@@ -154,7 +191,7 @@ static int split_branch(tree_work *w, uint32_t d, uint64_t i, uint32_t n)
         }
         int rc = rec_list_add(&w->keys, rec_key(rec), rec_klen(rec), NULL, 0);
         tree_node child = {mp_load_u64(rec + REC_HEAD + rec_klen(rec)), c, end, i,
-                           w->keys.n - 1, UNCHANGED, 0};
+                           w->keys.n - 1, UNCHANGED, 0, NO_COPY, 0};
         if (rc != MP_OK || (rc = push_node(&w->level[d + 1], child)) != MP_OK)
             return rc;
         c = end;
@@ -162,16 +199,32 @@ static int split_branch(tree_work *w, uint32_t d, uint64_t i, uint32_t n)
     return MP_OK;
 }
 
+/* The node's page copied out of the mapping and checked, kept for the merge. */
+static int load_copy(const mp_pager *p, tree_work *w, tree_node *node, uint8_t *kind,
+                     uint32_t *n)
+{
+    uint64_t ps = p->page_size;
+    int rc = rec_reserve(&w->copies, &w->copies_cap, (w->n_copies + 1) * ps);
+    if (rc == MP_OK)
+        rc = rec_page_load(p, node->page, w->copies + w->n_copies * ps, kind, n);
+    if (rc != MP_OK)
+        return rc;
+    node->n = *n;
+    if (node->page != 0)
+        node->copy = w->n_copies++;
+    return MP_OK;
+}
+
 /* Pass 1: the levels the changes reach, down to the leaves. */
 static int descend(const mp_pager *p, tree_work *w, uint64_t root)
 {
-    tree_node top = {root, 0, w->chg[0].n, NO_PARENT, 0, UNCHANGED, 0};
+    tree_node top = {root, 0, w->chg[0].n, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0};
     int rc = push_node(&w->level[0], top);
     for (uint32_t d = 0; rc == MP_OK; d++) {
         uint8_t kind, first = 0;
         for (uint64_t i = 0; rc == MP_OK && i < w->level[d].n; i++) {
             uint32_t n;
-            if ((rc = rec_page_load(p, w->level[d].nodes[i].page, w->page, &kind, &n)) != MP_OK)
+            if ((rc = load_copy(p, w, &w->level[d].nodes[i], &kind, &n)) != MP_OK)
                 return rc;
             if (i == 0)
                 first = kind;
@@ -180,7 +233,7 @@ static int descend(const mp_pager *p, tree_work *w, uint64_t root)
             if (kind == MP_RECORD_BRANCH) {
                 if (d + 1 >= MAX_DEPTH)
                     return MP_EINVALID_ARGUMENT;
-                rc = split_branch(w, d, i, n);
+                rc = split_branch(p, w, d, i, n);
             }
         }
         if (rc == MP_OK && first == MP_RECORD_LEAF) {
@@ -197,18 +250,15 @@ static int descend(const mp_pager *p, tree_work *w, uint64_t root)
 static int merge_node(const mp_pager *p, tree_work *w, tree_node *node, const rec_list *chg,
                       uint8_t kind, uint32_t target, int64_t *delta)
 {
-    uint8_t got;
-    uint32_t n;
-    int rc = rec_page_load(p, node->page, w->page, &got, &n), changed = 0;
-    if (rc == MP_OK && got != kind && node->page != 0)
-        rc = MP_EINVALID_ARGUMENT;
-    if (rc == MP_OK)
-        rc = merged_room(w, (uint64_t)n + (node->hi - node->lo));
+    /* (descend checked the kinds: leaves at the bottom level, branches above) */
+    static const uint8_t empty[REC_PAGE_HEADER] = {0};
+    const uint8_t *page = node->copy == NO_COPY ? empty : w->copies + node->copy * p->page_size;
+    int rc = merged_room(w, (uint64_t)node->n + (node->hi - node->lo)), changed = 0;
     if (rc != MP_OK)
         return rc;
     uint64_t m;
     int64_t keys = 0;
-    rec_merge(w->page, n, chg, node->lo, node->hi, w->merged, &m, &changed, &keys);
+    rec_merge(page, node->n, chg, node->lo, node->hi, w->merged, &m, &changed, &keys);
     if (kind == MP_RECORD_LEAF)
         *delta += keys;
     node->parts = UNCHANGED;
@@ -291,7 +341,7 @@ static int merge_root(const mp_pager *p, tree_work *w, rec_list *chg, uint32_t t
             mp_store_u64(id, SLOT | (node.slot + j));
             rc = rec_list_add(up, rec_key(key), rec_klen(key), id, 8);
         }
-        node = (tree_node){0, 0, up->n, NO_PARENT, 0, UNCHANGED, 0};
+        node = (tree_node){0, 0, up->n, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0};
         if (rc == MP_OK)
             rc = merge_node(p, w, &node, up, MP_RECORD_BRANCH, target, delta);
     }
@@ -379,8 +429,13 @@ static int commit_pages(mp_pager *p, tree_work *w, uint64_t *root)
 {
     uint64_t n = w->out.count;
     if (n) {
-        if (!(w->ids = malloc((size_t)n * sizeof *w->ids)))
-            return MP_ENO_MEMORY;
+        if (n > w->ids_cap) {
+            uint64_t *ids = realloc(w->ids, (size_t)n * sizeof *ids);
+            if (!ids)
+                return MP_ENO_MEMORY;
+            w->ids = ids;
+            w->ids_cap = n;
+        }
         /* A large batch in runs of RUN, the file grown for them if need be; a
          * small one in one run where free pages hold one (written before: the
          * first write into space the file never wrote costs the flush a
@@ -409,28 +464,26 @@ int mp_tree_apply_locked(mp_pager *p, uint64_t root, const uint8_t *changes, uin
     uint32_t max_record;
     if ((rc = mp_tree_max_record(p->page_size, &max_record)) != MP_OK)
         return rc;
-    tree_work w;
-    memset(&w, 0, sizeof w);
+    if (!p->tree_work && !(p->tree_work = calloc(1, sizeof *p->tree_work)))
+        return MP_ENO_MEMORY;
+    tree_work *w = p->tree_work;
     int64_t delta = 0;
     uint64_t new_root = root;
-    if (!(w.page = malloc(p->page_size)))
-        rc = MP_ENO_MEMORY;
-    if (rc == MP_OK)
-        rc = rec_list_copy(&w.chg[0], changes, len, max_record);
-    if (rc == MP_OK && w.chg[0].n > 0) {
-        rc = descend(p, &w, root);
+    rc = rec_list_copy(&w->chg[0], changes, len, max_record);
+    if (rc == MP_OK && w->chg[0].n > 0) {
+        rc = descend(p, w, root);
         if (rc == MP_OK)
-            rc = merge_levels(p, &w, part_target(p->page_size, max_record), &delta, &new_root);
+            rc = merge_levels(p, w, part_target(p->page_size, max_record), &delta, &new_root);
         if (rc == MP_OK)
-            rc = check_replaced(p, &w);
+            rc = check_replaced(p, w);
         if (rc == MP_OK)
-            rc = commit_pages(p, &w, &new_root);
+            rc = commit_pages(p, w, &new_root);
     }
     if (rc == MP_OK) {
         *out_root = new_root;
         *out_delta = delta;
     }
-    work_free(&w);
+    work_reset(w);
     return rc;
 }
 

@@ -153,20 +153,13 @@ class BTree:
 
     # ------------------------------------------------------------- writing
 
-    @contextmanager
-    def batch(self) -> Iterator[Batch]:
+    def batch(self) -> _BatchBlock:
         """One transaction: ``with tree.batch() as b: b.put(k, v); b.delete(k)``.
 
         Everything in the block commits together at its end, or nothing if it
         raises.
         """
-        try:
-            with self.pager.transaction() as tx:
-                batch = Batch(self, tx)
-                yield batch
-                batch.finish()
-        finally:
-            self._cache.clear()  # the batch's frees let pages hold other nodes
+        return _BatchBlock(self)
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set one key, as a batch of its own."""
@@ -177,6 +170,32 @@ class BTree:
         """Remove one key, as a batch of its own; whether it was there."""
         with self.batch() as b:
             return b.delete(key)
+
+
+class _BatchBlock:
+    """The ``with`` of :meth:`BTree.batch`: a transaction, the batch applied at its end."""
+
+    __slots__ = ("tree", "block", "batch")
+
+    def __init__(self, tree: BTree) -> None:
+        self.tree = tree
+        self.block = tree.pager.transaction()
+
+    def __enter__(self) -> Batch:
+        self.batch = Batch(self.tree, self.block.__enter__())
+        return self.batch
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            if kind is None:
+                try:
+                    self.batch.finish()
+                except BaseException as error:
+                    self.block.__exit__(type(error), error, error.__traceback__)
+                    raise
+            self.block.__exit__(kind, exc, tb)
+        finally:
+            self.tree._cache.clear()  # the batch's frees let pages hold other nodes
 
 
 class Batch:

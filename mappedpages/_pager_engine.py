@@ -77,6 +77,8 @@ class _EngineCalls(_PagerBase):
         with self._lock:
             handle = self._usable()
             rc = lib.mp_pager_set_root(handle, slot, value)
-            self._refresh_stats()  # a move to the extended layout grows the file
-            self._check(rc, f"root {slot}")
+            if value and self._format_minor != 3:
+                self._refresh_stats()  # a move to the extended layout grows the file
+            if rc:
+                self._check(rc, f"root {slot}")
 

@@ -66,8 +66,10 @@ def _root(root: int) -> int:
 def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple[int, int]:
     """:meth:`Transaction.tree_apply` (the pager's lock held by the caller)."""
     src = ffi.from_buffer("uint8_t[]", changes)
-    out_root = ffi.new("uint64_t *")
-    delta = ffi.new("int64_t *")
+    try:
+        out_root, delta = _tls.apply
+    except AttributeError:
+        out_root, delta = _tls.apply = (ffi.new("uint64_t *"), ffi.new("int64_t *"))
     rc = lib.mp_tree_apply(handle, root, src, len(src), out_root, delta)
     if rc:
         pager._check(rc, "tree_apply")
