@@ -395,7 +395,8 @@ static int cmp_u64(const void *a, const void *b)
 /* Pass 3: every replaced page allocated and named once. */
 static int check_replaced(const mp_pager *p, tree_work *w)
 {
-    qsort(w->old, (size_t)w->n_old, sizeof *w->old, cmp_u64);
+    if (w->n_old > 1)
+        qsort(w->old, (size_t)w->n_old, sizeof *w->old, cmp_u64);
     for (uint64_t i = 0; i < w->n_old; i++) {
         if ((i && w->old[i] == w->old[i - 1]) || !bitmap_get(p->bits, w->old[i]))
             return MP_EINVALID_ARGUMENT;

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write a seed corpus of small, valid pager files for the fuzz targets."""
+"""Write a seed corpus for the fuzz targets: small valid pager files, or (``--tree``)
+inputs of fuzz/fuzz_tree.c: a count byte, record-tree pages of 1 KiB, a batch."""
 
 from __future__ import annotations
 
@@ -45,5 +46,35 @@ def main(out: str) -> None:
     print(f"{n} seed files in {d}")
 
 
+def tree_seeds(out: str) -> None:
+    """Write inputs of fuzz_tree.c: trees built by the library, then a batch."""
+    import random
+    import tempfile
+
+    from mappedpages import pack_record, pack_records
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    for n, keys in enumerate((1, 20, 60, 150)):
+        with tempfile.TemporaryDirectory() as tmp, Pager.create(Path(tmp) / "t", 1024) as p:
+            with p.transaction() as tx:
+                items = {b"k%04d" % rng.randrange(10000): rng.randbytes(20) for _ in range(keys)}
+                root, _ = tx.tree_apply(0, pack_records(items.items()))
+            # The pages in id order (ids 3, 4, ... in a new file, as the target
+            # gives them), the root's index in bits 3-5 of the first byte.
+            pages = sorted(p.allocated_pages())[:8]
+            assert pages == list(range(3, 3 + len(pages))) and root in pages
+            body = b"".join(bytes(p.page(i)) for i in pages)
+            batch = pack_records([(b"k%04d" % rng.randrange(10000), b"v") for _ in range(5)])
+            batch += pack_record(b"zz", None)
+            head = (len(pages) - 1) | (pages.index(root) << 3)
+            (d / f"tree{n}").write_bytes(bytes([head]) + body + batch)
+    print(f"4 record-tree seeds in {d}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--tree":
+        tree_seeds(sys.argv[2])
+    else:
+        main(sys.argv[1])

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Short fuzzing run of the open path, for CI or by hand:
-#   fuzz/run.sh [SECONDS]        (default 60 for each of the two targets)
+# Short fuzzing run of the open path and of record trees, for CI or by hand:
+#   fuzz/run.sh [SECONDS]        (default 60 for each of the three targets)
 # 1. libFuzzer target fuzz/fuzz_open.c over the C core, built with clang
 #    -fsanitize=fuzzer,address,undefined (Debian: clang, libclang-rt-<ver>-dev);
-# 2. atheris target fuzz/fuzz_open.py over Pager.open / ReadOnlyPager.open
+# 2. libFuzzer target fuzz/fuzz_tree.c over record trees (pages and batches of
+#    any bytes), built the same way;
+# 3. atheris target fuzz/fuzz_open.py over Pager.open / ReadOnlyPager.open
 #    (pip install atheris).
-# Both start from a seed corpus of valid files (fuzz/make_seeds.py). Work files
+# They start from seed corpora of valid inputs (fuzz/make_seeds.py). Work files
 # go to $FUZZ_OUT (default /tmp/mappedpages-fuzz); crashing inputs are kept in
 # $FUZZ_OUT/artifacts. Exit status: 0 when neither target found anything.
 set -euo pipefail
@@ -17,7 +19,9 @@ OUT=${FUZZ_OUT:-/tmp/mappedpages-fuzz}
 MAXLEN=${FUZZ_MAX_LEN:-65536}
 rm -rf "$OUT/artifacts"
 mkdir -p "$OUT/build" "$OUT/seeds" "$OUT/corpus-c" "$OUT/corpus-py" "$OUT/artifacts"
+mkdir -p "$OUT/seeds-tree" "$OUT/corpus-tree"
 "$PY" fuzz/make_seeds.py "$OUT/seeds"
+"$PY" fuzz/make_seeds.py --tree "$OUT/seeds-tree"
 
 status=0
 # A machine without the tools skips with a reason (FUZZ_REQUIRE=1 makes that an error).
@@ -46,6 +50,20 @@ rc=$?
 set -e
 grep -E "^Done|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" "$OUT/libfuzzer.log" || true
 if [ $rc -ne 0 ]; then echo "libFuzzer target found a problem (exit $rc): see $OUT/libfuzzer.log"; status=1; fi
+
+echo "== libFuzzer: record trees under ASan+UBSan, ${SECS}s"
+"$CLANG" -g -O1 -std=c11 -DMAPPEDPAGES_CHECK -fsanitize=fuzzer,address,undefined \
+    -fno-sanitize-recover=undefined -Icsrc csrc/*.c fuzz/fuzz_tree.c \
+    -o "$OUT/build/fuzz_tree"
+set +e
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} "$OUT/build/fuzz_tree" \
+    -max_total_time="$SECS" -max_len=9300 -timeout=10 -rss_limit_mb=4096 \
+    -print_final_stats=1 -artifact_prefix="$OUT/artifacts/tree-" \
+    "$OUT/corpus-tree" "$OUT/seeds-tree" > "$OUT/libfuzzer-tree.log" 2>&1
+rc=$?
+set -e
+grep -E "^Done|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" "$OUT/libfuzzer-tree.log" || true
+if [ $rc -ne 0 ]; then echo "libFuzzer tree target found a problem (exit $rc): see $OUT/libfuzzer-tree.log"; status=1; fi
 
 echo "== atheris: Pager.open / ReadOnlyPager.open, ${SECS}s"
 set +e
