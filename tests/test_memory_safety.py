@@ -379,7 +379,9 @@ def test_threads_racing_close():
         assert not errors, errors
         q = Pager.open(os.path.join(TMP, "f.mpp"))
         n = len(list(q.allocated_pages()))
-        assert q.free_page_count == q.page_count - 3 - n
+        # (the layout's own pages: 0-2, and four per chunk once the threads
+        # grew the file past the v0.2 cap, as a fast machine does in 0.5 s)
+        assert q.free_page_count == q.page_count - n - q._layout_pages_below(q.page_count)
         q.close()
         """,
         timeout=180,
