@@ -49,6 +49,12 @@ void rec_list_free(rec_list *l);
 /* Copy page id (0: an empty leaf) into buf and check it is a record page. */
 int rec_page_load(const mp_pager *p, uint64_t id, uint8_t *buf, uint8_t *out_kind,
                   uint32_t *out_n);
+/* A lookup's search of page id, in place (the root's id refused as rec_page_load
+ * does): a leaf's record with key (*out_value, *out_vlen; NULL when absent), or
+ * the child a branch sends key to (*out_child, checked as a node's id). */
+int rec_page_search(const mp_pager *p, uint64_t id, const uint8_t *key, uint32_t klen,
+                    uint8_t *out_kind, uint64_t *out_child, const uint8_t **out_value,
+                    uint32_t *out_vlen);
 /* The page's n records merged with changes lo..hi - 1 of chg, into merged (room
  * for n + hi - lo). */
 void rec_merge(const uint8_t *page, uint32_t n, const rec_list *chg, uint64_t lo, uint64_t hi,

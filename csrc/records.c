@@ -4,7 +4,8 @@
  * Owns: the page format of mp_records.h (FORMAT.md, "Record trees"), read and
  * written: copying a page out of the mapping and checking it, merging its
  * records with a list of changes, and writing the result as one page or, where
- * it outgrows one, as several parts. tree.c applies these level by level.
+ * it outgrows one, as several parts (tree.c applies these level by level); and
+ * a lookup's search of one page, in place.
  *
  * Invariants:
  *   - Nothing here changes the pager: a page is read, never written.
@@ -13,6 +14,11 @@
  *     mapping first (another thread may write it through a view meanwhile);
  *     every length is checked against what holds it before it is used, so a
  *     page of any content parses or is refused, never read past.
+ *   - A lookup (rec_page_search) reads the page in place instead, the records
+ *     up to the one it wants: each header is read once (volatile) into a
+ *     local and checked against the page before it is used, so bytes changed
+ *     meanwhile through a view give a wrong answer at worst, never a read
+ *     past the page.
  */
 #include "mp_internal.h"
 #include "mp_bytes.h"
@@ -154,13 +160,11 @@ void rec_list_free(rec_list *l)
 
 /* A branch record's value: 8 bytes naming a page a node may be (tree.c marks
  * pages it has not allocated yet with bit 63: no page of a file has it). */
+static int node_id_ok(const mp_pager *p, uint64_t id);
+
 static int child_ok(const mp_pager *p, const uint8_t *rec)
 {
-    if (mp_load_u32(rec + 2) != 8)
-        return 0;
-    uint64_t id = mp_load_u64(rec + REC_HEAD + rec_klen(rec));
-    return id >= MP_RESERVED_PAGES && id < p->total_pages && !pager_is_layout_page(p, id) &&
-           !bitmap_get(p->system, id);
+    return mp_load_u32(rec + 2) == 8 && node_id_ok(p, mp_load_u64(rec + REC_HEAD + rec_klen(rec)));
 }
 
 int rec_page_load(const mp_pager *p, uint64_t id, uint8_t *buf, uint8_t *out_kind,
@@ -287,5 +291,66 @@ int rec_write_parts(const mp_pager *p, const rec_ref *merged, uint64_t m, uint8_
             return rc;
     }
     *out_parts = (uint32_t)made;
+    return MP_OK;
+}
+
+/* n bytes of the mapping read once each: the checks then hold for the copy. */
+static void read_once(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    const volatile uint8_t *from = src;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = from[i];
+}
+
+/* Whether id may be a node: a page of the file that is no layout page. */
+static int node_id_ok(const mp_pager *p, uint64_t id)
+{
+    return id >= MP_RESERVED_PAGES && id < p->total_pages && !pager_is_layout_page(p, id) &&
+           !bitmap_get(p->system, id);
+}
+
+int rec_page_search(const mp_pager *p, uint64_t id, const uint8_t *key, uint32_t klen,
+                    uint8_t *out_kind, uint64_t *out_child, const uint8_t **out_value,
+                    uint32_t *out_vlen)
+{
+    if (id >= p->total_pages)
+        return MP_EOUT_OF_BOUNDS;
+    if (!node_id_ok(p, id))
+        return MP_ERESERVED_PAGE;
+    const uint8_t *page = pager_page_ptr(p, id);
+    uint8_t head[REC_PAGE_HEADER], rec[8];
+    read_once(head, page, REC_PAGE_HEADER);
+    uint8_t kind = head[0];
+    uint32_t n = load_u16(head + 2), end = mp_load_u32(head + 4), at = REC_PAGE_HEADER;
+    if ((kind != MP_RECORD_LEAF && kind != MP_RECORD_BRANCH) || head[1] != 0 ||
+        end < REC_PAGE_HEADER || end > p->page_size || (kind == MP_RECORD_BRANCH && n == 0))
+        return MP_EINVALID_ARGUMENT;
+    uint32_t hit = 0, hit_klen = 0, hit_vlen = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (end - at < REC_HEAD)
+            return MP_EINVALID_ARGUMENT;
+        read_once(rec, page + at, REC_HEAD);
+        uint32_t rk = load_u16(rec), rv = mp_load_u32(rec + 2);
+        if (rv == MP_RECORD_DELETE || (kind == MP_RECORD_BRANCH && rv != 8) ||
+            (uint64_t)REC_HEAD + rk + rv > end - at)
+            return MP_EINVALID_ARGUMENT;
+        int c = rec_key_cmp(page + at + REC_HEAD, rk, key, klen);
+        if (c > 0 && !(kind == MP_RECORD_BRANCH && i == 0))
+            break;
+        if (kind == MP_RECORD_BRANCH || c == 0)
+            hit = at, hit_klen = rk, hit_vlen = rv;
+        if (c == 0)
+            break;
+        at += REC_HEAD + rk + rv;
+    }
+    *out_kind = kind;
+    *out_value = hit ? page + hit + REC_HEAD + hit_klen : NULL;
+    *out_vlen = hit_vlen;
+    if (kind == MP_RECORD_BRANCH) {
+        read_once(rec, page + hit + REC_HEAD + hit_klen, 8); /* n >= 1: a hit */
+        *out_child = mp_load_u64(rec);
+        if (!node_id_ok(p, *out_child))
+            return MP_EINVALID_ARGUMENT;
+    }
     return MP_OK;
 }

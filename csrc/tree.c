@@ -490,26 +490,10 @@ int mp_tree_apply_locked(mp_pager *p, uint64_t root, const uint8_t *changes, uin
 
 /* ------------------------------------------------------------ lookup */
 
-/* (A lookup does not ask whether the pages are allocated: the tree of an
- * older root stays readable while its freed pages are not reused, as inside
- * the transaction that replaced it.) In a checked page: the record with key (a leaf), or the child a key goes
- * to (a branch: the last record whose key is at most it). */
-static const uint8_t *page_find(const uint8_t *page, uint32_t n, const uint8_t *key,
-                                uint32_t klen)
-{
-    const uint8_t *rec = page + REC_PAGE_HEADER, *hit = NULL;
-    int branch = page[0] == MP_RECORD_BRANCH;
-    for (uint32_t i = 0; i < n; i++) {
-        int c = rec_key_cmp(rec_key(rec), rec_klen(rec), key, klen);
-        if (c > 0 && !(branch && i == 0))
-            break;
-        if (branch || c == 0)
-            hit = rec;
-        rec += REC_HEAD + rec_klen(rec) + mp_load_u32(rec + 2);
-    }
-    return hit;
-}
-
+/* A lookup descends with rec_page_search, reading each page in place. It does
+ * not ask whether the pages are allocated: the tree of an older root stays
+ * readable while its freed pages are not reused, as inside the transaction
+ * that replaced it. */
 int mp_tree_get_locked(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
                        uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found)
 {
@@ -518,37 +502,34 @@ int mp_tree_get_locked(const mp_pager *p, uint64_t root, const uint8_t *key, uin
         return rc;
     if ((!key && klen) || (!buf && cap) || !out_len || !out_found || klen > UINT16_MAX)
         return MP_EINVALID_ARGUMENT;
-    uint8_t *page = malloc(p->page_size);
-    uint8_t *own_key = malloc(klen ? klen : 1);
-    if (!page || !own_key)
-        rc = MP_ENO_MEMORY;
-    else if (klen)
-        memcpy(own_key, key, klen); /* one read: the caller may change it */
+    uint8_t small[256]; /* the key, copied once: the caller may change it */
+    uint8_t *own = klen <= sizeof small ? small : malloc(klen);
+    if (!own)
+        return MP_ENO_MEMORY;
+    if (klen)
+        memcpy(own, key, klen);
     *out_found = 0;
-    for (uint32_t d = 0; rc == MP_OK && root != 0; d++) {
+    for (uint32_t d = 0; root != 0; d++) {
         uint8_t kind;
-        uint32_t n;
+        const uint8_t *value;
+        uint32_t vlen;
         if (d >= MAX_DEPTH) {
             rc = MP_EINVALID_ARGUMENT; /* a cycle, not a tree */
             break;
         }
-        if ((rc = rec_page_load(p, root, page, &kind, &n)) != MP_OK)
+        if ((rc = rec_page_search(p, root, own, klen, &kind, &root, &value, &vlen)) != MP_OK)
             break;
-        const uint8_t *rec = page_find(page, n, own_key, klen);
-        if (kind == MP_RECORD_BRANCH) {
-            root = mp_load_u64(rec + REC_HEAD + rec_klen(rec)); /* n >= 1: rec is set */
-            continue;
-        }
-        if (rec) {
-            uint32_t vlen = mp_load_u32(rec + 2);
+        if (kind == MP_RECORD_BRANCH)
+            continue; /* root is now the child */
+        if (value) {
             *out_len = vlen;
             *out_found = 1;
             if (vlen <= cap && vlen)
-                memcpy(buf, rec + REC_HEAD + rec_klen(rec), vlen);
+                memcpy(buf, value, vlen);
         }
         break;
     }
-    free(page);
-    free(own_key);
+    if (own != small)
+        free(own);
     return rc;
 }

@@ -86,27 +86,27 @@ class _TreeReads(_PagerBase):
         (its open transaction's included), a reader the commit it shows.
         ``ValueError`` when ``root`` does not lead to record pages.
         """
-        root = _root(root)
+        if type(root) is not int or not 0 <= root < 1 << 64:
+            root = _root(root)  # raises
         if not isinstance(key, bytes):
             raise TypeError(f"key must be bytes, not {type(key).__name__}")
         if len(key) > 0xFFFF:
             return default  # no record holds so long a key
-        size = self._page_size  # a value fits in a page
         try:
             buf, out_len, found = _tls.get
         except AttributeError:
             buf = None
-        if buf is None or len(buf) < size:
+        if buf is None or len(buf) < self._page_size:  # a value fits in a page
             buf, out_len, found = _tls.get = (
-                ffi.new("uint8_t[]", size),
+                ffi.new("uint8_t[]", self._page_size),
                 ffi.new("uint32_t *"),
                 ffi.new("int *"),
             )
-        with self._lock:
-            handle = self._usable()
-            rc = lib.mp_tree_get(handle, root, key, len(key), buf, len(buf), out_len, found)
-            if rc:
-                self._check(rc, "tree_get")
+        # One call, which holds the pager's mutex itself (as alloc does).
+        rc = lib.mp_tree_get(self._handle, root, key, len(key), buf, len(buf), out_len, found)
+        if rc:
+            self._usable()  # closed, or a fork child: its own words
+            self._check(rc, "tree_get")
         if not found[0]:
             return default
         return ffi.buffer(buf, out_len[0])[:]  # type: ignore[no-any-return]
