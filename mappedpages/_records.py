@@ -44,15 +44,35 @@ def tree_max_record(page_size: int) -> int:
 
 
 def pack_record(key: bytes, value: bytes | None) -> bytes:
-    """One change record: ``u16 klen, u32 vlen, key, value``; ``value=None`` deletes ``key``."""
+    """One change record: ``u16 klen, u32 vlen, key, value``; ``value=None`` deletes ``key``.
+
+    ``ValueError`` for a key of more than 65,535 bytes or a value of 2**32 - 1 or more
+    (the tree refuses any record over ``tree_max_record`` bytes anyway).
+    """
+    if len(key) > 0xFFFF or (value is not None and len(value) >= RECORD_DELETE):
+        raise ValueError("a record's key is at most 65,535 bytes and its value under 4 GiB")
     if value is None:
         return _HEAD.pack(len(key), RECORD_DELETE) + key
     return _HEAD.pack(len(key), len(value)) + key + value
 
 
 def pack_records(changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
-    """Change records for ``(key, value or None)`` pairs, sorted by key (one per key)."""
-    return b"".join(pack_record(k, v) for k, v in sorted(changes))
+    """Change records for ``(key, value or None)`` pairs, sorted by key (one per key).
+
+    ``ValueError`` as :func:`pack_record`.
+    """
+    pack, delete = _HEAD.pack, RECORD_DELETE
+    try:
+        return b"".join(
+            [
+                pack(len(k), delete) + k if v is None else pack(len(k), len(v)) + k + v
+                for k, v in sorted(changes)
+            ]
+        )
+    except struct.error:  # a length past its field
+        raise ValueError(
+            "a record's key is at most 65,535 bytes and its value under 4 GiB"
+        ) from None
 
 
 def _root(root: int) -> int:

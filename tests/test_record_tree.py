@@ -784,3 +784,14 @@ def test_record_of_exactly_max_size(tmp_path, ps):
     refused(p, root, pack_record(b"k" * (most - 5), None), ValueError)
     check(p, model)
     p.close()
+
+
+@pytest.mark.parametrize(
+    "key,value", [(b"k" * 0x10000, b""), (b"k" * 0x10000, None)]
+)
+def test_pack_record_refuses_lengths_past_their_fields(key, value):
+    with pytest.raises(ValueError):
+        pack_record(key, value)
+    with pytest.raises(ValueError):
+        pack_records([(b"a", b"1"), (key, value)])
+    assert pack_record(b"k" * 0xFFFF, None)[:6] == REC.pack(0xFFFF, RECORD_DELETE)
