@@ -9,8 +9,8 @@ pager.transaction() as tx``): the batch is sorted into change records and
 nodes are never written in place; the old pages are freed and not handed out
 again before the batch is durable), so after a crash the tree is the one of
 the last committed batch, whole. The per-entry work (merging, splitting,
-linking) runs in the library's C core; this module keeps the batches, the
-roots and the reads.
+linking) runs in the library's C core; this module keeps the batches and the
+roots, and reads with ``tree_get`` and ``tree_items``.
 
 A record (``6 + len(key) + len(value)`` bytes) must fit in a quarter of a page
 (``BTree.max_record``). Deletes remove emptied nodes and collapse a root with
@@ -20,90 +20,25 @@ examples/btree.py`` for a demo.
 
 from __future__ import annotations
 
-import bisect
 import os
-import struct
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mappedpages import (
-    RECORD_BRANCH,
-    RECORD_LEAF,
-    PageId,
-    Pager,
-    Transaction,
-    pack_records,
-    tree_max_record,
-)
-
-LEAF = RECORD_LEAF
-INTERNAL = RECORD_BRANCH
-_HDR = struct.Struct("<BBHI")
-_REC = struct.Struct("<HI")
-_U64 = struct.Struct("<Q")
+from mappedpages import Pager, Transaction, pack_records, tree_max_record
 
 ROOT_SLOT = 0
 COUNT_SLOT = 1
 
 
-class _Node:
-    """A node as its page holds it, decoded: for ``range``.
-
-    A leaf keeps its keys and values; a branch its keys (the first one empty)
-    and child pages. A committed node is never changed (copy-on-write).
-    """
-
-    __slots__ = ("kind", "keys", "values", "kids")
-
-    def __init__(self, kind: int, keys: list[bytes], values: list[bytes], kids: list[int]) -> None:
-        self.kind = kind
-        self.keys = keys
-        self.values = values
-        self.kids = kids
-
-
-def _decode(page: memoryview) -> _Node:
-    kind, _, n, end = _HDR.unpack_from(page, 0)
-    data = bytes(page[:end])
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    kids: list[int] = []
-    at = 8
-    for _ in range(n):
-        klen, vlen = _REC.unpack_from(data, at)
-        keys.append(data[at + 6 : at + 6 + klen])
-        value = data[at + 6 + klen : at + 6 + klen + vlen]
-        if kind == INTERNAL:
-            kids.append(_U64.unpack(value)[0])
-        else:
-            values.append(value)
-        at += 6 + klen + vlen
-    return _Node(kind, keys, values, kids)
-
-
 class BTree:
     """A B+tree in a pager file; the pager stays owned by the caller."""
 
-    def __init__(self, pager: Pager, cache_nodes: int = 8192) -> None:
+    def __init__(self, pager: Pager) -> None:
         self.pager = pager
         self.max_record = tree_max_record(pager.page_size)
-        # Decoded nodes by page, for range: a committed node never changes
-        # (copy-on-write) until its page is freed and used again, so the cache
-        # is emptied by every batch (FIFO past cache_nodes).
-        self._cache: dict[int, _Node] = {}
-        self._cache_nodes = cache_nodes
-
-    def _node(self, pid: int) -> _Node:
-        node = self._cache.get(pid)
-        if node is None:
-            node = self._cache[pid] = _decode(self.pager.page(PageId(pid)))
-            cache = self._cache
-            while len(cache) > self._cache_nodes:
-                del cache[next(iter(cache))]
-        return node
 
     @classmethod
     @contextmanager
@@ -131,25 +66,7 @@ class BTree:
         self, lo: bytes | None = None, hi: bytes | None = None
     ) -> Iterator[tuple[bytes, bytes]]:
         """Pairs with ``lo <= key < hi`` (either bound may be None), in key order."""
-        root = self.pager.roots[ROOT_SLOT]
-        if root:
-            yield from self._range(root, lo, hi)
-
-    def _range(self, pid: int, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        node = self._node(pid)
-        if node.kind == LEAF:
-            start = 0 if lo is None else bisect.bisect_left(node.keys, lo)
-            for k, v in zip(node.keys[start:], node.values[start:]):
-                if hi is not None and k >= hi:
-                    return
-                yield k, v
-            return
-        # Child i holds the keys from keys[i] (the first: from any) to keys[i + 1].
-        first = 0 if lo is None else max(0, bisect.bisect_right(node.keys, lo) - 1)
-        for i in range(first, len(node.kids)):
-            if hi is not None and i > 0 and node.keys[i] >= hi:
-                return
-            yield from self._range(node.kids[i], lo, hi)
+        return self.pager.tree_items(self.pager.roots[ROOT_SLOT], lo, hi)
 
     # ------------------------------------------------------------- writing
 
@@ -186,16 +103,13 @@ class _BatchBlock:
         return self.batch
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        try:
-            if kind is None:
-                try:
-                    self.batch.finish()
-                except BaseException as error:
-                    self.block.__exit__(type(error), error, error.__traceback__)
-                    raise
-            self.block.__exit__(kind, exc, tb)
-        finally:
-            self.tree._cache.clear()  # the batch's frees let pages hold other nodes
+        if kind is None:
+            try:
+                self.batch.finish()
+            except BaseException as error:
+                self.block.__exit__(type(error), error, error.__traceback__)
+                raise
+        self.block.__exit__(kind, exc, tb)
 
 
 class Batch:

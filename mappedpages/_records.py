@@ -6,19 +6,23 @@ order; a tree is leaves (kind :data:`RECORD_LEAF`) under branches
 (:data:`RECORD_BRANCH`: each child's lowest key and its page id). FORMAT.md,
 "Record trees", has the details. The caller keeps the root's page id (a root
 slot, ``pager.set_root``) and makes its batches: :meth:`Transaction.tree_apply`
-applies one to the tree, :func:`tree_get` reads a key. An engine on the
-library keeps its data in such a tree and does no per-entry work in Python.
+applies one to the tree, ``tree_get`` reads a key and ``tree_items`` a range.
+An engine on the library keeps its data in such a tree and does no per-entry
+work in Python.
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from mappedpages._base import _PagerBase
 from mappedpages._core import ffi, lib
+from mappedpages._errors import MappedPageError
+from mappedpages._types import PageId
 
 RECORD_DELETE: int = int(lib.MP_RECORD_DELETE)
 """A change record's ``vlen`` that removes its key (no value bytes follow)."""
@@ -30,6 +34,9 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 """The kind of a branch page: each child's lowest key and its page id."""
 
 _HEAD = struct.Struct("<HI")
+_PAGE_HEAD = struct.Struct("<BBHI")
+_U64 = struct.Struct("<Q")
+_MAX_DEPTH = 48  # the core's bound: deeper, a cycle
 _tls = threading.local()
 
 
@@ -96,8 +103,76 @@ def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple
     return int(out_root[0]), int(delta[0])
 
 
+def _decode_page(pager: _PagerBase, pid: int, child: bool) -> tuple[int, list[bytes], list[bytes]]:
+    """Record page ``pid`` copied and checked whole: (kind, keys, values)."""
+    try:
+        data = bytes(pager.page(PageId(pid)))  # type: ignore[attr-defined]
+    except MappedPageError:
+        if not child:
+            raise  # the caller's root: ReservedPage, OutOfBounds, as page() says
+        data = b""
+    bad = ValueError(f"page {pid} is not a record page")
+    if len(data) < 8:
+        raise bad
+    kind, zero, n, end = _PAGE_HEAD.unpack_from(data, 0)
+    if kind not in (RECORD_LEAF, RECORD_BRANCH) or zero or not 8 <= end <= len(data):
+        raise bad
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    at = 8
+    for _ in range(n):
+        if end - at < 6:
+            raise bad
+        klen, vlen = _HEAD.unpack_from(data, at)
+        stop = at + 6 + klen + vlen
+        key = data[at + 6 : at + 6 + klen]
+        if stop > end or (kind == RECORD_BRANCH and vlen != 8) or (keys and key <= keys[-1]):
+            raise bad
+        keys.append(key)
+        values.append(data[at + 6 + klen : stop])
+        at = stop
+    if at != end or (kind == RECORD_BRANCH and not keys):
+        raise bad
+    return kind, keys, values
+
+
 class _TreeReads(_PagerBase):
-    """``tree_get``, a read of :class:`mappedpages.Pager` and :class:`mappedpages.ReadOnlyPager`."""
+    """Reads of record trees, on :class:`mappedpages.Pager` and ``ReadOnlyPager``."""
+
+    def tree_items(
+        self, root: int, lo: bytes | None = None, hi: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The ``(key, value)`` pairs of the record tree at ``root`` with ``lo <= key < hi``.
+
+        In key order; either bound may be None. Pages are read as the iterator
+        advances, each copied and checked whole: a tree changed meanwhile gives
+        an undefined sequence (never a read past a page). ``ValueError`` for a
+        page that is not a record page, or a tree deeper than 48 levels (a
+        cycle); a ``root`` no view may show raises as :meth:`page` does.
+        """
+        root = _root(root)
+        if root:
+            yield from self._tree_range(root, lo, hi, 0)
+
+    def _tree_range(
+        self, pid: int, lo: bytes | None, hi: bytes | None, depth: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        if depth >= _MAX_DEPTH:
+            raise ValueError("tree_items: a tree deeper than 48 levels (a cycle)")
+        kind, keys, values = _decode_page(self, pid, depth > 0)
+        if kind == RECORD_LEAF:
+            start = 0 if lo is None else bisect.bisect_left(keys, lo)
+            for i in range(start, len(keys)):
+                if hi is not None and keys[i] >= hi:
+                    return
+                yield keys[i], values[i]
+            return
+        # Child i holds the keys from keys[i] (the first child: any below) to keys[i + 1].
+        first = 0 if lo is None else max(0, bisect.bisect_right(keys, lo) - 1)
+        for i in range(first, len(keys)):
+            if hi is not None and i > 0 and keys[i] >= hi:
+                return
+            yield from self._tree_range(_U64.unpack(values[i])[0], lo, hi, depth + 1)
 
     def tree_get(self, root: int, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key`` in the record tree whose root page is ``root``, or ``default``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mappedpages import Pager
+from mappedpages import RECORD_BRANCH, Pager
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "btree.py"
 
@@ -38,15 +39,20 @@ btree = _load()
 
 
 def reachable(tree) -> set[int]:
-    """Every node page of the tree."""
+    """Every node page of the tree (FORMAT.md, "Record trees": a branch's values are ids)."""
     out: set[int] = set()
     stack = [tree.pager.roots[0]] if tree.pager.roots[0] else []
     while stack:
         pid = stack.pop()
         out.add(pid)
-        node = btree._decode(tree.pager.page(pid))
-        if node.kind == btree.INTERNAL:
-            stack.extend(node.kids)
+        page = bytes(tree.pager.page(pid))
+        kind, _, n, _ = struct.unpack_from("<BBHI", page)
+        at = 8
+        for _ in range(n):
+            klen, vlen = struct.unpack_from("<HI", page, at)
+            if kind == RECORD_BRANCH:
+                stack.append(struct.unpack_from("<Q", page, at + 6 + klen)[0])
+            at += 6 + klen + vlen
     return out
 
 
@@ -133,9 +139,9 @@ def test_many_keys_split_and_shrink(tmp_path):
         assert tree.pager.roots[0] == 0
 
 
-def test_a_small_node_cache_evicts_and_reads_back(tmp_path):
+def test_range_bounds_match_the_model(tmp_path):
     with Pager.create(tmp_path / "t.db", 1024, durability="none") as pager:
-        tree = btree.BTree(pager, cache_nodes=3)
+        tree = btree.BTree(pager)
         model = {}
         for n in range(20):
             with tree.batch() as b:
@@ -143,8 +149,13 @@ def test_a_small_node_cache_evicts_and_reads_back(tmp_path):
                     k = b"%05d" % ((n * 50 + i) * 7919 % 1000)
                     b.put(k, b"%d" % n)
                     model[k] = b"%d" % n
-            assert len(tree._cache) <= 3
         check(tree, model)
+        keys = sorted(model)
+        for lo, hi in [(None, b"00100"), (b"00500", None), (b"00250", b"00251"), (b"x", None),
+                       (b"", b""), (b"00999", b"01000"), (b"0050", b"0051")]:
+            want = [(k, model[k]) for k in keys if (lo is None or k >= lo)
+                    and (hi is None or k < hi)]
+            assert list(tree.range(lo, hi)) == want, (lo, hi)
 
 
 def test_entry_too_big_is_refused(tmp_path):
@@ -183,7 +194,7 @@ def test_kill_9_keeps_the_last_acknowledged_batch(tmp_path):
         import importlib.util, sys
         spec = importlib.util.spec_from_file_location("b", {str(EXAMPLE)!r})
         b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)
-        from mappedpages import Pager
+        from mappedpages import RECORD_BRANCH, Pager
         p = Pager.create({str(path)!r}, 1024, durability="fast")
         tree = b.BTree(p)
         n = 0

@@ -37,6 +37,7 @@ from mappedpages import (
     RECORD_DELETE,
     RECORD_LEAF,
     FileFull,
+    MappedPageError,
     OutOfBounds,
     Pager,
     ReadOnlyPager,
@@ -141,6 +142,12 @@ def check(pager, model: dict, absent=(), reads: int | None = None) -> None:
     keys = list(model) if reads is None else random.Random(1).sample(list(model), reads)
     for k in keys:
         assert pager.tree_get(root, k) == model[k]
+    assert list(pager.tree_items(root)) == items
+    ordered = [k for k, _ in items]
+    bounds = [(a, b) for a in ordered[:3] + [b"", None] for b in ordered[-3:] + [None]]
+    for lo, hi in random.Random(len(items)).sample(bounds, min(4, len(bounds))):
+        want = [(k, v) for k, v in items if (lo is None or k >= lo) and (hi is None or k < hi)]
+        assert list(pager.tree_items(root, lo, hi)) == want
     for k in absent:
         if k not in model:
             assert pager.tree_get(root, k, MISSING) is MISSING
@@ -425,6 +432,11 @@ def test_bad_pages(pager, case):
         pager.set_root(0, a)
     # Changes reaching every child: "a" goes to the first, "z" to the last.
     refused(pager, a, pack_records([(b"a", b"new"), (b"z", b"new")]), apply_exc)
+    if get_exc is None:  # a tree a read can follow: the range reads what the lookups do
+        assert list(pager.tree_items(a, None, b"b")) == [(b"a", b"1")]
+    else:  # (tree_items checks whole pages: also those a lookup stops short in)
+        with pytest.raises((ValueError, MappedPageError)):
+            list(pager.tree_items(a))
     if get_exc is ANY:
         assert pager.tree_get(a, b"z") is None  # (the lookup stops before the disorder)
     elif get_exc is not None:
