@@ -511,7 +511,8 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
             self._txn_abort()
             self._check(rc, "transaction commit")
         self._txn_subs.clear()
-        self._refresh_stats()
+        # (No refresh of the cached counts here: the properties refresh when
+        # read, and page()/alloc() when an id passes the cached page count.)
 
     def _txn_join_sub(self, sub: Any) -> None:
         if id(sub) not in self._txn_subs:
