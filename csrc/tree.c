@@ -204,6 +204,10 @@ static int load_copy(const mp_pager *p, tree_work *w, tree_node *node, uint8_t *
                      uint32_t *n)
 {
     uint64_t ps = p->page_size;
+    /* A tree reaches each page once: more copies than the file has pages is a
+     * page reached twice, and a damaged file costs what it holds, no more. */
+    if (w->n_copies >= p->total_pages)
+        return MP_EINVALID_ARGUMENT;
     int rc = rec_reserve(&w->copies, &w->copies_cap, (w->n_copies + 1) * ps);
     if (rc == MP_OK)
         rc = rec_page_load(p, node->page, w->copies + w->n_copies * ps, kind, n);

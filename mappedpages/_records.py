@@ -147,18 +147,23 @@ class _TreeReads(_PagerBase):
         In key order; either bound may be None. Pages are read as the iterator
         advances, each copied and checked whole: a tree changed meanwhile gives
         an undefined sequence (never a read past a page). ``ValueError`` for a
-        page that is not a record page, or a tree deeper than 48 levels (a
-        cycle); a ``root`` no view may show raises as :meth:`page` does.
+        page that is not a record page, or a page reached twice (deeper than 48
+        levels, or more pages than the file has); a ``root`` no view may show
+        raises as :meth:`page` does.
         """
         root = _root(root)
         if root:
-            yield from self._tree_range(root, lo, hi, 0)
+            # (the count refreshed once: the cached one may predate a growth)
+            yield from self._tree_range(root, lo, hi, 0, [self.page_count])
 
     def _tree_range(
-        self, pid: int, lo: bytes | None, hi: bytes | None, depth: int
+        self, pid: int, lo: bytes | None, hi: bytes | None, depth: int, visits: list[int]
     ) -> Iterator[tuple[bytes, bytes]]:
-        if depth >= _MAX_DEPTH:
-            raise ValueError("tree_items: a tree deeper than 48 levels (a cycle)")
+        # A tree reaches each page once: a walk deeper than the core's bound, or
+        # longer than the file, has met a page twice (a damaged tree).
+        visits[0] -= 1  # (pages the walk may still visit)
+        if depth >= _MAX_DEPTH or visits[0] < 0:
+            raise ValueError("tree_items: a page reached twice (a cycle, not a tree)")
         kind, keys, values = _decode_page(self, pid, depth > 0)
         if kind == RECORD_LEAF:
             start = 0 if lo is None else bisect.bisect_left(keys, lo)
@@ -172,7 +177,7 @@ class _TreeReads(_PagerBase):
         for i in range(first, len(keys)):
             if hi is not None and i > 0 and keys[i] >= hi:
                 return
-            yield from self._tree_range(_U64.unpack(values[i])[0], lo, hi, depth + 1)
+            yield from self._tree_range(_U64.unpack(values[i])[0], lo, hi, depth + 1, visits)
 
     def tree_get(self, root: int, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key`` in the record tree whose root page is ``root``, or ``default``.
