@@ -10,6 +10,7 @@
 #ifndef MP_RECORDS_H
 #define MP_RECORDS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define REC_PAGE_HEADER 8u
@@ -29,7 +30,10 @@ typedef struct {
     uint64_t n, at_cap;
 } rec_list;
 
-/* A growing byte buffer: a list's bytes, a batch's new pages, keys kept aside. */
+/* An array of *cap items of size bytes grown (doubling) to hold need: the array,
+ * moved or not, or NULL (then it is unchanged) when memory is short. */
+void *rec_grow(void *items, uint64_t *cap, uint64_t need, size_t size);
+/* rec_grow for a byte buffer: a list's bytes, a batch's new pages, page copies. */
 int rec_reserve(uint8_t **buf, uint64_t *cap, uint64_t need);
 
 uint16_t rec_klen(const uint8_t *rec);

@@ -56,18 +56,27 @@ static int rec_cmp(const uint8_t *a, const uint8_t *b)
     return rec_key_cmp(rec_key(a), rec_klen(a), rec_key(b), rec_klen(b));
 }
 
-int rec_reserve(uint8_t **buf, uint64_t *cap, uint64_t need)
+void *rec_grow(void *items, uint64_t *cap, uint64_t need, size_t size)
 {
-    if (need <= *cap)
-        return MP_OK;
-    uint64_t grown = *cap ? *cap : 4096;
+    if (items && need <= *cap)
+        return items; /* (an empty array is allocated too: NULL means short of memory) */
+    uint64_t grown = *cap ? *cap : 16;
     while (grown < need)
         grown *= 2;
-    uint8_t *next = realloc(*buf, (size_t)grown);
-    if (!next)
+    if (grown > SIZE_MAX / size)
+        return NULL;
+    void *next = realloc(items, (size_t)grown * size);
+    if (next)
+        *cap = grown;
+    return next;
+}
+
+int rec_reserve(uint8_t **buf, uint64_t *cap, uint64_t need)
+{
+    uint8_t *grown = rec_grow(*buf, cap, need, 1);
+    if (!grown)
         return MP_ENO_MEMORY;
-    *buf = next;
-    *cap = grown;
+    *buf = grown;
     return MP_OK;
 }
 
@@ -89,14 +98,10 @@ static uint64_t record_len(const uint8_t *rec, uint64_t room, int change)
 
 static int list_room(rec_list *l, uint64_t more_bytes)
 {
-    if (l->n + 2 > l->at_cap) {
-        uint64_t cap = l->at_cap ? 2 * l->at_cap : 64;
-        uint64_t *at = realloc(l->at, (size_t)cap * sizeof *at);
-        if (!at)
-            return MP_ENO_MEMORY;
-        l->at = at;
-        l->at_cap = cap;
-    }
+    uint64_t *at = rec_grow(l->at, &l->at_cap, l->n + 2, sizeof *l->at);
+    if (!at)
+        return MP_ENO_MEMORY;
+    l->at = at;
     return rec_reserve(&l->data, &l->cap, l->len + more_bytes);
 }
 

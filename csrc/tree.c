@@ -94,27 +94,11 @@ static uint32_t part_target(uint32_t ps, uint32_t max_record)
 
 static int push_node(tree_level *l, tree_node node)
 {
-    if (l->n == l->cap) {
-        uint64_t cap = l->cap ? 2 * l->cap : 16;
-        tree_node *nodes = realloc(l->nodes, (size_t)cap * sizeof *nodes);
-        if (!nodes)
-            return MP_ENO_MEMORY;
-        l->nodes = nodes;
-        l->cap = cap;
-    }
-    l->nodes[l->n++] = node;
-    return MP_OK;
-}
-
-static int merged_room(tree_work *w, uint64_t need)
-{
-    if (need <= w->merged_cap)
-        return MP_OK;
-    rec_ref *m = realloc(w->merged, (size_t)need * sizeof *m);
-    if (!m)
+    tree_node *nodes = rec_grow(l->nodes, &l->cap, l->n + 1, sizeof *nodes);
+    if (!nodes)
         return MP_ENO_MEMORY;
-    w->merged = m;
-    w->merged_cap = need;
+    l->nodes = nodes;
+    l->nodes[l->n++] = node;
     return MP_OK;
 }
 
@@ -257,9 +241,12 @@ static int merge_node(const mp_pager *p, tree_work *w, tree_node *node, const re
     /* (descend checked the kinds: leaves at the bottom level, branches above) */
     static const uint8_t empty[REC_PAGE_HEADER] = {0};
     const uint8_t *page = node->copy == NO_COPY ? empty : w->copies + node->copy * p->page_size;
-    int rc = merged_room(w, (uint64_t)node->n + (node->hi - node->lo)), changed = 0;
-    if (rc != MP_OK)
-        return rc;
+    uint64_t most = (uint64_t)node->n + (node->hi - node->lo); /* records merged, at most */
+    rec_ref *merged = rec_grow(w->merged, &w->merged_cap, most, sizeof *merged);
+    if (!merged)
+        return MP_ENO_MEMORY;
+    w->merged = merged;
+    int changed = 0;
     uint64_t m;
     int64_t keys = 0;
     rec_merge(page, node->n, chg, node->lo, node->hi, w->merged, &m, &changed, &keys);
@@ -270,14 +257,10 @@ static int merge_node(const mp_pager *p, tree_work *w, tree_node *node, const re
     if (!changed)
         return MP_OK;
     if (node->page != 0) {
-        if (w->n_old == w->old_cap) {
-            uint64_t cap = w->old_cap ? 2 * w->old_cap : 64;
-            uint64_t *old = realloc(w->old, (size_t)cap * sizeof *old);
-            if (!old)
-                return MP_ENO_MEMORY;
-            w->old = old;
-            w->old_cap = cap;
-        }
+        uint64_t *old = rec_grow(w->old, &w->old_cap, w->n_old + 1, sizeof *old);
+        if (!old)
+            return MP_ENO_MEMORY;
+        w->old = old;
         w->old[w->n_old++] = node->page;
     }
     return rec_write_parts(p, w->merged, m, kind, target, &w->out, &node->parts);
@@ -434,13 +417,10 @@ static int commit_pages(mp_pager *p, tree_work *w, uint64_t *root)
 {
     uint64_t n = w->out.count;
     if (n) {
-        if (n > w->ids_cap) {
-            uint64_t *ids = realloc(w->ids, (size_t)n * sizeof *ids);
-            if (!ids)
-                return MP_ENO_MEMORY;
-            w->ids = ids;
-            w->ids_cap = n;
-        }
+        uint64_t *ids = rec_grow(w->ids, &w->ids_cap, n, sizeof *ids);
+        if (!ids)
+            return MP_ENO_MEMORY;
+        w->ids = ids;
         /* A large batch in runs of RUN, the file grown for them if need be; a
          * small one in one run where free pages hold one (written before: the
          * first write into space the file never wrote costs the flush a

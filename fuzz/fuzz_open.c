@@ -22,24 +22,8 @@
 size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
 uint32_t mp_crc32(const uint8_t *data, size_t len); /* csrc/format.c */
 
-static char path[512];
-
-static void remove_input(void)
-{
-    (void)unlink(path);
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    const char *dir = getenv("FUZZ_TMPDIR");
-    if (!dir)
-        dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(path, sizeof path, "%s/mp-fuzz-%d.mpp", dir, (int)getpid());
-    atexit(remove_input);
-    return 0;
-}
+#define FUZZ_NAME "open"
+#include "fuzz_file.h"
 
 static uint64_t load64(const uint8_t *p)
 {

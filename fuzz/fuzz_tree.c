@@ -23,24 +23,8 @@
 
 #define PS 1024u
 
-static char path[512];
-
-static void remove_file(void)
-{
-    (void)unlink(path);
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    const char *dir = getenv("FUZZ_TMPDIR");
-    if (!dir)
-        dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(path, sizeof path, "%s/mp-fuzz-tree-%d.mpp", dir, (int)getpid());
-    atexit(remove_file);
-    return 0;
-}
+#define FUZZ_NAME "tree"
+#include "fuzz_file.h"
 
 static uint32_t load32(const uint8_t *p)
 {

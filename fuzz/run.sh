@@ -37,33 +37,23 @@ fi
 FUZZ_TMPDIR=$(mktemp -d -p "$( [ -w /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")" mp-fuzz.XXXXXX)
 export FUZZ_TMPDIR
 trap 'rm -rf "$FUZZ_TMPDIR"' EXIT
-echo "== libFuzzer: C open path under ASan+UBSan, ${SECS}s"
-"$CLANG" -g -O1 -std=c11 -DMAPPEDPAGES_CHECK -fsanitize=fuzzer,address,undefined \
-    -fno-sanitize-recover=undefined -Icsrc csrc/*.c fuzz/fuzz_open.c \
-    -o "$OUT/build/fuzz_open"
-set +e
-ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} "$OUT/build/fuzz_open" \
-    -max_total_time="$SECS" -max_len="$MAXLEN" -timeout=10 -rss_limit_mb=4096 \
-    -print_final_stats=1 -artifact_prefix="$OUT/artifacts/c-" \
-    "$OUT/corpus-c" "$OUT/seeds" > "$OUT/libfuzzer.log" 2>&1
-rc=$?
-set -e
-grep -E "^Done|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" "$OUT/libfuzzer.log" || true
-if [ $rc -ne 0 ]; then echo "libFuzzer target found a problem (exit $rc): see $OUT/libfuzzer.log"; status=1; fi
-
-echo "== libFuzzer: record trees under ASan+UBSan, ${SECS}s"
-"$CLANG" -g -O1 -std=c11 -DMAPPEDPAGES_CHECK -fsanitize=fuzzer,address,undefined \
-    -fno-sanitize-recover=undefined -Icsrc csrc/*.c fuzz/fuzz_tree.c \
-    -o "$OUT/build/fuzz_tree"
-set +e
-ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} "$OUT/build/fuzz_tree" \
-    -max_total_time="$SECS" -max_len=9300 -timeout=10 -rss_limit_mb=4096 \
-    -print_final_stats=1 -artifact_prefix="$OUT/artifacts/tree-" \
-    "$OUT/corpus-tree" "$OUT/seeds-tree" > "$OUT/libfuzzer-tree.log" 2>&1
-rc=$?
-set -e
-grep -E "^Done|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" "$OUT/libfuzzer-tree.log" || true
-if [ $rc -ne 0 ]; then echo "libFuzzer tree target found a problem (exit $rc): see $OUT/libfuzzer-tree.log"; status=1; fi
+# One libFuzzer target: built from the core's sources, run for SECS seconds.
+libfuzzer() { # name, source, what, max length, corpus, seeds
+  echo "== libFuzzer: $3 under ASan+UBSan, ${SECS}s"
+  "$CLANG" -g -O1 -std=c11 -DMAPPEDPAGES_CHECK -fsanitize=fuzzer,address,undefined \
+      -fno-sanitize-recover=undefined -Icsrc csrc/*.c "$2" -o "$OUT/build/$1"
+  set +e
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} "$OUT/build/$1" \
+      -max_total_time="$SECS" -max_len="$4" -timeout=10 -rss_limit_mb=4096 \
+      -print_final_stats=1 -artifact_prefix="$OUT/artifacts/$1-" \
+      "$5" "$6" > "$OUT/$1.log" 2>&1
+  local rc=$?
+  set -e
+  grep -E "^Done|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" "$OUT/$1.log" || true
+  if [ $rc -ne 0 ]; then echo "libFuzzer target $1 found a problem (exit $rc): see $OUT/$1.log"; status=1; fi
+}
+libfuzzer fuzz_open fuzz/fuzz_open.c "C open path" "$MAXLEN" "$OUT/corpus-c" "$OUT/seeds"
+libfuzzer fuzz_tree fuzz/fuzz_tree.c "record trees" 9300 "$OUT/corpus-tree" "$OUT/seeds-tree"
 
 echo "== atheris: Pager.open / ReadOnlyPager.open, ${SECS}s"
 set +e
