@@ -339,45 +339,64 @@ def test_snapshot_in_none_mode_sees_the_last_commit(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_fork_child_keeps_reading_and_does_not_register_twice(tmp_path):
-    path = tmp_path / "fork.mpp"
-    with Pager.create(path) as w:
-        ids = w.alloc_bulk(3)
-        for i in ids:
-            stamp(w.page(i), 500 + i)
-        r = ReadOnlyPager.open(path)
-        view = r.page(ids[0])
-        to_parent_r, to_parent_w = os.pipe()
-        to_child_r, to_child_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            code = 1
-            try:
-                ok = read_stamp(view) == 500 + ids[0]
+    # In a fresh interpreter: a fork from this process copies whatever threads
+    # and allocator locks earlier tests left, which under AddressSanitizer can
+    # stop the child before it runs a line of this test.
+    code = textwrap.dedent(
+        f"""
+        import os, struct, sys
+        import mappedpages
+        from mappedpages import Pager, ReadOnlyPager
+        path = {str(tmp_path / "fork.mpp")!r}
+        def stamp(view, value):
+            view[:8] = struct.pack("<Q", value)
+        def read_stamp(view):
+            return struct.unpack("<Q", bytes(view[:8]))[0]
+        with Pager.create(path) as w:
+            ids = w.alloc_bulk(3)
+            for i in ids:
+                stamp(w.page(i), 500 + i)
+            r = ReadOnlyPager.open(path)
+            view = r.page(ids[0])
+            to_parent_r, to_parent_w = os.pipe()
+            to_child_r, to_child_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
                 try:
-                    r.refresh()
-                    ok = False
-                except mappedpages.Unavailable:
-                    pass
-                os.write(to_parent_w, b"1" if ok else b"0")
-                os.read(to_child_r, 1)  # wait while the parent looks at the table
-                code = 0 if ok else 1
-            finally:
-                os._exit(code)
-        assert os.read(to_parent_r, 1) == b"1", "the child's inherited view"
-        # One reader, registered once, whatever the child holds.
-        assert [x.pid for x in w.readers()] == [os.getpid()]
-        os.write(to_child_w, b"x")
-        for fd in (to_parent_r, to_parent_w, to_child_r, to_child_w):
-            os.close(fd)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-        # The child's exit leaves the parent's slot alone.
-        assert [x.pid for x in w.readers()] == [os.getpid()]
-        w.free(ids[1])
-        assert w.pinned_free_pages == 1
-        del view
-        r.close()
-        assert w.readers() == [] and w.pinned_free_pages == 0
+                    ok = read_stamp(view) == 500 + ids[0]
+                    try:
+                        r.refresh()
+                        ok = False
+                    except mappedpages.Unavailable:
+                        pass
+                    os.write(to_parent_w, b"1" if ok else b"0")
+                    os.read(to_child_r, 1)  # wait while the parent looks at the table
+                    code = 0 if ok else 1
+                finally:
+                    os._exit(code)
+            os.close(to_parent_w)  # (a child that dies gives end of file, not a wait)
+            os.close(to_child_r)
+            assert os.read(to_parent_r, 1) == b"1", "the child's inherited view"
+            # One reader, registered once, whatever the child holds.
+            assert [x.pid for x in w.readers()] == [os.getpid()]
+            os.write(to_child_w, b"x")
+            os.close(to_parent_r)
+            os.close(to_child_w)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+            # The child's exit leaves the parent's slot alone.
+            assert [x.pid for x in w.readers()] == [os.getpid()]
+            w.free(ids[1])
+            assert w.pinned_free_pages == 1
+            del view
+            r.close()
+            assert w.readers() == [] and w.pinned_free_pages == 0
+        print("done")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["done"], proc.stderr[-3000:]
 
 
 # ------------------------------------------------- processes, kill -9, stress
