@@ -358,10 +358,7 @@ class _PagerBase:
         pid = as_id(page_id)
         with self._lock:
             self._usable()
-            self._raise_page_error(pid)
-            # Valid after all (the state changed under us, e.g. another
-            # thread's alloc grew the file): bind views to the new length.
-            self._refresh_stats()
+            self._raise_page_error(pid)  # (valid after all: views rebound)
             return self._view(pid, readonly=mv is self._ro)
 
     def _usable(self) -> Any:
@@ -381,6 +378,7 @@ class _PagerBase:
 
     def _raise_page_error(self, page_id: int) -> None:
         self._usable()
+        self._refresh_stats()  # first: the file may have grown since it was cached
         if page_id < 0 or page_id >= _U64_LIMIT:
             rc = lib.MP_EOUT_OF_BOUNDS
         else:
@@ -394,6 +392,8 @@ class _PagerBase:
             raise_for(rc, f"page {page_id}", self._path, detail)
 
     def _view(self, page_id: int, readonly: bool) -> memoryview:
+        if page_id >= self._page_count:  # (an id the core gave may pass the cached count)
+            self._refresh_stats()
         mv = self._ro if readonly else self._mv
         assert mv is not None
         off = page_id * self._page_size
@@ -444,9 +444,8 @@ class _PagerBase:
     def format_version(self) -> str:
         """The file's layout: ``"0.2"`` (the Rust crate's) or ``"0.3"`` (extended).
 
-        A file moves to ``"0.3"`` when it grows past what v0.2 can describe
-        (one metadata bitmap's pages: 7968 at 1 KiB, 32544 at 4 KiB; FORMAT.md); the Rust
-        crate refuses such a file.
+        A file moves to ``"0.3"`` when it grows past what v0.2 can describe (one metadata
+        bitmap's pages: 7968 at 1 KiB, 32544 at 4 KiB; FORMAT.md); the crate refuses it.
         """
         self._refreshed()
         return f"0.{self._format_minor}"
@@ -455,8 +454,7 @@ class _PagerBase:
     def roots(self) -> tuple[int, ...]:
         """The 8 roots of the state this handle shows, unsigned 64-bit ints (0 in a new file).
 
-        A writer's roots include those set in its open transaction; a
-        reader's are those of the commit it shows.
+        A writer's include those set in its open transaction; a reader's are its commit's.
         """
         with self._lock:
             handle = self._usable()
@@ -525,6 +523,8 @@ class _PagerBase:
         with self._lock:
             self._usable()
             pages = f"pages {first}..{first + n - 1}"
+            if first + n > self._page_count:  # another call may have grown the file
+                self._refresh_stats()
             if first < 0 or first + n > self._page_count:
                 raise_for(lib.MP_EOUT_OF_BOUNDS, pages, detail=f"page_count {self._page_count}")
             if first < 3:

@@ -22,6 +22,19 @@ _U64_FORMATS = frozenset(
 )
 
 
+# Out-parameters for the single-id calls (alloc, sub-page alloc), shared by all
+# pagers. A call pops one, reads its id and pushes it back: list.pop and
+# list.append are atomic under the GIL, so two threads never hold the same one
+# (a threading.local costs about three times as much per call). The list holds
+# as many as calls were ever in flight at once.
+out_slots: list[Any] = []
+
+
+def new_out_slot() -> Any:
+    """A fresh ``uint64_t *`` for a caller that found ``out_slots`` empty."""
+    return ffi.new("uint64_t *")
+
+
 def _has_buffer(obj: object) -> bool:
     try:
         memoryview(obj).release()  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any, TypeVar, overload
@@ -33,7 +32,7 @@ from mappedpages._base import (
 )
 from mappedpages._core import ffi, lib
 from mappedpages._errors import raise_for
-from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer
+from mappedpages._ids import _has_buffer, _ids_array, _u64_buffer, new_out_slot, out_slots
 from mappedpages._options import (
     DEFAULT_GROW_STEP,
     _check_page_size,
@@ -58,9 +57,10 @@ from mappedpages._types import PageId
 _T = TypeVar("_T")
 _alloc = lib.mp_pager_alloc
 _free = lib.mp_pager_free
-# Each thread's own out-parameter for alloc: calls run in parallel now, and a
-# shared one could hand one thread another's id.
-_tls = threading.local()
+# Bound once: out_slots.pop() written in place would compile as a module's
+# attribute call (the name was imported), which does not specialise.
+_slot_take = out_slots.pop
+_slot_return = out_slots.append
 
 
 class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCalls, _TreeReads):
@@ -238,20 +238,18 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
         unless ``zero`` is true. One durable commit (see ``durability``).
         """
         # The hottest call: one C call, which holds the pager's mutex itself.
+        # The cached counts are not refreshed here: a view of a page past the
+        # cached end refreshes them (page, view), and the properties ask the core.
         try:
-            out = _tls.out
-        except AttributeError:
-            out = _tls.out = ffi.new("uint64_t *")
+            out = _slot_take()
+        except IndexError:
+            out = new_out_slot()
         rc = _alloc(self._handle, zero, out)
+        page_id: PageId = out[0]
+        _slot_return(out)
         if rc:
             self._usable()  # closed, or a fork child: its own words
             self._check(rc, "alloc")
-        page_id: PageId = out[0]
-        # The file grows only when no page is free, and then the first new
-        # page is taken: an id past the old end is the sign of growth.
-        if page_id >= self._page_count:
-            with self._lock:
-                self._refresh_stats()
         return page_id
 
     def free(self, page_id: PageId) -> None:

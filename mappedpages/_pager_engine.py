@@ -31,6 +31,8 @@ class _EngineCalls(_PagerBase):
                 runs.append((pid, 1))
         with self._lock:
             self._usable()
+            if runs and runs[-1][0] + runs[-1][1] > self._page_count:
+                self._refresh_stats()  # another call may have grown the file
             for first, count in runs:
                 if first < 0 or first + count > self._page_count:
                     raise_for(

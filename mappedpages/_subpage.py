@@ -14,7 +14,6 @@ may be stored in pages and used again after a reopen.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -22,15 +21,17 @@ from typing import Any
 from mappedpages._base import _U64_LIMIT, as_id
 from mappedpages._core import ffi, lib
 from mappedpages._errors import ReservedSubPageId, error_for, raise_for
+from mappedpages._ids import new_out_slot, out_slots
 from mappedpages._pager import Pager
 
 # Bound once: these run on every single-sub-page call.
 _alloc = lib.mp_subpage_alloc
 _free = lib.mp_subpage_free
 _check = lib.mp_subpage_check
-# Each thread's own out-parameter: single calls take no Python lock (the core
-# holds the pager's mutex), so they may run at once in several threads.
-_tls = threading.local()
+# Single calls take no Python lock (the core holds the pager's mutex), so they
+# may run at once in several threads: each takes an out-parameter of its own.
+_slot_take = out_slots.pop
+_slot_return = out_slots.append
 
 
 def _check_sub_size(sub_size: object, page_size: int) -> int:
@@ -76,7 +77,7 @@ def _restore_error(pager: Pager, values: list[int], slots: int) -> Exception:
         where = f"restore: sub-page id {sub_id} lies in page {page}"
         rc = lib.mp_pager_check_page(handle, page)
         if rc == lib.MP_EOUT_OF_BOUNDS:
-            why = f"past the end of the file ({pager._page_count} pages)"
+            why = f"past the end of the file ({pager.page_count} pages)"
             return error_for(rc, f"{where}, {why}")
         if rc == lib.MP_ERESERVED_PAGE:
             why = (
@@ -302,18 +303,17 @@ class SubPageAllocator:
         if pager is None or pager._txn_depth:
             return self._alloc_slow()
         try:
-            out = _tls.out
-        except AttributeError:
-            out = _tls.out = ffi.new("uint64_t *")
+            out = _slot_take()
+        except IndexError:
+            out = new_out_slot()
         rc = _alloc(self._handle, out)
+        sub_id: int = out[0]
+        _slot_return(out)
         if rc:
             self._mutable()  # detached, closed or a fork child: its own words
             _raise_alloc_error(pager, rc, "alloc")
-        sub_id: int = out[0]
-        # A page past the cached end: the pager grew to supply it.
-        if sub_id >= pager._page_count * self._slots:
-            with pager._lock:
-                pager._refresh_stats()
+        # The pager may have grown to supply a page: page() and the pager's
+        # views refresh its cached counts when an id passes them.
         return sub_id
 
     def _alloc_slow(self) -> int:
