@@ -403,18 +403,22 @@ int mp_pager_alloc_bulk_locked(mp_pager *p, uint64_t n, int zero, uint64_t *out_
     return mp_pager_alloc_runs_locked(p, n, 1, zero, out_ids);
 }
 
-/* Why a page may not be freed (or viewed), in the order the checks apply. */
-static int check_freeable(const mp_pager *p, uint64_t id)
+int pager_check_page_id(const mp_pager *p, uint64_t id)
 {
     if (id < MP_RESERVED_PAGES)
-        return MP_ERESERVED_PAGE;
+        return MP_ERESERVED_PAGE; /* (before the bounds: the order page() reports in) */
     if (id >= p->total_pages)
         return MP_EOUT_OF_BOUNDS;
-    if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
-        return MP_ERESERVED_PAGE;
-    if (!bitmap_get(p->bits, id))
+    return pager_is_layout_page(p, id) || bitmap_get(p->system, id) ? MP_ERESERVED_PAGE : MP_OK;
+}
+
+/* Why a page may not be freed, in the order the checks apply. */
+static int check_freeable(const mp_pager *p, uint64_t id)
+{
+    int rc = pager_check_page_id(p, id);
+    if (rc == MP_OK && !bitmap_get(p->bits, id))
         return MP_EDOUBLE_FREE;
-    return MP_OK;
+    return rc;
 }
 
 int mp_pager_free_locked(mp_pager *p, uint64_t id)
@@ -536,13 +540,7 @@ int mp_pager_check_page_locked(const mp_pager *p, uint64_t id)
     int rc = pager_usable(p, 0);
     if (rc != MP_OK)
         return rc;
-    if (id < MP_RESERVED_PAGES)
-        return MP_ERESERVED_PAGE;
-    if (id >= p->total_pages)
-        return MP_EOUT_OF_BOUNDS;
-    if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
-        return MP_ERESERVED_PAGE;
-    return MP_OK;
+    return pager_check_page_id(p, id);
 }
 
 int mp_pager_list_pages_locked(const mp_pager *p, int kind, uint64_t start, uint64_t *out_ids,

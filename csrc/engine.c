@@ -300,8 +300,9 @@ static int check_dirtyable(const mp_pager *p, uint64_t first, uint64_t count)
     if (first >= p->total_pages || count > p->total_pages - first)
         return MP_EOUT_OF_BOUNDS;
     for (uint64_t id = first; id < first + count; id++) {
-        if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
-            return MP_ERESERVED_PAGE;
+        int rc = pager_check_page_id(p, id);
+        if (rc != MP_OK)
+            return rc;
     }
     return MP_OK;
 }

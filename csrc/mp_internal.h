@@ -65,7 +65,6 @@
 #define MP_CHUNK_HEADER 24u      /* free-map and directory-index pages */
 #define MP_LAYOUT_PAGES 4u       /* per chunk: free-map A/B, directory-index A/B */
 
-
 typedef struct {
     uint8_t version_minor;
     uint32_t page_size_log2;
@@ -556,14 +555,17 @@ int pager_usable(const mp_pager *p, int writing);
  * a caller's buffer is read once, since another thread may change it while
  * the core validates and applies it (the GIL is released). */
 uint64_t *pager_ids_copy(const uint64_t *caller_ids, uint64_t n);
+/* MP_OK for an id a caller may hold (view, free, write, a tree node); else
+ * MP_ERESERVED_PAGE (0-2, layout, system pages) or MP_EOUT_OF_BOUNDS. */
+int pager_check_page_id(const mp_pager *p, uint64_t id);
 /* mp_pager_alloc_runs; where free runs of min_run are lacking, grow_for_runs 0
  * takes the lowest free pages instead of growing the file for them. */
-/* Gives back tree.c's work memory (close). */
-void tree_release(mp_pager *p);
 int pager_alloc_pages(mp_pager *p, uint64_t n, uint64_t min_run, int grow_for_runs, int zero,
                       uint64_t *out_ids);
 int pager_take_lowest(mp_pager *p, uint64_t *out_id);
 void pager_release_bit(mp_pager *p, uint64_t id);
+/* Gives back tree.c's work memory (close). */
+void tree_release(mp_pager *p);
 /* Empties the staged range and list of the commit under way (protected.c). */
 void pager_staged_forget(mp_pager *p);
 

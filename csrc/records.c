@@ -181,10 +181,9 @@ int rec_page_load(const mp_pager *p, uint64_t id, uint8_t *buf, uint8_t *out_kin
         *out_n = 0;
         return MP_OK;
     }
-    if (id >= p->total_pages)
-        return MP_EOUT_OF_BOUNDS;
-    if (pager_is_layout_page(p, id) || bitmap_get(p->system, id))
-        return MP_ERESERVED_PAGE;
+    int rc = pager_check_page_id(p, id);
+    if (rc != MP_OK)
+        return rc;
     memcpy(buf, pager_page_ptr(p, id), ps);
     uint32_t n = load_u16(buf + 2), end = mp_load_u32(buf + 4), at = REC_PAGE_HEADER;
     uint8_t kind = buf[0];
@@ -307,21 +306,19 @@ static void read_once(uint8_t *dst, const uint8_t *src, size_t n)
         dst[i] = from[i];
 }
 
-/* Whether id may be a node: a page of the file that is no layout page. */
+/* Whether id may be a node: a page a caller may hold. */
 static int node_id_ok(const mp_pager *p, uint64_t id)
 {
-    return id >= MP_RESERVED_PAGES && id < p->total_pages && !pager_is_layout_page(p, id) &&
-           !bitmap_get(p->system, id);
+    return pager_check_page_id(p, id) == MP_OK;
 }
 
 int rec_page_search(const mp_pager *p, uint64_t id, const uint8_t *key, uint32_t klen,
                     uint8_t *out_kind, uint64_t *out_child, const uint8_t **out_value,
                     uint32_t *out_vlen)
 {
-    if (id >= p->total_pages)
-        return MP_EOUT_OF_BOUNDS;
-    if (!node_id_ok(p, id))
-        return MP_ERESERVED_PAGE;
+    int rc = pager_check_page_id(p, id);
+    if (rc != MP_OK)
+        return rc;
     const uint8_t *page = pager_page_ptr(p, id);
     uint8_t head[REC_PAGE_HEADER], rec[8];
     read_once(head, page, REC_PAGE_HEADER);
