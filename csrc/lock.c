@@ -317,6 +317,14 @@ int mp_tree_get(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t k
     LOCKED_READ(p, mp_tree_get_locked(p, root, key, klen, buf, cap, out_len, out_found));
 }
 
+int mp_tree_scan(const mp_pager *p, uint64_t root, const uint8_t *lo, uint32_t lo_len,
+                 const uint8_t *hi, uint32_t hi_len, uint32_t flags, uint8_t *buf, uint64_t cap,
+                 uint64_t *out_used, int *out_more)
+{
+    LOCKED_READ(p, mp_tree_scan_locked(p, root, lo, lo_len, hi, hi_len, flags, buf, cap,
+                                       out_used, out_more));
+}
+
 int mp_pager_root_pages(const mp_pager *p, uint64_t *out_page_a)
 {
     LOCKED_READ(p, mp_pager_root_pages_locked(p, out_page_a));

@@ -465,6 +465,20 @@ int mp_tree_apply(mp_pager *p, uint64_t root, const uint8_t *changes, uint64_t l
  * *out_len = its length, *out_found = 0 when the key is absent. */
 int mp_tree_get(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
                 uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found);
+/* Bounds of mp_tree_scan, or-ed in flags. */
+#define MP_SCAN_FROM 1  /* keys >= lo */
+#define MP_SCAN_AFTER 2 /* keys > lo: going on after the last key of a batch */
+#define MP_SCAN_TO 4    /* keys < hi */
+/* The records of the tree at root within the bounds flags names, in key order,
+ * copied whole (u16 klen, u32 vlen, key, value) into buf (cap bytes, at least
+ * the page size) until the next would not fit: *out_used = the bytes written,
+ * *out_more = 1 when records of the range follow the last one written (go on
+ * with MP_SCAN_AFTER and its key). Every page read is copied and checked whole:
+ * MP_EINVALID_ARGUMENT for a damaged tree (a page that is no record page, keys
+ * out of order across pages, a page reached twice). */
+int mp_tree_scan(const mp_pager *p, uint64_t root, const uint8_t *lo, uint32_t lo_len,
+                 const uint8_t *hi, uint32_t hi_len, uint32_t flags, uint8_t *buf, uint64_t cap,
+                 uint64_t *out_used, int *out_more);
 
 /* CDEF-END */
 

@@ -112,6 +112,9 @@ int mp_tree_apply_locked(mp_pager *p, uint64_t root, const uint8_t *changes, uin
                          uint64_t *out_root, int64_t *out_delta);
 int mp_tree_get_locked(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t klen,
                        uint8_t *buf, uint32_t cap, uint32_t *out_len, int *out_found);
+int mp_tree_scan_locked(const mp_pager *p, uint64_t root, const uint8_t *lo, uint32_t lo_len,
+                        const uint8_t *hi, uint32_t hi_len, uint32_t flags, uint8_t *buf,
+                        uint64_t cap, uint64_t *out_used, int *out_more);
 int mp_protected_alloc_locked(mp_pager *p, uint64_t *out_pid);
 int mp_protected_free_locked(mp_pager *p, uint64_t pid);
 int mp_protected_free_bulk_locked(mp_pager *p, const uint64_t *pids, uint64_t n);

@@ -7,8 +7,9 @@
  *   ones padded with zeros), then the changes.
  * The pages are written into a new file (they get ids 3, 4, ...: the input's
  * child ids can name them) and the tree at the root page is read with
- * mp_tree_get and changed with mp_tree_apply. Whatever the bytes, neither may
- * crash or read out of bounds; and when the apply succeeds, the new tree must
+ * mp_tree_get and mp_tree_scan and changed with mp_tree_apply. Whatever the
+ * bytes, none may crash or read out of bounds, and a scan ends and returns
+ * records in strictly ascending order; and when the apply succeeds, the new tree must
  * hold every put of the batch and none of its deletes (the oracle), and a
  * second apply of the same batch must change nothing. Built with
  * -fsanitize=fuzzer,address,undefined by fuzz/run.sh; seeds from
@@ -54,6 +55,43 @@ static void check_batch(mp_pager *p, uint64_t root, const uint8_t *chg, size_t l
     free(buf);
 }
 
+/* Reads the whole tree at root with mp_tree_scan, a page's worth at a time.
+ * Whatever the pages hold, the scan ends, and what it returns is its contract:
+ * records whole and in the buffer, keys strictly ascending within a batch and
+ * past the last key of the batch before. */
+static void check_scan(mp_pager *p, uint64_t root)
+{
+    uint8_t *buf = malloc(PS), last[PS];
+    uint32_t last_len = 0, flags = 0;
+    for (int calls = 0; buf; calls++) {
+        uint64_t used = 0;
+        int more = 0;
+        if (calls > 100000)
+            abort(); /* a scan that does not end */
+        if (mp_tree_scan(p, root, last, last_len, NULL, 0, flags, buf, PS, &used, &more) != 0)
+            break;
+        for (uint64_t at = 0; at < used;) {
+            if (used - at < 6)
+                abort();
+            uint32_t klen = (uint32_t)(buf[at] | buf[at + 1] << 8), vlen = load32(buf + at + 2);
+            if (6 + (uint64_t)klen + vlen > used - at || klen >= PS)
+                abort(); /* a record cut short */
+            int c = memcmp(buf + at + 6, last, klen < last_len ? klen : last_len);
+            if (flags && (c < 0 || (c == 0 && klen <= last_len)))
+                abort(); /* not past the key before */
+            memcpy(last, buf + at + 6, klen);
+            last_len = klen;
+            flags = MP_SCAN_AFTER;
+            at += 6 + (uint64_t)klen + vlen;
+        }
+        if (!more)
+            break;
+        if (used == 0)
+            abort(); /* more, but nothing returned: it would not move on */
+    }
+    free(buf);
+}
+
 static void session(mp_pager *p, const uint8_t *pages, size_t n, size_t at, const uint8_t *chg,
                     size_t len)
 {
@@ -73,6 +111,7 @@ static void session(mp_pager *p, const uint8_t *pages, size_t n, size_t at, cons
     (void)mp_tree_get(p, ids[at], len >= 6 ? chg + 6 : chg, (uint32_t)klen, value, sizeof value,
                       &vlen, &found);
     (void)mp_tree_get(p, ids[at], NULL, 0, value, sizeof value, &vlen, &found);
+    check_scan(p, ids[at]);
     uint64_t root;
     int64_t delta;
     if (mp_txn_begin(p) != 0)
@@ -80,6 +119,7 @@ static void session(mp_pager *p, const uint8_t *pages, size_t n, size_t at, cons
     rc = mp_tree_apply(p, ids[at], chg, len, &root, &delta);
     if (rc == 0) {
         check_batch(p, root, chg, len);
+        check_scan(p, root);
         uint64_t again;
         if (mp_tree_apply(p, root, chg, len, &again, &delta) != 0 || delta != 0)
             abort(); /* the same batch twice: the second adds and removes nothing */

@@ -13,7 +13,6 @@ work in Python.
 
 from __future__ import annotations
 
-import bisect
 import struct
 import threading
 from collections.abc import Iterable, Iterator
@@ -21,8 +20,6 @@ from typing import Any
 
 from mappedpages._base import _PagerBase
 from mappedpages._core import ffi, lib
-from mappedpages._errors import MappedPageError
-from mappedpages._types import PageId
 
 RECORD_DELETE: int = int(lib.MP_RECORD_DELETE)
 """A change record's ``vlen`` that removes its key (no value bytes follow)."""
@@ -34,9 +31,7 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 """The kind of a branch page: each child's lowest key and its page id."""
 
 _HEAD = struct.Struct("<HI")
-_PAGE_HEAD = struct.Struct("<BBHI")
-_U64 = struct.Struct("<Q")
-_MAX_DEPTH = 48  # the core's bound: deeper, a cycle
+_SCAN_BYTES = 1 << 16  # records tree_items asks the core for at a time
 _tls = threading.local()
 
 
@@ -103,39 +98,6 @@ def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple
     return int(out_root[0]), int(delta[0])
 
 
-def _decode_page(pager: _PagerBase, pid: int, child: bool) -> tuple[int, list[bytes], list[bytes]]:
-    """Record page ``pid`` copied and checked whole: (kind, keys, values)."""
-    try:
-        data = bytes(pager.page(PageId(pid)))  # type: ignore[attr-defined]
-    except MappedPageError:
-        if not child:
-            raise  # the caller's root: ReservedPage, OutOfBounds, as page() says
-        data = b""
-    bad = ValueError(f"page {pid} is not a record page")
-    if len(data) < 8:
-        raise bad
-    kind, zero, n, end = _PAGE_HEAD.unpack_from(data, 0)
-    if kind not in (RECORD_LEAF, RECORD_BRANCH) or zero or not 8 <= end <= len(data):
-        raise bad
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    at = 8
-    for _ in range(n):
-        if end - at < 6:
-            raise bad
-        klen, vlen = _HEAD.unpack_from(data, at)
-        stop = at + 6 + klen + vlen
-        key = data[at + 6 : at + 6 + klen]
-        if stop > end or (kind == RECORD_BRANCH and vlen != 8) or (keys and key <= keys[-1]):
-            raise bad
-        keys.append(key)
-        values.append(data[at + 6 + klen : stop])
-        at = stop
-    if at != end or (kind == RECORD_BRANCH and not keys):
-        raise bad
-    return kind, keys, values
-
-
 class _TreeReads(_PagerBase):
     """Reads of record trees, on :class:`mappedpages.Pager` and ``ReadOnlyPager``."""
 
@@ -144,47 +106,55 @@ class _TreeReads(_PagerBase):
     ) -> Iterator[tuple[bytes, bytes]]:
         """The ``(key, value)`` pairs of the record tree at ``root`` with ``lo <= key < hi``.
 
-        In key order; either bound may be None. Pages are read as the iterator
-        advances, each copied and checked whole: a tree changed meanwhile gives
-        an undefined sequence (never a read past a page). ``ValueError`` for a
-        page that is not a record page, or a page reached twice (deeper than 48
-        levels, or more pages than the file has); a ``root`` no view may show
-        raises as :meth:`page` does.
+        In key order; either bound may be None. The core reads the pages a
+        batch of records at a time (about 64 KiB), each page copied and checked
+        whole, and the next batch goes on after the last key of the one
+        before: a tree changed meanwhile gives the records of the pages its ids
+        name then (never a read past a page). ``ValueError`` for a page that
+        is not a record page, keys out of order across pages, or a page
+        reached twice (deeper than 48 levels, or more pages than the file
+        has); a ``root`` no view may show raises as :meth:`page` does.
         """
         root = _root(root)
-        if root:
-            # (the count refreshed once: the cached one may predate a growth)
-            yield from self._tree_range(root, lo, hi, 0, [self.page_count])
+        for name, bound in (("lo", lo), ("hi", hi)):
+            if bound is not None and not isinstance(bound, bytes):
+                raise TypeError(f"{name} must be bytes or None, not {type(bound).__name__}")
+        return self._tree_scan(root, lo, hi)
 
-    def _tree_range(
-        self, pid: int, lo: bytes | None, hi: bytes | None, depth: int, visits: list[int]
+    def _tree_scan(
+        self, root: int, lo: bytes | None, hi: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
-        # A tree reaches each page once: a walk deeper than the core's bound, or
-        # longer than the file, has met a page twice (a damaged tree).
-        visits[0] -= 1  # (pages the walk may still visit)
-        if depth >= _MAX_DEPTH or visits[0] < 0:
-            raise ValueError("tree_items: a page reached twice (a cycle, not a tree)")
-        kind, keys, values = _decode_page(self, pid, depth > 0)
-        if kind == RECORD_LEAF:
-            start = 0 if lo is None else bisect.bisect_left(keys, lo)
-            for i in range(start, len(keys)):
-                if hi is not None and keys[i] >= hi:
-                    return
-                yield keys[i], values[i]
-            return
-        # Child i holds the keys from keys[i] (the first child: any below) to keys[i + 1].
-        first = 0 if lo is None else max(0, bisect.bisect_right(keys, lo) - 1)
-        for i in range(first, len(keys)):
-            if hi is not None and i > 0 and keys[i] >= hi:
+        buf = ffi.new("uint8_t[]", max(self._page_size, _SCAN_BYTES))
+        used, more = ffi.new("uint64_t *"), ffi.new("int *")
+        flags = (0 if lo is None else lib.MP_SCAN_FROM) | (0 if hi is None else lib.MP_SCAN_TO)
+        start, stop = lo or b"", hi or b""
+        while True:
+            rc = lib.mp_tree_scan(
+                self._handle, root, start, len(start), stop, len(stop), flags, buf, len(buf),
+                used, more,
+            )
+            if rc:
+                self._usable()  # closed, or a fork child: its own words
+                self._check(rc, "tree_items")
+            data = ffi.buffer(buf, used[0])[:]  # the batch, copied once
+            at, key = 0, b""
+            while at < len(data):
+                klen, vlen = _HEAD.unpack_from(data, at)
+                key = data[at + 6 : at + 6 + klen]
+                yield key, data[at + 6 + klen : at + 6 + klen + vlen]
+                at += 6 + klen + vlen
+            if not more[0]:
                 return
-            yield from self._tree_range(_U64.unpack(values[i])[0], lo, hi, depth + 1, visits)
+            start, flags = key, (flags & lib.MP_SCAN_TO) | lib.MP_SCAN_AFTER
 
     def tree_get(self, root: int, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key`` in the record tree whose root page is ``root``, or ``default``.
 
         ``root`` 0 is the empty tree. A writer reads its own latest state
         (its open transaction's included), a reader the commit it shows.
-        ``ValueError`` when ``root`` does not lead to record pages.
+        ``ValueError`` when ``root`` does not lead to record pages. Each thread
+        that calls it keeps one buffer of the largest page size it has read
+        (the value is copied there by the core, then into the bytes returned).
         """
         if type(root) is not int or not 0 <= root < 1 << 64:
             root = _root(root)  # raises
