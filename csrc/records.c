@@ -42,10 +42,18 @@ const uint8_t *rec_key(const uint8_t *rec)
     return rec + REC_HEAD;
 }
 
-/* The byte order of keys: memcmp, and on a common prefix the shorter first. */
+/* The byte order of keys: memcmp, and on a common prefix the shorter first.
+ * Keys in a page mostly differ in their first bytes, and a search compares a
+ * key with each record before its own: those bytes are compared here, and
+ * memcmp (a call) is left the rest of a long common prefix. */
 int rec_key_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
 {
-    int c = alen && blen ? memcmp(a, b, alen < blen ? alen : blen) : 0;
+    uint32_t n = alen < blen ? alen : blen, i = 0;
+    for (; i < n && i < 8; i++) {
+        if (a[i] != b[i])
+            return a[i] < b[i] ? -1 : 1;
+    }
+    int c = i < n ? memcmp(a + i, b + i, n - i) : 0;
     if (c != 0)
         return c;
     return alen < blen ? -1 : alen > blen;
@@ -306,6 +314,17 @@ static void read_once(uint8_t *dst, const uint8_t *src, size_t n)
         dst[i] = from[i];
 }
 
+/* A record's head read once, each byte into a register: read_once's byte
+ * stores, loaded back as wider words, would stall each step of a search on
+ * store forwarding. */
+static void read_head_once(const uint8_t *src, uint32_t *klen, uint32_t *vlen)
+{
+    const volatile uint8_t *h = src;
+    uint32_t k0 = h[0], k1 = h[1], v0 = h[2], v1 = h[3], v2 = h[4], v3 = h[5];
+    *klen = k0 | k1 << 8;
+    *vlen = v0 | v1 << 8 | v2 << 16 | v3 << 24;
+}
+
 /* Whether id may be a node: a page a caller may hold. */
 static int node_id_ok(const mp_pager *p, uint64_t id)
 {
@@ -331,8 +350,8 @@ int rec_page_search(const mp_pager *p, uint64_t id, const uint8_t *key, uint32_t
     for (uint32_t i = 0; i < n; i++) {
         if (end - at < REC_HEAD)
             return MP_EINVALID_ARGUMENT;
-        read_once(rec, page + at, REC_HEAD);
-        uint32_t rk = load_u16(rec), rv = mp_load_u32(rec + 2);
+        uint32_t rk, rv;
+        read_head_once(page + at, &rk, &rv);
         if (rv == MP_RECORD_DELETE || (kind == MP_RECORD_BRANCH && rv != 8) ||
             (uint64_t)REC_HEAD + rk + rv > end - at)
             return MP_EINVALID_ARGUMENT;
