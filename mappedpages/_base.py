@@ -451,18 +451,6 @@ class _PagerBase:
         return f"0.{self._format_minor}"
 
     @property
-    def roots(self) -> tuple[int, ...]:
-        """The 8 roots of the state this handle shows, unsigned 64-bit ints (0 in a new file).
-
-        A writer's include those set in its open transaction; a reader's are its commit's.
-        """
-        with self._lock:
-            handle = self._usable()
-            out = ffi.new("uint64_t[8]")
-            self._check(lib.mp_pager_roots(handle, out), "roots")
-            return tuple(ffi.unpack(out, 8))  # (a reader's hot path: no generator)
-
-    @property
     def max_pages(self) -> int:
         """The most pages this file can hold here: 16 TiB of pages, the most a pager maps."""
         self._refreshed()

@@ -33,6 +33,23 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 _HEAD = struct.Struct("<HI")
 _SCAN_BYTES = 1 << 16  # records tree_items asks the core for at a time
 _tls = threading.local()
+# tree_get's buffers, shared by all pagers: a call pops one and pushes it back
+# (atomic under the GIL, so two threads never hold the same one). Each is the
+# value buffer as char[] (ffi.unpack makes bytes of it in one step), the same
+# memory as uint8_t * for the core, its size, and the two out-parameters.
+_get_slots: list[tuple[Any, Any, int, Any, Any]] = []
+_get_take = _get_slots.pop
+_get_return = _get_slots.append
+
+
+_roots_out: list[Any] = []  # roots' out-arrays, pooled as tree_get's buffers are
+_roots_take, _roots_return = _roots_out.pop, _roots_out.append
+
+
+def _get_slot(size: int) -> tuple[Any, Any, int, Any, Any]:
+    text = ffi.new("char[]", size)
+    return text, ffi.cast("uint8_t *", text), size, ffi.new("uint32_t *"), ffi.new("int *")
+
 
 
 def tree_max_record(page_size: int) -> int:
@@ -99,7 +116,30 @@ def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple
 
 
 class _TreeReads(_PagerBase):
-    """Reads of record trees, on :class:`mappedpages.Pager` and ``ReadOnlyPager``."""
+    """An engine's reads, on :class:`mappedpages.Pager` and ``ReadOnlyPager``.
+
+    The roots, and the record trees they name.
+    """
+
+    @property
+    def roots(self) -> tuple[int, ...]:
+        """The 8 roots of the state this handle shows, unsigned 64-bit ints (0 in a new file).
+
+        A writer's include those set in its open transaction; a reader's are its commit's.
+        """
+        # An engine's every read starts here: one core call (which holds the
+        # pager's mutex), no Python lock, an out-array from a shared pool.
+        try:
+            out = _roots_take()
+        except IndexError:
+            out = ffi.new("uint64_t[8]")
+        rc = lib.mp_pager_roots(self._handle, out)
+        roots = tuple(ffi.unpack(out, 8))
+        _roots_return(out)
+        if rc:
+            self._usable()  # closed, or a fork child: its own words
+            self._check(rc, "roots")
+        return roots
 
     def tree_items(
         self, root: int, lo: bytes | None = None, hi: bytes | None = None
@@ -124,15 +164,14 @@ class _TreeReads(_PagerBase):
     def _tree_scan(
         self, root: int, lo: bytes | None, hi: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
-        buf = ffi.new("uint8_t[]", max(self._page_size, _SCAN_BYTES))
+        cap, scan = max(self._page_size, _SCAN_BYTES), lib.mp_tree_scan
+        buf = ffi.new("uint8_t[]", cap)
         used, more = ffi.new("uint64_t *"), ffi.new("int *")
         flags = (0 if lo is None else lib.MP_SCAN_FROM) | (0 if hi is None else lib.MP_SCAN_TO)
         start, stop = lo or b"", hi or b""
+        h, n_stop = self._handle, len(stop)
         while True:
-            rc = lib.mp_tree_scan(
-                self._handle, root, start, len(start), stop, len(stop), flags, buf, len(buf),
-                used, more,
-            )
+            rc = scan(h, root, start, len(start), stop, n_stop, flags, buf, cap, used, more)
             if rc:
                 self._usable()  # closed, or a fork child: its own words
                 self._check(rc, "tree_items")
@@ -152,9 +191,10 @@ class _TreeReads(_PagerBase):
 
         ``root`` 0 is the empty tree. A writer reads its own latest state
         (its open transaction's included), a reader the commit it shows.
-        ``ValueError`` when ``root`` does not lead to record pages. Each thread
-        that calls it keeps one buffer of the largest page size it has read
-        (the value is copied there by the core, then into the bytes returned).
+        ``ValueError`` when ``root`` does not lead to record pages. The core
+        copies the value into a buffer of the library's (one per call in flight
+        at once, kept, of the largest page size read), then into the bytes
+        returned.
         """
         if type(root) is not int or not 0 <= root < 1 << 64:
             root = _root(root)  # raises
@@ -163,20 +203,17 @@ class _TreeReads(_PagerBase):
         if len(key) > 0xFFFF:
             return default  # no record holds so long a key
         try:
-            buf, out_len, found = _tls.get
-        except AttributeError:
-            buf = None
-        if buf is None or len(buf) < self._page_size:  # a value fits in a page
-            buf, out_len, found = _tls.get = (
-                ffi.new("uint8_t[]", self._page_size),
-                ffi.new("uint32_t *"),
-                ffi.new("int *"),
-            )
+            slot = _get_take()
+        except IndexError:
+            slot = _get_slot(self._page_size)
+        text, buf, cap, out_len, found = slot
+        if cap < self._page_size:  # a value fits in a page
+            text, buf, cap, out_len, found = slot = _get_slot(self._page_size)
         # One call, which holds the pager's mutex itself (as alloc does).
-        rc = lib.mp_tree_get(self._handle, root, key, len(key), buf, len(buf), out_len, found)
+        rc = lib.mp_tree_get(self._handle, root, key, len(key), buf, cap, out_len, found)
+        value = ffi.unpack(text, out_len[0]) if found[0] and not rc else default
+        _get_return(slot)
         if rc:
             self._usable()  # closed, or a fork child: its own words
             self._check(rc, "tree_get")
-        if not found[0]:
-            return default
-        return ffi.buffer(buf, out_len[0])[:]  # type: ignore[no-any-return]
+        return value
