@@ -174,18 +174,24 @@ uint64_t fmt_meta_roots_page(uint64_t ext_word)
  * change the sum. */
 uint32_t fmt_record_sum(const uint8_t *data, size_t len, uint64_t first)
 {
-    const uint64_t prime = 0x100000001b3ull;
-    uint64_t h[4];
-    for (uint64_t j = 0; j < 4; j++)
-        h[j] = 0xcbf29ce484222325ull ^ first ^ j;
+    const uint64_t prime = 0x100000001b3ull, basis = 0xcbf29ce484222325ull ^ first;
+    /* Four lanes in four locals: an array here was kept in memory, and each
+     * step then waited on a store and a load besides its multiply. */
+    uint64_t h0 = basis, h1 = basis ^ 1, h2 = basis ^ 2, h3 = basis ^ 3;
     size_t words = len / 8, i = 0;
-    for (; i + 4 <= words; i += 4)
-        for (size_t j = 0; j < 4; j++)
-            h[j] = (h[j] ^ mp_load_u64(data + 8 * (i + j))) * prime;
-    for (; i < words; i++)
-        h[i & 3] = (h[i & 3] ^ mp_load_u64(data + 8 * i)) * prime;
-    uint64_t s = h[0];
-    for (size_t j = 1; j < 4; j++)
-        s = (s ^ h[j]) * prime;
+    for (; i + 4 <= words; i += 4) {
+        const uint8_t *w = data + 8 * i;
+        h0 = (h0 ^ mp_load_u64(w)) * prime;
+        h1 = (h1 ^ mp_load_u64(w + 8)) * prime;
+        h2 = (h2 ^ mp_load_u64(w + 16)) * prime;
+        h3 = (h3 ^ mp_load_u64(w + 24)) * prime;
+    }
+    uint64_t *tail[3] = {&h0, &h1, &h2}; /* at most three words are left */
+    for (size_t j = 0; i < words; i++, j++)
+        *tail[j] = (*tail[j] ^ mp_load_u64(data + 8 * i)) * prime;
+    uint64_t s = h0;
+    s = (s ^ h1) * prime;
+    s = (s ^ h2) * prime;
+    s = (s ^ h3) * prime;
     return (uint32_t)(s ^ (s >> 32));
 }
