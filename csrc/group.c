@@ -35,8 +35,8 @@
  *   - a failed flush poisons the pager; the waiters it carried get its error
  *     (failed_seq), later ones MP_EUNAVAILABLE.
  * A single thread never waits: the leader waits for more changes (gather)
- * only when the last flush carried more than one, and at most a quarter of
- * that flush's time.
+ * only when the last flush carried more than one, and at most half of that
+ * flush's time.
  */
 #include "mp_internal.h"
 
@@ -197,7 +197,7 @@ int group_eligible(const mp_pager *p)
 
 /* Before writing, the leader waits briefly for the threads the last flush
  * woke to come back with their next change: as many changes as the last
- * group carried, for at most a quarter of its flush time. */
+ * group carried, for at most half of its flush time. */
 static void gather(mp_pager *p, uint64_t seq)
 {
     mp_lock *g = &p->lk;

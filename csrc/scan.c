@@ -97,9 +97,9 @@ static int before_hi(const scan *s, const uint8_t *key, uint32_t klen)
     return !s->has_hi || rec_key_cmp(key, klen, s->hi, s->hi_len) < 0;
 }
 
-/* Go down from branch level d through the child the walk needs next: the one
- * lo falls in on the first descent (the last whose key is at most lo), the
- * next child after. Stops at a leaf. */
+/* Go down from the current level, while it is a branch, through the child the
+ * walk needs next: the one lo falls in on the first descent (the last whose
+ * key is at most lo), the next child after. Stops at a leaf. */
 static int descend(scan *s, int to_lo)
 {
     while (s->kind[s->depth] == MP_RECORD_BRANCH) {

@@ -14,7 +14,6 @@ work in Python.
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -32,18 +31,20 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 
 _HEAD = struct.Struct("<HI")
 _SCAN_BYTES = 1 << 16  # records tree_items asks the core for at a time
-_tls = threading.local()
-# tree_get's buffers, shared by all pagers: a call pops one and pushes it back
-# (atomic under the GIL, so two threads never hold the same one). Each is the
-# value buffer as char[] (ffi.unpack makes bytes of it in one step), the same
-# memory as uint8_t * for the core, its size, and the two out-parameters.
+# Out-parameters and buffers, shared by all pagers: a call pops one and pushes
+# it back (atomic under the GIL, so two threads never hold the same one; a
+# threading.local costs more per call). tree_get's is the value buffer as
+# char[] (ffi.unpack makes bytes of it in one step), the same memory as
+# uint8_t * for the core, its size, and the two out-parameters.
 _get_slots: list[tuple[Any, Any, int, Any, Any]] = []
 _get_take = _get_slots.pop
 _get_return = _get_slots.append
 
 
-_roots_out: list[Any] = []  # roots' out-arrays, pooled as tree_get's buffers are
+_roots_out: list[Any] = []  # roots' out-arrays
 _roots_take, _roots_return = _roots_out.pop, _roots_out.append
+_apply_outs: list[tuple[Any, Any]] = []  # tree_apply's new root and key-count change
+_apply_take, _apply_return = _apply_outs.pop, _apply_outs.append
 
 
 def _get_slot(size: int) -> tuple[Any, Any, int, Any, Any]:
@@ -106,13 +107,16 @@ def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple
     """:meth:`Transaction.tree_apply` (the pager's lock held by the caller)."""
     src = ffi.from_buffer("uint8_t[]", changes)
     try:
-        out_root, delta = _tls.apply
-    except AttributeError:
-        out_root, delta = _tls.apply = (ffi.new("uint64_t *"), ffi.new("int64_t *"))
+        outs = _apply_take()
+    except IndexError:
+        outs = (ffi.new("uint64_t *"), ffi.new("int64_t *"))
+    out_root, delta = outs
     rc = lib.mp_tree_apply(handle, root, src, len(src), out_root, delta)
+    result = int(out_root[0]), int(delta[0])
+    _apply_return(outs)
     if rc:
         pager._check(rc, "tree_apply")
-    return int(out_root[0]), int(delta[0])
+    return result
 
 
 class _TreeReads(_PagerBase):
