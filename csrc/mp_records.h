@@ -15,6 +15,7 @@
 
 #define REC_PAGE_HEADER 8u
 #define REC_HEAD 6u /* u16 klen, u32 vlen */
+#define REC_MAX_DEPTH 48u /* levels: deeper than any tree, so a cycle, not a tree */
 
 /* One record, wherever its bytes are: a page copy, a list of changes. */
 typedef struct {

@@ -14,7 +14,7 @@
  *     and before hi; a damaged tree whose pages disagree on the order is refused
  *     (MP_EINVALID_ARGUMENT), so a caller going on from its last key always
  *     moves on, and a scan of any file ends;
- *   - it copies at most total_pages pages and goes at most MAX_DEPTH levels
+ *   - it copies at most total_pages pages and goes at most REC_MAX_DEPTH levels
  *     deep: a tree reaches each of its pages once (more is a cycle);
  *   - it reads the caller's keys once, into its own memory, and only writes
  *     the caller's buffer.
@@ -26,15 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 48u /* as tree.c: deeper than any tree */
-
 typedef struct {
     const mp_pager *p;
     uint8_t *copies; /* level d's page copy at d * page_size */
     uint64_t copies_cap, visits;
     uint32_t depth;  /* the level of the page records come from */
-    uint8_t kind[MAX_DEPTH];
-    uint32_t at[MAX_DEPTH], left[MAX_DEPTH]; /* per level: next record, records left */
+    uint8_t kind[REC_MAX_DEPTH];
+    uint32_t at[REC_MAX_DEPTH], left[REC_MAX_DEPTH]; /* per level: next record, records left */
     uint8_t *last;   /* the key every next record must follow (lo at first) */
     uint64_t last_cap;
     uint32_t last_len;
@@ -53,7 +51,7 @@ static uint8_t *level_page(const scan *s, uint32_t d)
  * that meets a page twice fails by the file's size at the latest. */
 static int load(scan *s, uint32_t d, uint64_t id)
 {
-    if (d >= MAX_DEPTH || ++s->visits > s->p->total_pages)
+    if (d >= REC_MAX_DEPTH || ++s->visits > s->p->total_pages)
         return MP_EINVALID_ARGUMENT; /* a page reached twice: a cycle, not a tree */
     if (rec_reserve(&s->copies, &s->copies_cap, (uint64_t)(d + 1) * s->p->page_size) != MP_OK)
         return MP_ENO_MEMORY;

@@ -33,7 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 48u              /* deeper than any tree: a cycle, not a tree */
 #define RUN 16u                    /* a batch of RUN new pages or more: runs of RUN */
 #define SLOT (UINT64_C(1) << 63)   /* a new page not yet allocated: SLOT | its slot */
 #define NO_PARENT UINT64_MAX
@@ -59,7 +58,7 @@ typedef struct {
 } tree_level;
 
 struct tree_work {
-    tree_level level[MAX_DEPTH];
+    tree_level level[REC_MAX_DEPTH];
     uint32_t depth;     /* levels reached; the leaves are level[depth - 1] */
     rec_list chg[2];    /* a level's changes and the level above's, built */
     rec_list keys;      /* each reached page's key in its parent */
@@ -107,7 +106,7 @@ static int push_node(tree_level *l, tree_node node)
  * back to empty; a call that needed more than KEEP_BYTES gives it back. */
 static void work_free(tree_work *w)
 {
-    for (uint32_t d = 0; d < MAX_DEPTH; d++)
+    for (uint32_t d = 0; d < REC_MAX_DEPTH; d++)
         free(w->level[d].nodes);
     rec_list_free(&w->chg[0]);
     rec_list_free(&w->chg[1]);
@@ -127,7 +126,7 @@ static void work_reset(tree_work *w)
         work_free(w);
         return;
     }
-    for (uint32_t d = 0; d < MAX_DEPTH; d++)
+    for (uint32_t d = 0; d < REC_MAX_DEPTH; d++)
         w->level[d].n = 0;
     rec_list_clear(&w->chg[0]);
     rec_list_clear(&w->chg[1]);
@@ -219,7 +218,7 @@ static int descend(const mp_pager *p, tree_work *w, uint64_t root)
             else if (kind != first)
                 return MP_EINVALID_ARGUMENT; /* leaves at different depths */
             if (kind == MP_RECORD_BRANCH) {
-                if (d + 1 >= MAX_DEPTH)
+                if (d + 1 >= REC_MAX_DEPTH)
                     return MP_EINVALID_ARGUMENT;
                 rc = split_branch(p, w, d, i, n);
             }
@@ -497,7 +496,7 @@ int mp_tree_get_locked(const mp_pager *p, uint64_t root, const uint8_t *key, uin
         uint8_t kind;
         const uint8_t *value;
         uint32_t vlen;
-        if (d >= MAX_DEPTH) {
+        if (d >= REC_MAX_DEPTH) {
             rc = MP_EINVALID_ARGUMENT; /* a cycle, not a tree */
             break;
         }
