@@ -27,8 +27,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 def in_child(fn, timeout: float = 20.0):
     """Run fn() in a forked child; return what it returned (JSON), or raise with its traceback."""
-    out, _ = in_fork(fn, timeout)
-    assert "ok" in out, "the forked child died without a result"
+    out, sig = in_fork(fn, timeout)
+    assert "ok" in out, f"the forked child died without a result (signal {sig})"
     return out["ok"]
 
 
