@@ -66,6 +66,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _releaser(handle: Any, freed: list[bool]) -> Any:
+    """The owner's destructor: free the C pager, and say so in ``freed``.
+
+    The garbage collector runs the finalizers of a reference cycle in any
+    order, so the owner's may come before that of another object of the
+    cycle that holds the handle (an abandoned ProtectedWriter): such a
+    finalizer asks ``freed`` before it calls the core.
+    """
+
+    def release(_ptr: Any) -> None:
+        freed[0] = True
+        lib.mp_pager_release(handle)
+
+    return release
+
+
 def as_id(value: object, what: str = "page id") -> int:
     """Return ``value`` as an int id, or raise TypeError for a non-integer.
 
@@ -231,6 +247,7 @@ class _PagerBase:
     """Shared machinery of :class:`Pager` and :class:`ReadOnlyPager`."""
 
     _forked: bool
+    _freed: list[bool]
 
     def __init__(self, handle: Any, path: str) -> None:
         self._open_report: dict[str, Any] = {}
@@ -248,13 +265,13 @@ class _PagerBase:
         base = ffi.new("uint8_t **")
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(handle, base, reserved))
-        raw = handle
         # The buffer keeps `owner` alive, and `owner` frees the C pager when
         # collected: the mapping outlives every view, and the struct every
         # object that can pass its pointer (close() only shuts it).
-        self._owner = ffi.gc(base[0], lambda _ptr: lib.mp_pager_release(raw))
+        self._freed = [False]
+        self._owner = ffi.gc(base[0], _releaser(handle, self._freed))
         self._lock = CoreLock(handle, self._owner)
-        _HANDLES[self._owner] = raw
+        _HANDLES[self._owner] = handle
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
         self._stats = ffi.new("mp_stats *")

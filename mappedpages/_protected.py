@@ -82,8 +82,10 @@ class ProtectedWriter:
         self._finish(commit=exc_type is None)
 
     def __del__(self) -> None:
-        # An abandoned writer is discarded, so the page can be written again.
-        if getattr(self, "_view", None) is not None:
+        # An abandoned writer is discarded, so the page can be written again;
+        # unless the pager's C state went first (both in one collected cycle):
+        # then there is nothing left to discard in, and the handle dangles.
+        if getattr(self, "_view", None) is not None and not self._pager._freed[0]:
             try:
                 self._finish(commit=False)
             except Exception:

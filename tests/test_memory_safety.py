@@ -427,3 +427,53 @@ def test_exit_after_failed_close():
         s = v[1:]
         """
     )
+
+
+def test_abandoned_writer_collected_in_one_cycle_with_its_pager():
+    """The collector finalizes a cycle's objects in any order: when the pager's
+    C state goes first, the writer's finalizer must not call the core with the
+    freed handle (it hung or crashed the collecting thread)."""
+    run_child(
+        """
+        for layout in ("0.2", "0.3"):
+            for i in range(10):
+                path = os.path.join(TMP, f"cycle-{layout}-{i}.mpp")
+                p = Pager.create(path, layout=layout, durability="none")
+                prot = p.alloc_protected()
+                with p.write_protected(prot) as w:
+                    w.page[:9] = b"committed"
+                p.sync()
+                w = p.write_protected(prot)
+                w.page[:9] = b"abandoned"
+                cycle = [p, w]
+                cycle.append(cycle)
+                del p, w, cycle
+                gc.collect()
+                with Pager.open(path) as again:
+                    assert bytes(again.protected_page(prot)[:9]) == b"committed"
+        """,
+        timeout=60,
+    )
+
+
+def test_abandoned_writer_and_pager_collected_in_a_fork_child():
+    """The same cycle left over in the parent, collected in a fork child."""
+    run_child(
+        """
+        gc.disable()
+        p = fresh("forked.mpp")
+        prot = p.alloc_protected()
+        w = p.write_protected(prot)
+        cycle = [p, w]
+        cycle.append(cycle)
+        del p, w, cycle
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        gc.collect()
+        """,
+        timeout=60,
+    )
