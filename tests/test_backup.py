@@ -138,7 +138,10 @@ def test_a_reader_backs_up_its_own_snapshot(tmp_path: Path) -> None:
 
 def test_backup_under_a_writer_committing_in_another_process(tmp_path: Path) -> None:
     # The writer allocates, stamps, frees and rewrites protected pages as fast
-    # as it can; a page's content never changes while it is allocated.
+    # as it can; a page's content never changes while it is allocated. Each
+    # page is stamped in the transaction that allocates it: stamped after its
+    # alloc commit, a fresh page would be zero in that commit (and its backup)
+    # and stamped when the test reads the live file.
     src = tmp_path / "a.mpp"
     writer = textwrap.dedent(
         """
@@ -151,9 +154,10 @@ def test_backup_under_a_writer_committing_in_another_process(tmp_path: Path) -> 
         print("ready", flush=True)
         n = 0
         while True:
-            for i in p.alloc_bulk(rnd.randrange(1, 40)):
-                p.page(i)[:] = ((i * 7919).to_bytes(8, "little")) * 128
-                live.append(i)
+            with p.transaction() as tx:
+                for i in p.alloc_bulk(rnd.randrange(1, 40)):
+                    tx.page(i)[:] = ((i * 7919).to_bytes(8, "little")) * 128
+                    live.append(i)
             rnd.shuffle(live)
             cut = rnd.randrange(len(live) + 1) // 2
             if cut:
