@@ -35,8 +35,8 @@
  *   - a failed flush poisons the pager; the waiters it carried get its error
  *     (failed_seq), later ones MP_EUNAVAILABLE.
  * A single thread never waits: the leader waits for more changes (gather)
- * only when the last flush carried more than one, and at most half of that
- * flush's time.
+ * only when the last flush carried more than one, and at most that flush's
+ * time.
  */
 #include "mp_internal.h"
 
@@ -197,7 +197,7 @@ int group_eligible(const mp_pager *p)
 
 /* Before writing, the leader waits briefly for the threads the last flush
  * woke to come back with their next change: as many changes as the last
- * group carried, for at most half of its flush time. */
+ * group carried, for at most its flush time. */
 static void gather(mp_pager *p, uint64_t seq)
 {
     mp_lock *g = &p->lk;
@@ -207,7 +207,10 @@ static void gather(mp_pager *p, uint64_t seq)
     uint64_t want = g->last_group + g->last_behind;
     if (want <= 1 || g->change_seq - g->durable_seq >= want)
         return;
-    uint64_t span = g->last_flush_ns / 2u;
+    /* Up to one flush time: the woken threads come back one by one, each
+     * through the GIL, in about half to two thirds of a flush here; waiting
+     * only half of it, the leader often left without the last of them. */
+    uint64_t span = g->last_flush_ns;
     uint64_t until = now_ns() + (span < GATHER_MAX_NS ? span : GATHER_MAX_NS);
     g->gathering = 1;
     while (g->change_seq - g->durable_seq < want && g->durable_seq < seq && !p->poisoned &&
