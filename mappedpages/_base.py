@@ -14,7 +14,7 @@ live, the C handle is released when the last view goes.
 After ``fork()`` the child's pagers refuse every call (``Unavailable``), and
 the core maps the file again at the same addresses, read-only and from a new
 open file description: views the child inherited keep showing the file, and
-the child holds nothing of the writer's lock.
+the child holds nothing of the writer's lock (``_handles``).
 
 The lock is the core's mutex (``_lock``); close shuts the C pager under it, and
 the struct is freed only when its owner is collected (no pointer goes stale).
@@ -37,49 +37,12 @@ from mappedpages._errors import (
     raise_for,
     recovery_flag_names,
 )
+from mappedpages._handles import LIVE, new_owner
 from mappedpages._lock import CoreLock
 from mappedpages._types import PageId, ProtectedPageId
 
 _U64_LIMIT = 1 << 64
 _CHUNK = 4096
-
-
-# Pagers alive in this process, so a fork child can mark them unusable.
-_LIVE: weakref.WeakSet[_PagerBase] = weakref.WeakSet()
-# Open C handles, by the object that owns each (and closes it when collected):
-# a pager object may be gone while views keep its handle, mapping and lock
-# alive, and a fork child must let go of those too.
-_HANDLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _after_fork_in_child() -> None:
-    for pager in list(_LIVE):
-        pager._forked = True
-    for handle in list(_HANDLES.values()):
-        # Never writes again; inherited views turn read-only but keep reading
-        # the file (a store through one faults in the child). The mutex, which
-        # a parent's thread may have held, is made afresh.
-        lib.mp_pager_forget(handle)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _releaser(handle: Any, freed: list[bool]) -> Any:
-    """The owner's destructor: free the C pager, and say so in ``freed``.
-
-    The garbage collector runs the finalizers of a reference cycle in any
-    order, so the owner's may come before that of another object of the
-    cycle that holds the handle (an abandoned ProtectedWriter): such a
-    finalizer asks ``freed`` before it calls the core.
-    """
-
-    def release(_ptr: Any) -> None:
-        freed[0] = True
-        lib.mp_pager_release(handle)
-
-    return release
 
 
 def as_id(value: object, what: str = "page id") -> int:
@@ -268,10 +231,8 @@ class _PagerBase:
         # The buffer keeps `owner` alive, and `owner` frees the C pager when
         # collected: the mapping outlives every view, and the struct every
         # object that can pass its pointer (close() only shuts it).
-        self._freed = [False]
-        self._owner = ffi.gc(base[0], _releaser(handle, self._freed))
+        self._owner, self._freed = new_owner(handle, base[0])
         self._lock = CoreLock(handle, self._owner)
-        _HANDLES[self._owner] = handle
         self._reserved = int(reserved[0])
         self._out = ffi.new("uint64_t *")
         self._stats = ffi.new("mp_stats *")
@@ -281,7 +242,7 @@ class _PagerBase:
         self._ro: memoryview | None = None
         self._refresh_stats()
         self._load_system()
-        _LIVE.add(self)
+        LIVE.add(self)
 
     # ----------------------------------------------------------- internals
 
@@ -567,7 +528,7 @@ class _PagerBase:
                 # let go of both), so its close always succeeds. Views it
                 # inherited may be alive (they are the parent's objects too): the
                 # mapping then goes with the last of them.
-                _LIVE.discard(self)
+                LIVE.discard(self)
                 if not views_alive:
                     self._release()
                 return
@@ -578,13 +539,13 @@ class _PagerBase:
             # Write what a lazy durability mode deferred; report a failure, but
             # release the file either way.
             rc = lib.mp_pager_finish(self._handle)
-            _LIVE.discard(self)
+            LIVE.discard(self)
             self._release()
             self._check(rc, "close")
 
     def _release(self) -> None:
         # Shut under the core's mutex (calls in flight finish first, later
-        # ones get ValueError); the struct goes with the owner (_HANDLES
+        # ones get ValueError); the struct goes with the owner (_handles
         # keeps it listed until then, so a fork still resets its mutex).
         lib.mp_pager_close(self._handle)
 
