@@ -71,6 +71,8 @@ int readers_settle(mp_pager *p, uint64_t later);
 /* Releases pins readers no longer need; force tests every slot's lock (before
  * the file grows for them). Returns 1 when pages were released. */
 int readers_reclaim(mp_pager *p, int force);
+/* Pending pages a commit cannot release: durable frees readers still hold. */
+uint64_t readers_held(const mp_pager *p);
 /* After a rollback reloaded the committed state: pin the durable frees again. */
 void readers_after_reload(mp_pager *p);
 /* A reader loaded the state pages 0-2 read as in snap. */

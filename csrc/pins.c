@@ -290,6 +290,11 @@ int readers_settle(mp_pager *p, uint64_t later)
     return 1;
 }
 
+uint64_t readers_held(const mp_pager *p)
+{
+    return pinning(p) ? p->rd->durable - p->rd->head : 0;
+}
+
 int readers_reclaim(mp_pager *p, int force)
 {
     if (!pinning(p) || p->rd->head == p->rd->durable)

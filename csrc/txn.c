@@ -1,8 +1,9 @@
 /*
  * txn.c - transactions: several changes, one commit.
  *
- * Owns: mp_txn_begin/commit/abort and the settling of deferred state before a
- * directory commit (pager_prepare_dir_commit). Inside a transaction changes
+ * Owns: mp_txn_begin/commit/abort, the settling of deferred state before a
+ * directory commit (pager_prepare_dir_commit) and, in "none" mode, before a
+ * transaction once many frees wait for it (reclaim_pending). Inside a transaction changes
  * stay in memory (bits[] is then ahead of every copy on disk); commit makes
  * them durable with one pager_commit, abort reloads the committed state.
  */
@@ -20,10 +21,39 @@ int pager_prepare_dir_commit(mp_pager *p)
     return p->meta_unwritten ? pager_settle_deferred(p) : MP_OK;
 }
 
+/* Below this many releasable pages a "none" transaction grows the file
+ * rather than flush: growing a small file is cheaper than a flush each time. */
+#define RECLAIM_MIN_PAGES 1024u
+
+/* "none": a free stays pending until a commit makes it durable, and inside a
+ * transaction nothing can be made durable, so a transaction that finds no
+ * usable page grows the file. A copy-on-write engine frees as many pages per
+ * transaction as it allocates: without a sync() the file grew by that much
+ * per transaction. So once the frees a commit would release outnumber the
+ * usable pages, the allocated ones and RECLAIM_MIN_PAGES, a transaction first
+ * makes the deferred state durable (as an alloc with no usable page does):
+ * the file stays within about three times what is allocated (or a few
+ * thousand pages), at one flush per that many frees. */
+static int reclaim_pending(mp_pager *p)
+{
+    if (p->durability != MP_DURABILITY_NONE || p->pending_count == 0)
+        return MP_OK;
+    /* Durable frees a reader still holds are not released by a commit: they
+     * must not make every transaction flush. */
+    uint64_t releasable = p->pending_count - readers_held(p);
+    uint64_t usable = p->free_count - p->pending_count;
+    uint64_t allocated = p->total_pages - p->free_count;
+    if (releasable <= usable || releasable < allocated || releasable < RECLAIM_MIN_PAGES)
+        return MP_OK;
+    return pager_settle_deferred(p);
+}
+
 int mp_txn_begin_locked(mp_pager *p)
 {
     int rc = pager_usable(p, 1);
     if (rc != MP_OK)
+        return rc;
+    if (p->txn_depth == 0 && (rc = reclaim_pending(p)) != MP_OK)
         return rc;
     /* Rollback reloads the committed state from the active copy, so that
      * copy must hold the state the transaction starts from. */
