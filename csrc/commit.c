@@ -318,10 +318,28 @@ int commit_flush(const mp_map *m, const mp_flush *f)
 }
 
 /* The serial commit: write the copy, then flush it with the mutex held. */
+/* "none" commits name the pages their transactions wrote without flushing
+ * them (commit_data): before a durable state names them, they are written
+ * back, as sync() does, or a crash could show a root over stale content. */
+static int flush_unwritten_data(mp_pager *p)
+{
+    int rc = os_flush_range(&p->map, 0, p->total_pages * (uint64_t)p->page_size);
+    if (rc == MP_OK)
+        rc = os_sync_file(&p->map);
+    if (rc != MP_OK)
+        p->poisoned = 1;
+    else
+        p->data_unwritten = 0;
+    return rc;
+}
+
 static int meta_write(mp_pager *p, int flush)
 {
     mp_flush f;
-    int rc = commit_write_copy(p, &f);
+    int rc;
+    if (flush && p->data_unwritten && (rc = flush_unwritten_data(p)) != MP_OK)
+        return rc;
+    rc = commit_write_copy(p, &f);
     if (rc != MP_OK || !flush)
         return rc;
     if ((rc = commit_flush(&p->map, &f)) != MP_OK)
@@ -424,6 +442,7 @@ static int commit_data(mp_pager *p, int record)
     if (p->dirty_count == 0)
         return MP_OK;
     if (p->durability == MP_DURABILITY_NONE) {
+        p->data_unwritten = 1;
         txn_forget_dirty(p);
         return MP_OK;
     }
@@ -581,13 +600,8 @@ int mp_pager_sync_locked(mp_pager *p)
         return MP_EINVALID_ARGUMENT;
     /* msync writes back the data pages; the fsync after it covers what msync
      * does not promise everywhere (file metadata, the drive's cache on macOS). */
-    rc = os_flush_range(&p->map, 0, p->total_pages * (uint64_t)p->page_size);
-    if (rc == MP_OK)
-        rc = os_sync_file(&p->map);
-    if (rc != MP_OK) {
-        p->poisoned = 1;
+    if ((rc = flush_unwritten_data(p)) != MP_OK)
         return rc;
-    }
     /* Data first, then the state that may point at it. */
     return pager_settle_deferred(p);
 }

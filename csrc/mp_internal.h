@@ -443,8 +443,7 @@ struct mp_pager {
     uint32_t page_size;
     uint32_t log2;
     mp_map map;
-    uint64_t max_pages;      /* the most pages a pager maps (MP_MAP_LIMIT bytes of them):
-                                the extended layout's cap, not v0.2's */
+    uint64_t max_pages;      /* the most pages a pager maps: the extended layout's cap */
     uint64_t total_pages;
     uint64_t free_count;
     uint64_t generation;
@@ -457,6 +456,7 @@ struct mp_pager {
     int durability;          /* mp_durability */
     int page0_stale;         /* page 0 does not describe the newest commit yet */
     int meta_unwritten;      /* the in-memory state is newer than both copies */
+    int data_unwritten;      /* "none": transactions wrote pages not flushed since */
     int changed;             /* state changed since the last commit */
     int index_changed;       /* the directory index (count or a flip) changed */
     int no_io;               /* inherited across fork: never write again */

@@ -511,7 +511,9 @@ class _PagerBase:
 
         Raises ``BufferError``, and leaves the pager open, while views of its
         pages are alive (as ``mmap.close()`` does). Closing does not flush data
-        written through views: call ``sync()`` first for that. In a fork child
+        written through views: call ``sync()`` first for that (in ``"none"``
+        mode, pages transactions wrote since the last ``sync()`` are written
+        back before the state that names them). In a fork child
         closing an inherited pager always succeeds: it writes nothing, and the
         mapping is released with the last inherited view.
         """

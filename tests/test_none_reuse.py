@@ -50,7 +50,7 @@ def test_a_copy_on_write_loop_keeps_the_file_small(tmp_path: Path, layout: str) 
         assert p.page_count <= 4096, p.page_count
         # Each flush made a few hundred transactions' frees reusable: far
         # fewer flushes than transactions.
-        assert 0 < flushes(hooks) <= 3000 // 100, hooks.counts()
+        assert 0 < flushes(hooks) <= 3000 // 50, hooks.counts()
         last = live
     finally:
         p.close()
