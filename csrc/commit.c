@@ -317,7 +317,6 @@ int commit_flush(const mp_map *m, const mp_flush *f)
     return f->whole_file ? os_sync_file(m) : os_flush_range(m, f->offset, f->len);
 }
 
-/* The serial commit: write the copy, then flush it with the mutex held. */
 /* "none" commits name the pages their transactions wrote without flushing
  * them (commit_data): before a durable state names them, they are written
  * back, as sync() does, or a crash could show a root over stale content. */
@@ -333,6 +332,7 @@ static int flush_unwritten_data(mp_pager *p)
     return rc;
 }
 
+/* The serial commit: write the copy, then flush it with the mutex held. */
 static int meta_write(mp_pager *p, int flush)
 {
     mp_flush f;

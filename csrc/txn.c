@@ -3,9 +3,10 @@
  *
  * Owns: mp_txn_begin/commit/abort, the settling of deferred state before a
  * directory commit (pager_prepare_dir_commit) and, in "none" mode, before a
- * transaction once many frees wait for it (reclaim_pending). Inside a transaction changes
- * stay in memory (bits[] is then ahead of every copy on disk); commit makes
- * them durable with one pager_commit, abort reloads the committed state.
+ * transaction once many frees wait for it (reclaim_pending). Inside a
+ * transaction changes stay in memory (bits[] is then ahead of every copy on
+ * disk); commit makes them durable with one pager_commit, abort reloads the
+ * committed state.
  */
 #include "mp_internal.h"
 
@@ -40,7 +41,8 @@ static int reclaim_pending(mp_pager *p)
         return MP_OK;
     /* Durable frees a reader still holds are not released by a commit: they
      * must not make every transaction flush. */
-    uint64_t releasable = p->pending_count - readers_held(p);
+    uint64_t held = readers_held(p);
+    uint64_t releasable = held < p->pending_count ? p->pending_count - held : 0;
     uint64_t usable = p->free_count - p->pending_count;
     uint64_t allocated = p->total_pages - p->free_count;
     if (releasable <= usable || releasable < allocated || releasable < RECLAIM_MIN_PAGES)
