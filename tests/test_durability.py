@@ -554,7 +554,7 @@ def test_sigkill_keeps_every_acknowledged_commit(tmp_path, mode):
                 if mode == "none":
                     # The last synced state, or one the child reached after it:
                     # made durable early to reuse freed pages, or by a sync in flight.
-                    since = len(records) - 1 - [k for k, _ in records][::-1].index("acked")
+                    since = max(i for i, (kind, _) in enumerate(records) if kind == "acked")
                     allowed = [last] + [set(ids) for _, ids in records[since + 1 :]]
                     assert got in allowed, f"round {rnd}: not a state since the last sync"
                     for pid in got:
