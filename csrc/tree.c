@@ -15,8 +15,9 @@
  *   2. merge, bottom-up: each reached page merged with its changes and
  *      written as one page or several (records.c) into work memory; its
  *      parent's changes follow (its key now maps to its first new page, each
- *      further part's first key to that part; an emptied page's key goes).
- *      Pages not yet allocated are named by their slot in the work memory,
+ *      further part's first key to that part; an emptied page's key goes);
+ *      a leaf left a quarter full or less takes in its right siblings
+ *      (absorb_siblings), whose keys go. Pages not yet allocated are named by their slot in the work memory,
  *      with SLOT set; a root split grows a level, a branch root left with one
  *      child gives way to it;
  *   3. check every replaced page is allocated, and only once (a corrupt tree
@@ -40,6 +41,7 @@
 
 #define NO_COPY UINT64_MAX         /* tree_node.copy of page 0, the empty root */
 #define KEEP_BYTES (8u << 20)      /* work memory a pager keeps between calls */
+#define ABSORB_MAX 8u              /* siblings a leaf takes in, at most */
 
 typedef struct {
     uint64_t page;   /* the page reached (0: the empty root) */
@@ -50,6 +52,10 @@ typedef struct {
     uint64_t slot;   /* its first new page in work.out */
     uint64_t copy;   /* its page's copy, checked: copies + copy * page_size */
     uint32_t n;      /* the copy's records */
+    uint64_t next;   /* its right sibling's record in the parent's copy (an
+                      * offset into work.copies), 0: it is the last child */
+    uint32_t absorbed; /* the right siblings it took in (absorb_siblings) */
+    int taken;         /* a sibling before it took it in */
 } tree_node;
 
 typedef struct {
@@ -173,8 +179,10 @@ static int split_branch(const mp_pager *p, tree_work *w, uint32_t d, uint64_t i,
             end = node.hi;
         }
         int rc = rec_list_add(&w->keys, rec_key(rec), rec_klen(rec), NULL, 0);
+        const uint8_t *after = rec + REC_HEAD + rec_klen(rec) + 8;
         tree_node child = {mp_load_u64(rec + REC_HEAD + rec_klen(rec)), c, end, i,
-                           w->keys.n - 1, UNCHANGED, 0, NO_COPY, 0};
+                           w->keys.n - 1, UNCHANGED, 0, NO_COPY, 0,
+                           j + 1 < n ? (uint64_t)(after - w->copies) : 0, 0, 0};
         if (rc != MP_OK || (rc = push_node(&w->level[d + 1], child)) != MP_OK)
             return rc;
         c = end;
@@ -205,7 +213,7 @@ static int load_copy(const mp_pager *p, tree_work *w, tree_node *node, uint8_t *
 /* Pass 1: the levels the changes reach, down to the leaves. */
 static int descend(const mp_pager *p, tree_work *w, uint64_t root)
 {
-    tree_node top = {root, 0, w->chg[0].n, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0};
+    tree_node top = {root, 0, w->chg[0].n, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0, 0, 0, 0};
     int rc = push_node(&w->level[0], top);
     for (uint32_t d = 0; rc == MP_OK; d++) {
         uint8_t kind, first = 0;
@@ -233,12 +241,109 @@ static int descend(const mp_pager *p, tree_work *w, uint64_t root)
 
 /* ------------------------------------------------------------ 2. merge */
 
-/* Node i of level d merged with its changes in `chg` and written to out. */
-static int merge_node(const mp_pager *p, tree_work *w, tree_node *node, const rec_list *chg,
-                      uint8_t kind, uint32_t target, int64_t *delta)
+/* The parent's record after the one at `at` (both offsets into work.copies),
+ * 0 after its last. */
+static uint64_t next_record(const mp_pager *p, const tree_work *w, const tree_node *parent,
+                            uint64_t at)
+{
+    uint64_t base = parent->copy * p->page_size;
+    uint64_t end = base + mp_load_u32(w->copies + base + 4);
+    uint64_t next = at + REC_HEAD + rec_klen(w->copies + at) + 8;
+    return next < end ? next : 0;
+}
+
+/* A sibling's records merged into work.merged from index m: a reached one
+ * (its node) with its changes, another as its page holds them (its copy
+ * taken here, in room merge_node reserved). *m: past them; *body: their
+ * bytes; *keys: the keys its changes added less those they removed. */
+static int sibling_records(const mp_pager *p, tree_work *w, const rec_list *chg,
+                           uint64_t page, const tree_node *reached, uint64_t *m,
+                           uint64_t *body, int64_t *keys)
+{
+    tree_node loaded = {page, 0, 0, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0, 0, 0, 0};
+    const tree_node *sib = reached ? reached : &loaded;
+    if (!reached) {
+        uint8_t kind;
+        uint32_t n;
+        int rc = load_copy(p, w, &loaded, &kind, &n);
+        if (rc != MP_OK)
+            return rc;
+        if (kind != MP_RECORD_LEAF)
+            return MP_EINVALID_ARGUMENT; /* leaves at different depths */
+    }
+    uint64_t most = *m + sib->n + (sib->hi - sib->lo);
+    rec_ref *merged = rec_grow(w->merged, &w->merged_cap, most, sizeof *merged);
+    if (!merged)
+        return MP_ENO_MEMORY;
+    w->merged = merged;
+    int changed = 0;
+    uint64_t got;
+    rec_merge(w->copies + sib->copy * p->page_size, sib->n, chg, sib->lo, sib->hi,
+              merged + *m, &got, &changed, keys);
+    *body = 0;
+    for (uint64_t k = *m; k < *m + got; k++)
+        *body += merged[k].len;
+    *m += got;
+    return MP_OK;
+}
+
+/* Deletes would otherwise leave a tree of nearly empty leaves, a page each.
+ * A leaf rewritten to a quarter of a page or less takes in its right
+ * siblings (ABSORB_MAX at most) while all of them fit one page with room for
+ * a record more (target): each is replaced like a reached page, a reached
+ * one with its changes (its node is then `taken`, not merged itself), and
+ * the parent loses their keys (child_changes). */
+static int absorb_siblings(const mp_pager *p, tree_work *w, uint32_t d, uint64_t i,
+                           const rec_list *chg, uint64_t *m, uint32_t target, int64_t *delta)
+{
+    tree_level *l = &w->level[d];
+    tree_node *node = &l->nodes[i];
+    const tree_node *parent = &w->level[d - 1].nodes[node->parent];
+    uint64_t body = 0, at = node->next, j = i + 1;
+    for (uint64_t k = 0; k < *m; k++)
+        body += w->merged[k].len;
+    while (at && body > 0 && body * 4 <= p->page_size - REC_PAGE_HEADER &&
+           node->absorbed < ABSORB_MAX) {
+        const uint8_t *rec = w->copies + at;
+        uint64_t page = mp_load_u64(rec + REC_HEAD + rec_klen(rec)), more, got = *m;
+        tree_node *reached = j < l->n && l->nodes[j].parent == node->parent &&
+                                     l->nodes[j].page == page ? &l->nodes[j] : NULL;
+        uint64_t copies = w->n_copies;
+        int64_t keys = 0;
+        int rc = sibling_records(p, w, chg, page, reached, &got, &more, &keys);
+        if (rc != MP_OK)
+            return rc;
+        if (body + more > target) {
+            w->n_copies = copies; /* it stays as it is */
+            break;
+        }
+        uint64_t *old = rec_grow(w->old, &w->old_cap, w->n_old + 1, sizeof *old);
+        if (!old)
+            return MP_ENO_MEMORY;
+        w->old = old;
+        w->old[w->n_old++] = page;
+        *m = got, body += more, *delta += keys;
+        node->absorbed++;
+        if (reached)
+            reached->taken = 1, j++;
+        at = next_record(p, w, parent, at);
+    }
+    return MP_OK;
+}
+
+/* Node i of level d merged with its changes in `chg` and written to out; a
+ * leaf below the root may take in its siblings (absorb_siblings). */
+static int merge_node(const mp_pager *p, tree_work *w, uint32_t d, tree_node *node,
+                      const rec_list *chg, uint8_t kind, uint32_t target, int64_t *delta)
 {
     /* (descend checked the kinds: leaves at the bottom level, branches above) */
     static const uint8_t empty[REC_PAGE_HEADER] = {0};
+    int absorb = kind == MP_RECORD_LEAF && d > 0 && node->next;
+    /* The merged records point into the copies: the siblings' copies must
+     * not move them. */
+    if (absorb && rec_reserve(&w->copies, &w->copies_cap,
+                              (w->n_copies + ABSORB_MAX) * p->page_size) != MP_OK)
+        return MP_ENO_MEMORY;
     const uint8_t *page = node->copy == NO_COPY ? empty : w->copies + node->copy * p->page_size;
     uint64_t most = (uint64_t)node->n + (node->hi - node->lo); /* records merged, at most */
     rec_ref *merged = rec_grow(w->merged, &w->merged_cap, most, sizeof *merged);
@@ -262,12 +367,19 @@ static int merge_node(const mp_pager *p, tree_work *w, tree_node *node, const re
         w->old = old;
         w->old[w->n_old++] = node->page;
     }
+    int rc = absorb ? absorb_siblings(p, w, d, (uint64_t)(node - w->level[d].nodes), chg, &m,
+                                      target, delta)
+                    : MP_OK;
+    if (rc != MP_OK)
+        return rc;
     return rec_write_parts(p, w->merged, m, kind, target, &w->out, &node->parts);
 }
 
 /* The parent's change for a child that became `parts` pages: its key maps
- * to the first, each further part's first key to that part. */
-static int child_changes(tree_work *w, rec_list *up, const tree_node *child)
+ * to the first, each further part's first key to that part; the keys of the
+ * siblings it took in go. */
+static int child_changes(const mp_pager *p, tree_work *w, rec_list *up, const tree_node *child,
+                         const tree_node *parent)
 {
     const uint8_t *key = w->keys.data + w->keys.at[child->key];
     if (child->parts == 0)
@@ -281,12 +393,19 @@ static int child_changes(tree_work *w, rec_list *up, const tree_node *child)
         if (rc != MP_OK)
             return rc;
     }
+    uint64_t at = child->next;
+    for (uint32_t k = 0; k < child->absorbed; k++, at = next_record(p, w, parent, at)) {
+        key = w->copies + at;
+        int rc = rec_list_add(up, rec_key(key), rec_klen(key), NULL, 0);
+        if (rc != MP_OK)
+            return rc;
+    }
     return MP_OK;
 }
 
 /* Level d's changed pages as changes of level d - 1, whose nodes' ranges
  * are set to them (a parent no child changed gets none). */
-static int parent_changes(tree_work *w, uint32_t d, rec_list *up)
+static int parent_changes(const mp_pager *p, tree_work *w, uint32_t d, rec_list *up)
 {
     tree_level *parents = &w->level[d - 1];
     for (uint64_t i = 0; i < parents->n; i++)
@@ -299,7 +418,7 @@ static int parent_changes(tree_work *w, uint32_t d, rec_list *up)
         tree_node *parent = &parents->nodes[child->parent];
         if (parent->lo == parent->hi)
             parent->lo = up->n;
-        int rc = child_changes(w, up, child);
+        int rc = child_changes(p, w, up, child, parent);
         if (rc != MP_OK)
             return rc;
         parent->hi = up->n;
@@ -314,7 +433,7 @@ static int merge_root(const mp_pager *p, tree_work *w, rec_list *chg, uint32_t t
 {
     tree_node *root = &w->level[0].nodes[0];
     uint8_t kind = w->depth == 1 ? MP_RECORD_LEAF : MP_RECORD_BRANCH;
-    int rc = merge_node(p, w, root, chg, kind, target, delta);
+    int rc = merge_node(p, w, 0, root, chg, kind, target, delta);
     tree_node node = *root;
     rec_list *up = &w->chg[chg == &w->chg[0]];
     while (rc == MP_OK && node.parts != UNCHANGED && node.parts > 1) {
@@ -327,9 +446,9 @@ static int merge_root(const mp_pager *p, tree_work *w, rec_list *chg, uint32_t t
             mp_store_u64(id, SLOT | (node.slot + j));
             rc = rec_list_add(up, rec_key(key), rec_klen(key), id, 8);
         }
-        node = (tree_node){0, 0, up->n, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0};
+        node = (tree_node){0, 0, up->n, NO_PARENT, 0, UNCHANGED, 0, NO_COPY, 0, 0, 0, 0};
         if (rc == MP_OK)
-            rc = merge_node(p, w, &node, up, MP_RECORD_BRANCH, target, delta);
+            rc = merge_node(p, w, 0, &node, up, MP_RECORD_BRANCH, target, delta);
     }
     if (rc != MP_OK)
         return rc;
@@ -357,11 +476,14 @@ static int merge_levels(const mp_pager *p, tree_work *w, uint32_t target, int64_
     for (uint32_t d = w->depth - 1; d > 0; d--) {
         uint8_t kind = d == w->depth - 1 ? MP_RECORD_LEAF : MP_RECORD_BRANCH;
         for (uint64_t i = 0; i < w->level[d].n; i++) {
-            int rc = merge_node(p, w, &w->level[d].nodes[i], cur, kind, target, delta);
+            tree_node *node = &w->level[d].nodes[i];
+            if (node->taken)
+                continue; /* a sibling before it took it in */
+            int rc = merge_node(p, w, d, node, cur, kind, target, delta);
             if (rc != MP_OK)
                 return rc;
         }
-        int rc = parent_changes(w, d, up);
+        int rc = parent_changes(p, w, d, up);
         if (rc != MP_OK)
             return rc;
         rec_list *t = cur;
