@@ -197,9 +197,10 @@ int pager_ensure_free(mp_pager *p, uint64_t n)
     uint64_t usable = p->free_count - p->pending_count;
     if (usable >= n)
         return MP_OK;
-    if (p->pending_count > 0 && p->txn_depth == 0) {
+    if (readers_releasable(p) > 0 && p->txn_depth == 0) {
         /* Rather than grow the file, make those frees durable (one flushed
-         * commit of the deferred state) so their pages can be reused. */
+         * commit of the deferred state) so their pages can be reused; frees
+         * a reader holds would stay pending, so they do not count. */
         int rc = pager_settle_deferred(p);
         if (rc != MP_OK)
             return rc;

@@ -73,6 +73,9 @@ int readers_settle(mp_pager *p, uint64_t later);
 int readers_reclaim(mp_pager *p, int force);
 /* Pending pages a commit cannot release: durable frees readers still hold. */
 uint64_t readers_held(const mp_pager *p);
+/* Pending pages a commit would release: the others. The one count that says
+ * whether settling the deferred state, rather than growing, gains pages. */
+uint64_t readers_releasable(const mp_pager *p);
 /* After a rollback reloaded the committed state: pin the durable frees again. */
 void readers_after_reload(mp_pager *p);
 /* A reader loaded the state pages 0-2 read as in snap. */

@@ -295,6 +295,13 @@ uint64_t readers_held(const mp_pager *p)
     return pinning(p) ? p->rd->durable - p->rd->head : 0;
 }
 
+uint64_t readers_releasable(const mp_pager *p)
+{
+    /* (a held count above the pending one, never expected, reads as none) */
+    uint64_t held = readers_held(p);
+    return held < p->pending_count ? p->pending_count - held : 0;
+}
+
 int readers_reclaim(mp_pager *p, int force)
 {
     if (!pinning(p) || p->rd->head == p->rd->durable)

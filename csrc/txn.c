@@ -41,8 +41,7 @@ static int reclaim_pending(mp_pager *p)
         return MP_OK;
     /* Durable frees a reader still holds are not released by a commit: they
      * must not make every transaction flush. */
-    uint64_t held = readers_held(p);
-    uint64_t releasable = held < p->pending_count ? p->pending_count - held : 0;
+    uint64_t releasable = readers_releasable(p);
     uint64_t usable = p->free_count - p->pending_count;
     uint64_t allocated = p->total_pages - p->free_count;
     if (releasable <= usable || releasable < allocated || releasable < RECLAIM_MIN_PAGES)

@@ -85,3 +85,34 @@ def test_pages_a_reader_holds_do_not_make_every_transaction_flush(tmp_path: Path
             assert reader.page_count <= p.page_count
     finally:
         p.close()
+
+
+def test_an_alloc_grows_without_a_flush_when_readers_hold_every_free(tmp_path: Path) -> None:
+    """A lone alloc() with no usable page makes the deferred state durable so
+    that pending frees can be reused, unless readers hold all of them: then that
+    flush would free nothing, and the file grows without it."""
+    hooks = IoHooks()
+    path = tmp_path / "f"
+    p = create_pager(path, 4096, hooks, durability="none", layout="0.3")
+    p._attach_readers(os.fsencode(path), 8)
+    try:
+        held = p.alloc_bulk(500)
+        p.sync()
+        with ReadOnlyPager.open(path) as reader:
+            assert reader.snapshot
+            p.free_bulk(held)
+            p.sync()
+            assert p.pinned_free_pages == len(held)
+            p.alloc()  # deferred state: this allocation is not durable yet
+            grew = 0
+            before = flushes(hooks)
+            while grew < 3:  # every usable page taken, three growths
+                pages = p.page_count
+                p.alloc()
+                grew += p.page_count > pages
+            # Each growth makes the new size durable (one flush); before, each
+            # also flushed the deferred state first (three per growth here).
+            assert flushes(hooks) - before <= grew, hooks.counts()
+            assert p.pinned_free_pages == len(held)
+    finally:
+        p.close()
