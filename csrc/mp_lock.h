@@ -25,7 +25,6 @@ typedef struct {
     int closed;              /* mp_pager_close ran: every later call is MP_ECLOSED */
     /* group commit: one flush carries every change ready when it starts */
     pthread_cond_t done;     /* a flush finished (or failed) */
-    pthread_cond_t more;     /* a change arrived while a leader gathers */
     int flushing;            /* a leader flushes, mu released */
     int gathering;           /* a leader waits briefly for more changes */
     uint64_t change_seq;     /* tickets: changes applied that wait for a group flush */
