@@ -66,8 +66,29 @@ ffibuilder.set_source(
     py_limited_api=True,
 )
 
+def _setuptools_too_old() -> str | None:
+    """Why an in-place build would fail here, or None.
+
+    cffi's compile reads pyproject.toml through the setuptools installed here
+    (pip's builds bring their own), and before 77 setuptools refuses its
+    ``license`` field with a schema error that does not say so.
+    """
+    import setuptools
+
+    major = int(setuptools.__version__.split(".", 1)[0])
+    if major >= 77:
+        return None
+    return (
+        f"an in-place build needs setuptools>=77 (found {setuptools.__version__}): "
+        "pip install -U 'setuptools>=77', or build with pip install -e ."
+    )
+
+
 if __name__ == "__main__":
     # Build in place, for development: python build_ffi.py
+    problem = _setuptools_too_old()
+    if problem:
+        sys.exit(problem)
     os.chdir(HERE)
     ffibuilder.compile(tmpdir=str(HERE), verbose=True)
     sys.exit(0)
