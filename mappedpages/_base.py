@@ -315,10 +315,20 @@ class _PagerBase:
             and kind[0] == lib.MP_PAGE_DATA
         )
 
-    def _page_view(self, page_id: object, mv: memoryview | None) -> memoryview:
+    def page(self, page_id: PageId) -> memoryview:
+        """Return a zero-copy view of one page (``page_size`` bytes, format 'B').
+
+        Writable on a :class:`Pager`, read-only on a :class:`ReadOnlyPager`.
+        Pages 0-2, directory pages and the pages behind protected pages raise
+        :class:`ReservedPage`; an id past the end raises :class:`OutOfBounds`.
+        A free page may be viewed: a view is memory, not ownership.
+        """
+        # One method, no helper: a call frame is a fifth of this call's cost.
         # The fast path reads only values that are safe without the lock:
         # page_count never shrinks while the pager is open, and a view of a
-        # closed pager's memoryview raises ValueError instead of touching memory.
+        # closed pager's memoryview raises ValueError instead of touching
+        # memory. A reader's _mv is its read-only mapping (_ro is _mv).
+        mv = self._mv
         if (
             type(page_id) is int
             and 3 <= page_id < self._page_count

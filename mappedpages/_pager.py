@@ -213,15 +213,6 @@ class Pager(SpaceMixin, _AsyncCalls, _ProtectedCalls, _EngineCalls, _SnapshotCal
 
     # ------------------------------------------------------------- pages
 
-    def page(self, page_id: PageId) -> memoryview:
-        """Return a writable, zero-copy view of one page (``page_size`` bytes, format 'B').
-
-        Pages 0-2, directory pages and the pages behind protected pages raise
-        :class:`ReservedPage`; an id past the end raises :class:`OutOfBounds`.
-        A free page may be viewed: a view is memory, not ownership.
-        """
-        return self._page_view(page_id, self._mv)
-
     def view(self, first_page: PageId, count: int) -> memoryview:
         """Return one writable, zero-copy view over ``count`` consecutive pages.
 

@@ -134,10 +134,6 @@ class ReadOnlyPager(BackupMixin, _ReaderListing, _TreeReads):
         raise_for_rc(lib.mp_pager_fd(self._handle, fd), "map", self._path)
         return mmap.mmap(fd[0], length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
 
-    def page(self, page_id: PageId) -> memoryview:
-        """Return a read-only view of one page; errors as for :meth:`Pager.page`."""
-        return self._page_view(page_id, self._ro)
-
     def view(self, first_page: PageId, count: int) -> memoryview:
         """Return one read-only view over ``count`` consecutive pages (see Pager.view)."""
         return self._run_view(first_page, count, readonly=True)
