@@ -17,9 +17,9 @@
  *      parent's changes follow (its key now maps to its first new page, each
  *      further part's first key to that part; an emptied page's key goes);
  *      a leaf left a quarter full or less takes in its right siblings
- *      (absorb_siblings), whose keys go. Pages not yet allocated are named by their slot in the work memory,
- *      with SLOT set; a root split grows a level, a branch root left with one
- *      child gives way to it;
+ *      (absorb_siblings), whose keys go. Pages not yet allocated are named
+ *      by their slot in the work memory, with SLOT set; a root split grows a
+ *      level, a branch root left with one child gives way to it;
  *   3. check every replaced page is allocated, and only once (a corrupt tree
  *      may name a page twice), before anything changes;
  *   4. allocate all new pages in one call (in runs: see commit_pages),
