@@ -252,6 +252,20 @@ static uint64_t next_record(const mp_pager *p, const tree_work *w, const tree_no
     return next < end ? next : 0;
 }
 
+/* A page's n records merged with changes lo..hi - 1 of chg into work.merged
+ * from index m (grown to hold them); *got: the records there now. */
+static int merge_records(tree_work *w, const uint8_t *page, uint32_t n, const rec_list *chg,
+                         uint64_t lo, uint64_t hi, uint64_t m, uint64_t *got, int *changed,
+                         int64_t *keys)
+{
+    rec_ref *merged = rec_grow(w->merged, &w->merged_cap, m + n + (hi - lo), sizeof *merged);
+    if (!merged)
+        return MP_ENO_MEMORY;
+    w->merged = merged;
+    rec_merge(page, n, chg, lo, hi, merged + m, got, changed, keys);
+    return MP_OK;
+}
+
 /* A sibling's records merged into work.merged from index m: a reached one
  * (its node) with its changes, another as its page holds them (its copy
  * taken here, in room merge_node reserved). *m: past them; *body: their
@@ -271,20 +285,16 @@ static int sibling_records(const mp_pager *p, tree_work *w, const rec_list *chg,
         if (kind != MP_RECORD_LEAF)
             return MP_EINVALID_ARGUMENT; /* leaves at different depths */
     }
-    uint64_t most = *m + sib->n + (sib->hi - sib->lo);
-    rec_ref *merged = rec_grow(w->merged, &w->merged_cap, most, sizeof *merged);
-    if (!merged)
-        return MP_ENO_MEMORY;
-    w->merged = merged;
     int changed = 0;
     uint64_t got;
-    rec_merge(w->copies + sib->copy * p->page_size, sib->n, chg, sib->lo, sib->hi,
-              merged + *m, &got, &changed, keys);
+    int rc = merge_records(w, w->copies + sib->copy * p->page_size, sib->n, chg, sib->lo,
+                           sib->hi, *m, &got, &changed, keys);
     *body = 0;
-    for (uint64_t k = *m; k < *m + got; k++)
-        *body += merged[k].len;
-    *m += got;
-    return MP_OK;
+    for (uint64_t k = *m; rc == MP_OK && k < *m + got; k++)
+        *body += w->merged[k].len;
+    if (rc == MP_OK)
+        *m += got;
+    return rc;
 }
 
 /* Deletes would otherwise leave a tree of nearly empty leaves, a page each.
@@ -345,15 +355,12 @@ static int merge_node(const mp_pager *p, tree_work *w, uint32_t d, tree_node *no
                               (w->n_copies + ABSORB_MAX) * p->page_size) != MP_OK)
         return MP_ENO_MEMORY;
     const uint8_t *page = node->copy == NO_COPY ? empty : w->copies + node->copy * p->page_size;
-    uint64_t most = (uint64_t)node->n + (node->hi - node->lo); /* records merged, at most */
-    rec_ref *merged = rec_grow(w->merged, &w->merged_cap, most, sizeof *merged);
-    if (!merged)
-        return MP_ENO_MEMORY;
-    w->merged = merged;
     int changed = 0;
     uint64_t m;
     int64_t keys = 0;
-    rec_merge(page, node->n, chg, node->lo, node->hi, w->merged, &m, &changed, &keys);
+    int rc = merge_records(w, page, node->n, chg, node->lo, node->hi, 0, &m, &changed, &keys);
+    if (rc != MP_OK)
+        return rc;
     if (kind == MP_RECORD_LEAF)
         *delta += keys;
     node->parts = UNCHANGED;
@@ -367,9 +374,9 @@ static int merge_node(const mp_pager *p, tree_work *w, uint32_t d, tree_node *no
         w->old = old;
         w->old[w->n_old++] = node->page;
     }
-    int rc = absorb ? absorb_siblings(p, w, d, (uint64_t)(node - w->level[d].nodes), chg, &m,
-                                      target, delta)
-                    : MP_OK;
+    rc = absorb ? absorb_siblings(p, w, d, (uint64_t)(node - w->level[d].nodes), chg, &m, target,
+                                  delta)
+                : MP_OK;
     if (rc != MP_OK)
         return rc;
     return rec_write_parts(p, w->merged, m, kind, target, &w->out, &node->parts);

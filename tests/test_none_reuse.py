@@ -12,6 +12,8 @@ a lone alloc() with no usable page does); pages readers hold do not count.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,28 @@ def copy_on_write(p: Pager, live: list[int], i: int) -> list[int]:
             p.free_bulk(live)
         p.set_root(0, new[0])
     return list(new)
+
+
+def pager_with_readers(path: Path, hooks: IoHooks) -> Pager:
+    """A "none" pager in the extended layout, its flushes counted, with a reader table."""
+    p = create_pager(path, 4096, hooks, durability="none", layout="0.3")
+    # Pager.open and Pager.create attach the reader table; this path does not.
+    p._attach_readers(os.fsencode(path), 8)
+    return p
+
+
+@contextmanager
+def frees_a_reader_holds(p: Pager, path: Path, n: int) -> Iterator[ReadOnlyPager]:
+    """n pages freed while a reader's commit still has them allocated: durable
+    frees the reader holds back (pinned), for as long as the block runs."""
+    held = p.alloc_bulk(n)
+    p.sync()
+    with ReadOnlyPager.open(path) as reader:
+        assert reader.snapshot
+        p.free_bulk(held)
+        p.sync()
+        assert p.pinned_free_pages == n
+        yield reader
 
 
 @pytest.mark.parametrize("layout", ["0.2", "0.3"])
@@ -62,19 +86,10 @@ def test_a_copy_on_write_loop_keeps_the_file_small(tmp_path: Path, layout: str) 
 def test_pages_a_reader_holds_do_not_make_every_transaction_flush(tmp_path: Path) -> None:
     hooks = IoHooks()
     path = tmp_path / "f"
-    p = create_pager(path, 4096, hooks, durability="none", layout="0.3")
-    # Pager.open and Pager.create attach the reader table; this path does not.
-    p._attach_readers(os.fsencode(path), 8)
+    p = pager_with_readers(path, hooks)
     try:
         live = copy_on_write(p, [], 0)
-        held = p.alloc_bulk(3000)
-        p.sync()
-        with ReadOnlyPager.open(path) as reader:
-            assert reader.snapshot
-            # Durable frees the reader's commit still has allocated: held back.
-            p.free_bulk(held)
-            p.sync()
-            assert p.pinned_free_pages == len(held)
+        with frees_a_reader_holds(p, path, 3000) as reader:
             before = flushes(hooks)
             for i in range(1, 301):
                 live = copy_on_write(p, live, i)
@@ -93,16 +108,9 @@ def test_an_alloc_grows_without_a_flush_when_readers_hold_every_free(tmp_path: P
     flush would free nothing, and the file grows without it."""
     hooks = IoHooks()
     path = tmp_path / "f"
-    p = create_pager(path, 4096, hooks, durability="none", layout="0.3")
-    p._attach_readers(os.fsencode(path), 8)
+    p = pager_with_readers(path, hooks)
     try:
-        held = p.alloc_bulk(500)
-        p.sync()
-        with ReadOnlyPager.open(path) as reader:
-            assert reader.snapshot
-            p.free_bulk(held)
-            p.sync()
-            assert p.pinned_free_pages == len(held)
+        with frees_a_reader_holds(p, path, 500):
             p.alloc()  # deferred state: this allocation is not durable yet
             grew = 0
             before = flushes(hooks)
@@ -113,6 +121,6 @@ def test_an_alloc_grows_without_a_flush_when_readers_hold_every_free(tmp_path: P
             # Each growth makes the new size durable (one flush); before, each
             # also flushed the deferred state first (three per growth here).
             assert flushes(hooks) - before <= grew, hooks.counts()
-            assert p.pinned_free_pages == len(held)
+            assert p.pinned_free_pages == 500
     finally:
         p.close()
