@@ -66,6 +66,7 @@ ffibuilder.set_source(
     py_limited_api=True,
 )
 
+
 def _setuptools_too_old() -> str | None:
     """Why an in-place build would fail here, or None.
 
