@@ -428,6 +428,9 @@ int mp_pager_roots_locked(const mp_pager *p, uint64_t *out)
 {
     if (!p || !out)
         return MP_EINVALID_ARGUMENT;
+    int rc = pager_usable(p, 0); /* (a fork child's copy: its parent's state) */
+    if (rc != MP_OK)
+        return rc;
     memcpy(out, p->roots, sizeof p->roots);
     return MP_OK;
 }

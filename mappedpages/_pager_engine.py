@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mappedpages._base import _PagerBase, as_id
+from mappedpages._base import _U64_LIMIT, _PagerBase, as_id
 from mappedpages._core import lib
 from mappedpages._errors import raise_for
 from mappedpages._types import PageId
@@ -68,6 +68,22 @@ class _EngineCalls(_PagerBase):
         v0.2 cap; see FORMAT.md, "Root pages"); :class:`FileFull` only when the
         file cannot grow.
         """
+        # An engine sets a root or two per transaction: a valid call in the
+        # extended layout (or of 0, which never moves a file) is one core
+        # call, which holds the pager's mutex and refuses a closed pager or a
+        # fork child's; the rest, and every error, take the checked path.
+        if (
+            type(slot) is int
+            and type(value) is int
+            and 0 <= slot < 8
+            and 0 <= value < _U64_LIMIT
+            and (self._format_minor == 3 or not value)
+        ):
+            rc = lib.mp_pager_set_root(self._handle, slot, value)
+            if rc:
+                self._usable()
+                self._check(rc, f"root {slot}")
+            return
         if isinstance(slot, bool) or not isinstance(slot, int):
             raise TypeError(f"slot must be an int, not {type(slot).__name__}")
         if isinstance(value, bool) or not isinstance(value, int):

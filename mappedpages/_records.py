@@ -112,7 +112,7 @@ def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple
         outs = (ffi.new("uint64_t *"), ffi.new("int64_t *"))
     out_root, delta = outs
     rc = lib.mp_tree_apply(handle, root, src, len(src), out_root, delta)
-    result = int(out_root[0]), int(delta[0])
+    result = out_root[0], delta[0]
     _apply_return(outs)
     if rc:
         pager._check(rc, "tree_apply")

@@ -104,6 +104,51 @@ def test_set_root_bad_input_changes_nothing(tmp_path):
         assert p.roots == (0,) * 8
 
 
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
+def test_set_root_on_a_closed_pager_raises_and_changes_nothing(tmp_path, layout):
+    # A valid call in the extended layout (or of 0) is one core call: the core
+    # refuses the closed pager, and the error names it as every other call does.
+    path = tmp_path / "f"
+    p = Pager.create(path, 1024, layout=layout)
+    p.set_root(2, 7)
+    p.close()
+    for slot, value in [(0, 1), (2, 0), (7, (1 << 64) - 1)]:
+        with pytest.raises(ValueError, match="closed pager"):
+            p.set_root(slot, value)
+    with ReadOnlyPager.open(path) as r:
+        assert r.roots == (0, 0, 7, 0, 0, 0, 0, 0)
+
+
+def test_a_transaction_used_from_another_thread_waits_for_its_block(tmp_path):
+    # The block holds the pager: another thread's call on its handle waits for
+    # the block to end, then finds the transaction ended and joins nothing.
+    import threading
+
+    with Pager.create(tmp_path / "f", 1024, layout="0.3") as p:
+        seen: list[BaseException | None] = []
+        entered, done = threading.Event(), threading.Event()
+
+        def other(tx: Transaction) -> None:
+            entered.set()
+            try:
+                tx.tree_apply(0, b"")
+                seen.append(None)
+            except BaseException as e:
+                seen.append(e)
+            done.set()
+
+        with p.transaction() as tx:
+            p.set_root(0, 9)
+            t = threading.Thread(target=other, args=(tx,))
+            t.start()
+            assert entered.wait(5)
+            assert not done.wait(0.2), "another thread's call ran inside the block"
+        t.join(5)
+        assert len(seen) == 1 and isinstance(seen[0], ValueError), seen
+        assert "ended" in str(seen[0])
+        assert p.roots[0] == 9
+
+
 def test_roots_roll_back_with_the_transaction(tmp_path):
     path = tmp_path / "f"
     with Pager.create(path, 1024) as p:

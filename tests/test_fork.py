@@ -63,6 +63,9 @@ def calls_on(pager: Pager, pid: int, prot: int):
         "write_protected": lambda: pager.write_protected(prot),
         "protected_page": lambda: pager.protected_page(prot),
         "verify_protected": lambda: pager.verify_protected(prot),
+        "set_root": lambda: pager.set_root(0, pid),
+        "set_root_zero": lambda: pager.set_root(1, 0),
+        "roots": lambda: pager.roots,
     }
 
 
