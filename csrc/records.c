@@ -44,11 +44,18 @@ const uint8_t *rec_key(const uint8_t *rec)
 
 /* The byte order of keys: memcmp, and on a common prefix the shorter first.
  * Keys in a page mostly differ in their first bytes, and a search compares a
- * key with each record before its own: those bytes are compared here, and
- * memcmp (a call) is left the rest of a long common prefix. */
+ * key with each record before its own: the first 8 bytes are compared as one
+ * big-endian number (a page's sorted keys often share their first byte or
+ * two), and memcmp (a call) is left the rest of a long common prefix. */
 int rec_key_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
 {
     uint32_t n = alen < blen ? alen : blen, i = 0;
+    if (n >= 8) {
+        uint64_t x = mp_load_be64(a), y = mp_load_be64(b);
+        if (x != y)
+            return x < y ? -1 : 1;
+        i = 8;
+    }
     for (; i < n && i < 8; i++) {
         if (a[i] != b[i])
             return a[i] < b[i] ? -1 : 1;
@@ -262,6 +269,10 @@ static int write_part(const mp_pager *p, const rec_ref *merged, uint64_t m, uint
     uint8_t *pg = out->pages + out->count * ps;
     uint64_t at = REC_PAGE_HEADER, count = 0, acc = 0;
     /* (n is a u16: a page of many tiny records ends at UINT16_MAX of them) */
+    /* Records that lie one after the other where they come from (most of a
+     * page the changes left alone) are copied as one span. */
+    const uint8_t *span = NULL;
+    uint64_t span_at = at, span_len = 0;
     while (*k < m && count < UINT16_MAX && (last || acc * parts < body)) {
         const uint8_t *rec = merged[*k].at;
         uint32_t len = merged[*k].len, skip = 0;
@@ -269,12 +280,22 @@ static int write_part(const mp_pager *p, const rec_ref *merged, uint64_t m, uint
             skip = rec_klen(rec); /* a branch's first child goes without a key */
         if (at + len - skip > ps)
             return MP_EINVALID_ARGUMENT; /* records too large for the page */
-        memcpy(pg + at, rec, REC_HEAD);
-        if (skip)
+        if (skip) {
+            memcpy(pg + at, rec, REC_HEAD);
             pg[at] = pg[at + 1] = 0;
-        memcpy(pg + at + REC_HEAD, rec + REC_HEAD + skip, len - REC_HEAD - skip);
+            memcpy(pg + at + REC_HEAD, rec + REC_HEAD + skip, len - REC_HEAD - skip);
+            span_at = at + len - skip;
+        } else if (span && span + span_len == rec) {
+            span_len += len;
+        } else {
+            if (span_len)
+                memcpy(pg + span_at, span, (size_t)span_len);
+            span = rec, span_at = at, span_len = len;
+        }
         at += len - skip, acc += len, count++, (*k)++;
     }
+    if (span_len)
+        memcpy(pg + span_at, span, (size_t)span_len);
     pg[0] = kind, pg[1] = 0;
     pg[2] = (uint8_t)count, pg[3] = (uint8_t)(count >> 8);
     mp_store_u32(pg + 4, (uint32_t)at);
