@@ -411,6 +411,8 @@ int mp_txn_write_pages_locked(mp_pager *p, const uint64_t *ids, uint64_t n, cons
         rc = os_write_all(p->map.io, p->fd, buf + i * ps, (size_t)(run * ps), own[i] * ps);
         if (rc != MP_OK)
             p->poisoned = 1; /* as in mp_txn_write */
+        else if (p->durability != MP_DURABILITY_NONE)
+            os_start_writeback(&p->map, own[i] * ps, run * ps); /* flushed at the commit */
     }
     free(own);
     return rc;

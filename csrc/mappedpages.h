@@ -199,7 +199,9 @@ enum mp_io_kind {
     MP_IO_PREAD = 7,          /* open's read of the superblock */
     MP_IO_OPEN = 8,           /* open of the file by mp_pager_open */
     MP_IO_FLOCK = 9,          /* each attempt at the writer's lock */
-    MP_IO_KINDS = 10
+    MP_IO_WRITEBACK = 10,     /* sync_file_range(WRITE) on Linux: starts writing
+                                 pages early, a hint; never a barrier */
+    MP_IO_KINDS = 11
 };
 
 /* Test-only fault injection and barrier observation; owned by the caller, who
@@ -210,10 +212,10 @@ enum mp_io_kind {
  * skip_msync_at turns the Nth msync into a silent no-op, to prove that a
  * harness notices a missing barrier. */
 typedef struct mp_io_hooks {
-    uint64_t calls[10];       /* sized MP_IO_KINDS (cffi needs the number) */
-    uint64_t fail_at[10];
-    int fail_errno[10];
-    int fail_persistent[10];
+    uint64_t calls[11];       /* sized MP_IO_KINDS (cffi needs the number) */
+    uint64_t fail_at[11];
+    int fail_errno[11];
+    int fail_persistent[11];
     uint64_t skip_msync_at;
     int (*on_barrier)(void *ctx, int kind, uint64_t offset, uint64_t length);
     void *ctx;

@@ -344,6 +344,7 @@ void os_map_release(mp_map *m);
 int os_map_share_read_only(mp_map *m);
 int os_flush_range(const mp_map *m, uint64_t offset, uint64_t len);
 int os_sync_file(const mp_map *m);
+void os_start_writeback(const mp_map *m, uint64_t offset, uint64_t len);
 int os_sync_dir_of(const char *path);
 int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len, int preallocate);
 /* Zeroed memory that costs nothing until touched (the in-memory maps are
@@ -351,8 +352,7 @@ int os_grow_file(const mp_map *m, uint64_t old_len, uint64_t new_len, int preall
 void *os_alloc_zeroed(size_t len);
 void os_free_zeroed(void *mem, size_t len);
 int os_shrink_file(const mp_map *m, uint64_t len);
-int os_pread_all(mp_io_hooks *io, int fd, uint8_t *buf, size_t len, uint64_t offset,
-                 size_t *got);
+int os_pread_all(mp_io_hooks *io, int fd, uint8_t *buf, size_t len, uint64_t off, size_t *got);
 int os_write_all(mp_io_hooks *io, int fd, const uint8_t *buf, size_t len, uint64_t offset);
 int os_unlink(const char *path);
 /* A new, empty file in path's folder, for a file that must appear whole or

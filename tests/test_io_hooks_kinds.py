@@ -23,7 +23,8 @@ from mappedpages._core import lib  # noqa: E402
 def test_kinds_are_appended_before_the_count() -> None:
     kinds = [lib.MP_IO_PWRITE, lib.MP_IO_PREAD, lib.MP_IO_OPEN, lib.MP_IO_FLOCK]
     assert kinds == [6, 7, 8, 9]
-    assert lib.MP_IO_KINDS == 10
+    assert lib.MP_IO_WRITEBACK == 10
+    assert lib.MP_IO_KINDS == 11
     hooks = IoHooks()
     assert len(hooks.table.calls) == lib.MP_IO_KINDS
 
