@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 from mappedpages._base import _U64_LIMIT, as_id
 from mappedpages._core import ffi, lib
 from mappedpages._ids import _ids_array, _u64_buffer
-from mappedpages._lock import _lock as _core_lock
-from mappedpages._lock import _unlock as _core_unlock
 from mappedpages._records import _root, tree_apply
 from mappedpages._types import PageId
 
@@ -34,29 +32,29 @@ class TransactionBlock:
     transaction per small update is an engine's hot path.
     """
 
-    __slots__ = ("_pager", "_handle")
+    __slots__ = ("_pager", "_held")
 
     def __init__(self, pager: Pager) -> None:
         self._pager = pager
-        self._handle = pager._handle
+        self._held: Any = None
 
     def __enter__(self) -> Transaction:
-        # The pager's lock (its core mutex, as ``with pager.lock()`` takes
-        # it, called directly: this is a small update's hot path), held until
-        # __exit__: the block holds the pager (other threads wait).
-        _core_lock(self._handle)
+        # The pager's lock, entered as `with` would, held until __exit__: the
+        # block holds the pager (other threads wait). Every Python-level hold
+        # of the pager goes through ``pager._lock``.
+        held = self._held = self._pager._lock
+        held.__enter__()
         try:
             return self._pager._txn_enter()
         except BaseException:
-            _core_unlock(self._handle)
+            held.__exit__(None, None, None)
             raise
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
         try:
             self._pager._txn_exit(exc_type is not None)
         finally:
-            if _core_unlock(self._handle):
-                raise RuntimeError("cannot release un-acquired lock")
+            self._held.__exit__(None, None, None)
 
 
 class Transaction:
@@ -190,14 +188,9 @@ class Transaction:
         if type(root) is not int or not 0 <= root < _U64_LIMIT:
             root = _root(root)  # raises, saying what is wrong
         # The pager's lock for the check that the block is open and the call:
-        # another thread's call waits for the block to end, then finds it
-        # ended (the core mutex, taken directly: an engine's hot path).
-        handle = self._pager._handle
-        _core_lock(handle)
-        try:
+        # another thread's call waits for the block to end, then finds it ended.
+        with self._pager._lock:
             return tree_apply(self._pager, self._handle(), root, changes)
-        finally:
-            _core_unlock(handle)
 
     @property
     def dirty_pages(self) -> int:
