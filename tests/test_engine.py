@@ -581,33 +581,37 @@ def test_tx_write_pages_one_pwrite_per_run_and_commits(tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_written_pages_start_their_writeback_and_a_failed_hint_changes_nothing(tmp_path, mode):
-    # tx.write_pages (and tree_apply, which writes through it) starts each run's
-    # writeback at once in the durable modes: one hint per run, never a flush;
+    # tx.write_pages (and tree_apply, which writes through it) of 16 pages or
+    # more starts each run's writeback at once in the durable modes: one hint
+    # per run, never a flush. Fewer pages are left to the commit's flush, and
     # "none" writes pages back at sync only. The hint failing (injected, every
     # call) changes nothing: the commit's flush makes the pages durable.
     path = tmp_path / "f"
     hooks = IoHooks()
     p = create_pager(path, 1024, hooks, durability=mode, layout="0.3")
     try:
-        ids = p.alloc_bulk(5)
-        pages = [ids[0], ids[1], ids[2], ids[4]]
-        data = b"".join(bytes([65 + i]) * 1024 for i in range(4))
+        ids = p.alloc_bulk(41)
+        assert ids == list(range(ids[0], ids[0] + 41))
+        many = ids[:20] + ids[21:41]  # two runs of 20
+        data = b"".join(bytes([65 + i % 26]) * 1024 for i in range(40))
         with p.transaction() as tx:
             hints, flushed = hooks.calls(lib.MP_IO_WRITEBACK), flushes(hooks)
-            tx.write_pages(array("Q", pages), data)
+            tx.write_pages(array("Q", ids[:4]), data[: 4 * 1024])
+            assert hooks.calls(lib.MP_IO_WRITEBACK) == hints  # a few pages: the flush's
+            tx.write_pages(array("Q", many), data)
             assert hooks.calls(lib.MP_IO_WRITEBACK) - hints == (0 if mode == "none" else 2)
             assert flushes(hooks) == flushed
         hooks.fail(lib.MP_IO_WRITEBACK, hooks.calls(lib.MP_IO_WRITEBACK) + 1, errno.EIO,
                    persistent=True)
         with p.transaction() as tx:
-            tx.write_pages(array("Q", pages), bytes(reversed(data)))
-            p.set_root(0, ids[4])
+            tx.write_pages(array("Q", many), bytes(reversed(data)))
+            p.set_root(0, ids[40])
         p.alloc()  # the pager carries on: a failed hint does not poison it
     finally:
         p.close()
     with Pager.open(path) as q:
-        assert q.roots[0] == ids[4]
-        assert b"".join(bytes(q.page(i)) for i in pages) == bytes(reversed(data))
+        assert q.roots[0] == ids[40]
+        assert b"".join(bytes(q.page(i)) for i in many) == bytes(reversed(data))
 
 
 @pytest.mark.parametrize("page_size", [1024, 4096, 65536])
