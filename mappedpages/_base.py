@@ -246,14 +246,15 @@ class _PagerBase:
 
     # ----------------------------------------------------------- internals
 
-    def _bind_views(self) -> None:
+    def _bind_views(self, page_count: int | None = None) -> None:
         # Views are slices of a buffer over exactly the pages the file has:
         # Python code can reach that buffer through view.obj, so it must not
         # reach past the file into the reserved, unmapped range. When the file
         # grows, a larger buffer serves new views; older ones stay valid. Every
         # buffer is watched through a weak reference: close() may unmap only
         # when all of them are gone.
-        self._mv_len = self._page_count * self._page_size
+        pages = self._page_count if page_count is None else page_count
+        self._mv_len = pages * self._page_size
         base = ffi.new("uint8_t **")
         reserved = ffi.new("uint64_t *")
         raise_for_rc(lib.mp_pager_mapping(self._handle, base, reserved))
@@ -276,13 +277,18 @@ class _PagerBase:
         stats = self._stats
         if lib.mp_pager_stats(self._handle, stats):
             return  # closed (in another thread): nothing to bind views to
-        self._page_count = int(stats.page_count)
+        page_count = int(stats.page_count)
         self._free_count = int(stats.free_count)
         self._dir_blocks = int(stats.dir_blocks)
         self._max_pages = int(stats.max_pages)
         self._format_minor = int(stats.format_minor)
-        if self._page_count * self._page_size > self._mv_len:
-            self._bind_views()
+        # The views of the new length first, the count after: page() reads the
+        # count before the views, without the lock, so a count it sees never
+        # runs past the views it then slices (a slice past the end is short,
+        # not an error).
+        if page_count * self._page_size > self._mv_len:
+            self._bind_views(page_count)
+        self._page_count = page_count
 
     def _refreshed(self) -> None:
         """Bring the cached counts up to date (the properties read them after)."""
@@ -328,10 +334,11 @@ class _PagerBase:
         # page_count never shrinks while the pager is open, and a view of a
         # closed pager's memoryview raises ValueError instead of touching
         # memory. A reader's _mv is its read-only mapping (_ro is _mv).
+        page_count = self._page_count  # (before _mv: _refresh_stats's order)
         mv = self._mv
         if (
             type(page_id) is int
-            and 3 <= page_id < self._page_count
+            and 3 <= page_id < page_count
             and (page_id < self._chunk or self._is_data_position(page_id))
             and page_id not in self._system
             and mv is not None

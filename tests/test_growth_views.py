@@ -531,3 +531,30 @@ def test_close_with_view_then_more_growth(tmp_path):
         assert has_pattern(q, 3)
         assert q.page_count == 128
     force_close(q)
+
+
+def test_page_in_the_middle_of_a_refresh_is_never_short(tmp_path):
+    # page()'s fast path reads the cached page count and the view buffer
+    # without the lock, so another thread may run it at any point of the
+    # refresh that follows a growth. A count published before the larger
+    # buffer let such a call slice past the old buffer's end: Python clamps
+    # the slice, and page() returned a view shorter than a page (seen under
+    # AddressSanitizer in the four-thread stress test). Here the call runs at
+    # the worst point: as the refresh binds the larger buffer.
+    with Pager.create(tmp_path / "r.mpp", PS) as p:
+        old_count = p.page_count
+        seen: list[int] = []
+        real = p._bind_views
+
+        def bind_then_look(*args, **kwargs):
+            if not seen:
+                seen.append(-1)  # (the look below may refresh, and come back here)
+                seen[0] = len(p.page(old_count + 1))
+            return real(*args, **kwargs)
+
+        p._bind_views = bind_then_look  # type: ignore[method-assign]
+        ids = p.alloc_bulk(2 * old_count)
+        assert max(ids) > old_count + 1 and p.page_count > old_count + 1
+        assert seen == [PS], f"page() returned {seen[0]} bytes in the middle of a refresh"
+        del p._bind_views
+        assert len(p.page(old_count + 1)) == PS
