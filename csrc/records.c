@@ -272,7 +272,7 @@ static int write_part(const mp_pager *p, const rec_ref *merged, uint64_t m, uint
     /* Records that lie one after the other where they come from (most of a
      * page the changes left alone) are copied as one span. */
     const uint8_t *span = NULL;
-    uint64_t span_at = at, span_len = 0;
+    uint64_t span_at = 0, span_len = 0;
     while (*k < m && count < UINT16_MAX && (last || acc * parts < body)) {
         const uint8_t *rec = merged[*k].at;
         uint32_t len = merged[*k].len, skip = 0;
@@ -284,7 +284,6 @@ static int write_part(const mp_pager *p, const rec_ref *merged, uint64_t m, uint
             memcpy(pg + at, rec, REC_HEAD);
             pg[at] = pg[at + 1] = 0;
             memcpy(pg + at + REC_HEAD, rec + REC_HEAD + skip, len - REC_HEAD - skip);
-            span_at = at + len - skip;
         } else if (span && span + span_len == rec) {
             span_len += len;
         } else {

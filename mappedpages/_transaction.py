@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from mappedpages._base import _U64_LIMIT, as_id
+from mappedpages._base import as_id
 from mappedpages._core import ffi, lib
 from mappedpages._ids import _ids_array, _u64_buffer
 from mappedpages._records import _root, tree_apply
@@ -185,8 +185,7 @@ class Transaction:
         not lead to record pages; :class:`FileFull` when the new pages do not
         fit. On an error nothing has changed.
         """
-        if type(root) is not int or not 0 <= root < _U64_LIMIT:
-            root = _root(root)  # raises, saying what is wrong
+        root = _root(root)
         # The pager's lock for the check that the block is open and the call:
         # another thread's call waits for the block to end, then finds it ended.
         with self._pager._lock:
