@@ -351,6 +351,55 @@ static int node_id_ok(const mp_pager *p, uint64_t id)
     return pager_check_page_id(p, id) == MP_OK;
 }
 
+/* The search key against a record's key, the search key's first 8 bytes
+ * loaded once as a big-endian number (prefix, when klen >= 8): most records
+ * differ from it there, and one compare of two registers decides; the rest
+ * is rec_key_cmp's. */
+static inline int search_cmp(const uint8_t *rkey, uint32_t rk, const uint8_t *key, uint32_t klen,
+                             uint64_t prefix)
+{
+    if (rk >= 8 && klen >= 8) {
+        uint64_t x = mp_load_be64(rkey);
+        if (x != prefix)
+            return x < prefix ? -1 : 1;
+    }
+    return rec_key_cmp(rkey, rk, key, klen);
+}
+
+/* Where the record a search stops at lies: its offset (0: none), key and
+ * value lengths. */
+typedef struct {
+    uint32_t at, klen, vlen;
+} search_hit;
+
+/* The records of a page from its header to end, walked in order: in a branch
+ * the last whose key is at most the search key (the first counts whatever its
+ * key: it routes keys below every other), in a leaf the one equal to it. */
+static int search_records(const uint8_t *page, uint8_t kind, uint32_t n, uint32_t end,
+                          const uint8_t *key, uint32_t klen, search_hit *hit)
+{
+    int branch = kind == MP_RECORD_BRANCH;
+    uint64_t prefix = klen >= 8 ? mp_load_be64(key) : 0;
+    uint32_t at = REC_PAGE_HEADER;
+    for (uint32_t i = 0; i < n; i++) {
+        if (end - at < REC_HEAD)
+            return MP_EINVALID_ARGUMENT;
+        uint32_t rk, rv;
+        read_head_once(page + at, &rk, &rv);
+        if ((branch ? rv != 8 : rv == MP_RECORD_DELETE) || (uint64_t)REC_HEAD + rk + rv > end - at)
+            return MP_EINVALID_ARGUMENT;
+        int c = search_cmp(page + at + REC_HEAD, rk, key, klen, prefix);
+        if (c > 0 && !(branch && i == 0))
+            break;
+        if (branch || c == 0)
+            *hit = (search_hit){at, rk, rv};
+        if (c >= 0)
+            break;
+        at += REC_HEAD + rk + rv;
+    }
+    return MP_OK;
+}
+
 int rec_page_search(const mp_pager *p, uint64_t id, const uint8_t *key, uint32_t klen,
                     uint8_t *out_kind, uint64_t *out_child, const uint8_t **out_value,
                     uint32_t *out_vlen)
@@ -362,33 +411,18 @@ int rec_page_search(const mp_pager *p, uint64_t id, const uint8_t *key, uint32_t
     uint8_t head[REC_PAGE_HEADER], rec[8];
     read_once(head, page, REC_PAGE_HEADER);
     uint8_t kind = head[0];
-    uint32_t n = load_u16(head + 2), end = mp_load_u32(head + 4), at = REC_PAGE_HEADER;
+    uint32_t n = load_u16(head + 2), end = mp_load_u32(head + 4);
     if ((kind != MP_RECORD_LEAF && kind != MP_RECORD_BRANCH) || head[1] != 0 ||
         end < REC_PAGE_HEADER || end > p->page_size || (kind == MP_RECORD_BRANCH && n == 0))
         return MP_EINVALID_ARGUMENT;
-    uint32_t hit = 0, hit_klen = 0, hit_vlen = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (end - at < REC_HEAD)
-            return MP_EINVALID_ARGUMENT;
-        uint32_t rk, rv;
-        read_head_once(page + at, &rk, &rv);
-        if (rv == MP_RECORD_DELETE || (kind == MP_RECORD_BRANCH && rv != 8) ||
-            (uint64_t)REC_HEAD + rk + rv > end - at)
-            return MP_EINVALID_ARGUMENT;
-        int c = rec_key_cmp(page + at + REC_HEAD, rk, key, klen);
-        if (c > 0 && !(kind == MP_RECORD_BRANCH && i == 0))
-            break;
-        if (kind == MP_RECORD_BRANCH || c == 0)
-            hit = at, hit_klen = rk, hit_vlen = rv;
-        if (c == 0)
-            break;
-        at += REC_HEAD + rk + rv;
-    }
+    search_hit hit = {0, 0, 0};
+    if ((rc = search_records(page, kind, n, end, key, klen, &hit)) != MP_OK)
+        return rc;
     *out_kind = kind;
-    *out_value = hit ? page + hit + REC_HEAD + hit_klen : NULL;
-    *out_vlen = hit_vlen;
+    *out_value = hit.at ? page + hit.at + REC_HEAD + hit.klen : NULL;
+    *out_vlen = hit.vlen;
     if (kind == MP_RECORD_BRANCH) {
-        read_once(rec, page + hit + REC_HEAD + hit_klen, 8); /* n >= 1: a hit */
+        read_once(rec, page + hit.at + REC_HEAD + hit.klen, 8); /* n >= 1: a hit */
         *out_child = mp_load_u64(rec);
         if (!node_id_ok(p, *out_child))
             return MP_EINVALID_ARGUMENT;
