@@ -481,6 +481,13 @@ int mp_tree_get(const mp_pager *p, uint64_t root, const uint8_t *key, uint32_t k
 int mp_tree_scan(const mp_pager *p, uint64_t root, const uint8_t *lo, uint32_t lo_len,
                  const uint8_t *hi, uint32_t hi_len, uint32_t flags, uint8_t *buf, uint64_t cap,
                  uint64_t *out_used, int *out_more);
+/* Where each record of a batch of records (u16 klen, u32 vlen, key, value, as
+ * mp_tree_scan writes them; len bytes at buf) lies: for record i, spans[3i] =
+ * the offset of its key, spans[3i + 1] = of its value (the key's end),
+ * spans[3i + 2] = of its end; *out_n = the records. MP_EINVALID_ARGUMENT for a
+ * record that runs past len or is a delete, or for more than cap records. */
+int mp_record_spans(const uint8_t *buf, uint64_t len, uint64_t *spans, uint64_t cap,
+                    uint64_t *out_n);
 
 /* CDEF-END */
 

@@ -345,6 +345,33 @@ static void read_head_once(const uint8_t *src, uint32_t *klen, uint32_t *vlen)
     *vlen = v0 | v1 << 8 | v2 << 16 | v3 << 24;
 }
 
+/* A batch's records in the caller's memory, which may change meanwhile: each
+ * head is read once and checked against len before the next offset is made
+ * of it, so a changed batch gives wrong spans at worst, each within len. */
+int mp_record_spans(const uint8_t *buf, uint64_t len, uint64_t *spans, uint64_t cap,
+                    uint64_t *out_n)
+{
+    if ((!buf && len) || (!spans && cap) || !out_n)
+        return MP_EINVALID_ARGUMENT;
+    *out_n = 0;
+    uint64_t at = 0, n = 0;
+    while (at < len) {
+        if (n == cap || len - at < REC_HEAD)
+            return MP_EINVALID_ARGUMENT;
+        uint32_t rk, rv;
+        read_head_once(buf + at, &rk, &rv);
+        if (rv == MP_RECORD_DELETE || (uint64_t)REC_HEAD + rk + rv > len - at)
+            return MP_EINVALID_ARGUMENT;
+        spans[3 * n] = at + REC_HEAD;
+        spans[3 * n + 1] = at + REC_HEAD + rk;
+        at += REC_HEAD + (uint64_t)rk + rv;
+        spans[3 * n + 2] = at;
+        n++;
+    }
+    *out_n = n;
+    return MP_OK;
+}
+
 /* Whether id may be a node: a page a caller may hold. */
 static int node_id_ok(const mp_pager *p, uint64_t id)
 {

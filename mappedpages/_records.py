@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from typing import Any
 
 from mappedpages._base import _PagerBase
@@ -52,6 +53,9 @@ _roots_take, _roots_return = _roots_slots.pop, _roots_slots.append
 _unpack_roots = _ROOTS.unpack_from
 _pager_roots = lib.mp_pager_roots
 _tree_get = lib.mp_tree_get
+# tree_items' batch buffers: the core writes the bytes a batch reads, so
+# clearing them first would only cost time.
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 _apply_outs: list[tuple[Any, Any]] = []  # tree_apply's new root and key-count change
 _apply_take, _apply_return = _apply_outs.pop, _apply_outs.append
@@ -186,32 +190,46 @@ class _TreeReads(_PagerBase):
         for name, bound in (("lo", lo), ("hi", hi)):
             if bound is not None and not isinstance(bound, bytes):
                 raise TypeError(f"{name} must be bytes or None, not {type(bound).__name__}")
-        return self._tree_scan(root, lo, hi)
+        return chain.from_iterable(self._tree_batches(root, lo, hi))
 
-    def _tree_scan(
+    def _tree_batches(
         self, root: int, lo: bytes | None, hi: bytes | None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        cap, scan = max(self._page_size, _SCAN_BYTES), lib.mp_tree_scan
-        buf = ffi.new("uint8_t[]", cap)
-        used, more = ffi.new("uint64_t *"), ffi.new("int *")
+    ) -> Iterator[Iterator[tuple[bytes, bytes]]]:
+        # The first batch is a page of records, and each next one twice the
+        # one before, up to _SCAN_BYTES: a short range (the next ten keys)
+        # costs a page's copy, not 64 KiB of records it never reads. The
+        # buffer is not cleared (the core writes what the batch reads).
+        cap, top, scan = self._page_size, max(self._page_size, _SCAN_BYTES), lib.mp_tree_scan
+        buf = _new_uncleared("uint8_t[]", cap)
+        # Where each record of a batch lies (three offsets a record, the core
+        # parses the batch): the pairs are then sliced out by map and zip, with
+        # no Python step per record.
+        spans = _new_uncleared("uint64_t[]", 3 * (cap // _HEAD.size))
+        used, more, n_spans = ffi.new("uint64_t *"), ffi.new("int *"), ffi.new("uint64_t *")
         flags = (0 if lo is None else lib.MP_SCAN_FROM) | (0 if hi is None else lib.MP_SCAN_TO)
         start, stop = lo or b"", hi or b""
-        h, n_stop = self._handle, len(stop)
+        h, n_stop, spans_of = self._handle, len(stop), lib.mp_record_spans
         while True:
             rc = scan(h, root, start, len(start), stop, n_stop, flags, buf, cap, used, more)
+            if rc == 0:
+                rc = spans_of(buf, used[0], spans, cap // _HEAD.size, n_spans)
             if rc:
                 self._usable()  # closed, or a fork child: its own words
                 self._check(rc, "tree_items")
             data = ffi.buffer(buf, used[0])[:]  # the batch, copied once
-            at, key = 0, b""
-            while at < len(data):
-                klen, vlen = _HEAD.unpack_from(data, at)
-                key = data[at + 6 : at + 6 + klen]
-                yield key, data[at + 6 + klen : at + 6 + klen + vlen]
-                at += 6 + klen + vlen
+            at = memoryview(ffi.buffer(spans, 24 * n_spans[0])).cast("Q").tolist()
+            keys, values, ends = at[0::3], at[1::3], at[2::3]
+            cut = data.__getitem__
+            # (chain takes the pairs from zip; this frame runs once a batch)
+            yield zip(map(cut, map(slice, keys, values)), map(cut, map(slice, values, ends)))
             if not more[0]:
                 return
-            start, flags = key, (flags & lib.MP_SCAN_TO) | lib.MP_SCAN_AFTER
+            start = data[keys[-1] : values[-1]] if keys else b""
+            flags = (flags & lib.MP_SCAN_TO) | lib.MP_SCAN_AFTER
+            if cap < top:
+                cap = min(2 * cap, top)
+                buf = _new_uncleared("uint8_t[]", cap)
+                spans = _new_uncleared("uint64_t[]", 3 * (cap // _HEAD.size))
 
     def tree_get(self, root: int, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key`` in the record tree whose root page is ``root``, or ``default``.

@@ -11,6 +11,7 @@ scan can meet them, are refused with ``ValueError`` instead of looping.
 from __future__ import annotations
 
 import random
+from itertools import islice
 
 import pytest
 from support.record_pages import U64, apply, branch_bytes, page_bytes, walk
@@ -104,6 +105,52 @@ def test_the_c_call_refuses_bad_arguments(big):
     assert scan(p, root, flags=8)[0] == lib.MP_EINVALID_ARGUMENT
     rc, data, more = scan(p, root)  # one page's worth: a batch, and more to come
     assert rc == 0 and more == 1 and 0 < len(data) <= p.page_size
+
+
+def test_ranges_stopped_early_and_across_the_growing_batches(big):
+    # The first batch is a page of records and each next one twice the one
+    # before: ranges taken a few items at a time, from many starts, and ranges
+    # that end just past each batch's end read what the model holds.
+    p, root, model = big
+    items = sorted(model.items())
+    keys = [k for k, _ in items]
+    for start in (0, 1, 17, 18, 19, 20, 500, len(keys) - 3):
+        for take in (1, 10, 19, 20, 21, 60, 200):
+            got = list(islice(p.tree_items(root, keys[start]), take))
+            assert got == items[start : start + take]
+    # Records of 213 bytes: batches of 19, 38, 76 and 153 of them (4, 8, 16
+    # and 32 KiB), which end after the 19th, 57th, 133rd and 286th key.
+    size, cap, edges = 6 + len(keys[0]) + 200, p.page_size, [0]
+    while len(edges) < 5:
+        edges.append(edges[-1] + cap // size)
+        cap *= 2
+    assert edges[1:] == [19, 57, 133, 286]
+    for end in (e + d for e in edges[1:] for d in (-1, 0, 1)):
+        assert list(p.tree_items(root, None, keys[end])) == items[:end]
+
+
+def spans(data: bytes, cap: int | None = None) -> tuple[int, list[int]]:
+    n_max = len(data) // 6 + 1 if cap is None else cap
+    out, n = ffi.new("uint64_t[]", 3 * max(n_max, 1)), ffi.new("uint64_t *")
+    rc = lib.mp_record_spans(data, len(data), out, n_max, n)
+    return rc, list(out[0 : 3 * n[0]])
+
+
+def test_record_spans_name_each_record_or_refuse_the_batch(big):
+    p, root, model = big
+    rc, data, _ = scan(p, root, cap=4 * p.page_size)
+    assert rc == 0
+    rc, at = spans(data)
+    assert rc == 0 and len(at) % 3 == 0 and at[-1] == len(data)
+    pairs = [(data[at[i] : at[i + 1]], data[at[i + 1] : at[i + 2]]) for i in range(0, len(at), 3)]
+    assert pairs == sorted(model.items())[: len(pairs)]
+    assert spans(b"") == (0, [])
+    # A record cut short, a head cut short, a delete, and more records than cap.
+    assert spans(data[:-1])[0] == lib.MP_EINVALID_ARGUMENT
+    assert spans(data[: at[0] - 1])[0] == lib.MP_EINVALID_ARGUMENT
+    assert spans(pack_records([(b"k", None)]))[0] == lib.MP_EINVALID_ARGUMENT
+    assert spans(data, cap=len(pairs) - 1)[0] == lib.MP_EINVALID_ARGUMENT
+    assert spans(data, cap=len(pairs))[0] == 0
 
 
 def test_after_excludes_the_key_and_from_includes_it(big):
