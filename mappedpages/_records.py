@@ -178,10 +178,11 @@ class _TreeReads(_PagerBase):
         """The ``(key, value)`` pairs of the record tree at ``root`` with ``lo <= key < hi``.
 
         In key order; either bound may be None. The core reads the pages a
-        batch of records at a time (about 64 KiB), each page copied and checked
-        whole, and the next batch goes on after the last key of the one
-        before: a tree changed meanwhile gives the records of the pages its ids
-        name then (never a read past a page). ``ValueError`` for a page that
+        batch of records at a time (a page's worth first, then twice the batch
+        before, up to 64 KiB), each page copied and checked whole, and the next
+        batch goes on after the last key of the one before: a tree changed
+        meanwhile gives the records of the pages its ids name then (never a
+        read past a page). ``ValueError`` for a page that
         is not a record page, keys out of order across pages, or a page
         reached twice (deeper than 48 levels, or more pages than the file
         has); a ``root`` no view may show raises as :meth:`page` does.
