@@ -129,6 +129,34 @@ def test_ranges_stopped_early_and_across_the_growing_batches(big):
         assert list(p.tree_items(root, None, keys[end])) == items[:end]
 
 
+class _ScanSpy:
+    """The core's functions, with mp_tree_scan's batch sizes recorded."""
+
+    def __init__(self) -> None:
+        self.caps: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(lib, name)
+
+    def mp_tree_scan(self, *args):
+        self.caps.append(args[8])
+        return lib.mp_tree_scan(*args)
+
+
+def test_a_range_asks_for_a_page_first_then_batches_that_double(big, monkeypatch):
+    import mappedpages._records as records
+
+    p, root, model = big
+    spy = _ScanSpy()
+    monkeypatch.setattr(records, "lib", spy)
+    assert next(iter(p.tree_items(root))) == min(model.items())
+    assert spy.caps == [p.page_size]  # ten keys need no 64 KiB batch
+    spy.caps.clear()
+    assert len(list(p.tree_items(root))) == len(model)
+    assert spy.caps[:5] == [p.page_size << i for i in range(5)]  # 4 KiB ... 64 KiB
+    assert set(spy.caps[5:]) == {64 << 10} and len(spy.caps) > 6
+
+
 def spans(data: bytes, cap: int | None = None) -> tuple[int, list[int]]:
     n_max = len(data) // 6 + 1 if cap is None else cap
     out, n = ffi.new("uint64_t[]", 3 * max(n_max, 1)), ffi.new("uint64_t *")
