@@ -157,6 +157,17 @@ def test_a_range_asks_for_a_page_first_then_batches_that_double(big, monkeypatch
     assert set(spy.caps[5:]) == {64 << 10} and len(spy.caps) > 6
 
 
+def test_a_batch_the_core_cannot_split_raises_and_yields_nothing(big, monkeypatch):
+    import mappedpages._records as records
+
+    p, root, _ = big
+    spy = _ScanSpy()
+    spy.mp_record_spans = lambda *args: lib.MP_EINVALID_ARGUMENT  # type: ignore[method-assign]
+    monkeypatch.setattr(records, "lib", spy)
+    with pytest.raises(ValueError):
+        next(iter(p.tree_items(root)))
+
+
 def spans(data: bytes, cap: int | None = None) -> tuple[int, list[int]]:
     n_max = len(data) // 6 + 1 if cap is None else cap
     out, n = ffi.new("uint64_t[]", 3 * max(n_max, 1)), ffi.new("uint64_t *")
