@@ -4,8 +4,9 @@
  * Owns: the page format of mp_records.h (FORMAT.md, "Record trees"), read and
  * written: copying a page out of the mapping and checking it, merging its
  * records with a list of changes, and writing the result as one page or, where
- * it outgrows one, as several parts (tree.c applies these level by level); and
- * a lookup's search of one page, in place.
+ * it outgrows one, as several parts (tree.c applies these level by level); a
+ * lookup's search of one page, in place; and where each record of a scan's
+ * batch lies (mp_record_spans), for the caller to cut it up.
  *
  * Invariants:
  *   - Nothing here changes the pager: a page is read, never written.
@@ -19,6 +20,8 @@
  *     local and checked against the page before it is used, so bytes changed
  *     meanwhile through a view give a wrong answer at worst, never a read
  *     past the page.
+ *   - mp_record_spans reads a batch in the caller's memory the same way: each
+ *     head once, checked against the batch before an offset is made of it.
  */
 #include "mp_internal.h"
 #include "mp_bytes.h"

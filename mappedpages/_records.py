@@ -31,7 +31,7 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 """The kind of a branch page: each child's lowest key and its page id."""
 
 _HEAD = struct.Struct("<HI")
-_SCAN_BYTES = 1 << 16  # records tree_items asks the core for at a time
+_SCAN_BYTES = 1 << 16  # the most records tree_items asks the core for at a time
 # Out-parameters and buffers, shared by all pagers: a call pops one and pushes
 # it back (atomic under the GIL, so two threads never hold the same one; a
 # threading.local costs more per call).
@@ -205,7 +205,8 @@ class _TreeReads(_PagerBase):
         # Where each record of a batch lies (three offsets a record, the core
         # parses the batch): the pairs are then sliced out by map and zip, with
         # no Python step per record.
-        spans = _new_uncleared("uint64_t[]", 3 * (cap // _HEAD.size))
+        most = cap // _HEAD.size  # records a batch of cap bytes may hold
+        spans = _new_uncleared("uint64_t[]", 3 * most)
         used, more, n_spans = ffi.new("uint64_t *"), ffi.new("int *"), ffi.new("uint64_t *")
         flags = (0 if lo is None else lib.MP_SCAN_FROM) | (0 if hi is None else lib.MP_SCAN_TO)
         start, stop = lo or b"", hi or b""
@@ -213,7 +214,7 @@ class _TreeReads(_PagerBase):
         while True:
             rc = scan(h, root, start, len(start), stop, n_stop, flags, buf, cap, used, more)
             if rc == 0:
-                rc = spans_of(buf, used[0], spans, cap // _HEAD.size, n_spans)
+                rc = spans_of(buf, used[0], spans, most, n_spans)
             if rc:
                 self._usable()  # closed, or a fork child: its own words
                 self._check(rc, "tree_items")
@@ -229,8 +230,8 @@ class _TreeReads(_PagerBase):
             flags = (flags & lib.MP_SCAN_TO) | lib.MP_SCAN_AFTER
             if cap < top:
                 cap = min(2 * cap, top)
-                buf = _new_uncleared("uint8_t[]", cap)
-                spans = _new_uncleared("uint64_t[]", 3 * (cap // _HEAD.size))
+                buf, most = _new_uncleared("uint8_t[]", cap), cap // _HEAD.size
+                spans = _new_uncleared("uint64_t[]", 3 * most)
 
     def tree_get(self, root: int, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key`` in the record tree whose root page is ``root``, or ``default``.

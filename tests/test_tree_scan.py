@@ -162,7 +162,7 @@ def test_a_batch_the_core_cannot_split_raises_and_yields_nothing(big, monkeypatc
 
     p, root, _ = big
     spy = _ScanSpy()
-    spy.mp_record_spans = lambda *args: lib.MP_EINVALID_ARGUMENT  # type: ignore[method-assign]
+    spy.mp_record_spans = lambda *args: lib.MP_EINVALID_ARGUMENT
     monkeypatch.setattr(records, "lib", spy)
     with pytest.raises(ValueError):
         next(iter(p.tree_items(root)))
