@@ -348,6 +348,19 @@ static void read_head_once(const uint8_t *src, uint32_t *klen, uint32_t *vlen)
     *vlen = v0 | v1 << 8 | v2 << 16 | v3 << 24;
 }
 
+/* record_len for memory that may change meanwhile (a page in the mapping, a
+ * caller's batch): the head read once, its lengths given back, and the length
+ * checked against room from those; 0 when it does not fit or is a delete. */
+static uint64_t record_len_once(const uint8_t *rec, uint64_t room, uint32_t *klen,
+                                uint32_t *vlen)
+{
+    if (room < REC_HEAD)
+        return 0;
+    read_head_once(rec, klen, vlen);
+    uint64_t len = (uint64_t)REC_HEAD + *klen + *vlen;
+    return *vlen != MP_RECORD_DELETE && len <= room ? len : 0;
+}
+
 /* A batch's records in the caller's memory, which may change meanwhile: each
  * head is read once and checked against len before the next offset is made
  * of it, so a changed batch gives wrong spans at worst, each within len. */
@@ -359,15 +372,13 @@ int mp_record_spans(const uint8_t *buf, uint64_t len, uint64_t *spans, uint64_t 
     *out_n = 0;
     uint64_t at = 0, n = 0;
     while (at < len) {
-        if (n == cap || len - at < REC_HEAD)
-            return MP_EINVALID_ARGUMENT;
         uint32_t rk, rv;
-        read_head_once(buf + at, &rk, &rv);
-        if (rv == MP_RECORD_DELETE || (uint64_t)REC_HEAD + rk + rv > len - at)
+        uint64_t rlen = n < cap ? record_len_once(buf + at, len - at, &rk, &rv) : 0;
+        if (rlen == 0)
             return MP_EINVALID_ARGUMENT;
         spans[3 * n] = at + REC_HEAD;
         spans[3 * n + 1] = at + REC_HEAD + rk;
-        at += REC_HEAD + (uint64_t)rk + rv;
+        at += rlen;
         spans[3 * n + 2] = at;
         n++;
     }
@@ -412,11 +423,9 @@ static int search_records(const uint8_t *page, uint8_t kind, uint32_t n, uint32_
     uint64_t prefix = klen >= 8 ? mp_load_be64(key) : 0;
     uint32_t at = REC_PAGE_HEADER;
     for (uint32_t i = 0; i < n; i++) {
-        if (end - at < REC_HEAD)
-            return MP_EINVALID_ARGUMENT;
         uint32_t rk, rv;
-        read_head_once(page + at, &rk, &rv);
-        if ((branch ? rv != 8 : rv == MP_RECORD_DELETE) || (uint64_t)REC_HEAD + rk + rv > end - at)
+        uint64_t rlen = record_len_once(page + at, end - at, &rk, &rv);
+        if (rlen == 0 || (branch && rv != 8))
             return MP_EINVALID_ARGUMENT;
         int c = search_cmp(page + at + REC_HEAD, rk, key, klen, prefix);
         if (c > 0 && !(branch && i == 0))
@@ -425,7 +434,7 @@ static int search_records(const uint8_t *page, uint8_t kind, uint32_t n, uint32_
             *hit = (search_hit){at, rk, rv};
         if (c >= 0)
             break;
-        at += REC_HEAD + rk + rv;
+        at += (uint32_t)rlen; /* within end */
     }
     return MP_OK;
 }
