@@ -9,12 +9,14 @@ without a copy. Both are the Pager's (``_pager``, ``_pager_protected``).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from mappedpages._base import _U64_LIMIT, as_id
 from mappedpages._core import ffi, lib
 from mappedpages._errors import error_for
+
+_T = TypeVar("_T")
 
 _U64_FORMATS = frozenset(
     {"Q", "<Q", "=Q", "@Q"}
@@ -27,16 +29,26 @@ def new_out_slot() -> Any:
     return ffi.new("uint64_t *")
 
 
-# Out-parameters for the single-id calls (alloc, sub-page alloc), shared by all
-# pagers. A call pops one, reads its id and pushes it back: list.pop and
-# list.append are atomic under the GIL, so two threads never hold the same one
-# (a threading.local costs about three times as much per call). The list holds
-# as many as calls were ever in flight at once, and never fewer than four: a
-# list shrinks its storage when a pop leaves it under half full, so a pool of
-# one would free its array at every pop and allocate it again at the push (two
-# reallocs, about 300 instructions, a third of what the Python layer adds to
-# alloc()); from four, one call in flight pops to three and never reallocates.
-out_slots: list[Any] = [new_out_slot() for _ in range(4)]
+POOL_FLOOR = 4
+
+
+def new_pool(make: Callable[[], _T], keep: int = POOL_FLOOR) -> list[_T]:
+    """A pool of out-parameters or buffers for the hot calls, seeded with ``keep`` of them.
+
+    A call pops one and pushes it back: list.pop and list.append are atomic
+    under the GIL, so two threads never hold the same one (a threading.local
+    costs about three times as much per call), and the pool grows to as many as
+    calls were ever in flight at once. It starts at four because a list shrinks
+    its storage when a pop leaves it under half full: a pool of one would free
+    its array at every pop and allocate it again at the push, two reallocs (about
+    300 instructions, a third of what the Python layer adds to ``alloc()``);
+    from four, one call in flight pops to three and never reallocates.
+    """
+    return [make() for _ in range(keep)]
+
+
+# The out-parameters of the single-id calls (alloc, sub-page alloc), shared by all pagers.
+out_slots: list[Any] = new_pool(new_out_slot)
 
 
 def _has_buffer(obj: object) -> bool:

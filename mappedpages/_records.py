@@ -20,6 +20,7 @@ from typing import Any
 
 from mappedpages._base import _PagerBase
 from mappedpages._core import ffi, lib
+from mappedpages._ids import new_pool
 
 RECORD_DELETE: int = int(lib.MP_RECORD_DELETE)
 """A change record's ``vlen`` that removes its key (no value bytes follow)."""
@@ -32,15 +33,14 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 
 _HEAD = struct.Struct("<HI")
 _SCAN_BYTES = 1 << 16  # the most records tree_items asks the core for at a time
-# Out-parameters and buffers, shared by all pagers: a call pops one and pushes
-# it back (atomic under the GIL, so two threads never hold the same one; a
-# threading.local costs more per call).
+# Out-parameters and buffers, shared by all pagers, in pools (``new_pool``: a
+# call pops one and pushes it back).
 #
 # tree_get's is one block: the value's length (u32) and whether it was found
 # (int) at its head, the value after them. The lengths are read as two items
 # of the u32 view and the value sliced from the block's buffer as bytes in one
 # step (cheaper than unpacking either).
-_get_slots: list[tuple[Any, Any, Any, Any, int]] = []
+_get_slots: list[tuple[Any, Any, Any, Any, int]] = []  # seeded below _get_slot
 _get_take = _get_slots.pop
 _get_return = _get_slots.append
 _VALUE_AT = 8  # where the value starts in a tree_get block
@@ -48,7 +48,7 @@ _VALUE_AT = 8  # where the value starts in a tree_get block
 # roots' is a bytearray with a u64[8] view of it: struct reads the eight
 # roots out of a bytearray in one call, a third of what ffi.unpack costs.
 _ROOTS = struct.Struct("=8Q")
-_roots_slots: list[tuple[bytearray, Any]] = []
+_roots_slots: list[tuple[bytearray, Any]] = []  # seeded below _roots_slot
 _roots_take, _roots_return = _roots_slots.pop, _roots_slots.append
 _unpack_roots = _ROOTS.unpack_from
 _pager_roots = lib.mp_pager_roots
@@ -57,7 +57,13 @@ _tree_get = lib.mp_tree_get
 # clearing them first would only cost time.
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
-_apply_outs: list[tuple[Any, Any]] = []  # tree_apply's new root and key-count change
+
+def _apply_out() -> tuple[Any, Any]:
+    """tree_apply's out-parameters: the new root and the key-count change."""
+    return ffi.new("uint64_t *"), ffi.new("int64_t *")
+
+
+_apply_outs: list[tuple[Any, Any]] = new_pool(_apply_out)
 _apply_take, _apply_return = _apply_outs.pop, _apply_outs.append
 
 
@@ -76,6 +82,11 @@ def _get_slot(size: int) -> tuple[Any, Any, Any, Any, int]:
 def _roots_slot() -> tuple[bytearray, Any]:
     raw = bytearray(_ROOTS.size)
     return raw, ffi.from_buffer("uint64_t[]", raw)
+
+
+# (a tree_get block is made again, larger, for pages over 4 KiB)
+_get_slots.extend(new_pool(lambda: _get_slot(4096)))
+_roots_slots.extend(new_pool(_roots_slot))
 
 
 def tree_max_record(page_size: int) -> int:
@@ -136,7 +147,7 @@ def tree_apply(pager: _PagerBase, handle: Any, root: int, changes: Any) -> tuple
     try:
         outs = _apply_take()
     except IndexError:
-        outs = (ffi.new("uint64_t *"), ffi.new("int64_t *"))
+        outs = _apply_out()
     out_root, delta = outs
     rc = lib.mp_tree_apply(handle, root, src, len(src), out_root, delta)
     result = out_root[0], delta[0]
