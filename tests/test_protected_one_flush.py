@@ -76,6 +76,40 @@ def test_a_protected_write_and_a_transaction_holding_them_are_one_flush(
         assert bytes(q.page(q.roots[0])[:4]) == b"node"
 
 
+@pytest.mark.parametrize(("mode", "write", "txn"), [("compat", 3, 6), ("fast", 2, 4)])
+def test_a_small_03_file_keeps_the_v02_directory_costs(tmp_path, mode, write, txn):
+    """What the README's flush table says of a layout="0.3" file below v0.2's cap.
+
+    Its directory is still named by page 0, a commit point of its own, so its
+    protected writes cost what a v0.2 file's do; data pages, allocations and
+    roots alone stay one flush.
+    """
+    hooks = IoHooks()
+    p = create_pager(tmp_path / "f", PS, hooks, durability=mode, layout="0.3")
+    try:
+        pid = p.alloc_protected()
+        data, leaf = p.alloc(), p.alloc()  # no growth inside what is counted
+        assert p.page_count < CHUNK and p.format_version == "0.3"
+        before = flushes(hooks)
+        with p.write_protected(pid) as w:
+            w.page[:8] = b"x" * 8
+        assert flushes(hooks) - before == write
+        before = flushes(hooks)
+        with p.transaction() as tx:
+            tx.page(data)[:4] = b"node"
+            p.set_root(0, data)
+            with p.write_protected(pid) as w:
+                w.page[:8] = b"y" * 8
+        assert flushes(hooks) - before == txn, hooks.counts()
+        before = flushes(hooks)
+        with p.transaction() as tx:
+            tx.page(leaf)[:4] = b"leaf"
+            p.set_root(1, leaf)
+        assert flushes(hooks) - before == 1, hooks.counts()
+    finally:
+        p.close()
+
+
 @pytest.mark.parametrize("mode", ["compat", "fast"])
 def test_a_protected_alloc_is_one_flush(tmp_path, mode):
     """The zeroed backing page (and a new block's two directory pages) are listed
