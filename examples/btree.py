@@ -13,9 +13,10 @@ linking) runs in the library's C core; this module keeps the batches and the
 roots, and reads with ``tree_get`` and ``tree_items``.
 
 A record (``6 + len(key) + len(value)`` bytes) must fit in a quarter of a page
-(``BTree.max_record``). Deletes remove emptied nodes and collapse a root with
-one child, but do not merge half-empty nodes. Run ``python
-examples/btree.py`` for a demo.
+(``BTree.max_record``). Deletes remove emptied nodes, a leaf left a quarter
+full or less takes in its right siblings, and a root with one child gives way
+to it; branch nodes are not merged. Run ``python examples/btree.py`` for a
+demo.
 """
 
 from __future__ import annotations
