@@ -33,23 +33,8 @@ RECORD_BRANCH: int = int(lib.MP_RECORD_BRANCH)
 
 _HEAD = struct.Struct("<HI")
 _SCAN_BYTES = 1 << 16  # the most records tree_items asks the core for at a time
-# Out-parameters and buffers, shared by all pagers, in pools (``new_pool``: a
-# call pops one and pushes it back).
-#
-# tree_get's is one block: the value's length (u32) and whether it was found
-# (int) at its head, the value after them. The lengths are read as two items
-# of the u32 view and the value sliced from the block's buffer as bytes in one
-# step (cheaper than unpacking either).
-_get_slots: list[tuple[Any, Any, Any, Any, int]] = []  # seeded below _get_slot
-_get_take = _get_slots.pop
-_get_return = _get_slots.append
 _VALUE_AT = 8  # where the value starts in a tree_get block
-
-# roots' is a bytearray with a u64[8] view of it: struct reads the eight
-# roots out of a bytearray in one call, a third of what ffi.unpack costs.
 _ROOTS = struct.Struct("=8Q")
-_roots_slots: list[tuple[bytearray, Any]] = []  # seeded below _roots_slot
-_roots_take, _roots_return = _roots_slots.pop, _roots_slots.append
 _unpack_roots = _ROOTS.unpack_from
 _pager_roots = lib.mp_pager_roots
 _tree_get = lib.mp_tree_get
@@ -58,20 +43,18 @@ _tree_get = lib.mp_tree_get
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
-def _apply_out() -> tuple[Any, Any]:
-    """tree_apply's out-parameters: the new root and the key-count change."""
-    return ffi.new("uint64_t *"), ffi.new("int64_t *")
-
-
-_apply_outs: list[tuple[Any, Any]] = new_pool(_apply_out)
-_apply_take, _apply_return = _apply_outs.pop, _apply_outs.append
+# Out-parameters and buffers, shared by all pagers, in pools (``new_pool``: a
+# call pops one and pushes it back).
 
 
 def _get_slot(size: int) -> tuple[Any, Any, Any, Any, int]:
     """A tree_get block for values up to ``size`` bytes.
 
-    Returned as its buffer, the u32 view of its head, the found flag, the
-    value buffer and ``size``.
+    One block: the value's length (u32) and whether it was found (int) at its
+    head, the value after them. The lengths are read as two items of the u32
+    view and the value sliced from the block's buffer as bytes in one step
+    (cheaper than unpacking either). Returned as its buffer, the u32 view of
+    its head, the found flag, the value buffer and ``size``.
     """
     block = ffi.new("char[]", _VALUE_AT + size)
     head = ffi.cast("uint32_t *", block)
@@ -80,13 +63,27 @@ def _get_slot(size: int) -> tuple[Any, Any, Any, Any, int]:
 
 
 def _roots_slot() -> tuple[bytearray, Any]:
+    """The out-array of ``roots``: a bytearray with a u64[8] view of it.
+
+    struct reads the eight roots out of a bytearray in one call, a third of
+    what ffi.unpack costs.
+    """
     raw = bytearray(_ROOTS.size)
     return raw, ffi.from_buffer("uint64_t[]", raw)
 
 
+def _apply_out() -> tuple[Any, Any]:
+    """tree_apply's out-parameters: the new root and the key-count change."""
+    return ffi.new("uint64_t *"), ffi.new("int64_t *")
+
+
 # (a tree_get block is made again, larger, for pages over 4 KiB)
-_get_slots.extend(new_pool(lambda: _get_slot(4096)))
-_roots_slots.extend(new_pool(_roots_slot))
+_get_slots = new_pool(lambda: _get_slot(4096))
+_get_take, _get_return = _get_slots.pop, _get_slots.append
+_roots_slots = new_pool(_roots_slot)
+_roots_take, _roots_return = _roots_slots.pop, _roots_slots.append
+_apply_outs = new_pool(_apply_out)
+_apply_take, _apply_return = _apply_outs.pop, _apply_outs.append
 
 
 def tree_max_record(page_size: int) -> int:
