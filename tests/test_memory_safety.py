@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -20,7 +21,7 @@ PRELUDE = textwrap.dedent(
     import mappedpages
     from mappedpages import Pager, MappedPageError
     warnings.simplefilter("ignore")
-    TMP = tempfile.mkdtemp()
+    TMP = os.environ["MP_CHILD_TMP"]  # the parent's, removed when the child ends
     def fresh(name="f.mpp", ps=4096):
         return Pager.create(os.path.join(TMP, name), page_size=ps)
     def attempt(fn, *allowed):
@@ -37,13 +38,17 @@ def run_child(body: str, timeout: float = 120):
     code = PRELUDE + textwrap.dedent(body) + "\nprint('done', flush=True)\n"
     env = dict(os.environ)
     env.pop("PYTHONFAULTHANDLER", None)
-    proc = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    # The child's files go in a folder the parent removes, however the child
+    # ends (some are meant to die by a signal, and would leave it behind).
+    with tempfile.TemporaryDirectory(prefix="mp-child-") as tmp:
+        env["MP_CHILD_TMP"] = tmp
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     detail = (
         f"returncode={proc.returncode}\n"
         f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
