@@ -17,7 +17,7 @@ import pytest
 
 PRELUDE = textwrap.dedent(
     """
-    import gc, os, random, struct, sys, tempfile, threading, warnings, zlib
+    import gc, os, random, struct, sys, threading, warnings, zlib
     import mappedpages
     from mappedpages import Pager, MappedPageError
     warnings.simplefilter("ignore")
