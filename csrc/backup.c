@@ -189,7 +189,7 @@ static int copy_structure(bk_copy *b, uint64_t *copied, int *ok)
     /* Page 0 names the commit copied, as a "compat" commit leaves it (a
      * "fast" writer's page 0 may still name the older copy, which the crate
      * would read): the selector, and in v0.2 the directory index. */
-    fmt_superblock_write(buf, s->log2, (uint8_t)s->minor, (uint8_t)s->active);
+    fmt_superblock_write(buf, s->log2, (uint8_t)s->minor, s->ext_always, (uint8_t)s->active);
     if (!pager_extended(s)) {
         fmt_dir_index_write(buf, s->page_size, s->dir_count, s->refs);
         /* The older metadata copy: the same state one generation back, so a
@@ -217,9 +217,13 @@ static int copy_structure(bk_copy *b, uint64_t *copied, int *ok)
             return rc;
     }
     uint64_t per = fmt_max_dir_blocks(s->page_size);
-    if (pager_extended(s) && s->dir_count > 0 && per > 0) {
-        for (uint64_t k = 0; k <= (s->dir_count - 1u) / per; k++) {
-            uint64_t id = fmt_index_page(s->chunk_pages, k, (uint32_t)bitmap_get(s->index_active, k));
+    /* A file extended from creation has index page 0 even with no block. */
+    uint64_t index_pages = s->dir_count > 0 && per > 0 ? (s->dir_count - 1u) / per + 1 : 0;
+    if (s->ext_always && index_pages == 0)
+        index_pages = 1;
+    if (pager_extended(s)) {
+        for (uint64_t k = 0; k < index_pages; k++) {
+            uint64_t id = pager_index_page(s, k, (uint32_t)bitmap_get(s->index_active, k));
             bitmap_set(copied, id);
             if ((rc = copy_checked(b, id, 1, k, ok)) != MP_OK || !*ok)
                 return rc;

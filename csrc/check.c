@@ -26,7 +26,8 @@
  *     only in a v0.2 state whose bitmap leaves the tail room, or in an
  *     extended state with root pages; the record within its room; the root
  *     pages (extended states only) a pair of system pages at a multiple of 4
- *     that nothing else owns.
+ *     that nothing else owns; in a file extended from creation, index page
+ *     0's pages 6-7 system pages that nothing else owns either.
  *   - the pager's flags form a valid combination for its named state
  *     (pager_state; the table and which flags each mode and layout allows
  *     after a commit are in mp_internal.h);
@@ -157,7 +158,10 @@ static int check_directory(const mp_pager *p)
     uint64_t *seen = calloc((size_t)p->words_used, sizeof(uint64_t));
     if (!seen)
         return 1; /* no memory to check with is not a violation */
-    if (!check_roots(p, seen) || (p->dir_count == 0 && p->protected_count != 0)) {
+    /* Index page 0 of a file extended from creation: its own pair. */
+    int index0 = !p->ext_always || (own(p, seen, pager_index_page(p, 0, 0)) &&
+                                    own(p, seen, pager_index_page(p, 0, 1)));
+    if (!index0 || !check_roots(p, seen) || (p->dir_count == 0 && p->protected_count != 0)) {
         free(seen);
         return 0;
     }

@@ -71,7 +71,7 @@ static int diff_span(const uint8_t *a, const uint8_t *b, uint64_t n, uint64_t *l
 void commit_page0_build(const mp_pager *p, uint8_t *next)
 {
     memcpy(next, pager_page_ptr(p, 0), p->page_size);
-    fmt_superblock_write(next, p->log2, (uint8_t)p->minor, (uint8_t)p->active);
+    fmt_superblock_write(next, p->log2, (uint8_t)p->minor, p->ext_always, (uint8_t)p->active);
     fmt_dir_index_write(next, p->page_size, p->dir_count, p->refs);
 }
 
@@ -118,7 +118,7 @@ static int mark_extended(mp_pager *p)
      * and the mark land together. */
     uint8_t sb[MP_SB_SIZE];
     memcpy(sb, pager_page_ptr(p, 0), sizeof sb);
-    fmt_superblock_write(sb, p->log2, MP_MINOR_EXTENDED, sb[12]);
+    fmt_superblock_write(sb, p->log2, MP_MINOR_EXTENDED, p->ext_always, sb[12]);
     int rc = os_write_all(p->map.io, p->fd, sb + 5, 11, 5);
     if (rc != MP_OK) {
         p->poisoned = 1;
@@ -198,14 +198,15 @@ static int write_extended_pages(mp_pager *p, uint64_t gen, uint32_t *seal, uint6
         (*written)++;
         p->chunk_active[c >> 6] ^= (uint64_t)1 << (c & 63);
     }
-    for (uint64_t k = bitmap_find_set(p->index_dirty, NULL, 0, last); k < last;
-         k = bitmap_find_set(p->index_dirty, NULL, k + 1, last)) {
+    uint64_t pages = pager_index_pages(p);
+    for (uint64_t k = bitmap_find_set(p->index_dirty, NULL, 0, pages); k < pages;
+         k = bitmap_find_set(p->index_dirty, NULL, k + 1, pages)) {
         bitmap_clear(p->index_dirty, k);
         uint64_t n = p->dir_count > k * per ? p->dir_count - k * per : 0;
         if (n > per)
             n = per;
         uint32_t copy = (uint32_t)!bitmap_get(p->index_active, k);
-        uint64_t target = fmt_index_page(p->chunk_pages, k, copy);
+        uint64_t target = pager_index_page(p, k, copy);
         uint8_t *page = commit_page_from(p, target);
         fmt_index_write(page, p->page_size, k, gen, (uint32_t)n, p->refs + k * per);
         *seal = fmt_seal_add(*seal, page, p->page_size);
@@ -252,6 +253,16 @@ int pager_clear_leftovers(mp_pager *p)
                 return rc;
         }
     }
+    /* Index page 0 of a file extended from creation, outside any chunk. */
+    for (uint32_t w = 0; p->ext_always && w < 2; w++) {
+        uint64_t id = pager_index_page(p, 0, w);
+        if (!fmt_is_leftover(pager_page_ptr(p, id), p->page_size, p->generation))
+            continue;
+        memset(pager_page_ptr(p, id), 0, p->page_size);
+        int rc = pager_flush_page(p, id);
+        if (rc != MP_OK)
+            return rc;
+    }
     /* The root pages carry generations too. */
     for (uint64_t w = 0; p->roots_page != 0 && w < MP_ROOT_PAGES; w++) {
         uint8_t *page = pager_page_ptr(p, p->roots_page + w);
@@ -286,7 +297,7 @@ int commit_write_copy(mp_pager *p, mp_flush *f)
     fmt_meta_write(commit_page_from(p, 1 + (uint64_t)target), p->page_size, p->total_pages,
                    p->generation + 1,
                    extended ? fmt_meta_ext_word(seal, p->roots_page) : p->free_count, p->bits,
-                   &tail);
+                   extended ? NULL : &tail);
     if ((rc = commit_page_write(p, 1 + (uint64_t)target)) != MP_OK)
         return rc;
     f->whole_file = written > 0 || tail.n > 0;

@@ -193,6 +193,18 @@ static uint64_t dirty_runs(const mp_pager *p, uint64_t limit)
     return n;
 }
 
+/* A page of a dirty directory block that its commit leaves inactive: written
+ * earlier in the same commit (a new block's page_a), it is not listed (the
+ * next change to the block rewrites it; see unstage in protected.c). */
+static int dir_page_left_inactive(const mp_pager *p, uint64_t id)
+{
+    for (uint32_t b = 0; b < p->dir_count; b++) {
+        if (p->dirs[b].dirty && id == (p->refs[b].active ? p->refs[b].page_b : p->refs[b].page_a))
+            return 1;
+    }
+    return 0;
+}
+
 static void rec_page(mp_pager *p, uint32_t *n, uint64_t id)
 {
     p->rec[*n].first = id;
@@ -228,7 +240,8 @@ int txn_build_ext_record(mp_pager *p, int *built)
         k++;
     }
     for (uint32_t i = 0; i < p->staged_n; i++)
-        rec_page(p, &k, p->staged_ids[i]);
+        if (!dir_page_left_inactive(p, p->staged_ids[i]))
+            rec_page(p, &k, p->staged_ids[i]);
     for (uint32_t b = 0; b < p->dir_count; b++)
         if (p->dirs[b].dirty)
             rec_page(p, &k, dir_inactive_page(p, b));
@@ -277,10 +290,10 @@ static int retire_record(mp_pager *p)
     uint64_t total = mp_load_u64(page);
     /* Extended: the record counts only for its own generation, so the same
      * copy one generation on, sealing nothing, retires it. */
-    int extended = total > p->chunk_pages;
+    int extended = p->ext_always || total > p->chunk_pages;
     int rc = MP_OK;
     if (extended)
-        fmt_meta_restamp(page, p->page_size, p->generation + 1);
+        fmt_meta_restamp(page, p->page_size, p->ext_always, p->generation + 1);
     else
         rc = rebuild_without_record(p, page, total);
     if (rc == MP_OK && (rc = commit_page_write(p, 1 + (uint64_t)target)) == MP_OK)
@@ -509,6 +522,7 @@ int txn_snapshot_take(mp_pager *p)
     p->snap_pending_lo = p->pending_lo;
     p->snap_pending_hi = p->pending_hi;
     memcpy(p->snap_roots, p->roots, sizeof p->roots);
+    p->snap_roots_page = p->roots_page;
     return MP_OK;
 }
 
@@ -546,6 +560,19 @@ int txn_snapshot_restore(mp_pager *p)
     p->pending_lo = p->snap_pending_lo;
     p->pending_hi = p->snap_pending_hi;
     memcpy(p->roots, p->snap_roots, sizeof p->roots);
+    /* The unwritten state may have claimed the root pages, which the reload
+     * does not know of: claimed again (their bits are in the snapshot). */
+    if (p->roots_page == 0 && p->snap_roots_page != 0) {
+        for (uint64_t i = 0; i < MP_ROOT_PAGES; i++)
+            bitmap_set(p->system, p->snap_roots_page + i);
+        p->system_count += MP_ROOT_PAGES;
+        p->roots_page = p->snap_roots_page;
+        p->roots_active = 1; /* the first write goes to copy A */
+    }
+    /* The reload read the roots of the committed state; the unwritten state's
+     * may differ, and the extended layout writes its root page only when
+     * told to. */
+    p->roots_dirty = 1;
     p->meta_unwritten = 1;
     p->hint = MP_RESERVED_PAGES;
     summary_rebuild(&p->sum, p->bits, p->pending, p->words_used);
@@ -575,11 +602,13 @@ int txn_snapshot_settle(mp_pager *p)
     p->total_pages = p->snap_total;
     p->free_count = p->snap_free;
     memcpy(p->roots, p->snap_roots, sizeof p->roots);
+    p->roots_dirty = 1; /* the root page holds the state written, then the txn's */
     int rc = pager_write_state(p);
     p->bits = bits;
     p->total_pages = total;
     p->free_count = free_count;
     memcpy(p->roots, roots, sizeof roots);
+    p->roots_dirty = 1;
     free(view);
     mark_all_chunks(p);
     p->changed = 1;

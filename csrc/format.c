@@ -1,7 +1,8 @@
 /*
  * format.c - the mappedpages byte layouts, in one place: v0.2 (the Rust
  * crate's) and the extended layout (minor version 3) a file moves to when it
- * outgrows v0.2's one-page bitmap.
+ * outgrows v0.2's one-page bitmap, or is created in (the EXA mark: extended
+ * at every page count, its root pages and index page 0 at pages 4-7).
  *
  * Owns: every offset and width of page 0 (superblock and directory index), the
  * metadata pages, the directory pages, and the extended layout's free-map and
@@ -216,12 +217,16 @@ int fmt_superblock_read(const uint8_t *page0, size_t len, mp_superblock *out)
         return MP_ECORRUPT_SUPERBLOCK;
     /* Minor 3 alone is not enough: the crate's own next minor might use it.
      * This library's extended layout also carries its mark in the padding. */
-    if (page0[5] == MP_MINOR_EXTENDED && memcmp(page0 + 13, MP_EXTENDED_MARK, 3) != 0)
+    int always = page0[5] == MP_MINOR_EXTENDED &&
+                 memcmp(page0 + 13, MP_EXTENDED_ALWAYS_MARK, 3) == 0;
+    if (page0[5] == MP_MINOR_EXTENDED && !always &&
+        memcmp(page0 + 13, MP_EXTENDED_MARK, 3) != 0)
         return MP_ECORRUPT_SUPERBLOCK;
     uint32_t log2 = mp_load_u32(page0 + 8);
     if (log2 < MP_MIN_LOG2 || log2 > MP_MAX_LOG2)
         return MP_ECORRUPT_SUPERBLOCK;
     out->version_minor = page0[5];
+    out->ext_always = (uint8_t)always;
     out->page_size_log2 = log2;
     out->selector = page0[12];
     out->meta_checksum = mp_load_u32(page0 + 16);
@@ -231,7 +236,8 @@ int fmt_superblock_read(const uint8_t *page0, size_t len, mp_superblock *out)
 /* meta_checksum is the CRC of a whole valid metadata page including its own
  * trailing CRC, which is always the CRC-32 residue: written as the format says,
  * never relied on to tell the copies apart. */
-void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, uint8_t selector)
+void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, int always,
+                          uint8_t selector)
 {
     memcpy(page0, "MPPG", 4);
     page0[4] = 0;
@@ -241,7 +247,7 @@ void fmt_superblock_write(uint8_t *page0, uint32_t log2, uint8_t minor, uint8_t 
     mp_store_u32(page0 + 8, log2);
     page0[12] = selector;
     if (minor == MP_MINOR_EXTENDED)
-        memcpy(page0 + 13, MP_EXTENDED_MARK, 3);
+        memcpy(page0 + 13, always ? MP_EXTENDED_ALWAYS_MARK : MP_EXTENDED_MARK, 3);
     else
         page0[13] = page0[14] = page0[15] = 0;
     mp_store_u32(page0 + 16, MP_CRC_RESIDUE);
@@ -386,7 +392,7 @@ void fmt_dir_index_write(uint8_t *page0, uint32_t page_size, uint32_t count,
 /* --------------------------------------------------------- metadata pages */
 
 void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages,
-                    uint64_t max_total, mp_meta_header *out)
+                    uint64_t max_total, int always, mp_meta_header *out)
 {
     memset(out, 0, sizeof *out);
     out->total_pages = mp_load_u64(page);
@@ -407,8 +413,15 @@ void fmt_meta_check(const uint8_t *page, uint32_t page_size, uint64_t file_pages
         out->problem = MP_META_BAD_TOTAL;
         return;
     }
-    int extended = total > chunk;
-    if (extended)
+    /* A file extended from creation is extended at every count, and keeps
+     * its root pages at 4-5 from the start. */
+    int extended = always || total > chunk;
+    if (always && (total < MP_ALWAYS_PAGES ||
+                   fmt_meta_roots_page(out->free_count) != MP_ALWAYS_ROOTS_PAGE)) {
+        out->problem = MP_META_BAD_TOTAL;
+        return;
+    }
+    if (total > chunk)
         total = chunk;
     const uint8_t *bm = page + MP_META_HEADER;
     if ((bm[0] & 7u) != 7u) {
@@ -491,10 +504,10 @@ void fmt_meta_write(uint8_t *page, uint32_t page_size, uint64_t total_pages,
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
 }
 
-void fmt_meta_restamp(uint8_t *page, uint32_t page_size, uint64_t generation)
+void fmt_meta_restamp(uint8_t *page, uint32_t page_size, int always, uint64_t generation)
 {
     mp_store_u64(page + 8, generation);
-    if (mp_load_u64(page) > fmt_chunk_pages(page_size))
+    if (always || mp_load_u64(page) > fmt_chunk_pages(page_size))
         mp_store_u32(page + 16, 0); /* the seal: no page carries this generation */
     mp_store_u32(page + page_size - 4, mp_crc32(page, page_size - 4));
 }

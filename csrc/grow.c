@@ -117,7 +117,9 @@ static int grow_to(mp_pager *p, uint64_t new_total)
             pager_bit_take(p, at + i);
         p->free_count -= MP_LAYOUT_PAGES;
         bitmap_set(p->chunk_active, c);
-        bitmap_set(p->index_active, c - 1);
+        /* (Index page 0 of a file extended from creation is not chunk 1's.) */
+        if (pager_index_page(p, c - 1, 0) == fmt_chunk_start(p->chunk_pages, c) + 2)
+            bitmap_set(p->index_active, c - 1);
         /* Free-map copy B and both index copies: the page after copy A. */
         uint64_t rest = fmt_free_map_page(p->chunk_pages, c, 1);
         if (rest * ps < old_size) {
@@ -171,8 +173,9 @@ uint64_t pager_room(const mp_pager *p)
 uint64_t pager_dir_block_limit(const mp_pager *p)
 {
     uint64_t per = fmt_max_dir_blocks(p->page_size);
-    /* Index page k lives in chunk k + 1. */
-    return pager_extended(p) ? per * fmt_chunks_below(p->chunk_pages, p->total_pages) : per;
+    /* Index page k lives in chunk k + 1 (index page 0 of a file extended
+     * from creation: at pages 6-7). */
+    return pager_extended(p) ? per * pager_index_pages(p) : per;
 }
 
 int pager_grow_at_least(mp_pager *p, uint64_t pages)

@@ -168,6 +168,7 @@ typedef struct {
     uint32_t meta_checksum_ok;/* page 0's meta_checksum holds the expected value */
     uint64_t chunk_pages;     /* the layout: a copy counting more pages is extended */
     int salvage;              /* the caller may roll back past a cut end */
+    int ext_always;           /* the file is extended from creation (every copy is) */
 } mp_choice_in;
 
 typedef struct {

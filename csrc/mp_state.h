@@ -33,6 +33,7 @@
     X(uint64_t, generation)                                                                      \
     X(uint32_t, active)                                                                          \
     X(uint32_t, minor)                                                                           \
+    X(int, ext_always)                                                                           \
     X(uint64_t, hint)                                                                            \
     X(uint64_t, pending_count)                                                                   \
     X(uint64_t, pending_lo)                                                                      \

@@ -323,14 +323,43 @@ int pager_open_fd(int fd, const mp_options *opts, mp_pager **out, mp_open_report
     return MP_OK;
 }
 
+/* A file extended from creation: root page A at page 4 and index page 0's
+ * copy A at page 6, both of generation 0 (copies B stay zero: invalid), the
+ * pair 4-7 allocated system pages; returns the seal of generation 0, which
+ * covers both, in the order open checks them (index pages, then roots). */
+static int write_fresh_always(mp_pager *p, uint32_t *seal)
+{
+    uint32_t ps = p->page_size;
+    uint8_t *buf = p->scratch;
+    uint64_t roots[MP_ROOTS] = {0};
+    mp_meta_tail tail = {roots, NULL, 0};
+    for (uint64_t id = MP_ALWAYS_ROOTS_PAGE; id < MP_ALWAYS_PAGES; id++) {
+        pager_bit_take(p, id);
+        bitmap_set(p->system, id);
+    }
+    p->free_count = 1;
+    p->system_count = MP_ALWAYS_PAGES - MP_ALWAYS_ROOTS_PAGE;
+    p->roots_page = MP_ALWAYS_ROOTS_PAGE;
+    p->ext_committed = 1;
+    fmt_index_write(buf, ps, 0, 0, 0, NULL);
+    *seal = fmt_seal_add(0, buf, ps);
+    int rc = os_write_all(p->map.io, p->fd, buf, ps, (uint64_t)MP_ALWAYS_INDEX_PAGE * ps);
+    if (rc != MP_OK)
+        return rc;
+    fmt_roots_page_write(buf, ps, 0, &tail);
+    *seal = fmt_seal_add(*seal, buf, ps);
+    return os_write_all(p->map.io, p->fd, buf, ps, (uint64_t)MP_ALWAYS_ROOTS_PAGE * ps);
+}
+
 /* Writes the crate's fresh file into p's file (4 pages, page 3 free, both
  * copies identical at generation 0, the selector on A, an empty sealed
- * directory index) and makes its bytes durable. */
+ * directory index), or one extended from creation (8 pages, 4-7 its root
+ * and index pages), and makes its bytes durable. */
 static int write_fresh(mp_pager *p, uint64_t len)
 {
     uint32_t ps = p->page_size;
-    p->total_pages = MP_INITIAL_PAGES;
-    p->free_count = 1;
+    p->total_pages = p->ext_always ? MP_ALWAYS_PAGES : MP_INITIAL_PAGES;
+    p->free_count = p->total_pages - MP_RESERVED_PAGES;
     p->generation = 0;
     p->active = 0;
     p->hint = MP_RESERVED_PAGES;
@@ -341,12 +370,17 @@ static int write_fresh(mp_pager *p, uint64_t len)
     int rc = os_grow_file(&p->map, 0, len, p->preallocate);
     if (rc != MP_OK)
         return rc;
+    uint32_t seal = 0;
+    if (p->ext_always && (rc = write_fresh_always(p, &seal)) != MP_OK)
+        return rc;
     memset(buf, 0, ps);
-    fmt_superblock_write(buf, p->log2, (uint8_t)p->minor, 0);
+    fmt_superblock_write(buf, p->log2, (uint8_t)p->minor, p->ext_always, 0);
     fmt_dir_index_write(buf, ps, 0, NULL);
     if ((rc = os_write_all(p->map.io, p->fd, buf, ps, 0)) != MP_OK)
         return rc;
-    fmt_meta_write(buf, ps, p->total_pages, 0, p->free_count, p->bits, NULL);
+    fmt_meta_write(buf, ps, p->total_pages, 0,
+                   p->ext_always ? fmt_meta_ext_word(seal, p->roots_page) : p->free_count,
+                   p->bits, NULL);
     if ((rc = os_write_all(p->map.io, p->fd, buf, ps, ps)) != MP_OK ||
         (rc = os_write_all(p->map.io, p->fd, buf, ps, 2 * (uint64_t)ps)) != MP_OK)
         return rc;
@@ -379,7 +413,8 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
     if (rc != MP_OK)
         return rc;
     mp_pager *p = NULL;
-    uint64_t len = (uint64_t)MP_INITIAL_PAGES * ps;
+    int always = opts->layout == MP_MINOR_EXTENDED;
+    uint64_t len = (uint64_t)(always ? MP_ALWAYS_PAGES : MP_INITIAL_PAGES) * ps;
     if ((rc = os_lock(opts->io_hooks, fd, opts->lock_timeout)) != MP_OK ||
         (rc = pager_new(fd, log2_of(ps), 0, len, opts->io_hooks, &p)) != MP_OK) {
         (void)os_close_file(fd);
@@ -388,9 +423,10 @@ int mp_pager_create(const char *path, const mp_options *opts, mp_pager **out)
         return rc;
     }
     p->durability = opts->durability;
-    /* layout 3: the file says "extended" from the start (the crate refuses
-     * it), so no commit needs page 0 for the crate's sake. */
-    p->minor = opts->layout == MP_MINOR_EXTENDED ? MP_MINOR_EXTENDED : MP_MINOR_V02;
+    /* layout 3: the file is extended from the start (the crate refuses it),
+     * at every page count: one commit point, so one flush per commit. */
+    p->minor = always ? MP_MINOR_EXTENDED : MP_MINOR_V02;
+    p->ext_always = always;
     set_growth(p, opts);
     if ((rc = write_fresh(p, len)) != MP_OK || (rc = os_publish(tmp, path)) != MP_OK) {
         pager_destroy(p);

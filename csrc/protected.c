@@ -215,7 +215,7 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
         /* Past page 0's capacity the directory lives in the extended
          * layout's index pages; index page k sits in chunk k + 1. */
         uint64_t per = fmt_max_dir_blocks(p->page_size);
-        rc = pager_grow_at_least(p, fmt_total_for_index(p->chunk_pages, b / per));
+        rc = pager_grow_at_least(p, fmt_total_for_index(p->chunk_pages, p->ext_always, b / per));
         if (rc == MP_EFILE_FULL)
             return MP_EDIRECTORY_FULL;
         if (rc != MP_OK)
@@ -242,10 +242,16 @@ static int alloc_in_new_block(mp_pager *p, uint64_t *out_pid)
     if ((rc = flush_zeroed(p, ids[2], &e->crc)) != MP_OK)
         return rc;
     /* Both copies of a new block are written whole (the crate leaves one
-     * stale), so a later fallback never meets an uninitialised page. */
+     * stale), so a later fallback never meets an uninitialised page. In the
+     * one-flush commit only the live copy, page_a, is in the record: the next
+     * change to the block rewrites page_b at once, and a page the committed
+     * record lists must not change while that record counts (a crash then
+     * would make open doubt a durable commit). page_b goes out under the
+     * same fdatasync, unlisted: open reads it only if page_a fails. */
+    int one_flush = pager_extended(p) && p->durability != MP_DURABILITY_NONE;
     for (int w = 0; w < 2; w++) {
         fmt_dir_page_write(pager_page_ptr(p, ids[w]), p->page_size, p->dirs[b].entries);
-        if ((rc = flush_new_page(p, ids[w])) != MP_OK)
+        if ((w == 0 || !one_flush) && (rc = flush_new_page(p, ids[w])) != MP_OK)
             return rc;
     }
     p->refs[b].page_a = ids[0];
@@ -440,10 +446,29 @@ static int open_writer(mp_pager *p, uint64_t pid, mp_dir_entry **e, uint8_t **w,
     return pager_prepare_dir_commit(p);
 }
 
+/* The record lists only the copies the committed state names: the copy
+ * this commit leaves inactive (written earlier in the same commit: the zeroed
+ * page of an alloc, or an earlier write's copy in a transaction) leaves the
+ * list. The next write stages into it at once, and a page the committed
+ * record lists must keep its content while that record counts. */
+static void unstage(mp_pager *p, uint64_t id)
+{
+    uint32_t n = p->staged_n < MP_MAX_RECORD ? p->staged_n : MP_MAX_RECORD;
+    for (uint32_t i = 0; i < n; i++) {
+        if (p->staged_ids[i] == id) {
+            p->staged_ids[i] = p->staged_ids[n - 1];
+            if (p->staged_n <= MP_MAX_RECORD)
+                p->staged_n--;
+            return;
+        }
+    }
+}
+
 /* The staged copy holds the new content (crc its CRC): flip the entry and
  * commit the directory change. */
 static int commit_staged(mp_pager *p, mp_dir_entry *e, uint8_t *w, uint32_t b, uint32_t crc)
 {
+    unstage(p, active_page(e));
     stage(p, inactive_page(e));
     e->crc = crc;
     e->active_slot ^= 1u;

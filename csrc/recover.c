@@ -178,36 +178,44 @@ static int load_chunks(mp_pager *p, uint64_t total, uint64_t gen, uint64_t *free
 }
 
 /* The directory's block references in the extended layout, from its index
- * pages (each read from a private copy: a writer may be rewriting one). */
-static int load_index_pages(mp_pager *p, uint32_t count, uint64_t gen, uint32_t *seal)
+ * pages (each read from a private copy: a writer may be rewriting one).
+ * *count is the block count chunk 1 holds; a file extended from creation
+ * that has no chunk 1 yet (`from_page0`) keeps it in index page 0, which it
+ * always has, even with no block (its copy of generation 0 is in the seal of
+ * the file's first state). */
+static int load_index_pages(mp_pager *p, uint32_t *count, int from_page0, uint64_t gen,
+                            uint32_t *seal)
 {
     uint32_t per = fmt_max_dir_blocks(p->page_size);
-    if (count > pager_dir_block_limit(p))
+    if (*count > pager_dir_block_limit(p))
         return MP_ECORRUPT_DIRECTORY_INDEX;
     /* Room for whole index pages: a copy read before its count is checked
      * may hold up to `per` references. */
-    int rc = dir_reserve(p, ((uint64_t)count + per - 1) / per * per);
+    uint64_t room = ((uint64_t)*count + per - 1) / per * per;
+    int rc = dir_reserve(p, from_page0 ? per : room);
     if (rc != MP_OK)
         return rc;
-    for (uint64_t k = 0; (uint64_t)k * per < count; k++) {
-        if (fmt_index_page(p->chunk_pages, k, 1) >= p->total_pages)
+    for (uint64_t k = 0; (uint64_t)k * per < *count || (from_page0 && k == 0); k++) {
+        if (pager_index_page(p, k, 1) >= p->total_pages)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         uint64_t g[2] = {0, 0};
         uint32_t n[2] = {0, 0};
         int ok[2];
         for (int w = 0; w < 2; w++) {
-            const uint8_t *copy = pager_page_ptr(p, fmt_index_page(p->chunk_pages, k, (uint32_t)w));
+            const uint8_t *copy = pager_page_ptr(p, pager_index_page(p, k, (uint32_t)w));
             memcpy(p->scratch, copy, p->page_size);
             ok[w] = fmt_index_read(p->scratch, p->page_size, k, gen, &g[w], &n[w],
                                    p->refs + k * per) == MP_OK;
         }
         int pick = pick_copy(g[0], ok[0], g[1], ok[1]);
-        uint32_t want = count - (uint32_t)(k * per) < per ? count - (uint32_t)(k * per) : per;
+        if (pick >= 0 && from_page0)
+            *count = n[pick];
+        uint32_t want = *count - (uint32_t)(k * per) < per ? *count - (uint32_t)(k * per) : per;
         if (pick < 0 || n[pick] != want)
             return MP_ECORRUPT_DIRECTORY_INDEX;
         /* The last read filled refs from copy B; reread the pick if it is A. */
         const uint8_t *chosen =
-            pager_page_ptr(p, fmt_index_page(p->chunk_pages, k, (uint32_t)pick));
+            pager_page_ptr(p, pager_index_page(p, k, (uint32_t)pick));
         memcpy(p->scratch, chosen, p->page_size);
         if (fmt_index_read(p->scratch, p->page_size, k, gen, &g[pick], &n[pick],
                            p->refs + k * per) != MP_OK || n[pick] != want)
@@ -283,13 +291,16 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     uint64_t in0 = p->total_pages < p->chunk_pages ? p->total_pages : p->chunk_pages;
     pager_note_words_used(p, in0);
     fmt_meta_load_bits(meta, in0, p->bits);
-    fmt_meta_tail_read(meta, p->page_size, p->total_pages, p->roots, p->rec, &p->rec_n);
     p->roots_page = 0;
     p->roots_active = 0;
     p->roots_dirty = 0;
     *dir_blocks = 0;
-    if (p->total_pages <= p->chunk_pages)
+    if (!pager_extended(p)) {
+        fmt_meta_tail_read(meta, p->page_size, p->total_pages, p->roots, p->rec, &p->rec_n);
         return MP_OK;
+    }
+    memset(p->roots, 0, sizeof p->roots);
+    p->rec_n = 0;
     /* Extended: the commit wrote its free-map and index pages and this copy
      * with one flush, so any of them may have missed the disk; the seal says
      * whether every page copy the commit wrote is the one selected now. */
@@ -297,11 +308,20 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
     uint32_t seal = 0;
     int rc = load_chunks(p, p->total_pages, p->generation, &free, &seal, dir_blocks);
     if (rc == MP_OK)
-        rc = load_index_pages(p, *dir_blocks, p->generation, &seal);
+        rc = load_index_pages(p, dir_blocks,
+                              p->ext_always && fmt_chunks_below(p->chunk_pages, p->total_pages) == 0,
+                              p->generation, &seal);
     if (rc == MP_OK)
         rc = load_roots_pages(p, fmt_meta_roots_page(h->free_count), p->generation, &seal);
     if (rc != MP_OK)
         return rc;
+    /* Index page 0 of a file extended from creation: system pages, as the
+     * root pages (4-5, which fmt_meta_check requires of such a copy). */
+    for (uint64_t id = MP_ALWAYS_INDEX_PAGE; p->ext_always && id < MP_ALWAYS_PAGES; id++) {
+        if (!bitmap_get(p->bits, id))
+            return MP_ECORRUPT_METADATA;
+        bitmap_set(p->system, id);
+    }
     if (seal != (uint32_t)h->free_count)
         return MP_ECORRUPT_METADATA;
     p->free_count = free;
@@ -315,7 +335,7 @@ static int load_meta(mp_pager *p, const uint8_t *meta, const mp_meta_header *h,
 static void check_copy(const mp_pager *p, const uint8_t *page, uint64_t file_pages,
                        uint64_t max_total, mp_meta_header *h)
 {
-    fmt_meta_check(page, p->page_size, max_total, max_total, h);
+    fmt_meta_check(page, p->page_size, max_total, max_total, p->ext_always, h);
     if (h->problem == MP_META_OK && h->total_pages > file_pages)
         h->problem = MP_META_PAST_END;
 }
@@ -346,8 +366,10 @@ static int record_holds(mp_pager *p, const uint8_t *meta, const mp_meta_header *
 {
     uint64_t roots[MP_ROOTS];
     uint32_t n = 0;
-    fmt_meta_tail_read(meta, p->page_size, h->total_pages, roots, p->rec, &n);
-    uint64_t at = h->total_pages > p->chunk_pages ? fmt_meta_roots_page(h->free_count) : 0;
+    int extended = p->ext_always || h->total_pages > p->chunk_pages;
+    if (!extended)
+        fmt_meta_tail_read(meta, p->page_size, h->total_pages, roots, p->rec, &n);
+    uint64_t at = extended ? fmt_meta_roots_page(h->free_count) : 0;
     for (uint32_t w = 0; at != 0 && w < MP_ROOT_PAGES && n == 0; w++) {
         uint64_t gen;
         memcpy(p->scratch, pager_page_ptr(p, at + w), p->page_size);
@@ -394,7 +416,7 @@ static void choose_copy(const mp_choice_in *in, mp_choice *out)
         out->flags |= MP_REC_META_B_DAMAGED;
     /* Page 0 names a copy only for the crate, which cannot read an extended
      * file: there its selector is not kept current. */
-    if (in->total_pages[out->chosen] <= in->chunk_pages) {
+    if (!in->ext_always && in->total_pages[out->chosen] <= in->chunk_pages) {
         if (!sel_ok)
             out->flags |= MP_REC_SELECTOR_INVALID;
         else if (in->selector != out->chosen)
@@ -442,6 +464,7 @@ static int read_copies(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     if (sb.page_size_log2 != p->log2)
         return MP_ECORRUPT_SUPERBLOCK;
     p->minor = sb.version_minor >= MP_MINOR_EXTENDED ? MP_MINOR_EXTENDED : MP_MINOR_V02;
+    p->ext_always = sb.ext_always;
     uint64_t max_total = p->minor == MP_MINOR_EXTENDED ? p->max_pages
                          : p->chunk_pages < p->max_pages ? p->chunk_pages : p->max_pages;
     uint64_t file_pages = file_len / p->page_size;
@@ -462,6 +485,7 @@ static int read_copies(mp_pager *p, const uint8_t *snap, uint64_t file_len,
     in->meta_checksum_ok = sb.meta_checksum == MP_CRC_RESIDUE;
     in->chunk_pages = p->chunk_pages;
     in->salvage = p->salvage;
+    in->ext_always = p->ext_always;
     return MP_OK;
 }
 

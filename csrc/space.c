@@ -251,11 +251,15 @@ static uint64_t used_extent(const mp_pager *p)
 static uint64_t layout_floor(const mp_pager *p)
 {
     uint64_t floor = MP_INITIAL_PAGES;
-    if (p->minor == MP_MINOR_EXTENDED || pager_extended(p)) {
+    /* A file extended from creation needs only its pages 4-7 while it fits
+     * chunk 0; one that grew past it keeps chunk 1, as any extended file. */
+    if (p->ext_always && p->total_pages <= p->chunk_pages)
+        floor = MP_ALWAYS_PAGES;
+    else if (p->minor == MP_MINOR_EXTENDED || pager_extended(p)) {
         floor = p->chunk_pages + MP_LAYOUT_PAGES;
         uint64_t per = fmt_max_dir_blocks(p->page_size);
         if (p->dir_count > 0 && per > 0) {
-            uint64_t need = fmt_total_for_index(p->chunk_pages, (p->dir_count - 1u) / per);
+            uint64_t need = fmt_total_for_index(p->chunk_pages, p->ext_always, (p->dir_count - 1u) / per);
             if (need > floor)
                 floor = need;
         }
@@ -297,6 +301,8 @@ static void cut_state(mp_pager *p, uint64_t total)
         layout_gone += MP_LAYOUT_PAGES;
         bitmap_clear(p->chunk_dirty, c);
         bitmap_clear(p->chunk_active, c);
+        if (pager_index_page(p, c - 1, 0) != fmt_chunk_start(p->chunk_pages, c) + 2)
+            continue; /* index page 0 of a file extended from creation stays */
         bitmap_clear(p->index_dirty, c - 1);
         bitmap_clear(p->index_active, c - 1);
     }

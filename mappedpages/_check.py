@@ -66,7 +66,7 @@ def check_file(path: str) -> CheckResult:
     problems = list(found)
     try:
         report = reader._open_report
-        layout = read_layout(reader)
+        layout = read_layout(reader, sb.extended_always)
         flags = set(report.get("flags", ()))
         chosen = report.get("chosen_copy", "A")
         gens = report.get("generation", {})
@@ -108,7 +108,7 @@ def check_file(path: str) -> CheckResult:
             )
         summary = [
             f"format version {sb.version_text} "
-            f"({_layout_name(layout.format_minor, layout.extended)}), page size "
+            f"({_layout_name(layout.format_minor, layout.extended, layout.always)}), page size "
             f"{layout.page_size}, {layout.page_count} pages, {layout.free_count} free",
             f"metadata: copy A generation {gens.get('A')}, copy B generation {gens.get('B')}; "
             f"copy {chosen} in use",

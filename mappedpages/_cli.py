@@ -130,6 +130,11 @@ def _format_text(data: dict[str, Any]) -> str:
     version = f"version bytes {data['format_version']}"
     if data["format_layout"] != "0.3":
         return f"mappedpages v0.2 layout (the Rust crate's); {version}"
+    if data["extended_from_creation"]:
+        return (
+            "extended layout 0.3, since its creation (at every size; the Rust crate refuses "
+            f"it); {version}, mark 'EXA'"
+        )
     if data["extended"]:
         return (
             f"extended layout 0.3 (past v0.2's cap; the Rust crate refuses it); "
@@ -210,8 +215,13 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
         rows.append(
             (
                 "directory index",
-                f"{len(index)} page pair(s), one per chunk past the first: {listed}{more}; "
-                "the index in page 0 (as of the upgrade) is not read",
+                f"{len(index)} page pair(s), "
+                + (
+                    "index page 0 on pages 6-7, then one per chunk past the second: "
+                    if data["extended_from_creation"]
+                    else "one per chunk past the first: "
+                )
+                + f"{listed}{more}; the index in page 0 is not read",
             )
         )
         rows.append(
@@ -334,7 +344,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     sb = read_superblock(args.file)
     reader, notes = open_reader(args.file, sb)
     try:
-        layout = read_layout(reader)
+        layout = read_layout(reader, sb.extended_always)
     finally:
         reader.close()
     for note in notes:

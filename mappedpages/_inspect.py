@@ -49,6 +49,10 @@ _CRC_RESIDUE = 0x2144DF1C
 _MIN_LOG2, _MAX_LOG2 = 10, 30
 _MINOR_V02, _MINOR_EXTENDED = 2, 3
 _EXTENDED_MARK = b"EXT"  # page 0 bytes 13-15 of an extended-layout (0.3) file
+# ... of a file created in the extended layout: extended at every page count, its
+# directory-index page 0 on pages 6 and 7 (FORMAT.md, "Extended from creation").
+_EXTENDED_ALWAYS_MARK = b"EXA"
+_ALWAYS_INDEX_PAGES = (6, 7)
 
 # Kinds of page, in the order of the legend. The code is the index.
 RESERVED, METADATA, FREEMAP, DIRINDEX, DIRECTORY, PROTECTED, ALLOCATED, FREE = range(8)
@@ -175,8 +179,16 @@ class Superblock:
 
     @property
     def extended(self) -> bool:
-        """Page 0 says the extended layout: minor 3 with the ``EXT`` mark."""
-        return self.version[1] == _MINOR_EXTENDED and self.mark == _EXTENDED_MARK
+        """Page 0 says the extended layout: minor 3 with the ``EXT`` or ``EXA`` mark."""
+        return self.version[1] == _MINOR_EXTENDED and self.mark in (
+            _EXTENDED_MARK,
+            _EXTENDED_ALWAYS_MARK,
+        )
+
+    @property
+    def extended_always(self) -> bool:
+        """The file was created in the extended layout (``EXA``): extended at every size."""
+        return self.version[1] == _MINOR_EXTENDED and self.mark == _EXTENDED_ALWAYS_MARK
 
 
 def _display(path: str) -> str:
@@ -228,12 +240,13 @@ def read_superblock(path: str) -> Superblock:
             f"{name}: format version {major}.{minor} is not a version this library reads "
             "(0.2 and older, and its extended layout 0.3)",
         )
-    if minor == _MINOR_EXTENDED and mark != _EXTENDED_MARK:
+    if minor == _MINOR_EXTENDED and mark not in (_EXTENDED_MARK, _EXTENDED_ALWAYS_MARK):
         # Minor 3 alone may be the Rust crate's own next version, not this library's.
         raise CliError(
             EXIT_UNREADABLE,
             f"{name}: format version 0.3 without the extended-layout mark (page 0 bytes "
-            f"13-15 are {mark.hex(' ')}, not 'EXT') is not a version this library reads",
+            f"13-15 are {mark.hex(' ')}, not 'EXT' or 'EXA') is not a version this library "
+            "reads",
         )
     return Superblock(
         file_size=st.st_size,
@@ -309,6 +322,7 @@ class Layout:
     format_minor: int = _MINOR_V02
     chunk_pages: int = 0
     layout_pages: int = _RESERVED
+    always: bool = False  # created in the extended layout: extended at every size
 
     def count(self, kind: int) -> int:
         """Pages of one kind."""
@@ -325,8 +339,15 @@ class Layout:
 
     @property
     def extended(self) -> bool:
-        """The file is in the extended state: past v0.2's cap, so chunks past the first."""
-        return self.chunks > 1
+        """The file is in the extended state: created in it, or past v0.2's cap."""
+        return self.always or self.chunks > 1
+
+    def index_pages(self) -> list[tuple[int, int]]:
+        """Each directory-index page's copies A and B, by index page number."""
+        pairs = [tuple(self.chunk_layout_pages(c)[2:]) for c in range(1, self.chunks)]
+        if self.always:
+            pairs = [_ALWAYS_INDEX_PAGES] + pairs[1:]
+        return [(int(a), int(b)) for a, b in pairs]
 
     def chunk_layout_pages(self, chunk: int) -> tuple[int, int, int, int]:
         """Chunk ``chunk``'s (>= 1) free-map copies A, B and directory-index copies A, B."""
@@ -340,8 +361,12 @@ class Layout:
         ]
 
 
-def read_layout(reader: ReadOnlyPager) -> Layout:
-    """Classify every page of an open file, noting any page claimed twice or past the end."""
+def read_layout(reader: ReadOnlyPager, always: bool = False) -> Layout:
+    """Classify every page of an open file, noting any page claimed twice or past the end.
+
+    ``always``: the file was created in the extended layout (its superblock's
+    ``EXA`` mark), so its directory-index page 0 is on pages 6 and 7.
+    """
     handle = reader._handle
     stats = ffi.new("mp_stats *")
     if lib.mp_pager_stats(handle, stats) != 0:
@@ -377,8 +402,14 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
         map_a, map_b, index_a, index_b = chunk_layout_pages(page_size, chunk)
         claim(map_a, FREEMAP, f"the free-map page of chunk {chunk} (copy A)")
         claim(map_b, FREEMAP, f"the free-map page of chunk {chunk} (copy B)")
-        claim(index_a, DIRINDEX, f"directory-index page {chunk - 1} (copy A)")
-        claim(index_b, DIRINDEX, f"directory-index page {chunk - 1} (copy B)")
+        what = f"directory-index page {chunk - 1}"
+        if always and chunk == 1:
+            what = "chunk 1's directory-index slot (unused: index page 0 is on pages 6-7)"
+        claim(index_a, DIRINDEX, f"{what} (copy A)")
+        claim(index_b, DIRINDEX, f"{what} (copy B)")
+    if always and count > _ALWAYS_INDEX_PAGES[1]:
+        claim(_ALWAYS_INDEX_PAGES[0], DIRINDEX, "directory-index page 0 (copy A)")
+        claim(_ALWAYS_INDEX_PAGES[1], DIRINDEX, "directory-index page 0 (copy B)")
     root = ffi.new("uint64_t *")
     if lib.mp_pager_root_pages(handle, root) == 0 and int(root[0]):
         # The extended layout's roots and commit record: metadata of their own.
@@ -432,6 +463,7 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
         format_minor=int(stats.format_minor),
         chunk_pages=chunk_pages,
         layout_pages=layout_pages,
+        always=always,
     )
     free_seen = layout.count(FREE)
     if not conflicts and free_seen != layout.free_count:
@@ -446,10 +478,12 @@ def read_layout(reader: ReadOnlyPager) -> Layout:
 # ---------------------------------------------------------------- info
 
 
-def _layout_name(minor: int, extended: bool) -> str:
+def _layout_name(minor: int, extended: bool, always: bool = False) -> str:
     """The file's layout in a few words, for ``check``'s summary."""
     if minor < _MINOR_EXTENDED:
         return "v0.2 layout"
+    if always:
+        return "extended layout, since its creation"
     return "extended layout" if extended else "extended layout, still within v0.2's cap"
 
 
@@ -459,7 +493,7 @@ def info_data(path: str) -> dict[str, Any]:
     reader, notes = open_reader(path, sb)
     try:
         report = dict(reader._open_report)
-        layout = read_layout(reader)
+        layout = read_layout(reader, sb.extended_always)
         roots = [int(r) for r in reader.roots]
         at = ffi.new("uint64_t *")
         lib.mp_pager_root_pages(reader._handle, at)
@@ -488,6 +522,8 @@ def info_data(path: str) -> dict[str, Any]:
         "format_version": sb.version_text,
         "format_layout": f"0.{layout.format_minor}",
         "extended": layout.extended,
+        "extended_from_creation": layout.always,
+        "format_mark": sb.mark.decode("latin-1") if sb.extended else "",
         "file_size": sb.file_size,
         "page_size": layout.page_size,
         "page_count": layout.page_count,
@@ -499,7 +535,7 @@ def info_data(path: str) -> dict[str, Any]:
         "counts": {KIND_NAMES[k]: layout.count(k) for k in range(len(KIND_NAMES))},
         "metadata": copies,
         "free_map_pages": [list(layout.chunk_layout_pages(c)[:2]) for c in chunks],
-        "directory_index_pages": [list(layout.chunk_layout_pages(c)[2:]) for c in chunks],
+        "directory_index_pages": [list(pair) for pair in layout.index_pages()],
         "roots": roots,
         "root_pages": root_pages,
         "page0_selects": "AB"[sb.selector] if sb.selector in (0, 1) else sb.selector,

@@ -12,6 +12,7 @@ open.
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 
@@ -22,6 +23,7 @@ from support.powerloss import (
     CrashPoint,
     Image,
     ImageChecker,
+    all_but_one_images,
     check_recording,
     crash_images,
     record_workload,
@@ -47,24 +49,31 @@ CASES = [(1024, dict(samples=24, both_ways=True, max_exhaustive=1 << 12)),
 _TALLIES: dict = {}
 
 
-def _tally(tmp_path_factory, mode: str, page_size: int):
-    """Record the standard workload in MODE and check its crash images (once per session)."""
-    key = (mode, page_size)
+def _tally(tmp_path_factory, mode: str, page_size: int, layout: str = "0.2"):
+    """Record the standard workload in MODE and check its crash images (once per session).
+
+    With layout="0.3" the file is extended from its creation: its commits are
+    one flush each (none in "none"), so the workload passes fewer barriers.
+    """
+    key = (mode, page_size, layout)
     if key not in _TALLIES:
         opts = dict(CASES)[page_size]
-        tmp = tmp_path_factory.mktemp(f"powerloss-{mode}-{page_size}")
-        rec = record_workload(tmp / "work", standard_workload(), page_size, mode=mode)
-        assert len(rec.points) > 50, "the workload should pass through many barriers"
+        tmp = tmp_path_factory.mktemp(f"powerloss-{mode}-{page_size}-{layout}")
+        rec = record_workload(tmp / "work", standard_workload(), page_size, mode=mode,
+                              layout=layout)
+        assert len(rec.points) > (50 if layout == "0.2" else 30), \
+            "the workload should pass through many barriers"
         checker = ImageChecker(tmp / "img", reopen=True)
         _TALLIES[key] = check_recording(rec, checker, seed=page_size, **opts)
     return _TALLIES[key]
 
 
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 @pytest.mark.parametrize("page_size", [1024, 4096])
-def test_crash_never_loses_an_acknowledged_commit(tmp_path_factory, mode, page_size):
+def test_crash_never_loses_an_acknowledged_commit(tmp_path_factory, mode, page_size, layout):
     """Every image shows the last acknowledged state or the one in flight."""
-    tally = _tally(tmp_path_factory, mode, page_size)
+    tally = _tally(tmp_path_factory, mode, page_size, layout)
     assert tally.images > 300 and tally.torn > 100, tally.summary()
     whole = [v for v in tally.failures if v.category != "unopenable" or not v.image.torn]
     assert tally.lost == 0 and tally.unknown == 0 and \
@@ -74,17 +83,19 @@ def test_crash_never_loses_an_acknowledged_commit(tmp_path_factory, mode, page_s
                         for v in whole[:5]))
 
 
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 @pytest.mark.parametrize("page_size", [1024, 4096])
-def test_torn_sector_never_makes_the_file_unopenable(tmp_path_factory, mode, page_size):
+def test_torn_sector_never_makes_the_file_unopenable(tmp_path_factory, mode, page_size, layout):
     """A write torn at a sector boundary must leave a file that opens.
 
     In the v0.2 layout page 0 is rewritten in place and holds the only copy of
     the protected-page directory index: a torn page 0 (its first sector new,
     its CRC in the last sector old, or the reverse) fails the index CRC, and
-    open raises CorruptDirectoryIndex.
+    open raises CorruptDirectoryIndex. A file created with layout="0.3" keeps
+    its directory index in the sealed index pages 6/7 from the start.
     """
-    tally = _tally(tmp_path_factory, mode, page_size)
+    tally = _tally(tmp_path_factory, mode, page_size, layout)
     torn = [v for v in tally.failures if v.category == "unopenable" and v.image.torn]
     assert tally.unopenable_torn == 0, (
         f"{tally.unopenable_torn} of {tally.torn} images with a torn sector cannot be "
@@ -92,11 +103,13 @@ def test_torn_sector_never_makes_the_file_unopenable(tmp_path_factory, mode, pag
         + "\n".join(f"- {v.image.describe()}\n    {v.detail}" for v in torn[:5]))
 
 
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 @pytest.mark.parametrize("seed", [2, 3])
-def test_random_workload_crashes(tmp_path, mode, seed):
+def test_random_workload_crashes(tmp_path, mode, seed, layout):
     """A seeded random mix of every operation (scripts/powerloss_sim.py runs more)."""
-    rec = record_workload(tmp_path / "work", random_workload(seed), 1024, mode=mode)
+    rec = record_workload(tmp_path / "work", random_workload(seed), 1024, mode=mode,
+                          layout=layout)
     tally = check_recording(rec, ImageChecker(tmp_path / "img", reopen=True),
                             exhaustive_pages=2, samples=8, seed=seed, max_exhaustive=64)
     assert tally.bad == 0, f"{tally.summary()}\n{tally.failure_report(3)}"
@@ -107,9 +120,10 @@ def _write_id_into_protected(p, ctx) -> None:
         w.page[:8] = ctx["x"].to_bytes(8, "little")
 
 
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 @pytest.mark.parametrize("page_size", [1024, 4096])
-def test_protected_commit_never_outlives_an_earlier_alloc(tmp_path, mode, page_size):
+def test_protected_commit_never_outlives_an_earlier_alloc(tmp_path, mode, page_size, layout):
     """The pattern of every structure built on the pager: allocate a page, then
     record its id in a protected (root) page. No crash may keep the record and
     lose the allocation: the id would then name a free page."""
@@ -121,7 +135,7 @@ def test_protected_commit_never_outlives_an_earlier_alloc(tmp_path, mode, page_s
         Op("protected_commit", "write the new id into the protected page",
            _write_id_into_protected),
     ]
-    rec = record_workload(tmp_path / "work", ops, page_size, mode=mode)
+    rec = record_workload(tmp_path / "work", ops, page_size, mode=mode, layout=layout)
     checker = ImageChecker(tmp_path / "img")
     bad = []
     for pt in rec.points:
@@ -134,14 +148,16 @@ def test_protected_commit_never_outlives_an_earlier_alloc(tmp_path, mode, page_s
         f"(durability={mode!r}):\n" + "\n".join(bad[:2]))
 
 
+@pytest.mark.parametrize("layout", ["0.2", "0.3"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
 @pytest.mark.parametrize("page_size", [1024, 4096])
-def test_alloc_protected_that_grows_the_file(tmp_path, mode, page_size):
+def test_alloc_protected_that_grows_the_file(tmp_path, mode, page_size, layout):
     """alloc_protected on a full file: the file grows and the new entry's backing
     pages are past the durable page count until the metadata commit. A power loss
     between the directory commit (page 0) and that metadata commit must leave a
     file that opens (the entry dropped as an unfinished alloc), not one that
-    raises CorruptProtectedDirectory."""
+    raises CorruptProtectedDirectory. (A layout="0.3" file starts at 8 pages,
+    so its growths are 8 -> 16 and on.)"""
     ops = [
         Op("alloc_protected", "alloc_protected (new block, grows 4 -> 8)",
            lambda p, c: p.alloc_protected()),
@@ -149,7 +165,7 @@ def test_alloc_protected_that_grows_the_file(tmp_path, mode, page_size):
         Op("alloc_protected", "alloc_protected (same block, grows 8 -> 16)",
            lambda p, c: p.alloc_protected()),
     ]
-    rec = record_workload(tmp_path / "work", ops, page_size, mode=mode)
+    rec = record_workload(tmp_path / "work", ops, page_size, mode=mode, layout=layout)
     checker = ImageChecker(tmp_path / "img")
     bad = []
     for pt in rec.points:
@@ -265,24 +281,66 @@ def test_upgrade_to_extended_layout_survives_power_loss(tmp_path, mode):
     assert not bad, f"{len(bad)} image(s) fail:\n" + "\n".join(bad[:3])
 
 
-@pytest.mark.parametrize("layout", ["0.2", "0.3"])
+def _and_protected_write(txn):
+    """TXN (an engine_workload transaction) in a block that also writes the
+    protected page ctx["pid"]; every second one first allocates a new protected
+    page, frees the old one and sets root 3. The inner block joins this one."""
+
+    def fn(p, ctx) -> None:
+        with p.transaction():
+            txn(p, ctx)
+            n = ctx["engine_n"]
+            if n % 2 == 0:
+                old = ctx["pid"]
+                ctx["pid"] = p.alloc_protected()
+                p.free_protected(old)
+                p.set_root(3, 1000 + n)
+            with p.write_protected(ctx["pid"]) as w:
+                w.page[:] = random.Random(n).randbytes(p.page_size)
+
+    return fn
+
+
+def _with_protected_writes(ops: list[Op]) -> list[Op]:
+    out = [Op("alloc_protected", "alloc_protected", _store("pid", lambda p: p.alloc_protected()))]
+    for op in ops:
+        if op.name == "txn":
+            op = Op("txn", f"{op.label} with protected writes", _and_protected_write(op.fn))
+        out.append(op)
+    return out
+
+
+@pytest.mark.parametrize(("layout", "protected"), [("0.2", False), ("0.3", False), ("0.3", True)],
+                         ids=["0.2", "0.3", "0.3-protected"])
 @pytest.mark.parametrize("mode", DURABILITY_MODES)
-def test_engine_transactions_survive_power_loss(tmp_path, mode, layout):
+def test_engine_transactions_survive_power_loss(tmp_path, mode, layout, protected):
     """Copy-on-write transactions with data pages written through ``tx.page``
     and roots naming them (support.workloads.engine_workload), in every mode and layout:
     every crash image opens and shows an acknowledged transaction or the one in
     flight, whole: its roots, its allocations, and the content of every page
     its roots name (State.data). No image shows a root whose page does not
-    hold the committed content, and none loses an acknowledged transaction."""
+    hold the committed content, and none loses an acknowledged transaction.
+    With ``protected``, each transaction also writes a protected page (and every
+    second one allocates one and frees another): the protected contents are
+    part of the state each image must show whole. (Run in a layout="0.3" file,
+    whose directory commits with the metadata copy; a v0.2 directory's page 0 is
+    a second commit point, FORMAT.md "Directory commits".)"""
     page_size = 1024
-    rec = record_workload(tmp_path / "work", engine_workload(seed=15), page_size, mode=mode,
-                          layout=layout)
+    ops = engine_workload(seed=15)
+    if protected:
+        ops = _with_protected_writes(ops)
+    rec = record_workload(tmp_path / "work", ops, page_size, mode=mode, layout=layout)
     assert rec.states[-1].roots[1] == 10
+    if protected:
+        assert rec.states[-1].roots[3] == 1010 and len(rec.states[-1].protected) == 1
     checker = ImageChecker(tmp_path / "img")
     bad = []
     images = 0
     for pt in rec.points:
-        for img in crash_images(pt, page_size, exhaustive_pages=3, samples=12):
+        # With protected writes, also every image with all pages but one on disk:
+        # a one-flush commit's point reached the disk, a page it vouches for did not.
+        for img in itertools.chain(crash_images(pt, page_size, exhaustive_pages=3, samples=12),
+                                   all_but_one_images(pt, page_size) if protected else ()):
             images += 1
             v = checker.judge(img, rec.states)
             if v.category != "ok":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import warnings
 
 import pytest
 from support.format_v03 import inspect_v03
@@ -76,13 +77,16 @@ def test_a_protected_write_and_a_transaction_holding_them_are_one_flush(
         assert bytes(q.page(q.roots[0])[:4]) == b"node"
 
 
-@pytest.mark.parametrize(("mode", "write", "txn"), [("compat", 3, 6), ("fast", 2, 4)])
-def test_a_small_03_file_keeps_the_v02_directory_costs(tmp_path, mode, write, txn):
+@pytest.mark.parametrize(("mode", "write", "txn"), [("compat", 1, 1), ("fast", 1, 1)])
+def test_a_small_03_file_is_one_flush(tmp_path, mode, write, txn):
     """What the README's flush table says of a layout="0.3" file below v0.2's cap.
 
-    Its directory is still named by page 0, a commit point of its own, so its
-    protected writes cost what a v0.2 file's do; data pages, allocations and
-    roots alone stay one flush.
+    It is in the extended layout from its creation: its directory index is
+    sealed with the metadata copy (pages 6-7), so a protected write, and a
+    transaction holding one with a data page and a root, are one flush, as
+    data pages, allocations and roots alone are. (A file that earlier
+    versions created with layout="0.3" keeps v0.2's costs below the cap:
+    tests/test_extended_from_creation.py.)
     """
     hooks = IoHooks()
     p = create_pager(tmp_path / "f", PS, hooks, durability=mode, layout="0.3")
@@ -112,7 +116,7 @@ def test_a_small_03_file_keeps_the_v02_directory_costs(tmp_path, mode, write, tx
 
 @pytest.mark.parametrize("mode", ["compat", "fast"])
 def test_a_protected_alloc_is_one_flush(tmp_path, mode):
-    """The zeroed backing page (and a new block's two directory pages) are listed
+    """The zeroed backing page (and a new block's live directory page) are listed
     in the record too, instead of being flushed before the commit."""
     p, hooks, pids = _extended(tmp_path, mode)
     try:
@@ -245,3 +249,58 @@ def test_protected_writes_past_the_cap_survive_power_loss(tmp_path, mode, layout
                 bad.append(f"{img.describe()}\n    {v.category}: {v.detail}")
     assert images > 40
     assert not bad, f"{len(bad)} of {images} image(s) fail:\n" + "\n".join(bad[:3])
+
+
+def _first_commit_then_second(path, layout_name: str, first, second) -> tuple[bytes, bytes]:
+    """The file's bytes after FIRST's commit and after SECOND's (fast mode)."""
+    with Pager.create(path, PS, durability="fast", layout=layout_name) as p:
+        if layout_name == "0.2":
+            p.free_bulk(p.alloc_bulk(CHUNK))  # past the cap: the extended state
+        spare = p.alloc_bulk(80)
+        p.free_bulk(spare)
+        p.sync()
+        ctx: dict = {}
+        first(p, ctx)
+        before = path.read_bytes()
+        second(p, ctx)
+        after = path.read_bytes()
+    return before, after
+
+
+def _alloc_in_a_new_block(p, ctx) -> None:
+    ctx["pid"] = p.alloc_protected()  # the file's first: a new directory block
+
+
+def _alloc_and_write_in_one_transaction(p, ctx) -> None:
+    with p.transaction():
+        ctx["pid"] = p.alloc_protected()  # its zeroed copy, then the written one
+        commit_bytes(p, ctx["pid"], _content(2))
+
+
+@pytest.mark.parametrize("layout_name", ["0.2", "0.3"])
+@pytest.mark.parametrize("first", [_alloc_in_a_new_block, _alloc_and_write_in_one_transaction])
+def test_a_commit_never_rewrites_a_page_the_committed_record_vouches_for(
+    tmp_path, layout_name, first
+):
+    """A commit's record lists only the copies its state names. Here the next
+    protected write reaches the disk whole but for its metadata copy: open must
+    find the first commit, whole, with no warning. (When a commit listed a copy it
+    left inactive, the next write staged into that copy at once, and open then
+    doubted the durable commit and fell back past it.)"""
+    path = tmp_path / "f"
+    before, after = _first_commit_then_second(
+        path, layout_name, first, lambda p, c: commit_bytes(p, c["pid"], _content(9))
+    )
+    image = bytearray(after[: len(before)])
+    image[PS : 3 * PS] = before[PS : 3 * PS]  # the metadata copies as they were
+    assert image != bytearray(before), "the second commit wrote other pages"
+    crashed = tmp_path / "image"
+    crashed.write_bytes(bytes(image))
+    with Pager.open(path) as p:
+        (pid,) = p.allocated_protected_pages()
+    want = bytes(PS) if first is _alloc_in_a_new_block else _content(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecoveryWarning)
+        with Pager.open(crashed) as q:
+            assert list(q.allocated_protected_pages()) == [pid]
+            assert read_protected(q, pid) == want

@@ -41,7 +41,10 @@ def test_root_pages_are_system_pages_named_by_the_metadata(tmp_path, layout_name
     path = tmp_path / "f"
     ids = _extended_with_roots(path, layout_name)
     img = inspect_v03(path)
-    assert img.roots_page == CHUNK + 4 and img.roots[:2] == (11, 22)
+    # A file created in the extended layout has its root pages from the start
+    # (4 and 5); one that moved there takes them with chunk 1.
+    want = 4 if layout_name == "0.3" else CHUNK + 4
+    assert img.roots_page == want and img.roots[:2] == (11, 22)
     assert {img.roots_page, img.roots_page + 1} <= img.system_pages
     with Pager.open(path) as p:
         for page in (img.roots_page, img.roots_page + 1):

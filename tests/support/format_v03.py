@@ -45,7 +45,12 @@ from .geometry import CHUNK_PAGE_KINDS, chunk_page, layout, page_kind
 # and B. Each copy carries the generation of the commit that wrote it; a
 # chunk's state is the valid copy with the highest generation not above the
 # chosen metadata copy's. A minor-3 file whose chosen copy counts at most C
-# pages (a crash inside the upgrade) reads exactly like v0.2.
+# pages (a crash inside the upgrade) reads exactly like v0.2, unless page 0
+# carries the mark "EXA" instead of "EXT": such a file was created in the
+# extended layout and is extended at every page count; its root pages are
+# pages 4 and 5 (q = 1) and directory-index page 0 is pages 6 and 7 (copies A
+# and B), where chunk 1's index slots stay unused; with no chunk 1 the block
+# count is index page 0's count.
 #
 # The reader below follows the extended layout's design spec byte by byte and,
 # like read_image, never goes through the pager. It reads with pread, one page
@@ -54,6 +59,8 @@ from .geometry import CHUNK_PAGE_KINDS, chunk_page, layout, page_kind
 
 MINOR_V02 = 2
 MINOR_EXTENDED = 3
+MARK_ALWAYS = b"EXA"  # bytes 13-15: extended from creation
+ALWAYS_INDEX_PAGE = 6  # index page 0's copies A and B in such a file
 CHUNK_HEADER = 24
 LAYOUT_PAGES = layout(1024).layout_pages_per_chunk  # 4 at every page size
 MAX_MAPPED_BYTES = 16 << 40  # the pager maps at most 16 TiB
@@ -388,6 +395,7 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
         c = chunk_pages(ps)
         assert file_len >= 4 * ps, "file shorter than four pages"
         selector = head[OFF_SELECTOR]
+        always = minor == MINOR_EXTENDED and head[13:16] == MARK_ALWAYS
         raw_metas = [_pread(fd, ps, ps), _pread(fd, ps, 2 * ps)]
         metas = [parse_meta(raw_metas[0], 0), parse_meta(raw_metas[1], 1)]
         file_pages = file_len // ps
@@ -396,7 +404,16 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
         state = ""
         first_why = ["no metadata copy has a valid CRC"]
         for rank, m in enumerate(_meta_order(metas, selector)):
-            if m.total_pages <= c:
+            if always:
+                why = []
+                if not m.crc_ok:
+                    why = ["bad CRC"]
+                elif not 8 <= m.total_pages <= file_pages:
+                    why = [f"total_pages {m.total_pages}"]
+                elif m.free_count >> 32 != 1:
+                    why = [f"root pages at {(m.free_count >> 32) * 4}, not 4"]
+                kind = "extended"
+            elif m.total_pages <= c:
                 why = m.problems(ps, file_len)
                 kind = "small"
             elif minor != MINOR_EXTENDED:
@@ -504,6 +521,21 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                 index_raw[i - 1] = copies[2:]
             allocated += popcount(fm.body)
             bitmaps.append(fm.body)
+        if always:
+            block = _pread(fd, 2 * ps, ALWAYS_INDEX_PAGE * ps)
+            index_raw[0] = [
+                parse_layout_copy(block[j * ps : (j + 1) * ps], ALWAYS_INDEX_PAGE + j)
+                for j in range(2)
+            ]
+            for cp in index_raw[0]:
+                if cp.crc_ok and cp.generation > gen:
+                    info["leftovers"].append(cp.page)
+            if nchunks == 0:
+                # No chunk 1: index page 0 holds the block count.
+                why = [index_copy_problems(cp, 0, ps, gen) for cp in index_raw[0]]
+                ix0 = choose_copy(index_raw[0][0], why[0], index_raw[0][1], why[1])
+                dir_blocks = ix0.field12 if ix0 is not None else 0
+            nidx = max(nidx, 1)
         # bytes 16-19: the seal; 20-23: q, the root pages at 4q and 4q + 1 (0: none)
         seal_field = chosen.free_count & 0xFFFFFFFF
         roots_page = (chosen.free_count >> 32) * 4
@@ -530,7 +562,9 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
                     f"directory-index page {k}: no valid copy (A: {why[0]}; B: {why[1]})"
                 )
                 continue
-            info["index_copy"][k] = ix.page - (k + 1) * c - 2
+            info["index_copy"][k] = ix.page - (
+                ALWAYS_INDEX_PAGE if always and k == 0 else (k + 1) * c + 2
+            )
             info["index_generation"][k] = ix.generation
             if ix.generation == gen:
                 sealed.append(ix.raw[ps - 4 :])
@@ -562,6 +596,10 @@ def read_v03(path, *, want_sets: bool = True, after_crash: bool = False) -> V03I
             if system & {roots_page, roots_page + 1}:
                 problems.append("a root page is also a directory or protected page")
             system |= {roots_page, roots_page + 1}
+        if always:
+            if not all(is_allocated(i) for i in (6, 7)):
+                problems.append("index page 0's pages 6-7 are not allocated")
+            system |= {ALWAYS_INDEX_PAGE, ALWAYS_INDEX_PAGE + 1}
         nlayout = LAYOUT_PAGES * nchunks
         regular_count = allocated - 3 - nlayout - len(system)
         regular = None
