@@ -120,7 +120,7 @@ def check_file(path: str) -> CheckResult:
                 else ""
             ),
         ]
-        if layout.extended:
+        if layout.extended and layout.chunks > 1:
             past = layout.chunks - 1
             summary.insert(
                 2,

@@ -199,11 +199,12 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
             f"chunk {i} on pages {a} and {b}" for i, (a, b) in enumerate(maps[:_MAX_LISTED], 1)
         )
         more = f"; ... ({len(maps) - _MAX_LISTED} more)" if len(maps) > _MAX_LISTED else ""
+        chunks = f"{data['chunks']} chunk{'s' if data['chunks'] != 1 else ''}"
         rows.append(
             (
                 "free map",
-                f"{data['chunks']} chunks of {chunk} pages: chunk 0's bitmap (pages 0-"
-                f"{chunk - 1}) in the metadata copies; {listed}{more}",
+                f"{chunks} of {chunk} pages: chunk 0's bitmap (pages 0-{chunk - 1}) in the "
+                "metadata copies" + (f"; {listed}{more}" if maps else ""),
             )
         )
         index = data["directory_index_pages"]
@@ -217,7 +218,7 @@ def _print_info(data: dict[str, Any], out: TextIO) -> None:
                 "directory index",
                 f"{len(index)} page pair(s), "
                 + (
-                    "index page 0 on pages 6-7, then one per chunk past the second: "
+                    "index page 0 on pages 6-7 since the file's creation, page k in chunk k + 1: "
                     if data["extended_from_creation"]
                     else "one per chunk past the first: "
                 )
