@@ -37,6 +37,7 @@ from support.format_v02 import (
     pattern,
     read_image,
 )
+from support.format_v03 import inspect_v03
 from support.geometry import layout
 from support.pagers import commit_bytes, force_close, kill_when_ready, read_page, read_protected
 from support.rust_fixtures import copy_fixture, load_manifest
@@ -49,6 +50,7 @@ from mappedpages import (
     ReadOnlyPager,
     RecoveryWarning,
 )
+from mappedpages._core import ffi, lib
 
 KILL_ROUNDS = int(os.environ.get("MAPPEDPAGES_KILL_ROUNDS", "20"))
 REPO = Path(__file__).resolve().parents[1]
@@ -79,15 +81,33 @@ def system_pages(path) -> set[int]:
 
 
 def assert_accounting(p) -> None:
-    """Allocated pages = reserved + regular + 2 per protected page + 2 per block."""
+    """Allocated pages = reserved + regular + 2 per protected page + 2 per block,
+    and, once the file is past v0.2's cap (a long run grows it there), the
+    extended layout's own pages: each chunk's four and the root pages."""
     protected = list(p.allocated_protected_pages())
-    blocks = len(dir_refs(p.path))
+    stats = ffi.new("mp_stats *")
+    assert lib.mp_pager_stats(p._handle, stats) == 0
+    # Page 0's index holds the blocks as of the move to the extended layout:
+    # the count comes from the state, and it must agree with page 0 before.
+    blocks = int(stats.dir_blocks)
+    if p.format_version == "0.2":
+        assert blocks == len(dir_refs(p.path))
+    root = ffi.new("uint64_t *")
+    assert lib.mp_pager_root_pages(p._handle, root) == 0
+    roots = 2 if int(root[0]) else 0
+    # A file created in the extended layout keeps index page 0 on pages 6-7.
+    index0 = 2 if read_at(p.path, 13, 3) == b"EXA" else 0
+    own = int(stats.layout_pages) - 3 + roots + index0
     regular = list(p.allocated_pages())
     assert p.page_count - 3 - p.free_page_count == (
-        len(regular) + 2 * len(protected) + 2 * blocks
-    ), "allocated pages are not accounted for by regular, backing and directory pages"
-    system = system_pages(p.path)
-    assert len(system) == 2 * len(protected) + 2 * blocks
+        len(regular) + 2 * len(protected) + 2 * blocks + own
+    ), "allocated pages are not accounted for by regular, backing, directory and layout pages"
+    if p.format_version == "0.2":
+        system = system_pages(p.path)
+        assert len(system) == 2 * len(protected) + 2 * blocks
+    else:  # the extended layout's reader (page 0's index is not read there)
+        system = inspect_v03(p.path).system_pages
+        assert len(system) == 2 * len(protected) + 2 * blocks + roots + index0
     both = set(regular) & system
     assert not both, f"pages {sorted(both)} are regular and behind a protected page"
 
