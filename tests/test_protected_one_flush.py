@@ -17,7 +17,7 @@ import warnings
 import pytest
 from support.format_v03 import inspect_v03
 from support.geometry import layout
-from support.iohooks import DURABILITY_MODES, IoHooks, create_pager
+from support.iohooks import DURABILITY_MODES, IoHooks, create_pager, protected_commit_flushes
 from support.pagers import commit_bytes, read_protected
 from support.powerloss import ImageChecker, all_but_one_images, crash_images, record_workload
 from support.workloads import Op, _store, _write_protected
@@ -91,25 +91,9 @@ def test_a_small_03_file_is_one_flush(tmp_path, mode, write, txn):
     hooks = IoHooks()
     p = create_pager(tmp_path / "f", PS, hooks, durability=mode, layout="0.3")
     try:
-        pid = p.alloc_protected()
-        data, leaf = p.alloc(), p.alloc()  # no growth inside what is counted
-        assert p.page_count < CHUNK and p.format_version == "0.3"
-        before = flushes(hooks)
-        with p.write_protected(pid) as w:
-            w.page[:8] = b"x" * 8
-        assert flushes(hooks) - before == write
-        before = flushes(hooks)
-        with p.transaction() as tx:
-            tx.page(data)[:4] = b"node"
-            p.set_root(0, data)
-            with p.write_protected(pid) as w:
-                w.page[:8] = b"y" * 8
-        assert flushes(hooks) - before == txn, hooks.counts()
-        before = flushes(hooks)
-        with p.transaction() as tx:
-            tx.page(leaf)[:4] = b"leaf"
-            p.set_root(1, leaf)
-        assert flushes(hooks) - before == 1, hooks.counts()
+        _, counts = protected_commit_flushes(p, hooks)
+        assert counts == (write, txn, 1), hooks.counts()
+        assert p.page_count < CHUNK
     finally:
         p.close()
 

@@ -203,3 +203,35 @@ def close_quietly(p: Any) -> None:
         except BufferError:
             gc.collect()
     p.close()
+
+
+def flush_calls(hooks: IoHooks) -> int:
+    """Flush calls the hooks saw so far: msync and fdatasync/fsync."""
+    c = hooks.counts()
+    return c["msync"] + c["fsync"]
+
+
+def protected_commit_flushes(p: Any, hooks: IoHooks) -> tuple[int, tuple[int, int, int]]:
+    """A new protected page's id, and the flush calls of (a protected write to
+    it; a transaction holding a data page, a root and a protected write; one
+    holding a data page and a root only), in a "0.3" file P; the protected
+    page ends with b"y" * 8 at its start."""
+    pid = p.alloc_protected()
+    data, leaf = p.alloc(), p.alloc()  # no growth inside what is counted
+    assert p.format_version == "0.3"
+    before = flush_calls(hooks)
+    with p.write_protected(pid) as w:
+        w.page[:8] = b"x" * 8
+    write = flush_calls(hooks) - before
+    before = flush_calls(hooks)
+    with p.transaction() as tx:
+        tx.page(data)[:4] = b"node"
+        p.set_root(0, data)
+        with p.write_protected(pid) as w:
+            w.page[:8] = b"y" * 8
+    txn = flush_calls(hooks) - before
+    before = flush_calls(hooks)
+    with p.transaction() as tx:
+        tx.page(leaf)[:4] = b"leaf"
+        p.set_root(1, leaf)
+    return pid, (write, txn, flush_calls(hooks) - before)
