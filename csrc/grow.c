@@ -117,8 +117,7 @@ static int grow_to(mp_pager *p, uint64_t new_total)
             pager_bit_take(p, at + i);
         p->free_count -= MP_LAYOUT_PAGES;
         bitmap_set(p->chunk_active, c);
-        /* (Index page 0 of a file extended from creation is not chunk 1's.) */
-        if (pager_index_page(p, c - 1, 0) == fmt_chunk_start(p->chunk_pages, c) + 2)
+        if (pager_chunk_holds_index(p, c))
             bitmap_set(p->index_active, c - 1);
         /* Free-map copy B and both index copies: the page after copy A. */
         uint64_t rest = fmt_free_map_page(p->chunk_pages, c, 1);

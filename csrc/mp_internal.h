@@ -335,6 +335,12 @@ static inline uint64_t pager_index_page(const mp_pager *p, uint64_t k, uint32_t 
 {
     return fmt_index_page(p->chunk_pages, p->ext_always, k, copy);
 }
+/* Whether chunk c's index slots hold index page c - 1 (not so for chunk 1
+ * of a file extended from creation, whose index page 0 is at pages 6-7). */
+static inline int pager_chunk_holds_index(const mp_pager *p, uint64_t c)
+{
+    return pager_index_page(p, c - 1, 0) == fmt_chunk_start(p->chunk_pages, c) + 2;
+}
 /* Directory-index pages p's state has room for: one per chunk past chunk 0,
  * and index page 0 at pages 6-7 in a file extended from creation. */
 static inline uint64_t pager_index_pages(const mp_pager *p)

@@ -301,7 +301,7 @@ static void cut_state(mp_pager *p, uint64_t total)
         layout_gone += MP_LAYOUT_PAGES;
         bitmap_clear(p->chunk_dirty, c);
         bitmap_clear(p->chunk_active, c);
-        if (pager_index_page(p, c - 1, 0) != fmt_chunk_start(p->chunk_pages, c) + 2)
+        if (!pager_chunk_holds_index(p, c))
             continue; /* index page 0 of a file extended from creation stays */
         bitmap_clear(p->index_dirty, c - 1);
         bitmap_clear(p->index_active, c - 1);

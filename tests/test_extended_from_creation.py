@@ -139,6 +139,14 @@ def shows(p, prot: dict, regular: dict, roots) -> None:
         assert read_page(p, page_id) == data, f"page {page_id}"
     assert tuple(p.roots) == tuple(roots)
 
+def reopened_shows(path, prot: dict, regular: dict, roots) -> None:
+    """The file reopens clean, shows that content, and `check` finds no problem."""
+    with open_clean(Pager, path) as p:
+        shows(p, prot, regular, roots)
+    r = run_cli("check", path, cwd=path.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 
 # ---------------------------------------------------------------- the new file
 
@@ -446,10 +454,7 @@ def test_protected_pages_survive_growth_past_the_v02_cap(tmp_path):
         prot[new] = content(42)
         regular.update({i: read_page(p, i) for i in bulk})
     assert superblock(path)[13:16] == b"EXA"
-    with open_clean(Pager, path) as p:
-        shows(p, prot, regular, roots)
-    r = run_cli("check", path, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    reopened_shows(path, prot, regular, roots)
 
 
 def test_protected_pages_survive_trim_of_a_small_file(tmp_path):
@@ -466,10 +471,7 @@ def test_protected_pages_survive_trim_of_a_small_file(tmp_path):
         assert given == before - p.page_count >= 0
         assert os.path.getsize(path) >= p.page_count * PS
         shows(p, prot, regular, roots)
-    with open_clean(Pager, path) as p:
-        shows(p, prot, regular, roots)
-    r = run_cli("check", path, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    reopened_shows(path, prot, regular, roots)
 
 
 def test_trim_of_an_emptied_file_keeps_pages_4_to_7(tmp_path):
@@ -509,10 +511,7 @@ def test_protected_pages_survive_trim_past_the_v02_cap(tmp_path):
         assert p.page_count <= C + 8  # past the cap, the trim goes down to chunk 1 at most
         assert os.path.getsize(path) == p.page_count * PS
         shows(p, prot, regular, roots)
-    with open_clean(Pager, path) as p:
-        shows(p, prot, regular, roots)
-    r = run_cli("check", path, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    reopened_shows(path, prot, regular, roots)
 
 
 def test_backup_keeps_protected_pages_and_roots(tmp_path):

@@ -219,19 +219,25 @@ def protected_commit_flushes(p: Any, hooks: IoHooks) -> tuple[int, tuple[int, in
     pid = p.alloc_protected()
     data, leaf = p.alloc(), p.alloc()  # no growth inside what is counted
     assert p.format_version == "0.3"
-    before = flush_calls(hooks)
-    with p.write_protected(pid) as w:
-        w.page[:8] = b"x" * 8
-    write = flush_calls(hooks) - before
-    before = flush_calls(hooks)
-    with p.transaction() as tx:
-        tx.page(data)[:4] = b"node"
-        p.set_root(0, data)
+
+    def counted(fn: Callable[[], None]) -> int:
+        before = flush_calls(hooks)
+        fn()
+        return flush_calls(hooks) - before
+
+    def protected_write(data_: bytes) -> None:
         with p.write_protected(pid) as w:
-            w.page[:8] = b"y" * 8
-    txn = flush_calls(hooks) - before
-    before = flush_calls(hooks)
-    with p.transaction() as tx:
-        tx.page(leaf)[:4] = b"leaf"
-        p.set_root(1, leaf)
-    return pid, (write, txn, flush_calls(hooks) - before)
+            w.page[:8] = data_
+
+    def txn(page_id: int, tag: bytes, root: int, protected: bool) -> None:
+        with p.transaction() as tx:
+            tx.page(page_id)[:4] = tag
+            p.set_root(root, page_id)
+            if protected:
+                protected_write(b"y" * 8)
+
+    return pid, (
+        counted(lambda: protected_write(b"x" * 8)),
+        counted(lambda: txn(data, b"node", 0, True)),
+        counted(lambda: txn(leaf, b"leaf", 1, False)),
+    )
